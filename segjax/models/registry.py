@@ -1,0 +1,106 @@
+"""Model registry: maps architecture names to constructors.
+
+Model files register their variants with `@register("name")` on a factory (a function or a
+`functools.partial` of a Module class) whose keyword arguments are the supported overrides.
+`create_model` checks the overrides against that signature, so a misspelt override fails with the
+list of accepted ones instead of being silently ignored.
+
+Example:
+  >>> model = create_model("deeplabv3_resnet50", num_classes=21, output_stride=16)
+  >>> variables = model.init(jax.random.key(0), jnp.zeros([1, 65, 65, 3]))
+  >>> model.apply(variables, images)["logits"].shape  # [N, H, W, 21]
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Every module that registers models; imported lazily on first use so that importing the
+# registry does not import every architecture.
+_MODEL_MODULES = (
+    "segjax.models.fcn",
+    "segjax.models.unet",
+    "segjax.models.deconvnet",
+    "segjax.models.deeplab",
+    "segjax.models.pspnet",
+)
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_loaded = False
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering `factory` under `name`; names must be unique."""
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def _load_all() -> None:
+    global _loaded
+    if not _loaded:
+        for module in _MODEL_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def available_models() -> list[str]:
+    """Sorted names accepted by `create_model`."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def _accepted_overrides(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword names `factory` accepts, or None when it takes **kwargs."""
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name not in ("parent", "name")}
+
+
+def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
+    """Builds the registered model `name` predicting `num_classes` classes.
+
+    Args:
+      name: a name from `available_models()`.
+      num_classes: number of output classes (> 0).
+      **overrides: architecture options such as `output_stride`, `multi_grid`, `atrous_rates`,
+        `aux_loss`, `dtype` (a dtype or its name, e.g. "bfloat16": the compute dtype; parameters
+        and logits stay float32) and `axis_name` (the pmap axis over which BatchNorm statistics
+        are synchronised; None under jit/mesh).
+
+    Returns:
+      A `flax.linen.Module` whose `apply(variables, images[N, H, W, 3], train=...)` returns
+      `{"logits": [N, H, W, num_classes], ...}` at the input resolution.
+
+    Raises:
+      ValueError: unknown name (lists the available ones), unknown override (lists the accepted
+        ones) or a non-positive `num_classes`.
+    """
+    _load_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    factory = _REGISTRY[name]
+    accepted = _accepted_overrides(factory)
+    if accepted is not None:
+        unknown = sorted(set(overrides) - accepted)
+        if unknown:
+            raise ValueError(
+                f"model {name!r} does not accept override(s) {unknown}; "
+                f"accepted: {sorted(accepted - {'num_classes'})}"
+            )
+    if isinstance(overrides.get("dtype"), str):
+        overrides["dtype"] = jnp.dtype(overrides["dtype"])
+    return factory(num_classes=num_classes, **overrides)

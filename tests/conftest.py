@@ -1,0 +1,29 @@
+"""Shared test set-up: 4 host CPU devices (set before JAX is imported) and common fixtures."""
+import os
+
+# Must happen before `import jax` anywhere in the test session.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["JAX_NUM_CPU_DEVICES"] = "4"
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture
+def np_rng(request):
+    """A numpy Generator seeded from the test's name: fresh per test, reproducible per test."""
+    import zlib
+
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return np.random.default_rng(seed)
+
+
+def pytest_report_header(config):
+    return f"jax {jax.__version__}, devices: {jax.devices()}"
