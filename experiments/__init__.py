@@ -1,0 +1,1 @@
+"""Command-line experiments: training, prediction, ablations and benchmarks."""

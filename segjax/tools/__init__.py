@@ -1,0 +1,1 @@
+"""Command-line tools (e.g. torchvision weight conversion)."""
