@@ -1,0 +1,20 @@
+"""Explicit segmentation operators on NHWC arrays, each checked against torch/torchvision.
+
+Every op is a pure function, differentiable, jit-able and vmap-able:
+
+* `conv2d`, `atrous_conv2d`, `conv_transpose2d`, `conv_as_matrix` (segjax.ops.conv)
+* `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
+* `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
+* `roi_align` (segjax.ops.roi_align)
+"""
+
+from segjax.ops.resize import resize
+from segjax.ops.unpool import bed_of_nails_unpool, max_pool_with_argmax, max_unpool, nearest_unpool
+
+__all__ = [
+    "bed_of_nails_unpool",
+    "max_pool_with_argmax",
+    "max_unpool",
+    "nearest_unpool",
+    "resize",
+]

@@ -1,0 +1,46 @@
+"""Argument normalisation and validation shared by the `segjax.ops` modules (private)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    """Returns `value` as a pair of Python ints (an int is repeated); raises ValueError otherwise."""
+    if isinstance(value, (int, jnp.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, Sequence) and len(value) == 2 and all(
+        isinstance(v, (int, jnp.integer)) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def positive_pair(value, name: str) -> tuple[int, int]:
+    """Like `pair`, and every entry must be >= 1."""
+    p = pair(value, name)
+    if min(p) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return p
+
+
+def non_negative_pair(value, name: str) -> tuple[int, int]:
+    """Like `pair`, and every entry must be >= 0."""
+    p = pair(value, name)
+    if min(p) < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return p
+
+
+def check_rank(x, rank: int, name: str, layout: str) -> None:
+    """Raises ValueError unless `x` has `rank` dimensions (`layout` names them in the message)."""
+    if jnp.ndim(x) != rank:
+        raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
+
+
+def check_floating(x, name: str) -> None:
+    """Raises ValueError unless `x` has a floating dtype."""
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype, got {jnp.result_type(x)}")
