@@ -1,0 +1,112 @@
+"""Colour-coded masks and overlays for predictions (numpy, host side).
+
+Example:
+  >>> rgb = colorize(mask, palette, ignore_label=255)          # uint8 [H, W, 3]
+  >>> blend = overlay(image_uint8, mask, palette, alpha=0.5)   # uint8 [H, W, 3]
+  >>> save_png(os.path.join(out, "0001_overlay.png"), blend)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+IGNORE_COLOR = (255, 255, 255)  # ignored / padding pixels are drawn white
+
+
+def _check_palette(palette: np.ndarray) -> np.ndarray:
+    palette = np.asarray(palette)
+    if palette.ndim != 2 or palette.shape[1] != 3:
+        raise ValueError(f"palette must have shape [K, 3], got {palette.shape}")
+    return palette.astype(np.uint8)
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray, *, ignore_label: int | None = None) -> np.ndarray:
+    """RGB image of a class-id mask.
+
+    Args:
+      mask: int [H, W] class ids in [0, K) or `ignore_label`.
+      palette: uint8 [K, 3], the colour of each class.
+      ignore_label: drawn as `IGNORE_COLOR`.
+
+    Returns:
+      uint8 [H, W, 3].
+
+    Raises:
+      ValueError: a bad shape, or a class id outside [0, K) that is not `ignore_label`.
+    """
+    palette = _check_palette(palette)
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must have shape [H, W], got {mask.shape}")
+    ignored = mask == ignore_label if ignore_label is not None else np.zeros(mask.shape, bool)
+    bad = ~ignored & ((mask < 0) | (mask >= len(palette)))
+    if bad.any():
+        raise ValueError(f"mask holds class ids {np.unique(mask[bad])[:10].tolist()} outside "
+                         f"[0, {len(palette)}) (ignore_label={ignore_label})")
+    out = palette[np.where(ignored, 0, mask)]
+    out[ignored] = IGNORE_COLOR
+    return out
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, *, alpha: float = 0.5,
+            ignore_label: int | None = None) -> np.ndarray:
+    """Blends the colour mask over `image`: `(1 - alpha) * image + alpha * colour`.
+
+    Ignored pixels show the image unchanged.
+
+    Args:
+      image: uint8 [H, W, 3].
+      mask: int [H, W] (same H, W).
+      palette: uint8 [K, 3].
+      alpha: weight of the mask colour in [0, 1].
+
+    Returns:
+      uint8 [H, W, 3] (rounded to nearest).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.shape[:2] != np.shape(mask):
+        raise ValueError(f"image must be [H, W, 3] matching mask {np.shape(mask)}, got {image.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    colour = colorize(mask, palette, ignore_label=ignore_label).astype(np.float32)
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
+    if ignore_label is not None:
+        keep = np.asarray(mask) == ignore_label
+        blend[keep] = image[keep]
+    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+
+
+def to_uint8_image(image: np.ndarray) -> np.ndarray:
+    """Undoes min-max: maps a float image [H, W, 3] of any range to uint8 for display.
+
+    Pipeline images are normalised (mean/std), so the exact inverse depends on the dataset;
+    for display a per-image min-max stretch is what matters.
+    """
+    image = np.asarray(image, np.float32)
+    lo, hi = float(image.min()), float(image.max())
+    scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+    return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+
+
+def side_by_side(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Concatenates uint8 [H, W, 3] panels horizontally with a white `gap` (for TensorBoard)."""
+    if not panels:
+        raise ValueError("side_by_side needs at least one panel")
+    height = panels[0].shape[0]
+    if any(p.shape[0] != height or p.ndim != 3 for p in panels):
+        raise ValueError(f"panels must be [H, W, 3] with the same H, got {[p.shape for p in panels]}")
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    parts = []
+    for i, panel in enumerate(panels):
+        parts += ([spacer] if i else []) + [panel.astype(np.uint8)]
+    return np.concatenate(parts, axis=1)
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    """Writes a uint8 [H, W, 3] (or [H, W]) image as PNG, creating the directory."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.asarray(image, np.uint8)).save(path)
