@@ -1,0 +1,108 @@
+"""SGD with momentum, poly learning-rate schedule with warm-up, and the DeepLab-style options.
+
+Per step t (0-based, the optimiser's update count) with base rate lr0, T = num_steps, W =
+warmup_steps:
+  lr(t) = lr0 * t / W                                   for t < W  (linear warm-up from 0)
+  lr(t) = lr0 * (1 - (t - W) / (T - W)) ** power        for W <= t <= T, then 0.
+The update is PyTorch's SGD: g' = g + weight_decay * p (decay only on the masked parameters),
+buf = momentum * buf + g', p -= lr * buf (nesterov: p -= lr * (g' + momentum * buf)). Backbone
+parameters (the top-level param key "backbone") use lr * backbone_lr_mult, or stay fixed when
+frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+BACKBONE = "backbone"
+
+
+def poly_schedule(base_lr: float, num_steps: int, warmup_steps: int = 0, power: float = 0.9) -> optax.Schedule:
+    """The warm-up + poly schedule of the module docstring: step -> learning rate (float32)."""
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be positive, got {num_steps}")
+    if not 0 <= warmup_steps < num_steps:
+        raise ValueError(f"warmup_steps must be in [0, num_steps={num_steps}), got {warmup_steps}")
+    poly = optax.polynomial_schedule(
+        init_value=base_lr, end_value=0.0, power=power, transition_steps=num_steps - warmup_steps
+    )
+    if warmup_steps == 0:
+        return poly
+    warmup = optax.linear_schedule(0.0, base_lr, warmup_steps)
+    return optax.join_schedules([warmup, poly], [warmup_steps])
+
+
+def is_backbone(path: tuple[Any, ...]) -> bool:
+    """Whether a parameter path (from `jax.tree_util.tree_flatten_with_path`) is in the backbone."""
+    return bool(path) and getattr(path[0], "key", None) == BACKBONE
+
+
+def decay_mask(params: Any, decay_norm_and_bias: bool = False) -> Any:
+    """Pytree of bools: which parameters get weight decay.
+
+    All of them when `decay_norm_and_bias`, otherwise only those with ndim > 1 (conv/dense
+    kernels), leaving out biases and normalisation scales/offsets (all 1-D).
+    """
+    return jax.tree.map(lambda p: bool(decay_norm_and_bias or jnp.ndim(p) > 1), params)
+
+
+def backbone_mask(params: Any) -> Any:
+    """Pytree of bools: True for parameters under the top-level "backbone" key."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_backbone(path), params)
+
+
+def create_optimizer(
+    params: Any,
+    *,
+    base_lr: float,
+    num_steps: int,
+    warmup_steps: int = 0,
+    power: float = 0.9,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    decay_norm_and_bias: bool = False,
+    backbone_lr_mult: float = 1.0,
+    freeze_backbone: bool = False,
+) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+    """The training optimiser and its (head) learning-rate schedule.
+
+    Args:
+      params: the model's parameter tree (masks are built from it; only its structure and
+        shapes are read).
+      base_lr, num_steps, warmup_steps, power: the schedule (`poly_schedule`).
+      momentum, nesterov: SGD momentum (momentum=0: plain SGD).
+      weight_decay: L2 coefficient added to the gradient (PyTorch's SGD weight_decay).
+      decay_norm_and_bias: also decay 1-D parameters (biases, BatchNorm scale/bias).
+      backbone_lr_mult: learning-rate multiplier of the "backbone" subtree (e.g. 0.1).
+      freeze_backbone: keep the backbone parameters fixed (no update, no momentum state).
+
+    Returns:
+      (tx, schedule): `schedule(step)` is the head learning rate at optimiser step `step`.
+    """
+    has_backbone = isinstance(params, dict) and BACKBONE in params
+    if (freeze_backbone or backbone_lr_mult != 1.0) and not has_backbone:
+        raise ValueError(
+            f"freeze_backbone/backbone_lr_mult need a top-level {BACKBONE!r} parameter key; the "
+            f"model's top-level keys are {sorted(params) if isinstance(params, dict) else type(params)}"
+        )
+    if weight_decay < 0 or momentum < 0:
+        raise ValueError(f"weight_decay ({weight_decay}) and momentum ({momentum}) must be >= 0")
+    schedule = poly_schedule(base_lr, num_steps, warmup_steps, power)
+    parts = []
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(params, decay_norm_and_bias)))
+    if momentum:
+        parts.append(optax.trace(decay=momentum, nesterov=nesterov))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    if backbone_lr_mult != 1.0 and not freeze_backbone:
+        parts.append(optax.masked(optax.scale(backbone_lr_mult), backbone_mask(params)))
+    tx = optax.chain(*parts)
+    if freeze_backbone:
+        labels = jax.tree.map(lambda b: "frozen" if b else "train", backbone_mask(params))
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx, schedule
