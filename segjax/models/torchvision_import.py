@@ -1,0 +1,222 @@
+"""Convert torchvision state dicts into segjax variables.
+
+`convert(name, state_dict)` maps the weights of torchvision's `resnet18/34/50/101/152` (the
+ImageNet classifiers, for transfer learning: `fc.*` is dropped), `fcn_resnet50/101` and
+`deeplabv3_resnet50/101` (with or without `aux_classifier`) onto the same-named segjax model.
+Every torchvision key must land on a segjax leaf of the same shape and every segjax leaf must
+receive a value: anything else raises ValueError listing the offending keys.
+
+Transfer learning (ImageNet backbone into a fresh segmentation model):
+
+  >>> model = create_model("deeplabv3plus_resnet50", num_classes=21)
+  >>> variables = model.init(jax.random.key(0), jnp.zeros([1, 65, 65, 3]))
+  >>> imagenet = convert("resnet50", torchvision.models.resnet50(weights="DEFAULT").state_dict())
+  >>> variables = merge_backbone(variables, imagenet)
+
+Layouts: conv weights OIHW -> kernels HWIO; BatchNorm weight/bias/running_mean/running_var ->
+params scale/bias and batch_stats mean/var; `num_batches_tracked` is ignored (segjax's BatchNorm
+uses a fixed momentum, as torchvision's default).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segjax.models.backbones.resnet import ResNet
+from segjax.models.registry import create_model
+
+_CLASSIFIERS = {f"resnet{d}": d for d in (18, 34, 50, 101, 152)}
+_SEGMENTATION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
+SUPPORTED = tuple(_CLASSIFIERS) + _SEGMENTATION
+
+# torchvision Sequential index -> segjax child name, per head.
+_FCN_HEAD = {"0": "conv", "1": "bn", "4": "cls"}
+_DEEPLAB_HEAD = {"1": "conv", "2": "bn", "4": "cls"}
+
+
+def _map_fcn_head(parts: list[str]) -> list[str] | None:
+    if len(parts) == 2 and parts[0] in _FCN_HEAD:
+        return [_FCN_HEAD[parts[0]], parts[1]]
+    return None
+
+
+def _map_deeplab_head(parts: list[str], num_rates: int) -> list[str] | None:
+    """torchvision DeepLabHead keys (below `classifier.`) -> segjax DeepLabV3Head path."""
+    if len(parts) == 2 and parts[0] in _DEEPLAB_HEAD:
+        return [_DEEPLAB_HEAD[parts[0]], parts[1]]
+    key = ".".join(parts)
+    m = re.fullmatch(r"0\.convs\.(\d+)\.(\d+)\.(\w+)", key)
+    if m:
+        branch, layer, leaf = int(m[1]), m[2], m[3]
+        if branch == 0:
+            name, layers = "conv1x1", {"0": "conv", "1": "bn"}
+        elif branch <= num_rates:
+            name, layers = f"atrous_{branch - 1}", {"0": "conv", "1": "bn"}
+        elif branch == num_rates + 1:  # ASPPPooling: 0 is the AdaptiveAvgPool2d
+            name, layers = "pooling", {"1": "conv", "2": "bn"}
+        else:
+            return None
+        return ["aspp", name, layers[layer], leaf] if layer in layers else None
+    m = re.fullmatch(r"0\.project\.(\d+)\.(\w+)", key)
+    if m and m[1] in ("0", "1"):
+        return ["aspp", "project", {"0": "conv", "1": "bn"}[m[1]], m[2]]
+    return None
+
+
+def _leaf(parts: list[str], value: np.ndarray) -> tuple[str, tuple[str, ...], np.ndarray] | None:
+    """Torch leaf -> (collection, segjax path, value in segjax layout); None for ignored leaves."""
+    *path, leaf = parts
+    if leaf == "num_batches_tracked":
+        return None
+    if leaf == "weight" and value.ndim == 4:
+        return "params", (*path, "kernel"), value.transpose(2, 3, 1, 0)
+    if leaf == "weight" and value.ndim == 1:
+        return "params", (*path, "scale"), value
+    if leaf == "bias":
+        return "params", (*path, "bias"), value
+    if leaf == "running_mean":
+        return "batch_stats", (*path, "mean"), value
+    if leaf == "running_var":
+        return "batch_stats", (*path, "var"), value
+    return "unknown", tuple(parts), value
+
+
+def _path_mapper(name: str) -> Callable[[list[str]], list[str] | None]:
+    """A function mapping a torch key (split on '.') to a segjax path, or None when unmapped."""
+    if name in _CLASSIFIERS:
+        return lambda parts: parts
+    head = _map_fcn_head if name.startswith("fcn_") else (lambda p: _map_deeplab_head(p, 3))
+
+    def mapper(parts: list[str]) -> list[str] | None:
+        top, rest = parts[0], parts[1:]
+        if top == "backbone":
+            return parts
+        if top == "aux_classifier":
+            sub = _map_fcn_head(rest)
+        elif top == "classifier":
+            sub = head(rest)
+        else:
+            return None
+        return None if sub is None else [top, *sub]
+
+    return mapper
+
+
+def _target(name: str, state_dict: Mapping[str, np.ndarray]):
+    """The segjax module matching `name` and the state dict's classes/aux head."""
+    if name in _CLASSIFIERS:
+        return ResNet(depth=_CLASSIFIERS[name])
+    cls_key = "classifier.4.weight"
+    if cls_key not in state_dict:
+        raise ValueError(f"state dict for {name!r} lacks {cls_key!r} (its classifier); is it a {name}?")
+    num_classes = int(np.shape(state_dict[cls_key])[0])
+    aux = any(k.startswith("aux_classifier.") for k in state_dict)
+    return create_model(name, num_classes=num_classes, aux_loss=aux)
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def convert(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Maps a torchvision `state_dict` onto the variables of the segjax model `name`.
+
+    Args:
+      name: one of `SUPPORTED` (`resnet50`, `fcn_resnet101`, `deeplabv3_resnet50`, ...). For
+        `resnetNN` the result is the variables of `ResNet(depth=NN)` (the `fc` layer is dropped);
+        otherwise of `create_model(name, num_classes=<from the state dict>, aux_loss=<whether it
+        has aux_classifier.*>)`.
+      state_dict: torchvision parameter names -> arrays (numpy arrays or torch tensors).
+
+    Returns:
+      `{"params": ..., "batch_stats": ...}` nested dicts of float32 numpy arrays.
+
+    Raises:
+      ValueError: unsupported name; keys with no segjax counterpart (unexpected), segjax leaves
+        with no torch key (missing), or shape mismatches — each listed by name.
+    """
+    if name not in SUPPORTED:
+        raise ValueError(f"cannot convert {name!r}; supported: {', '.join(SUPPORTED)}")
+    model = _target(name, state_dict)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 3))))
+    expected = {
+        (col, *path): leaf.shape
+        for col in ("params", "batch_stats")
+        for path, leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes[col])).items()
+    }
+    mapper = _path_mapper(name)
+    flat, unexpected, mismatched = {}, [], []
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if name in _CLASSIFIERS and parts[0] == "fc":
+            continue  # the ImageNet classifier is not part of the backbone
+        mapped = mapper(parts)
+        converted = None if mapped is None else _leaf(mapped, _as_numpy(value))
+        if mapped is not None and converted is None:
+            continue  # num_batches_tracked
+        if converted is None or converted[0] == "unknown":
+            unexpected.append(key)
+            continue
+        col, path, array = converted
+        target = (col, *path)
+        if target not in expected:
+            unexpected.append(key)
+        elif tuple(array.shape) != tuple(expected[target]):
+            mismatched.append(f"{key}: {tuple(array.shape)} -> {'/'.join(target)} {tuple(expected[target])}")
+        else:
+            flat[target] = np.asarray(array, np.float32)
+    missing = sorted("/".join(k) for k in expected.keys() - flat.keys())
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected keys (no segjax counterpart): {sorted(unexpected)}")
+    if missing:
+        problems.append(f"missing keys (segjax leaves with no torch value): {missing}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise ValueError(f"cannot convert state dict to {name!r}: " + "; ".join(problems))
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def merge_backbone(variables: Mapping[str, Any], backbone: Mapping[str, Any], *, key: str = "backbone"):
+    """Returns `variables` with the `key` subtree of params and batch_stats replaced by `backbone`.
+
+    Args:
+      variables: a freshly initialised segmentation model's `{"params", "batch_stats"}`.
+      backbone: converted backbone variables, e.g. `convert("resnet50", state_dict)`.
+      key: name of the backbone submodule in the model.
+
+    Raises:
+      ValueError: when the backbone's leaves (names or shapes) differ from the model's — e.g. a
+        ResNet-101 checkpoint for a ResNet-50 model or a `backbone_width` override — listing them.
+    """
+    out = {}
+    for col in ("params", "batch_stats"):
+        if key not in variables.get(col, {}):
+            raise ValueError(f"variables[{col!r}] has no {key!r} subtree to replace")
+        old = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables[col][key]))
+        new = flax.traverse_util.flatten_dict(flax.core.unfreeze(backbone[col]))
+        diff = sorted("/".join(k) for k in old.keys() ^ new.keys())
+        bad = sorted(
+            f"{'/'.join(k)}: {np.shape(new[k])} vs {np.shape(old[k])}"
+            for k in old.keys() & new.keys()
+            if np.shape(new[k]) != np.shape(old[k])
+        )
+        if diff or bad:
+            raise ValueError(f"backbone {col} do not match the model's {key!r}: names {diff}, shapes {bad}")
+        merged = dict(flax.core.unfreeze(variables[col]))
+        merged[key] = jax.tree.map(lambda old_leaf, new_leaf: jnp.asarray(new_leaf, old_leaf.dtype),
+                                   flax.core.unfreeze(variables[col][key]),
+                                   flax.core.unfreeze(backbone[col]))
+        out[col] = merged
+    for col in variables:
+        out.setdefault(col, variables[col])
+    return out
