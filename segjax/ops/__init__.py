@@ -8,11 +8,16 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 * `roi_align` (segjax.ops.roi_align)
 """
 
+from segjax.ops.conv import atrous_conv2d, conv2d, conv_as_matrix, conv_transpose2d
 from segjax.ops.resize import resize
 from segjax.ops.unpool import bed_of_nails_unpool, max_pool_with_argmax, max_unpool, nearest_unpool
 
 __all__ = [
+    "atrous_conv2d",
     "bed_of_nails_unpool",
+    "conv2d",
+    "conv_as_matrix",
+    "conv_transpose2d",
     "max_pool_with_argmax",
     "max_unpool",
     "nearest_unpool",

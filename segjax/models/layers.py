@@ -1,0 +1,143 @@
+"""Thin Flax layers over `segjax.ops` with PyTorch semantics and HWIO `kernel` (+ `bias`) params.
+
+* `AtrousConv`: a stride-1 dilated conv with SAME padding (`segjax.ops.atrous_conv2d`, which drops
+  kernel taps that can only read padding — exact, and much cheaper at rates near the map size).
+* `ConvTranspose`: `torch.nn.ConvTranspose2d` semantics (`segjax.ops.conv_transpose2d`). Its kernel
+  is stored `[kh, kw, features, in_features]`: the HWIO kernel of the *forward* conv whose adjoint
+  this layer is (features -> in_features). A torch `ConvTranspose2d.weight` `[in, out, kh, kw]`
+  converts with `weight.transpose(2, 3, 1, 0)`.
+* `bilinear_upsample_kernel` / `bilinear_init`: the FCN paper's fixed bilinear interpolation kernel
+  for a transposed conv with kernel 2f - f % 2, stride f, padding f // 2 (output exactly f x the
+  input; equal to `resize(..., "bilinear", align_corners=False)` away from the border).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segjax.ops import atrous_conv2d, conv_transpose2d
+from segjax.ops._args import positive_pair
+
+Initializer = Callable[..., jax.Array]
+
+
+def bilinear_upsample_kernel(factor, channels: int) -> np.ndarray:
+    """FCN bilinear upsampling kernel `[k_h, k_w, channels, channels]`, k = 2f - f % 2.
+
+    Per-channel (diagonal over the two channel axes) separable tent filter
+    `(1 - |i - c| / f_)` with f_ = (k + 1) // 2 and centre c = f_ - 1 (k odd) or f_ - 0.5 (k even).
+    Use with `ConvTranspose(channels, (k_h, k_w), stride=f, padding=f // 2)`.
+    `factor` is an int or (f_h, f_w) pair >= 1.
+    """
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    taps = []
+    for f in positive_pair(factor, "factor"):
+        k = 2 * f - f % 2
+        half = (k + 1) // 2
+        centre = half - 1 if k % 2 == 1 else half - 0.5
+        taps.append(1.0 - np.abs(np.arange(k) - centre) / half)
+    filt = np.outer(*taps).astype(np.float32)
+    kernel = np.zeros((*filt.shape, channels, channels), np.float32)
+    kernel[:, :, np.arange(channels), np.arange(channels)] = filt[:, :, None]
+    return kernel
+
+
+def bilinear_init(factor) -> Initializer:
+    """Kernel initializer `(key, shape, dtype)` giving `bilinear_upsample_kernel(factor, C)`.
+
+    `shape` must be `[2f - f % 2, 2f - f % 2, C, C]` (a ConvTranspose with features == in_features).
+    """
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        kernel = bilinear_upsample_kernel(factor, int(shape[-1]))
+        if tuple(shape) != kernel.shape:
+            raise ValueError(f"bilinear_init({factor!r}) needs kernel shape {kernel.shape}, "
+                             f"got {tuple(shape)}")
+        return jnp.asarray(kernel, dtype)
+
+    return init
+
+
+class AtrousConv(nn.Module):
+    """Atrous (dilated) conv, stride 1, SAME padding: [N, H, W, C] -> [N, H, W, features].
+
+    Attributes:
+      features: output channels.
+      kernel_size: int or (kh, kw).
+      rate: dilation, int or pair.
+      use_bias: add a `bias` [features].
+      dtype: compute dtype (None: the input's); param_dtype: parameter dtype.
+      kernel_init, bias_init: initializers of `kernel` [kh, kw, C, features] and `bias`.
+    """
+
+    features: int
+    kernel_size: Any = 3
+    rate: Any = 1
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = positive_pair(self.kernel_size, "kernel_size")
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
+                            self.param_dtype)
+        dtype = self.dtype or x.dtype
+        y = atrous_conv2d(x.astype(dtype), kernel.astype(dtype), self.rate)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(dtype)
+        return y
+
+
+class ConvTranspose(nn.Module):
+    """Transposed conv like `torch.nn.ConvTranspose2d`: [N, H, W, C] -> [N, H', W', features].
+
+    H' = (H - 1) * stride - 2 * padding + dilation * (kh - 1) + output_padding + 1.
+    The `kernel` param is `[kh, kw, features, C]` (the forward conv features -> C whose adjoint
+    this is); the default init (lecun normal over axis -2) therefore uses fan-in
+    kh * kw * features, which is also what torch uses for ConvTranspose2d weights.
+
+    Attributes:
+      features: output channels.
+      kernel_size: int or (kh, kw).
+      stride, padding, output_padding, dilation: int or pair, torch semantics.
+      use_bias: add a `bias` [features].
+      dtype: compute dtype (None: the input's); param_dtype: parameter dtype.
+      kernel_init, bias_init: initializers (e.g. `bilinear_init(f)` for FCN upsampling).
+    """
+
+    features: int
+    kernel_size: Any = 2
+    stride: Any = 1
+    padding: Any = 0
+    output_padding: Any = 0
+    dilation: Any = 1
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = positive_pair(self.kernel_size, "kernel_size")
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, self.features, x.shape[-1]),
+                            self.param_dtype)
+        dtype = self.dtype or x.dtype
+        y = conv_transpose2d(x.astype(dtype), kernel.astype(dtype), stride=self.stride,
+                             padding=self.padding, output_padding=self.output_padding,
+                             dilation=self.dilation)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(dtype)
+        return y
+
+
+__all__ = ["AtrousConv", "ConvTranspose", "bilinear_init", "bilinear_upsample_kernel"]

@@ -1,0 +1,205 @@
+"""Convolution, atrous convolution, transposed convolution and convolution as a matrix (NHWC/HWIO).
+
+`conv2d` is cross-correlation like `torch.nn.functional.conv2d`. `conv_transpose2d` is written as
+its explicit adjoint: the output cotangent is dilated by the stride (zeros between samples),
+padded by `dilation * (k - 1) - padding` (plus `output_padding` at the end), and correlated with
+the spatially flipped kernel whose in/out channels are swapped. `conv_as_matrix` builds the dense
+operator from index arithmetic alone, so the tests can check all three against each other.
+
+Atrous convolutions with rates as large as the feature map read mostly padding: every kernel row
+(column) whose taps fall outside the input for all outputs contributes exactly zero. `conv2d` drops
+such border rows/columns of the kernel and adjusts the padding so the output is unchanged; at
+rate >= map size a 3x3 atrous conv becomes a 1x1 conv (a large saving on CPU, see DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from segjax.ops._args import check_rank, non_negative_pair, pair, positive_pair
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_padding(padding, in_hw, k_hw, stride, dilation) -> list[tuple[int, int]]:
+    """(low, high) padding per spatial axis for int / pair / "SAME" / "VALID"."""
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "VALID":
+            return [(0, 0), (0, 0)]
+        if mode == "SAME":  # TF/lax rule: output ceil(in / stride), extra padding at the end.
+            pads = []
+            for n, k, s, d in zip(in_hw, k_hw, stride, dilation):
+                total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+                pads.append((total // 2, total - total // 2))
+            return pads
+        raise ValueError(f"padding must be an int, a pair, 'SAME' or 'VALID', got {padding!r}")
+    ph, pw = non_negative_pair(padding, "padding")
+    return [(ph, ph), (pw, pw)]
+
+
+def _out_size(n, k, s, d, lo, hi) -> int:
+    return (n + lo + hi - d * (k - 1) - 1) // s + 1
+
+
+def _live_taps(n, k, s, d, lo, out) -> tuple[int, int]:
+    """[first, last] kernel taps along one axis that read real input for some output position."""
+    def reads_input(i):
+        first, last = i * d - lo, (out - 1) * s + i * d - lo
+        # Positions first, first+s, ..., last; some lies in [0, n) iff the strided range hits it.
+        if last < 0 or first >= n:
+            return False
+        lo_hit = max(0, -(-(0 - first) // s)) if first < 0 else 0
+        return first + lo_hit * s < n
+
+    live = [i for i in range(k) if reads_input(i)]
+    return (live[0], live[-1]) if live else (k // 2, k // 2)
+
+
+def _check_conv_args(x, w, groups):
+    check_rank(x, 4, "x", "N, H, W, C")
+    check_rank(w, 4, "w", "kh, kw, in/groups, out")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if w.shape[2] * groups != x.shape[3]:
+        raise ValueError(
+            f"x has {x.shape[3]} channels but w {w.shape} expects in/groups={w.shape[2]} x "
+            f"groups={groups} = {w.shape[2] * groups}")
+    if w.shape[3] % groups:
+        raise ValueError(f"w out-channels {w.shape[3]} must be divisible by groups={groups}")
+
+
+def conv2d(x: jax.Array, w: jax.Array, *, stride=1, padding=0, dilation=1, groups=1) -> jax.Array:
+    """2-D cross-correlation, like `torch.nn.functional.conv2d` (NHWC input, HWIO kernel).
+
+    Args:
+      x: [N, H, W, C] input.
+      w: [kh, kw, C / groups, O] kernel.
+      stride, dilation: int or (h, w) pair, >= 1.
+      padding: int or (h, w) pair of symmetric zero padding, or "SAME" (output ceil(H / stride),
+        odd padding extra at the end, as lax) or "VALID".
+      groups: feature groups; C and O must be divisible by it.
+    Returns:
+      [N, Ho, Wo, O] with Ho = floor((H + pad_lo + pad_hi - dilation * (kh - 1) - 1) / stride) + 1,
+      computed in x's dtype (w is cast to it).
+    """
+    _check_conv_args(x, w, groups)
+    s = positive_pair(stride, "stride")
+    d = positive_pair(dilation, "dilation")
+    in_hw, k_hw = x.shape[1:3], w.shape[:2]
+    pads = _explicit_padding(padding, in_hw, k_hw, s, d)
+    out_hw = [_out_size(n, k, si, di, lo, hi)
+              for n, k, si, di, (lo, hi) in zip(in_hw, k_hw, s, d, pads)]
+    if min(out_hw) < 1:
+        raise ValueError(f"conv2d output would be empty: x {x.shape}, w {w.shape}, stride {s}, "
+                         f"padding {padding!r}, dilation {d}")
+    # Drop kernel rows/columns that only ever read padding (exact; see module docstring).
+    (r0, r1), (c0, c1) = [_live_taps(n, k, si, di, lo, o)
+                          for n, k, si, di, (lo, _), o in zip(in_hw, k_hw, s, d, pads, out_hw)]
+    w = w.astype(x.dtype)
+    if (r0, r1, c0, c1) != (0, k_hw[0] - 1, 0, k_hw[1] - 1):
+        w = w[r0:r1 + 1, c0:c1 + 1]
+        new_pads = []
+        for n, (t0, t1), si, di, (lo, _), o in zip(in_hw, ((r0, r1), (c0, c1)), s, d, pads, out_hw):
+            lo2 = lo - t0 * di
+            hi2 = si * (o - 1) + di * (t1 - t0) + 1 - n - lo2
+            new_pads.append((lo2, hi2))
+        pads = new_pads
+    return lax.conv_general_dilated(
+        x, w, window_strides=s, padding=pads, rhs_dilation=d, dimension_numbers=_DIMS,
+        feature_group_count=groups)
+
+
+def atrous_conv2d(x: jax.Array, w: jax.Array, rate, *, padding="SAME") -> jax.Array:
+    """Atrous (dilated) convolution: `conv2d(x, w, dilation=rate, padding=padding)`, stride 1.
+
+    With the default "SAME" padding the output has the input's spatial size. `rate` is an int or
+    (h, w) pair >= 1; x [N, H, W, C], w [kh, kw, C, O] -> [N, H, W, O].
+    """
+    return conv2d(x, w, stride=1, padding=padding, dilation=positive_pair(rate, "rate"))
+
+
+def conv_transpose2d(y: jax.Array, w: jax.Array, *, stride=1, padding=0, output_padding=0,
+                     dilation=1, groups=1) -> jax.Array:
+    """Transposed convolution: the adjoint of `x -> conv2d(x, w, stride, padding, dilation, groups)`.
+
+    Equal to `torch.nn.functional.conv_transpose2d(y, w.transpose(3, 2, 0, 1), ...)` (NHWC here).
+
+    Args:
+      y: [N, H', W', B] (the conv's output space).
+      w: [kh, kw, A / groups, B] — the kernel of the forward conv A -> B.
+      stride, dilation: int or pair >= 1; padding: int or pair >= 0 (the forward conv's padding).
+      output_padding: int or pair, extra rows/columns at the end, each < stride or < dilation
+        (as torch), choosing among the input sizes that map to the same H'.
+      groups: as in the forward conv.
+    Returns:
+      [N, H, W, A] with H = (H' - 1) * stride - 2 * padding + dilation * (kh - 1) + output_padding + 1.
+    """
+    check_rank(y, 4, "y", "N, H', W', B")
+    check_rank(w, 4, "w", "kh, kw, A/groups, B")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if y.shape[3] != w.shape[3]:
+        raise ValueError(f"y has {y.shape[3]} channels but w {w.shape} maps to B={w.shape[3]}")
+    if w.shape[3] % groups:
+        raise ValueError(f"w out-channels {w.shape[3]} must be divisible by groups={groups}")
+    s = positive_pair(stride, "stride")
+    d = positive_pair(dilation, "dilation")
+    p = non_negative_pair(padding, "padding")
+    op = non_negative_pair(output_padding, "output_padding")
+    for oi, si, di in zip(op, s, d):
+        if oi >= si and oi >= di:
+            raise ValueError(f"output_padding {output_padding!r} must be smaller than stride "
+                             f"{stride!r} or dilation {dilation!r}")
+    kh, kw, a_g, b = w.shape
+    out_hw = [(n - 1) * si - 2 * pi + di * (k - 1) + oi + 1
+              for n, si, pi, di, k, oi in zip(y.shape[1:3], s, p, d, (kh, kw), op)]
+    if min(out_hw) < 1:
+        raise ValueError(f"conv_transpose2d output would be empty: y {y.shape}, w {w.shape}")
+    # Flip spatially and swap in/out per group: [kh, kw, B/g, A] for a grouped conv B -> A.
+    wt = w[::-1, ::-1].reshape(kh, kw, a_g, groups, b // groups)
+    wt = wt.transpose(0, 1, 4, 3, 2).reshape(kh, kw, b // groups, groups * a_g)
+    pads = [(di * (k - 1) - pi, di * (k - 1) - pi + oi)
+            for di, k, pi, oi in zip(d, (kh, kw), p, op)]
+    return lax.conv_general_dilated(
+        y, wt.astype(y.dtype), window_strides=(1, 1), padding=pads, lhs_dilation=s,
+        rhs_dilation=d, dimension_numbers=_DIMS, feature_group_count=groups)
+
+
+def conv_as_matrix(w: jax.Array, in_hw, *, stride=1, padding=0, dilation=1) -> jax.Array:
+    """The dense matrix C of `conv2d(., w, stride, padding, dilation)` on one [H, W, A] image.
+
+    `conv2d(x[None], w)[0].ravel() == C @ x.ravel()` (row-major HWC), C of shape
+    [Ho * Wo * B, H * W * A]; `C.T` is the transposed convolution. Built by index arithmetic
+    (entry (out pixel, out channel; in pixel, in channel) = the kernel tap linking them), and
+    differentiable in w. For teaching and tests: memory grows as (H * W)^2.
+
+    Args:
+      w: [kh, kw, A, B] kernel; in_hw: (H, W); stride, padding, dilation as in conv2d (int/pair).
+    """
+    check_rank(w, 4, "w", "kh, kw, A, B")
+    h, wd = positive_pair(in_hw, "in_hw")
+    s = positive_pair(stride, "stride")
+    d = positive_pair(dilation, "dilation")
+    kh, kw, a, b = w.shape
+    pads = _explicit_padding(padding, (h, wd), (kh, kw), s, d)
+    ho, wo = [_out_size(n, k, si, di, lo, hi)
+              for n, k, si, di, (lo, hi) in zip((h, wd), (kh, kw), s, d, pads)]
+    if min(ho, wo) < 1:
+        raise ValueError(f"conv output would be empty for in_hw {in_hw!r} and w {w.shape}")
+    oy, ox, i, j = np.meshgrid(np.arange(ho), np.arange(wo), np.arange(kh), np.arange(kw),
+                               indexing="ij")
+    iy = oy * s[0] + i * d[0] - pads[0][0]
+    ix = ox * s[1] + j * d[1] - pads[1][0]
+    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
+    oy, ox, i, j, iy, ix = (v[inside] for v in (oy, ox, i, j, iy, ix))
+    # Every (out pixel, tap) pair links A x B channel entries.
+    ca, cb = np.meshgrid(np.arange(a), np.arange(b), indexing="ij")
+    rows = ((oy * wo + ox) * b)[:, None, None] + cb[None]
+    cols = ((iy * wd + ix) * a)[:, None, None] + ca[None]
+    vals = jnp.asarray(w)[i, j]  # [T, A, B]
+    c = jnp.zeros((ho * wo * b, h * wd * a), jnp.asarray(w).dtype)
+    return c.at[rows, cols].add(vals)
