@@ -1,0 +1,2 @@
+"""TFDS builders defined by segjax; importing this module registers them with TFDS."""
+from segjax.data.builders import synthetic_shapes  # noqa: F401

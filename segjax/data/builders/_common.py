@@ -1,0 +1,19 @@
+"""What both segjax TFDS builders share."""
+import sys
+
+from etils import epath
+from tensorflow_datasets.core import utils as tfds_utils
+
+
+class LocalCodePath:
+    """Mixin: `code_path` is this module's file.
+
+    TFDS 4.9.10 computes `code_path` through `importlib_resources.abc`, a package it does not
+    install on Python >= 3.9, so preparing any builder defined outside TFDS fails with
+    ModuleNotFoundError. The file path is all TFDS needs (it looks for `checksums.tsv` beside it).
+    """
+
+    @tfds_utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(sys.modules[cls.__module__].__file__)

@@ -1,0 +1,189 @@
+"""Dataset registry: what the pipelines need to know about each segmentation dataset.
+
+`get_dataset_info("voc2012")` returns a `DatasetInfo`: the TFDS name, class names and colours,
+the ignore label, which feature holds the image and the mask, and how raw mask values map to
+training class ids. Names: `voc2012` (splits `train`, `val`, `train_aug`), `synthetic_shapes`
+and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `scene_parse150`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+_SYNTHETIC_CONFIGS = ("clean", "illumination", "occlusion", "overlap", "shape_variation",
+                      "imbalance", "noise", "label_noise", "all", "shape_only", "tiny")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DatasetInfo:
+    """Static facts about one dataset.
+
+    Attributes:
+      name: registry name, e.g. `"voc2012"`.
+      tfds_name: name for `tfds.builder`, optionally with `/config`.
+      num_classes: number of training classes K (ids 0..K-1).
+      ignore_label: label value that losses and metrics skip.
+      class_names: K names.
+      palette: uint8 `[K, 3]` display colours.
+      label_map: int32 `[256]` raw mask value -> class id, `ignore_label`, or -1 for "invalid"
+        (the pipeline raises on -1). None: values < K and `ignore_label` map to themselves,
+        everything else is invalid.
+      image_key, label_key: feature names of the RGB image and the mask in the TFDS examples.
+      label_channel: which channel of the mask holds the class value.
+      id_key: feature naming the example in error messages (None if the dataset has none).
+      instance_key: feature with instance ids, if any.
+      train_split, eval_split: default split names.
+      builder_kwargs: extra keyword arguments for `tfds.builder` (e.g. `config=` a config object).
+      notes: what was chosen when mapping the raw labels.
+    """
+
+    name: str
+    tfds_name: str
+    num_classes: int
+    ignore_label: int
+    class_names: tuple
+    palette: np.ndarray
+    label_map: np.ndarray | None = None
+    image_key: str = "image"
+    label_key: str = "segmentation_mask"
+    label_channel: int = 0
+    id_key: str | None = "image_id"
+    instance_key: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    builder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: str = ""
+
+    def __post_init__(self):
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: class_names has {len(self.class_names)} entries, "
+                             f"num_classes is {self.num_classes}")
+        if np.shape(self.palette) != (self.num_classes, 3):
+            raise ValueError(f"{self.name}: palette must be [{self.num_classes}, 3], "
+                             f"got {np.shape(self.palette)}")
+        if self.label_map is not None and np.shape(self.label_map) != (256,):
+            raise ValueError(f"{self.name}: label_map must have shape [256]")
+
+    def lookup_table(self) -> np.ndarray:
+        """int32 `[256]`: raw mask value -> class id / ignore label / -1 (invalid)."""
+        if self.label_map is not None:
+            return np.asarray(self.label_map, np.int32)
+        table = np.full(256, -1, np.int32)
+        table[: self.num_classes] = np.arange(self.num_classes)
+        table[self.ignore_label] = self.ignore_label
+        return table
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map, uint8 `[n, 3]`: bits of the class id spread over R, G, B."""
+    palette = np.zeros((n, 3), np.uint8)
+    for k in range(n):
+        c, r, g, b = k, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[k] = (r, g, b)
+    return palette
+
+
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+               "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+               "sheep", "sofa", "train", "tvmonitor")
+
+# Cityscapes labelIds (0..33) of the 19 evaluated classes, in train-id order.
+_CITYSCAPES = (
+    (7, "road", (128, 64, 128)), (8, "sidewalk", (244, 35, 232)), (11, "building", (70, 70, 70)),
+    (12, "wall", (102, 102, 156)), (13, "fence", (190, 153, 153)), (17, "pole", (153, 153, 153)),
+    (19, "traffic light", (250, 170, 30)), (20, "traffic sign", (220, 220, 0)),
+    (21, "vegetation", (107, 142, 35)), (22, "terrain", (152, 251, 152)), (23, "sky", (70, 130, 180)),
+    (24, "person", (220, 20, 60)), (25, "rider", (255, 0, 0)), (26, "car", (0, 0, 142)),
+    (27, "truck", (0, 0, 70)), (28, "bus", (0, 60, 100)), (31, "train", (0, 80, 100)),
+    (32, "motorcycle", (0, 0, 230)), (33, "bicycle", (119, 11, 32)))
+
+# Category ids 1..100 in the red channel of the Places Challenge 2017 instance masks.
+_PLACES100 = (
+    "bed", "windowpane", "cabinet", "person", "door", "table", "curtain", "chair", "car",
+    "painting", "sofa", "shelf", "mirror", "armchair", "seat", "fence", "desk", "wardrobe", "lamp",
+    "bathtub", "railing", "cushion", "box", "column", "signboard", "chest of drawers", "counter",
+    "sink", "fireplace", "refrigerator", "stairs", "case", "pool table", "pillow", "screen door",
+    "bookcase", "coffee table", "toilet", "flower", "book", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "arcade machine", "bus", "towel", "light",
+    "truck", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
+    "apparel", "pole", "bannister", "ottoman", "bottle", "van", "ship", "fountain", "washer",
+    "plaything", "stool", "barrel", "basket", "bag", "minibike", "oven", "ball", "food", "step",
+    "trade name", "microwave", "pot", "animal", "bicycle", "dishwasher", "screen", "sculpture",
+    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "plate", "monitor",
+    "bulletin board", "radiator", "glass", "clock", "flag")
+
+
+def _table(pairs: dict[int, int], default: int) -> np.ndarray:
+    table = np.full(256, default, np.int32)
+    for raw, target in pairs.items():
+        table[raw] = target
+    return table
+
+
+def _synthetic(config: str | None) -> DatasetInfo:
+    from segjax.data.builders.synthetic_shapes import CLASS_NAMES  # numpy + tfds only
+    name = "synthetic_shapes" if config is None else f"synthetic_shapes/{config}"
+    return DatasetInfo(
+        name=name, tfds_name=f"synthetic_shapes/{config or 'clean'}",
+        num_classes=len(CLASS_NAMES), ignore_label=255, class_names=CLASS_NAMES,
+        palette=voc_palette(len(CLASS_NAMES)), instance_key="instance_mask",
+        notes="Generated from a seed; no download.")
+
+
+def _make_registry() -> dict[str, Any]:
+    pet_notes = ("Trimap 1 (pet) -> class 1 'pet', 2 (background) -> class 0, 3 (border, "
+                 "'not classified') -> ignore 255; any other value is invalid.")
+    return {
+        "voc2012": lambda: DatasetInfo(
+            name="voc2012", tfds_name="voc2012_segmentation", num_classes=21, ignore_label=255,
+            class_names=VOC_CLASSES, palette=voc_palette(21), train_split="train_aug",
+            eval_split="val",
+            notes="Palette-PNG ids kept as is; 255 marks boundaries/difficult pixels. SBD "
+                  "masks (train_aug only) have no 255 boundary band."),
+        "synthetic_shapes": lambda: _synthetic(None),
+        **{f"synthetic_shapes/{c}": (lambda c=c: _synthetic(c)) for c in _SYNTHETIC_CONFIGS},
+        "oxford_iiit_pet": lambda: DatasetInfo(
+            name="oxford_iiit_pet", tfds_name="oxford_iiit_pet", num_classes=2, ignore_label=255,
+            class_names=("background", "pet"), palette=np.array([[0, 0, 0], [128, 0, 0]], np.uint8),
+            label_map=_table({1: 1, 2: 0, 3: 255}, -1), id_key="file_name", eval_split="test",
+            notes=pet_notes),
+        "cityscapes": lambda: DatasetInfo(
+            name="cityscapes", tfds_name="cityscapes/semantic_segmentation", num_classes=19,
+            ignore_label=255, class_names=tuple(n for _, n, _ in _CITYSCAPES),
+            palette=np.array([c for _, _, c in _CITYSCAPES], np.uint8),
+            label_map=_table({raw: k for k, (raw, _, _) in enumerate(_CITYSCAPES)}, 255),
+            image_key="image_left", label_key="segmentation_label",
+            notes="labelIds 0..33: the 19 evaluated classes -> train ids 0..18, all others "
+                  "(incl. void, license plate) -> ignore 255."),
+        "scene_parse150": lambda: DatasetInfo(
+            name="scene_parse150", tfds_name="scene_parse150", num_classes=100, ignore_label=255,
+            class_names=_PLACES100, palette=voc_palette(101)[1:],
+            label_map=_table({0: 255, **{k: k - 1 for k in range(1, 101)}}, -1),
+            label_key="annotation", label_channel=0, id_key=None, eval_split="test",
+            notes="TFDS 'scene_parse150' stores the Places Challenge 2017 *instance* masks "
+                  "(annotations_instance): red = one of 100 object categories (0 = stuff or "
+                  "unlabelled), green = instance id. It is not the 150-class scene-parsing map. "
+                  "Red 1..100 -> classes 0..99, 0 -> ignore 255; its 'test' split is ADE val."),
+    }
+
+
+_REGISTRY = _make_registry()
+
+
+def available_datasets() -> list[str]:
+    """Sorted registry names accepted by `get_dataset_info` and the pipelines."""
+    return sorted(_REGISTRY)
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The `DatasetInfo` registered under `name`; raises ValueError listing the known names."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(available_datasets())}")
+    return _REGISTRY[name]()

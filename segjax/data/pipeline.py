@@ -1,0 +1,376 @@
+"""Seeded tf.data input pipelines over TFDS segmentation datasets.
+
+`train_batches` is an infinite, exactly resumable stream: the examples of global step `s` are the
+consecutive positions `[s*G, (s+1)*G)` (G = batch_size * process_count) of an endless sequence of
+per-epoch permutations (seeded by `(seed, epoch)`), process `p` takes the `p`-th slice of
+`batch_size`, and each example's augmentation is seeded by `(seed, epoch, index)`. Nothing depends
+on how the stream got to step `s`, so `start_step=s` skips on indices (before any decoding) and
+reproduces an uninterrupted run bit for bit. Examples are read by index from the TFDS ArrayRecord
+files (random access) and decoded/augmented in a parallel, order-preserving `map`.
+
+`eval_batches` is one pass in index order, padded to a fixed shape with a validity mask; every
+process yields the same number of batches.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from segjax.data import augment
+from segjax.data._tf import tf
+from segjax.data.datasets import DatasetInfo, get_dataset_info
+
+# ImageNet statistics on the 0..255 scale (what torchvision-pretrained backbones expect).
+IMAGE_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
+IMAGE_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
+
+_ERROR_TAG = "segjax-data:"
+
+
+def preprocess_image(image: np.ndarray) -> np.ndarray:
+    """Normalises a uint8 `[H, W, 3]` (or `[N, H, W, 3]`) RGB image to float32 (ImageNet
+    mean/std on 0..255): exactly what the pipelines feed the model."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (3, 4) or image.shape[-1] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3] or [N, H, W, 3], got {image.dtype} "
+                         f"{image.shape}")
+    return ((image.astype(np.float32) - IMAGE_MEAN) / IMAGE_STD).astype(np.float32)
+
+
+def resolve(dataset: str | DatasetInfo) -> DatasetInfo:
+    """A registry name or a `DatasetInfo` -> `DatasetInfo`."""
+    return dataset if isinstance(dataset, DatasetInfo) else get_dataset_info(dataset)
+
+
+def _builder(info: DatasetInfo, data_dir):
+    name = info.tfds_name
+    if "config" in info.builder_kwargs:  # a config object replaces the `/config` in the name
+        name = name.split("/")[0]
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record",
+                        **info.builder_kwargs)
+
+
+def prepare(dataset: str | DatasetInfo, data_dir: str | None = None, *,
+            manual_dir: str | None = None, download: bool = False):
+    """Builds the TFDS dataset under `data_dir` if it is not there yet; returns the builder.
+
+    Synthetic datasets are generated; VOC is built from `manual_dir` (default
+    `<data_dir>/downloads/manual`) or, with `download=True`, downloaded. Missing manual data
+    fails at once with instructions (no 200 s of download retries).
+    """
+    info = resolve(dataset)
+    builder = _builder(info, data_dir)
+    if builder.is_prepared():
+        return builder
+    check = getattr(builder, "check_source_data", None)
+    if check is not None:  # our VOC builder: fail fast when the raw files are missing
+        check(manual_dir or os.path.join(builder._data_dir_root, "downloads", "manual"),
+              download=download)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    builder.download_and_prepare(download_config=config, file_format="array_record")
+    return builder
+
+
+class _Records:
+    """Random access to the serialized examples of one split, `records[i] -> bytes`."""
+
+    def __init__(self, builder, split: str):
+        if split not in builder.info.splits:
+            raise ValueError(f"split {split!r} not in {builder.info.full_name}; available: "
+                             f"{sorted(builder.info.splits)}")
+        try:
+            self._source = builder.as_data_source(
+                split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+            self._records = None
+        except NotImplementedError:  # prepared earlier as TFRecord: hold the bytes in memory
+            instructions = builder.info.splits[split].file_instructions
+            self._records = [bytes(r) for fi in instructions for r in tf.data.TFRecordDataset(
+                fi.filename).skip(fi.skip).take(fi.take).as_numpy_iterator()]
+            self._source = None
+
+    def __len__(self) -> int:
+        return len(self._records if self._source is None else self._source)
+
+    def __getitem__(self, index: int) -> bytes:
+        if self._source is None:
+            return self._records[index]
+        return self._source[int(index)]
+
+
+_OPENED: dict = {}
+
+
+def _open(info: DatasetInfo, data_dir, split: str) -> tuple:
+    """(builder, records) of a split, prepared on first use and cached per process."""
+    key = (info.tfds_name, repr(sorted(info.builder_kwargs.items())), str(data_dir), split)
+    if key not in _OPENED:
+        builder = prepare(info, data_dir)
+        _OPENED[key] = builder, _Records(builder, split)
+    return _OPENED[key]
+
+
+def num_examples(dataset: str | DatasetInfo, split: str, data_dir: str | None = None) -> int:
+    """Number of examples in `split` (prepares the dataset if needed)."""
+    return len(_open(resolve(dataset), data_dir, split)[1])
+
+
+def fold_indices(n: int, *, fold: int, num_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic k-fold partition of `range(n)`: returns sorted `(train, val)` indices of
+    fold `fold`; the `num_folds` val parts are disjoint and cover `range(n)`."""
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in [0, num_folds={num_folds}), got {fold}")
+    perm = np.random.default_rng([seed, 0x6F6C64]).permutation(n)
+    val = np.sort(perm[fold::num_folds])
+    return np.setdiff1d(np.arange(n), val), val
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True,
+                weights: np.ndarray | None = None) -> np.ndarray:
+    """Positions `0..n-1` in the order epoch `epoch` visits them: a permutation from
+    `(seed, epoch)`, or with `weights` (`[n]`, class-balanced sampling) `n` draws with
+    replacement proportional to them."""
+    if weights is not None:
+        rng = np.random.default_rng([seed, epoch, 1])
+        return rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train_positions(n: int, *, seed: int, batch_size: int, start_step: int = 0,
+                    process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                    weights: np.ndarray | None = None) -> Iterator[tuple[int, int]]:
+    """Endless `(position, epoch)` pairs this process reads, from global step `start_step` on.
+
+    Global step `s` covers stream positions `[s*G, (s+1)*G)`, G = batch_size * process_count;
+    process `p` gets `[s*G + p*batch_size, s*G + (p+1)*batch_size)`.
+    """
+    if n <= 0:
+        raise ValueError("the split has no examples")
+    global_batch = batch_size * process_count
+    orders = {}
+    step = start_step
+    while True:
+        first = step * global_batch + process_index * batch_size
+        for q in range(first, first + batch_size):
+            epoch, r = divmod(q, n)
+            if epoch not in orders:
+                orders.clear()
+                orders[epoch] = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle,
+                                            weights=weights)
+            yield int(orders[epoch][r]), epoch
+        step += 1
+
+
+def _decode_fn(info: DatasetInfo, builder):
+    """serialized -> (image uint8 [H, W, 3], label int32 [H, W], example id string)."""
+    features = builder.info.features
+    keep = {info.image_key, info.label_key} | ({info.id_key} if info.id_key else set())
+    decoders = {k: tfds.decode.SkipDecoding() for k in features.keys() if k not in keep}
+    table = tf.constant(info.lookup_table())
+    num_classes, ignore = info.num_classes, info.ignore_label
+
+    def decode(serialized, index):
+        ex = features.deserialize_example(serialized, decoders=decoders or None)
+        image = ex[info.image_key]
+        raw = ex[info.label_key]
+        raw = raw[..., info.label_channel] if raw.shape.rank == 3 else raw
+        label = tf.gather(table, tf.cast(raw, tf.int32))
+        name = ex[info.id_key] if info.id_key else tf.strings.as_string(index)
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)))
+        checks = [
+            tf.debugging.Assert(tf.equal(tf.shape(image)[2], 3), [
+                f"{_ERROR_TAG} image is not RGB: example", name, "shape", tf.shape(image)]),
+            tf.debugging.Assert(same, [
+                f"{_ERROR_TAG} mask size differs from image size: example", name, "image",
+                tf.shape(image), "mask", tf.shape(label)]),
+            tf.debugging.Assert(tf.reduce_all(label >= 0), [
+                f"{_ERROR_TAG} mask values outside [0, {num_classes}) and ignore {ignore} "
+                f"(after the dataset's label map): example", name, "raw values",
+                tf.boolean_mask(raw, label < 0)[:8]]),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(image), tf.identity(label), name
+
+    return decode
+
+
+def _checked(dataset: tf.data.Dataset, context: str) -> Iterator:
+    """Iterates `dataset` as numpy, turning TensorFlow errors into a ValueError with context."""
+    iterator = iter(dataset.as_numpy_iterator())
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            message = e.message
+            if _ERROR_TAG in message:
+                message = message[message.index(_ERROR_TAG) + len(_ERROR_TAG):]
+            raise ValueError(f"{context}: {message.strip()}") from None
+        yield item
+
+
+def _options(num_threads: int | None) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    if num_threads:
+        options.threading.private_threadpool_size = num_threads
+    return options
+
+
+def _hw(size) -> tuple[int, int]:
+    return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+
+
+def _subset(n: int, fold, num_folds, seed: int, part: int) -> np.ndarray:
+    if fold is None:
+        return np.arange(n)
+    return fold_indices(n, fold=fold, num_folds=num_folds, seed=seed)[part]
+
+
+def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, crop_size,
+                  seed: int, data_dir: str | None = None, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1, min_scale: float = 0.5,
+                  max_scale: float = 2.0, hflip: bool = True, photometric: bool = False,
+                  class_balanced: bool = False, shuffle: bool = True, fold: int | None = None,
+                  num_folds: int = 5, num_threads: int | None = None,
+                  image_resize: str = "bilinear") -> Iterator[dict[str, np.ndarray]]:
+    """Endless augmented training batches for this process.
+
+    Args:
+      dataset: registry name (see `segjax.data.datasets`) or a `DatasetInfo`.
+      split: TFDS split name, e.g. `"train_aug"`.
+      batch_size: examples per batch *per process*.
+      crop_size: int or `(h, w)` output size in pixels.
+      seed: fixes the order (per-epoch shuffle) and every augmentation.
+      start_step: the first global step to yield; resuming at `s` yields exactly what a fresh
+        iterator yields from step `s` on.
+      process_index, process_count: this process's slice of every global batch.
+      min_scale, max_scale, hflip, photometric: augmentation (see `augment.train_augment`).
+      class_balanced: oversample images containing rare classes (deterministic).
+      fold, num_folds: train on the complement of fold `fold` of `split` (see `fold_indices`).
+      num_threads: tf.data thread-pool size (None: TensorFlow's default).
+
+    Yields:
+      `{"image": float32 [B, h, w, 3] normalised, "label": int32 [B, h, w]}`.
+    """
+    info = resolve(dataset)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    if batch_size < 1 or start_step < 0:
+        raise ValueError(f"need batch_size >= 1 and start_step >= 0, got {batch_size}, "
+                         f"{start_step}")
+    if not 0 < min_scale <= max_scale:
+        raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
+    crop = _hw(crop_size)
+    builder, records = _open(info, data_dir, split)
+    subset = _subset(len(records), fold, num_folds, seed, part=0)
+    weights = None
+    if class_balanced:
+        from segjax.data.balance import class_balanced_weights
+        weights = class_balanced_weights(info, data_dir, split)[subset]
+
+    def generate():
+        for position, epoch in train_positions(
+                len(subset), seed=seed, batch_size=batch_size, start_step=start_step,
+                process_index=process_index, process_count=process_count, shuffle=shuffle,
+                weights=weights):
+            index = int(subset[position])
+            yield records[index], index, epoch
+
+    decode = _decode_fn(info, builder)
+
+    def process(serialized, index, epoch):
+        image, label, _ = decode(serialized, index)
+        image, label = augment.train_augment(
+            image, label, augment.example_seed(seed, epoch, index), crop_size=crop,
+            min_scale=min_scale, max_scale=max_scale, hflip=hflip, photometric=photometric,
+            ignore_label=info.ignore_label, fill=IMAGE_MEAN.tolist(), image_resize=image_resize)
+        return {"image": (image - IMAGE_MEAN) / IMAGE_STD, "label": label}
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)))
+    ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2).with_options(_options(num_threads))
+    return _checked(ds, f"{info.name} split {split!r}")
+
+
+def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad_to,
+                 data_dir: str | None = None, process_index: int = 0, process_count: int = 1,
+                 fold: int | None = None, num_folds: int = 5, seed: int = 0,
+                 num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over `split` in index order, in fixed-shape batches.
+
+    Global batch `k` holds positions `[k*G, (k+1)*G)` (G = batch_size * process_count), process
+    `p` its `p`-th slice; positions past the end are filler examples. Every process yields
+    `ceil(n / G)` batches.
+
+    Args:
+      pad_to: int or `(H, W)`: images are padded bottom/right to this size; a larger image
+        raises ValueError.
+      fold, num_folds, seed: evaluate only fold `fold` of `split` (see `fold_indices`).
+
+    Yields:
+      `{"image": float32 [B, H, W, 3] normalised (0 in padding), "label": int32 [B, H, W]
+      (ignore label in padding and fillers), "valid": bool [B], "height", "width": int32 [B]
+      original size (0 for fillers), "index": int32 [B] example index (-1 for fillers)}`.
+    """
+    info = resolve(dataset)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pad_h, pad_w = _hw(pad_to)
+    builder, records = _open(info, data_dir, split)
+    subset = _subset(len(records), fold, num_folds, seed, part=1)
+    n, global_batch = len(subset), batch_size * process_count
+    num_batches = -(-n // global_batch)
+    mine = [subset[q] for k in range(num_batches)
+            for q in range(k * global_batch + process_index * batch_size,
+                           k * global_batch + (process_index + 1) * batch_size) if q < n]
+    decode = _decode_fn(info, builder)
+
+    def process(serialized, index):
+        image, label, name = decode(serialized, index)
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        fits = tf.debugging.Assert(tf.logical_and(height <= pad_h, width <= pad_w), [
+            f"{_ERROR_TAG} image", name, "of size", tf.shape(image)[:2],
+            f"is larger than pad_to=({pad_h}, {pad_w}); raise pad_to (VOC needs 500x500)"])
+        with tf.control_dependencies([fits]):
+            image, label = augment.pad_to_size(
+                tf.cast(image, tf.float32), label, pad_h, pad_w, fill=IMAGE_MEAN.tolist(),
+                ignore_label=info.ignore_label)
+        return {"image": tf.ensure_shape((image - IMAGE_MEAN) / IMAGE_STD, [pad_h, pad_w, 3]),
+                "label": tf.ensure_shape(label, [pad_h, pad_w]), "valid": True,
+                "height": height, "width": width, "index": tf.cast(index, tf.int32)}
+
+    ds = tf.data.Dataset.from_generator(
+        lambda: ((records[int(i)], int(i)) for i in mine),
+        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)))
+    ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size).prefetch(2).with_options(_options(num_threads))
+    batches = _checked(ds, f"{info.name} split {split!r}")
+    for k in range(num_batches):
+        batch = next(batches, None)
+        yield _fill_batch(batch, batch_size, pad_h, pad_w, info.ignore_label)
+
+
+def _fill_batch(batch, batch_size: int, pad_h: int, pad_w: int, ignore: int) -> dict:
+    """Pads a (possibly missing or short) eval batch to `batch_size` with filler examples."""
+    filler = {"image": np.zeros((pad_h, pad_w, 3), np.float32),
+              "label": np.full((pad_h, pad_w), ignore, np.int32), "valid": False,
+              "height": 0, "width": 0, "index": -1}
+    have = 0 if batch is None else len(batch["valid"])
+    if have == batch_size:
+        return batch
+    out = {}
+    for key, value in filler.items():
+        fill = np.broadcast_to(np.asarray(value), (batch_size - have,) + np.shape(value))
+        parts = [fill] if batch is None else [batch[key], fill.astype(batch[key].dtype)]
+        out[key] = np.concatenate(parts).astype(
+            {"image": np.float32, "label": np.int32, "valid": bool}.get(key, np.int32))
+    return out

@@ -1,0 +1,189 @@
+"""train_batches / eval_batches on a small synthetic dataset: values, resume, sharding, seeds."""
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from segjax.data import eval_batches, num_examples, preprocess_image, train_batches
+from segjax.data.builders.synthetic_shapes import generate
+from segjax.data.pipeline import IMAGE_MEAN, IMAGE_STD, fold_indices, train_positions
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _train(info, data_dir, **kw):
+    args = dict(split="train", batch_size=4, crop_size=(36, 44), seed=3, data_dir=data_dir,
+                photometric=True)
+    args.update(kw)
+    return train_batches(info, **args)
+
+
+def _example_ids(info, data_dir, split):
+    import tensorflow_datasets as tfds
+
+    from segjax.data.pipeline import _builder
+    source = _builder(info, data_dir).as_data_source(split)
+    return [source[i]["image_id"].decode() for i in range(len(source))]
+
+
+def test_preprocess_image_matches_formula(np_rng):
+    image = np_rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    want = (image / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(preprocess_image(image), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess_image(image.astype(np.float32))
+
+
+def test_eval_batches_equal_generated_examples(shapes_info, shapes_dir):
+    """Every stored example reads back exactly (lossless PNG), padded with 0 / ignore."""
+    config = shapes_info.builder_kwargs["config"]
+    ids = _example_ids(shapes_info, shapes_dir, "validation")
+    seen = []
+    for batch in eval_batches(shapes_info, split="validation", batch_size=4, pad_to=(43, 41),
+                              data_dir=shapes_dir):
+        assert batch["image"].shape == (4, 43, 41, 3) and batch["label"].dtype == np.int32
+        for b in range(4):
+            if not batch["valid"][b]:
+                assert batch["index"][b] == -1 and (batch["label"][b] == 255).all()
+                assert (batch["image"][b] == 0).all()
+                continue
+            index = int(batch["index"][b])
+            seen.append(index)
+            split, number = ids[index].split("_")
+            ex = generate(config, split, int(number))
+            assert (batch["height"][b], batch["width"][b]) == (40, 40)
+            np.testing.assert_allclose(batch["image"][b, :40, :40],
+                                       preprocess_image(ex["image"]), atol=1e-6)
+            np.testing.assert_array_equal(batch["label"][b, :40, :40], ex["label"][..., 0])
+            assert (batch["label"][b, 40:] == 255).all() and (batch["label"][b, :, 40:] == 255).all()
+            assert (batch["image"][b, 40:] == 0).all() and (batch["image"][b, :, 40:] == 0).all()
+    assert seen == list(range(10))
+
+
+def test_eval_batches_shard_disjoint_and_cover(shapes_info, shapes_dir):
+    per_process = [list(eval_batches(shapes_info, split="validation", batch_size=2, pad_to=40,
+                                     data_dir=shapes_dir, process_index=p, process_count=3))
+                   for p in range(3)]
+    assert {len(b) for b in per_process} == {2}  # ceil(10 / 6) batches for every process
+    indices = [int(i) for batches in per_process for b in batches
+               for i, v in zip(b["index"], b["valid"]) if v]
+    assert sorted(indices) == list(range(10))
+
+
+def test_eval_rejects_images_larger_than_pad_to(shapes_info, shapes_dir):
+    with pytest.raises(ValueError, match="raise pad_to"):
+        list(eval_batches(shapes_info, split="validation", batch_size=2, pad_to=(39, 48),
+                          data_dir=shapes_dir))
+
+
+def test_train_batches_shapes_and_normalisation(shapes_info, shapes_dir):
+    batch = next(_train(shapes_info, shapes_dir))
+    assert batch["image"].shape == (4, 36, 44, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (4, 36, 44) and batch["label"].dtype == np.int32
+    assert set(np.unique(batch["label"])) <= set(range(6)) | {255}
+    pixels = batch["image"] * IMAGE_STD + IMAGE_MEAN  # back on 0..255
+    assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+
+
+def test_train_without_augmentation_is_the_example(shapes_info, shapes_dir):
+    """scale 1, no flip, crop = image size: batches are the stored examples, normalised."""
+    ids = _example_ids(shapes_info, shapes_dir, "train")
+    config = shapes_info.builder_kwargs["config"]
+    batch = next(_train(shapes_info, shapes_dir, crop_size=40, min_scale=1.0, max_scale=1.0,
+                        hflip=False, photometric=False, shuffle=False))
+    for b in range(4):
+        split, number = ids[b].split("_")
+        ex = generate(config, split, int(number))
+        np.testing.assert_allclose(batch["image"][b], preprocess_image(ex["image"]), atol=1e-6)
+        np.testing.assert_array_equal(batch["label"][b], ex["label"][..., 0])
+
+
+def test_start_step_resume_equals_uninterrupted(shapes_info, shapes_dir):
+    full = _take(_train(shapes_info, shapes_dir), 9)  # 36 examples: crosses an epoch (24)
+    resumed = _take(_train(shapes_info, shapes_dir, start_step=5), 4)
+    for a, b in zip(full[5:], resumed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_process_shards_union_is_the_global_batch(shapes_info, shapes_dir):
+    single = _take(_train(shapes_info, shapes_dir, batch_size=6), 3)
+    shards = [_take(_train(shapes_info, shapes_dir, batch_size=2, process_index=p,
+                           process_count=3), 3) for p in range(3)]
+    for step in range(3):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(
+                single[step][key], np.concatenate([s[step][key] for s in shards]))
+
+
+def test_train_positions_shards_disjoint_cover_each_epoch():
+    n, batch, procs = 10, 2, 3
+    streams = [train_positions(n, seed=1, batch_size=batch, process_index=p,
+                               process_count=procs) for p in range(procs)]
+    steps = 5  # 5 global steps of 6 = 30 positions = 3 epochs
+    taken = [[next(s) for _ in range(steps * batch)] for s in streams]
+    by_epoch = {}
+    for p in range(procs):
+        for position, epoch in taken[p]:
+            by_epoch.setdefault(epoch, []).append(position)
+    assert sorted(by_epoch) == [0, 1, 2]
+    for epoch, positions in by_epoch.items():
+        assert sorted(positions) == list(range(n)), epoch
+    orders = [[q for q, e in taken[0] if e == k] for k in range(2)]
+    assert orders[0] != orders[1]  # reshuffled each epoch
+
+
+def test_different_seeds_differ(shapes_info, shapes_dir):
+    a = next(_train(shapes_info, shapes_dir, seed=1))
+    b = next(_train(shapes_info, shapes_dir, seed=2))
+    assert not np.array_equal(a["image"], b["image"])
+
+
+def _digest(batches):
+    h = hashlib.sha256()
+    for batch in batches:
+        h.update(batch["image"].tobytes())
+        h.update(batch["label"].tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_same_seed_same_batches_in_another_process(shapes_info, shapes_dir):
+    config = shapes_info.builder_kwargs["config"]
+    script = textwrap.dedent(f"""
+        import dataclasses, hashlib
+        from segjax.data import get_dataset_info, train_batches
+        from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig
+        config = SyntheticShapesConfig(name="test40", version="1.0.0", image_size=40,
+                                       num_train=24, num_validation=10, max_objects=3)
+        info = dataclasses.replace(get_dataset_info("synthetic_shapes"), builder_kwargs={{"config": config}})
+        it = train_batches(info, split="train", batch_size=4, crop_size=(36, 44), seed=3,
+                           data_dir={shapes_dir!r}, photometric=True, start_step=2)
+        h = hashlib.sha256()
+        for _ in range(3):
+            b = next(it)
+            h.update(b["image"].tobytes()); h.update(b["label"].tobytes())
+        print("DIGEST", h.hexdigest())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "SEGJAX_TF_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    digest = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("DIGEST")]
+    assert digest == [_digest(_take(_train(shapes_info, shapes_dir, start_step=2), 3))]
+
+
+def test_folds_partition(shapes_info, shapes_dir):
+    n = num_examples(shapes_info, "train", shapes_dir)
+    vals = [fold_indices(n, fold=k, num_folds=4, seed=0)[1] for k in range(4)]
+    assert sorted(np.concatenate(vals).tolist()) == list(range(n))
+    train, val = fold_indices(n, fold=1, num_folds=4, seed=0)
+    assert not set(train) & set(val) and len(train) + len(val) == n
+    got = [int(i) for b in eval_batches(shapes_info, split="train", batch_size=4, pad_to=40,
+                                        data_dir=shapes_dir, fold=1, num_folds=4)
+           for i, v in zip(b["index"], b["valid"]) if v]
+    assert got == val.tolist()
