@@ -20,6 +20,8 @@ uses a fixed momentum, as torchvision's default).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from typing import Any, Callable, Mapping
 
@@ -40,13 +42,14 @@ _FCN_HEAD = {"0": "conv", "1": "bn", "4": "cls"}
 _DEEPLAB_HEAD = {"1": "conv", "2": "bn", "4": "cls"}
 
 
-def _map_fcn_head(parts: list[str]) -> list[str] | None:
+def map_fcn_head(parts: list[str]) -> list[str] | None:
+    """torchvision FCNHead keys (below the head's prefix, split on '.') -> segjax FCNHead path."""
     if len(parts) == 2 and parts[0] in _FCN_HEAD:
         return [_FCN_HEAD[parts[0]], parts[1]]
     return None
 
 
-def _map_deeplab_head(parts: list[str], num_rates: int) -> list[str] | None:
+def map_deeplab_head(parts: list[str], num_rates: int) -> list[str] | None:
     """torchvision DeepLabHead keys (below `classifier.`) -> segjax DeepLabV3Head path."""
     if len(parts) == 2 and parts[0] in _DEEPLAB_HEAD:
         return [_DEEPLAB_HEAD[parts[0]], parts[1]]
@@ -91,14 +94,14 @@ def _path_mapper(name: str) -> Callable[[list[str]], list[str] | None]:
     """A function mapping a torch key (split on '.') to a segjax path, or None when unmapped."""
     if name in _CLASSIFIERS:
         return lambda parts: parts
-    head = _map_fcn_head if name.startswith("fcn_") else (lambda p: _map_deeplab_head(p, 3))
+    head = map_fcn_head if name.startswith("fcn_") else (lambda p: map_deeplab_head(p, 3))
 
     def mapper(parts: list[str]) -> list[str] | None:
         top, rest = parts[0], parts[1:]
         if top == "backbone":
             return parts
         if top == "aux_classifier":
-            sub = _map_fcn_head(rest)
+            sub = map_fcn_head(rest)
         elif top == "classifier":
             sub = head(rest)
         else:
@@ -126,6 +129,61 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def convert_state_dict(
+    state_dict: Mapping[str, Any],
+    shapes: Mapping[str, Any],
+    path_map: Callable[[list[str]], list[str] | None] = lambda parts: parts,
+    *,
+    skip: Callable[[str], bool] = lambda key: False,
+    what: str = "model",
+) -> dict[str, Any]:
+    """Maps torch `state_dict` onto the variable tree `shapes` (anything with `.shape` leaves).
+
+    `path_map` turns a torch key split on "." (e.g. `["layer1", "0", "conv1", "weight"]`) into
+    the segjax module path plus the torch leaf name, or None when the key has no counterpart;
+    leaves are renamed/transposed as described in the module docstring. Keys for which
+    `skip(key)` is true are dropped on purpose.
+
+    Raises:
+      ValueError listing unexpected keys, missing segjax leaves and shape mismatches.
+    """
+    expected = {
+        (col, *path): tuple(leaf.shape)
+        for col in ("params", "batch_stats")
+        for path, leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes.get(col, {}))).items()
+    }
+    flat, unexpected, mismatched = {}, [], []
+    for key, value in state_dict.items():
+        if skip(key):
+            continue
+        mapped = path_map(key.split("."))
+        converted = None if mapped is None else _leaf(mapped, _as_numpy(value))
+        if mapped is not None and converted is None:
+            continue  # num_batches_tracked
+        if converted is None or converted[0] == "unknown":
+            unexpected.append(key)
+            continue
+        col, path, array = converted
+        target = (col, *path)
+        if target not in expected:
+            unexpected.append(key)
+        elif tuple(array.shape) != expected[target]:
+            mismatched.append(f"{key}: {tuple(array.shape)} -> {'/'.join(target)} {expected[target]}")
+        else:
+            flat[target] = np.asarray(array, np.float32)
+    missing = sorted("/".join(k) for k in expected.keys() - flat.keys())
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected keys (no segjax counterpart): {sorted(unexpected)}")
+    if missing:
+        problems.append(f"missing keys (segjax leaves with no torch value): {missing}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise ValueError(f"cannot convert state dict to {what}: " + "; ".join(problems))
+    return flax.traverse_util.unflatten_dict(flat)
+
+
 def convert(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Maps a torchvision `state_dict` onto the variables of the segjax model `name`.
 
@@ -147,43 +205,67 @@ def convert(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"cannot convert {name!r}; supported: {', '.join(SUPPORTED)}")
     model = _target(name, state_dict)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 3))))
-    expected = {
-        (col, *path): leaf.shape
-        for col in ("params", "batch_stats")
-        for path, leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes[col])).items()
-    }
-    mapper = _path_mapper(name)
-    flat, unexpected, mismatched = {}, [], []
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        if name in _CLASSIFIERS and parts[0] == "fc":
-            continue  # the ImageNet classifier is not part of the backbone
-        mapped = mapper(parts)
-        converted = None if mapped is None else _leaf(mapped, _as_numpy(value))
-        if mapped is not None and converted is None:
-            continue  # num_batches_tracked
-        if converted is None or converted[0] == "unknown":
-            unexpected.append(key)
-            continue
-        col, path, array = converted
-        target = (col, *path)
-        if target not in expected:
-            unexpected.append(key)
-        elif tuple(array.shape) != tuple(expected[target]):
-            mismatched.append(f"{key}: {tuple(array.shape)} -> {'/'.join(target)} {tuple(expected[target])}")
-        else:
-            flat[target] = np.asarray(array, np.float32)
-    missing = sorted("/".join(k) for k in expected.keys() - flat.keys())
-    problems = []
-    if unexpected:
-        problems.append(f"unexpected keys (no segjax counterpart): {sorted(unexpected)}")
-    if missing:
-        problems.append(f"missing keys (segjax leaves with no torch value): {missing}")
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
-    if problems:
-        raise ValueError(f"cannot convert state dict to {name!r}: " + "; ".join(problems))
-    return flax.traverse_util.unflatten_dict(flat)
+    skip = (lambda key: key.split(".")[0] == "fc") if name in _CLASSIFIERS else (lambda key: False)
+    return convert_state_dict(state_dict, shapes, _path_mapper(name), skip=skip, what=repr(name))
+
+
+def model_config(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """`create_model` arguments reproducing the model `convert(name, state_dict)` targets."""
+    if name in _CLASSIFIERS:
+        return {"model": name, "backbone_only": True, "depth": _CLASSIFIERS[name]}
+    model = _target(name, state_dict)
+    return {"model": name, "num_classes": model.num_classes, "aux_loss": bool(model.aux_loss)}
+
+
+CONFIG_FILE = "model.json"
+VARIABLES_DIR = "variables"
+
+
+def save_converted(directory: str, variables: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    """Writes `variables` with orbax to `directory/variables` and `config` to `directory/model.json`.
+
+    Raises ValueError when `directory/variables` already exists (nothing is overwritten).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    target = os.path.join(directory, VARIABLES_DIR)
+    if os.path.exists(target):
+        raise ValueError(f"{target} already exists; choose an empty --out directory")
+    os.makedirs(directory, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(target, jax.tree.map(np.asarray, dict(variables)))
+        ckptr.wait_until_finished()
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(dict(config), f, indent=2, sort_keys=True)
+
+
+def load_converted(directory: str) -> dict[str, Any]:
+    """Loads variables written by `python -m segjax.tools.convert_torchvision --out=directory`.
+
+    Returns `{"params", "batch_stats"}` as nested dicts of numpy arrays (for `init_from`); the
+    model they belong to is described in `directory/model.json` (`read_converted_config`).
+
+    Raises:
+      ValueError: `directory` does not hold a converted checkpoint (names the missing path).
+    """
+    import orbax.checkpoint as ocp
+
+    target = os.path.join(os.path.abspath(directory), VARIABLES_DIR)
+    if not os.path.isdir(target):
+        raise ValueError(f"no converted weights at {target}; run python -m segjax.tools.convert_torchvision first")
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(target)
+    return jax.tree.map(np.asarray, restored)
+
+
+def read_converted_config(directory: str) -> dict[str, Any]:
+    """The `model.json` written next to converted weights (model name, num_classes, aux_loss)."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"no {CONFIG_FILE} in {directory}; is it an --out directory of convert_torchvision?")
+    with open(path) as f:
+        return json.load(f)
 
 
 def merge_backbone(variables: Mapping[str, Any], backbone: Mapping[str, Any], *, key: str = "backbone"):
