@@ -1,0 +1,84 @@
+"""The shared base config: every key `segjax.train.loop.train_and_evaluate` reads.
+
+Experiment files import `base_config()` and override a few fields (flax/examples style). Every
+field is commented here once. The config is locked by `config_flags`, so a misspelt
+`--config.KEY=VALUE` fails with the key's name. Optional integers are `placeholder(int)` so that
+they can be set from the command line.
+
+Step counts: `num_train_steps`, `log_every_steps`, `eval_every_steps` and
+`checkpoint_every_steps` may instead be given as `*_epochs` or `*_examples` (set the `_steps`
+field to None); `segjax.train.config_utils.get_steps` turns them into steps.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+placeholder = ml_collections.config_dict.placeholder
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the base config (DeepLab v3+ R101 on VOC train_aug; files override fields)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # fixes parameter init, dropout and every random augmentation
+    c.parallelism = "pmap"  # "pmap" (sync BN via axis_name) or "mesh" (jit over a device Mesh)
+    c.batch_size = 16  # global batch (all devices, all processes)
+    c.num_train_steps = 30_000
+    c.num_train_epochs = placeholder(float)  # alternative to num_train_steps (set that to None)
+    c.log_every_steps = 50  # train lines in metrics.jsonl and the console progress line
+    c.eval_every_steps = 2_000  # full val evaluation (also at the last step)
+    c.checkpoint_every_steps = 2_000  # also at the last step and after every eval
+    c.keep_checkpoints = 3  # the last N steps are kept, plus the best by val mIoU
+    c.init_from = ""  # dir written by `python -m segjax.tools.convert_torchvision` ("" = scratch)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "deeplabv3plus_resnet101"  # a name from segjax.models.available_models()
+    # Every other model field is passed to create_model as an override unless it is None.
+    c.model.output_stride = placeholder(int)
+    c.model.dtype = "float32"  # compute dtype ("bfloat16" on accelerators)
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "voc2012"  # or "synthetic_shapes[/config]"
+    c.dataset.data_dir = ""  # TFDS data dir ("" = TFDS default, ~/tensorflow_datasets)
+    c.dataset.train_split = "train_aug"
+    c.dataset.eval_split = "val"
+    c.dataset.crop_size = 513  # random crops of crop_size x crop_size
+    c.dataset.min_scale = 0.5  # random rescale range before cropping
+    c.dataset.max_scale = 2.0
+    c.dataset.hflip = True
+    c.dataset.photometric = False  # colour jitter
+    c.dataset.class_balanced = False
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.kind = "ce"  # "ce", "focal", "dice", "lovasz", "ohem"
+    c.loss.aux_weight = 0.4  # weight of "aux_logits" when the model has them
+    c.loss.label_smoothing = 0.0  # ce/ohem only
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.base_lr = 0.007
+    c.optimizer.warmup_steps = 0
+    c.optimizer.power = 0.9  # poly decay: lr = base_lr * (1 - step / num_steps) ** power
+    c.optimizer.end_lr = 0.0  # poly floor (mmsegmentation: min_lr)
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.weight_decay = 1e-4  # coupled L2 (added to the gradient), as torch SGD
+    c.optimizer.decay_norm_and_bias = False
+    c.optimizer.backbone_lr_mult = 1.0
+    c.optimizer.freeze_backbone = False
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 8  # global eval batch
+    c.eval.pad_to = 512  # eval images are padded to pad_to x pad_to (must cover the largest)
+    c.eval.tta = False  # multi-scale + flip, softmax averaged at the original resolution
+    c.eval.tta_scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    c.eval.tta_flip = True
+    c.eval.sliding_window = False  # predict window x window tiles with the given stride
+    c.eval.window = 513
+    c.eval.stride = 341
+    c.eval.num_visualizations = 4  # images written to predictions/ and TensorBoard per eval
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""  # "host:port" ("" = single process or env vars)
+    c.distributed.num_processes = placeholder(int)
+    c.distributed.process_id = placeholder(int)
+    return c

@@ -1,0 +1,8 @@
+"""Generic alias of `experiments.deeplab_voc` for any config: `python -m experiments.train ...`."""
+
+from absl import app
+
+from experiments.deeplab_voc import main
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,190 @@
+"""Orbax checkpoints of the training state: keep the last N plus the best by val mIoU.
+
+Layout: `<workdir>/checkpoints/<step>/state/...` (orbax `CheckpointManager`, async saves).
+Restoring always goes through a template of `jax.ShapeDtypeStruct`s built from a freshly created
+state, so optimizer states come back with their types (DESIGN §6). A damaged latest step stays in
+orbax's `all_steps()` and raises on restore; `restore_latest` then falls back to the newest step
+that restores, moves the damaged ones to `<workdir>/damaged_checkpoints/` (so that the run can
+save those step numbers again) and says which it skipped.
+
+Example:
+  >>> ckpt = Checkpointer(workdir / "checkpoints", keep=3)
+  >>> ckpt.save(100, host_state, metrics={"miou": 0.71})
+  >>> state, step = ckpt.restore_latest(template_state)  # (None, None) when nothing restores
+  >>> ckpt.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_policies
+
+log = logging.getLogger(__name__)
+
+BEST_METRIC = "miou"  # checkpoints saved with eval metrics are ranked by this key (higher wins)
+
+
+def abstract_like(tree: Any) -> Any:
+    """The tree with every array replaced by a `jax.ShapeDtypeStruct` (the restore template).
+
+    Python scalars (e.g. a `TrainState.step` that is still an int) become 0-d int32/float32
+    structs, which is how orbax stores them.
+    """
+
+    def to_struct(x):
+        if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+            sharding = getattr(x, "sharding", None)
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        if isinstance(x, (bool, int, float)):
+            arr = np.asarray(x)
+            return jax.ShapeDtypeStruct(arr.shape, arr.dtype)
+        return x
+
+    return jax.tree.map(to_struct, tree)
+
+
+class Checkpointer:
+    """Saves and restores one pytree (the training state) per step under `directory`.
+
+    Args:
+      directory: checkpoint root (created if missing).
+      keep: how many of the most recent steps to keep (>= 1).
+      keep_best: also keep the step with the highest `metrics["miou"]` among steps saved with
+        metrics.
+      async_save: write in a background thread (`wait()` or `close()` before relying on files).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: bool = True,
+                 async_save: bool = True):
+        if keep < 1:
+            raise ValueError(f"keep (keep_checkpoints) must be >= 1, got {keep}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self._keep = keep
+        self._keep_best = keep_best
+        self._async = async_save
+        self._manager = self._new_manager()
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        policies = [ocp_policies.LatestN(n=self._keep)]
+        if self._keep_best:
+            policies.append(ocp_policies.BestN(
+                get_metric_fn=lambda m: float(m[BEST_METRIC]), n=1,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            # best_fn only makes orbax write each step's metrics to disk (so keep-best survives
+            # restarts); which steps are kept is decided by the preservation policy alone.
+            best_fn=(lambda m: float(m[BEST_METRIC])) if self._keep_best else None,
+            best_mode="max",
+            preservation_policy=ocp_policies.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=self._async,
+            cleanup_tmp_directories=True,  # leftovers of a save interrupted by kill -9
+            create=True,
+        )
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        """Steps present on disk (including unreadable ones), ascending."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest step on disk, or None."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The kept step with the highest val mIoU among steps saved with metrics, or None."""
+        best, best_value = None, -np.inf
+        for step in self.all_steps():
+            try:
+                metrics = self._manager.metrics(step)
+            except Exception:  # noqa: BLE001 - a damaged step has no readable metrics
+                metrics = None
+            if metrics and BEST_METRIC in metrics and float(metrics[BEST_METRIC]) > best_value:
+                best, best_value = step, float(metrics[BEST_METRIC])
+        return best
+
+    def save(self, step: int, state: Any, *, metrics: dict[str, float] | None = None) -> None:
+        """Starts saving `state` (a pytree of arrays on host or device) as `step`.
+
+        `metrics` (e.g. `{"miou": 0.7}`) ranks the step for keep-best; pass plain floats.
+        Raises ValueError if `step` already exists.
+        """
+        if step in self._manager.all_steps():
+            raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
+        metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                           metrics=metrics, force=True)
+
+    def restore(self, step: int, template: Any) -> Any:
+        """Restores `step` into the structure of `template` (arrays or ShapeDtypeStructs)."""
+        if step not in self._manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint step {step} in {self.directory}; present: {self.all_steps()}")
+        abstract = abstract_like(template)
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        return restored["state"]
+
+    def restore_latest(self, template: Any) -> tuple[Any, int | None]:
+        """Restores the newest step that restores; `(None, None)` when there is none.
+
+        Damaged steps newer than it are logged with their error and moved to
+        `<parent>/damaged_checkpoints/<step>`.
+        """
+        self.wait()
+        skipped = []
+        for step in reversed(self.all_steps()):
+            try:
+                state = self.restore(step, template)
+            except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged data
+                log.warning("checkpoint step %d in %s does not restore (%s: %s); skipping it",
+                            step, self.directory, type(e).__name__, e)
+                skipped.append(step)
+                continue
+            if skipped:
+                self._quarantine(skipped)
+                log.warning("resumed from step %d; skipped damaged step(s) %s (moved to %s)",
+                            step, skipped, self._damaged_dir())
+            return state, step
+        if skipped:
+            self._quarantine(skipped)
+            log.warning("no checkpoint restores; skipped damaged step(s) %s (moved to %s)",
+                        skipped, self._damaged_dir())
+        return None, None
+
+    @property
+    def skipped_message(self) -> str:
+        """Human-readable note on quarantined steps (empty when none)."""
+        d = self._damaged_dir()
+        return f"damaged checkpoints moved to {d}: {sorted(os.listdir(d))}" if os.path.isdir(d) else ""
+
+    def _damaged_dir(self) -> str:
+        return os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+
+    def _quarantine(self, steps: list[int]) -> None:
+        if jax.process_index() == 0:
+            os.makedirs(self._damaged_dir(), exist_ok=True)
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                dst = os.path.join(self._damaged_dir(), str(step))
+                if os.path.exists(dst):
+                    shutil.rmtree(dst)
+                if os.path.exists(src):
+                    shutil.move(src, dst)
+        self._manager.close()
+        self._manager = self._new_manager()
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finishes pending saves and releases the manager's threads."""
+        self._manager.wait_until_finished()
+        self._manager.close()

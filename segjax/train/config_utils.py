@@ -1,0 +1,115 @@
+"""Config helpers for the training loop: step counts, validation, resume compatibility.
+
+Only `segjax.train.loop` and the experiment scripts read configs; layers never do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import ml_collections
+
+PARALLELISMS = ("pmap", "mesh")
+LOSS_KINDS = ("ce", "focal", "dice", "lovasz", "ohem")
+
+# Keys that may differ between a run and the run that resumes it: they change how long or how
+# often things happen, or where data lives, not what is trained.
+RESUME_MAY_DIFFER = (
+    "num_train_steps", "num_train_epochs", "log_every_steps", "log_every_epochs",
+    "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps", "checkpoint_every_epochs",
+    "keep_checkpoints", "init_from", "eval.", "distributed.", "dataset.data_dir",
+)
+
+
+def get_steps(config: Mapping[str, Any], name: str, *, batch_size: int,
+              num_examples: int | None = None) -> int:
+    """Resolves `{name}_steps`, `{name}_epochs` or `{name}_examples` into a number of steps.
+
+    Exactly one of the three must be set (not None) in `config` (a ConfigDict or dict).
+    Epochs use `num_examples` (training set size); examples and epochs are rounded up to whole
+    steps of `batch_size` examples. Example: `get_steps(c, "num_train", batch_size=16,
+    num_examples=10582)` with `c.num_train_epochs = 2` gives 1323.
+
+    Raises:
+      ValueError: none or several of the keys are set, a value is not positive, or epochs are
+        given without `num_examples`.
+    """
+    values = {suffix: config.get(f"{name}_{suffix}") for suffix in ("steps", "epochs", "examples")}
+    given = {k: v for k, v in values.items() if v is not None}
+    if len(given) != 1:
+        raise ValueError(
+            f"set exactly one of config.{name}_steps / _epochs / _examples, got {given or 'none'}")
+    (suffix, value), = given.items()
+    if value <= 0:
+        raise ValueError(f"config.{name}_{suffix} must be positive, got {value}")
+    if suffix == "steps":
+        if int(value) != value:
+            raise ValueError(f"config.{name}_steps must be an integer, got {value}")
+        return int(value)
+    if suffix == "epochs":
+        if num_examples is None:
+            raise ValueError(f"config.{name}_epochs needs the dataset size (num_examples)")
+        value = value * num_examples
+    return max(1, math.ceil(value / batch_size))
+
+
+def flatten(config: Mapping[str, Any] | ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """`{"a.b": value}` for every leaf of a (nested) config; tuples become lists (JSON form)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def incompatible_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Keys (dotted) whose values differ between two configs and that a resume may not change.
+
+    Both are flat or nested dicts/ConfigDicts (e.g. the work dir's config.json and the new
+    config). Keys in `RESUME_MAY_DIFFER` (exact, or prefixes ending in ".") are ignored.
+    """
+    a, b = flatten(old), flatten(new)
+
+    def may_differ(key: str) -> bool:
+        return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_DIFFER)
+
+    return sorted(k for k in set(a) | set(b) if not may_differ(k) and a.get(k) != b.get(k))
+
+
+def model_overrides(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """`create_model` keyword overrides from `config.model`: every field but `name`, not None."""
+    d = model_config.to_dict() if isinstance(model_config, ml_collections.ConfigDict) else dict(
+        model_config)
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()
+            if k != "name" and v is not None}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Validates values that the loop would otherwise trip over later (fail early, name the key).
+
+    Raises:
+      ValueError: naming the offending key and the accepted values.
+    """
+    required = ("seed", "parallelism", "batch_size", "num_train_steps", "log_every_steps",
+                "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                "model.name", "model.output_stride", "dataset.name", "loss.kind")
+    flat = flatten(config)
+    missing = [k for k in required if k not in flat]
+    if missing:
+        raise ValueError(f"config is missing required key(s) {missing}")
+    if config.parallelism not in PARALLELISMS:
+        raise ValueError(f"config.parallelism must be one of {PARALLELISMS}, "
+                         f"got {config.parallelism!r}")
+    if config.loss.kind not in LOSS_KINDS:
+        raise ValueError(f"config.loss.kind must be one of {LOSS_KINDS}, got {config.loss.kind!r}")
+    for key in ("batch_size", "keep_checkpoints"):
+        if not isinstance(flat[key], int) or flat[key] < 1:
+            raise ValueError(f"config.{key} must be a positive int, got {flat[key]!r}")
+    if config.eval.sliding_window and config.eval.stride > config.eval.window:
+        raise ValueError(f"config.eval.stride ({config.eval.stride}) must be <= config.eval.window "
+                         f"({config.eval.window}) or windows leave gaps")

@@ -1,0 +1,406 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+One run trains `config.model` on `config.dataset` for `num_train_steps`, logging train metrics
+every `log_every_steps`, evaluating on the eval split every `eval_every_steps` (and at the end),
+and checkpointing every `checkpoint_every_steps` and at every eval. The work directory holds
+`config.json`, `checkpoints/`, TensorBoard events, `metrics.jsonl` and `predictions/`.
+
+Resume is exact: a rerun on the same work directory restores the newest checkpoint that
+restores, drops `metrics.jsonl` lines written after it, and continues the train stream at that
+step (the data pipeline's `start_step`; JAX keys are `config.seed` folded with the step). A kill
+-9 and a rerun therefore end with the same metrics, bit for bit, as an uninterrupted run.
+
+A non-finite loss stops the run with `NonFiniteLossError` naming the first bad step; nothing is
+checkpointed after the last finite step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from segjax import evaluate as eval_lib
+from segjax import losses
+from segjax import visualize
+from segjax.models import create_model
+from segjax.train import config_utils
+from segjax.train import optim
+from segjax.train import parallel as parallel_lib
+from segjax.train import state as state_lib
+from segjax.train.checkpoint import Checkpointer
+from segjax.train.metric_writers import MetricWriter, Progress
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+PREDICTIONS_DIR = "predictions"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; `step` is the first such step."""
+
+    def __init__(self, step: int, value: float, last_checkpoint: int | None):
+        self.step = step
+        super().__init__(
+            f"loss is {value} at step {step}; training stopped. The last good checkpoint is "
+            f"step {last_checkpoint} (lower optimizer.base_lr or check the data)"
+            if last_checkpoint is not None else
+            f"loss is {value} at step {step}; training stopped before any checkpoint was written "
+            "(lower optimizer.base_lr or check the data)")
+
+
+class IncompatibleWorkdirError(ValueError):
+    """The work directory holds a run whose config differs in keys a resume may not change."""
+
+
+# Failures with a message that says what to do: the CLI prints them without a traceback.
+KNOWN_ERRORS = (NonFiniteLossError, IncompatibleWorkdirError, ValueError, FileNotFoundError)
+
+# ---------------------------------------------------------------------------------- building
+
+
+def dataset_info(config: ml_collections.ConfigDict):
+    """`segjax.data.datasets.get_dataset_info` of `config.dataset.name`."""
+    from segjax.data import datasets
+
+    return datasets.get_dataset_info(config.dataset.name)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    """The segjax model named by `config.model` (every non-None field but `name` an override)."""
+    return create_model(config.model.name, num_classes=num_classes,
+                        **config_utils.model_overrides(config.model))
+
+
+def optimizer_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`create_optimizer` keyword arguments from `config.optimizer` (unsupported keys fail)."""
+    import inspect
+
+    kwargs = config.optimizer.to_dict()
+    accepted = inspect.signature(optim.create_optimizer).parameters
+    for key in list(kwargs):
+        if key not in accepted:
+            # A floor of 0 is what create_optimizer does anyway; anything else it cannot honour.
+            if key == "end_lr" and kwargs[key] == 0:
+                del kwargs[key]
+            else:
+                raise ValueError(f"config.optimizer.{key} is not supported by "
+                                 f"segjax.train.optim.create_optimizer")
+    return kwargs
+
+
+def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Keyword arguments of `segmentation_loss` from `config.loss` (None fields are unset)."""
+    import inspect
+
+    cfg = config.loss.to_dict()
+    kind = cfg.pop("kind")
+    aux_weight = cfg.pop("aux_weight")
+    if kind not in losses.LOSSES:
+        raise ValueError(f"config.loss.kind={kind!r} is not one of {sorted(losses.LOSSES)}")
+    accepted = inspect.signature(losses.LOSSES[kind]).parameters
+    kw = {}
+    for key, value in cfg.items():
+        if value is None or (key == "label_smoothing" and value == 0):
+            continue
+        if key not in accepted:
+            raise ValueError(f"config.loss.{key}={value!r} does not apply to loss kind {kind!r}")
+        kw[key] = tuple(value) if isinstance(value, list) else value
+    return {"kind": kind, "aux_weight": aux_weight, **kw}
+
+
+def _merge_pretrained(variables: dict, converted: dict) -> dict:
+    """`variables` with every leaf of `converted` whose path and shape match put in.
+
+    A converted backbone (no top-level "backbone" key, while the model has one) is placed under
+    "backbone". Raises ValueError when nothing matches; logs what was left out.
+    """
+    from flax import traverse_util
+
+    out = {}
+    loaded, skipped = 0, []
+    for collection, tree in variables.items():
+        flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, tree))
+        src = converted.get(collection, {})
+        if src and "backbone" in tree and "backbone" not in src:
+            src = {"backbone": src}
+        for path, value in traverse_util.flatten_dict(src).items():
+            value = np.asarray(value)
+            if path in flat and flat[path].shape == value.shape:
+                flat[path] = value.astype(flat[path].dtype)
+                loaded += 1
+            else:
+                skipped.append("/".join(map(str, path)))
+        out[collection] = traverse_util.unflatten_dict(flat)
+    if loaded == 0:
+        raise ValueError("config.init_from: no converted weight matches the model's parameters "
+                         f"(first unmatched: {skipped[:5]})")
+    log.info("init_from: loaded %d arrays, left out %d (e.g. %s)", loaded, len(skipped),
+             skipped[:5])
+    return out
+
+
+def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int):
+    """Fresh host `TrainState` (step 0) and the lr schedule; `config.init_from` merged in."""
+    rng = jax.random.key(config.seed)
+    crop = config.dataset.crop_size
+    variables = state_lib.init_variables(model, rng, (1, crop, crop, 3))
+    if config.init_from:
+        from segjax.models import torchvision_import
+
+        if not os.path.isdir(config.init_from):
+            raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory "
+                                    "(write one with `python -m segjax.tools.convert_torchvision`)")
+        variables = _merge_pretrained(variables,
+                                      torchvision_import.load_converted(config.init_from))
+    tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
+                                          **optimizer_kwargs(config))
+    state = state_lib.create_train_state(model, rng, (1, crop, crop, 3), tx, variables=variables)
+    return state, schedule
+
+
+# ---------------------------------------------------------------------------------- work dir
+
+
+def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses a work dir written by an incompatible config; (re)writes config.json (process 0).
+
+    Raises:
+      IncompatibleWorkdirError: naming the keys that differ.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        new = json.loads(config.to_json())
+        bad = config_utils.incompatible_keys(old, new)
+        if bad:
+            details = ", ".join(f"{k}: {config_utils.flatten(old).get(k)!r} -> "
+                                f"{config_utils.flatten(new).get(k)!r}" for k in bad)
+            raise IncompatibleWorkdirError(
+                f"{workdir} holds a run with a different config ({details}); use a new --workdir "
+                "or the same values to resume")
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config.to_json(indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def save_predictions(workdir: str, step: int, batch, pred: np.ndarray, *, palette, ignore_label,
+                     limit: int, writer: MetricWriter | None = None) -> int:
+    """Writes `<workdir>/predictions/step_<step>/<index>_{pred,gt,overlay}.png` for valid rows.
+
+    Predictions are cropped to each image's original height/width. Returns how many were written
+    (at most `limit`).
+    """
+    out_dir = os.path.join(workdir, PREDICTIONS_DIR, f"step_{step:07d}")
+    written = 0
+    for i in range(len(pred)):
+        if written >= limit or not bool(batch["valid"][i]):
+            continue
+        h, w = int(batch["height"][i]), int(batch["width"][i])
+        index = int(batch["index"][i]) if "index" in batch else i
+        image = visualize.to_uint8_image(np.asarray(batch["image"][i, :h, :w]))
+        p, g = pred[i, :h, :w], np.asarray(batch["label"][i, :h, :w])
+        mask = visualize.colorize(p, palette)
+        gt = visualize.colorize(g, palette, ignore_label=ignore_label)
+        over = visualize.overlay(image, p, palette)
+        visualize.save_png(os.path.join(out_dir, f"{index:05d}_pred.png"), mask)
+        visualize.save_png(os.path.join(out_dir, f"{index:05d}_gt.png"), gt)
+        visualize.save_png(os.path.join(out_dir, f"{index:05d}_overlay.png"), over)
+        if writer is not None:
+            writer.write_images(step, {f"predictions/{index:05d}":
+                                       visualize.side_by_side(image, gt, mask, over)})
+        written += 1
+    return written
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+def _should(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains and evaluates as `config` says, writing everything to `workdir`.
+
+    Returns the final eval metrics (miou, pixel_accuracy, iou_per_class, ...).
+
+    Raises:
+      ValueError: a bad config value (naming the key); IncompatibleWorkdirError;
+      NonFiniteLossError: the loss became NaN/inf (names the step);
+      FileNotFoundError or the data pipeline's error: the dataset is not prepared.
+    """
+    from segjax.data import pipeline
+
+    config_utils.check_config(config)
+    parallel_lib.initialize_distributed(config)
+    workdir = os.path.abspath(workdir)
+    check_and_write_config(config, workdir)
+    is_main = jax.process_index() == 0
+    process_count = jax.process_count()
+
+    info = dataset_info(config)
+    ds = config.dataset
+    data_dir = ds.data_dir or None
+    num_examples = None
+    if config.get("num_train_epochs") is not None:
+        num_examples = pipeline.num_examples(ds.name, ds.train_split, data_dir)
+    batch_size = config.batch_size
+    num_steps = config_utils.get_steps(config, "num_train", batch_size=batch_size,
+                                       num_examples=num_examples)
+    every = {name: config_utils.get_steps(config, name, batch_size=batch_size,
+                                          num_examples=num_examples)
+             for name in ("log_every", "eval_every", "checkpoint_every")}
+    if batch_size % process_count or config.eval.batch_size % process_count:
+        raise ValueError(f"config.batch_size ({batch_size}) and config.eval.batch_size "
+                         f"({config.eval.batch_size}) must be divisible by the {process_count} "
+                         "processes")
+    local_batch = batch_size // process_count
+    local_eval_batch = config.eval.batch_size // process_count
+
+    par = parallel_lib.Parallel(config.parallelism)
+    if local_batch % par.local_device_count or local_eval_batch % par.local_device_count:
+        raise ValueError(f"per-process batch sizes ({local_batch} train, {local_eval_batch} eval) "
+                         f"must be divisible by the {par.local_device_count} local devices "
+                         "(config.batch_size, config.eval.batch_size)")
+
+    model = build_model(config, info.num_classes)
+    state, schedule = create_state(config, model, num_steps)
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
+    writer = MetricWriter(workdir, enabled=is_main)
+    try:
+        return _run(config, workdir, state, schedule, ckpt, writer, par, model, info, num_steps,
+                    every, local_batch, local_eval_batch, data_dir)
+    finally:
+        ckpt.close()
+        writer.close()
+
+
+def _run(config, workdir, state, schedule, ckpt, writer, par, model, info, num_steps, every,
+         local_batch, local_eval_batch, data_dir):
+    from segjax.data import pipeline
+
+    restored, start_step = ckpt.restore_latest(state)
+    if restored is not None:
+        state = restored
+        log.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)
+        print(f"resuming from checkpoint step {start_step}", flush=True)
+        if ckpt.skipped_message:
+            print(ckpt.skipped_message, flush=True)
+    start_step = int(start_step or 0)
+    writer.truncate_after(start_step)
+    last_checkpoint = start_step if restored is not None else None
+
+    ds = config.dataset
+    loss_fn = functools.partial(losses.segmentation_loss, ignore_label=info.ignore_label,
+                                **loss_kwargs(config))
+    train_step = par.train_step(loss_fn, learning_rate_fn=schedule)
+    rng = jax.random.fold_in(jax.random.key(config.seed), 1)  # 0 was used for init
+    device_state = par.replicate(state)
+    del state
+
+    mesh = eval_lib.eval_mesh()
+    eval_cfg = config.eval
+    eval_fn = eval_lib.make_eval_fn(
+        model.clone(axis_name=None), num_classes=info.num_classes, ignore_label=info.ignore_label,
+        mesh=mesh, scales=tuple(eval_cfg.tta_scales) if eval_cfg.tta else (1.0,),
+        flip=bool(eval_cfg.tta and eval_cfg.tta_flip),
+        window=eval_cfg.window if eval_cfg.sliding_window else None,
+        stride=eval_cfg.stride if eval_cfg.sliding_window else None)
+
+    def run_eval(step: int, host_state) -> dict[str, Any]:
+        variables = eval_lib.replicate_on(
+            {"params": host_state.params, "batch_stats": host_state.batch_stats}, mesh)
+        batches = pipeline.eval_batches(
+            ds.name, split=ds.eval_split, batch_size=local_eval_batch, pad_to=eval_cfg.pad_to,
+            data_dir=data_dir, process_index=jax.process_index(),
+            process_count=jax.process_count())
+        remaining = [eval_cfg.num_visualizations if writer.enabled else 0]
+
+        def on_batch(batch, get_pred):
+            if remaining[0] > 0:
+                remaining[0] -= save_predictions(
+                    workdir, step, batch, get_pred(), palette=info.palette,
+                    ignore_label=info.ignore_label, limit=remaining[0], writer=writer)
+
+        t0 = time.perf_counter()
+        result = eval_lib.evaluate(eval_fn, variables, batches, num_classes=info.num_classes,
+                                   mesh=mesh, on_batch=on_batch)
+        keys = ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou", "iou_per_class",
+                "num_pixels")
+        writer.write(step, ds.eval_split, {k: result[k] for k in keys if k in result},
+                     extra_scalars={"eval_seconds": time.perf_counter() - t0})
+        if writer.enabled:
+            print(f"eval step {step}: miou {result['miou']:.4f}  pixel_accuracy "
+                  f"{result['pixel_accuracy']:.4f}", flush=True)
+        return result
+
+    train_iter = pipeline.train_batches(
+        ds.name, split=ds.train_split, batch_size=local_batch, crop_size=ds.crop_size,
+        seed=config.seed, data_dir=data_dir, start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        min_scale=ds.min_scale, max_scale=ds.max_scale, hflip=ds.hflip,
+        photometric=ds.photometric, class_balanced=ds.class_balanced)
+    progress = Progress(num_steps, config.batch_size, first_step=start_step,
+                        enabled=writer.enabled)
+    pending: list[tuple[int, dict]] = []  # device metrics of steps not yet checked/logged
+    result: dict[str, Any] = {}
+
+    def check_pending() -> dict[str, np.ndarray]:
+        """Fetches pending metrics; raises NonFiniteLossError at the first bad step."""
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched):
+            loss = float(np.asarray(m["loss"]))
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(s, loss, last_checkpoint)
+        stacked = {k: np.stack([np.asarray(m[k]) for m in fetched]) for k in fetched[0]}
+        pending.clear()
+        return stacked
+
+    for step in range(start_step + 1, num_steps + 1):
+        batch = next(train_iter)
+        device_state, metrics = train_step(device_state, par.shard_batch(batch), rng)
+        pending.append((step, metrics))
+        do_log = _should(step, every["log_every"], num_steps)
+        do_eval = _should(step, every["eval_every"], num_steps)
+        do_ckpt = do_eval or _should(step, every["checkpoint_every"], num_steps)
+        if not (do_log or do_eval or do_ckpt):
+            continue
+        stacked = check_pending()
+        if do_log:
+            line = {"loss": float(stacked["loss"].mean())}
+            for key in ("grad_norm", "lr", "valid_pixels"):
+                if key in stacked:
+                    line[key] = float(stacked[key][-1])
+            images_per_s = progress.update(step, line["loss"])
+            writer.write(step, "train", line, extra_scalars={"images_per_s": images_per_s})
+        if do_eval or do_ckpt:
+            t0 = time.perf_counter()
+            host_state = par.unreplicate(device_state)
+            if do_eval:
+                result = run_eval(step, host_state)
+            ckpt.save(step, host_state,
+                      metrics={"miou": result["miou"]} if do_eval else None)
+            last_checkpoint = step
+            progress.exclude(time.perf_counter() - t0)
+    if not result:  # the run had already finished: report its final eval
+        from segjax.train.metric_writers import read_metrics
+
+        done = [r for r in read_metrics(workdir) if r["step"] == num_steps
+                and r["split"] == ds.eval_split]
+        result = done[-1] if done else run_eval(num_steps, par.unreplicate(device_state))
+    return result
