@@ -99,7 +99,8 @@ _CITYSCAPES = (
     (7, "road", (128, 64, 128)), (8, "sidewalk", (244, 35, 232)), (11, "building", (70, 70, 70)),
     (12, "wall", (102, 102, 156)), (13, "fence", (190, 153, 153)), (17, "pole", (153, 153, 153)),
     (19, "traffic light", (250, 170, 30)), (20, "traffic sign", (220, 220, 0)),
-    (21, "vegetation", (107, 142, 35)), (22, "terrain", (152, 251, 152)), (23, "sky", (70, 130, 180)),
+    (21, "vegetation", (107, 142, 35)), (22, "terrain", (152, 251, 152)),
+    (23, "sky", (70, 130, 180)),
     (24, "person", (220, 20, 60)), (25, "rider", (255, 0, 0)), (26, "car", (0, 0, 142)),
     (27, "truck", (0, 0, 70)), (28, "bus", (0, 60, 100)), (31, "train", (0, 80, 100)),
     (32, "motorcycle", (0, 0, 230)), (33, "bicycle", (119, 11, 32)))
@@ -151,7 +152,8 @@ def _make_registry() -> dict[str, Any]:
         **{f"synthetic_shapes/{c}": (lambda c=c: _synthetic(c)) for c in _SYNTHETIC_CONFIGS},
         "oxford_iiit_pet": lambda: DatasetInfo(
             name="oxford_iiit_pet", tfds_name="oxford_iiit_pet", num_classes=2, ignore_label=255,
-            class_names=("background", "pet"), palette=np.array([[0, 0, 0], [128, 0, 0]], np.uint8),
+            class_names=("background", "pet"),
+            palette=np.array([[0, 0, 0], [128, 0, 0]], np.uint8),
             label_map=_table({1: 1, 2: 0, 3: 255}, -1), id_key="file_name", eval_split="test",
             notes=pet_notes),
         "cityscapes": lambda: DatasetInfo(

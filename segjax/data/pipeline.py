@@ -67,7 +67,7 @@ def prepare(dataset: str | DatasetInfo, data_dir: str | None = None, *,
         return builder
     check = getattr(builder, "check_source_data", None)
     if check is not None:  # our VOC builder: fail fast when the raw files are missing
-        check(manual_dir or os.path.join(builder._data_dir_root, "downloads", "manual"),
+        check(manual_dir or os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual"),
               download=download)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builder.download_and_prepare(download_config=config, file_format="array_record")

@@ -24,8 +24,6 @@ def _train(info, data_dir, **kw):
 
 
 def _example_ids(info, data_dir, split):
-    import tensorflow_datasets as tfds
-
     from segjax.data.pipeline import _builder
     source = _builder(info, data_dir).as_data_source(split)
     return [source[i]["image_id"].decode() for i in range(len(source))]
@@ -60,7 +58,8 @@ def test_eval_batches_equal_generated_examples(shapes_info, shapes_dir):
             np.testing.assert_allclose(batch["image"][b, :40, :40],
                                        preprocess_image(ex["image"]), atol=1e-6)
             np.testing.assert_array_equal(batch["label"][b, :40, :40], ex["label"][..., 0])
-            assert (batch["label"][b, 40:] == 255).all() and (batch["label"][b, :, 40:] == 255).all()
+            assert (batch["label"][b, 40:] == 255).all()
+            assert (batch["label"][b, :, 40:] == 255).all()
             assert (batch["image"][b, 40:] == 0).all() and (batch["image"][b, :, 40:] == 0).all()
     assert seen == list(range(10))
 
@@ -161,7 +160,8 @@ def test_same_seed_same_batches_in_another_process(shapes_info, shapes_dir):
         from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig
         config = SyntheticShapesConfig(name="test40", version="1.0.0", image_size=40,
                                        num_train=24, num_validation=10, max_objects=3)
-        info = dataclasses.replace(get_dataset_info("synthetic_shapes"), builder_kwargs={{"config": config}})
+        info = dataclasses.replace(get_dataset_info("synthetic_shapes"),
+                                   builder_kwargs={{"config": config}})
         it = train_batches(info, split="train", batch_size=4, crop_size=(36, 44), seed=3,
                            data_dir={shapes_dir!r}, photometric=True, start_step=2)
         h = hashlib.sha256()

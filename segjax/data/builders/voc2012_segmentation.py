@@ -1,0 +1,234 @@
+"""`voc2012_segmentation`: PASCAL VOC 2012 semantic segmentation, plus SBD's `train_aug`.
+
+Splits: `train` (1,464) and `val` (1,449) from `ImageSets/Segmentation/{train,val}.txt`, and
+`train_aug` (10,582) = VOC train + SBD train + SBD val - VOC val. Features: `image` (the original
+JPEG bytes), `segmentation_mask` uint8 `[H, W, 1]` class ids 0..20 with 255 on object boundaries
+and "difficult" regions, and `image_id` (e.g. `2007_000032`).
+
+`train_aug` masks: an id with a VOC annotation (VOC train) keeps it (with its 255 band); the
+others come from SBD `cls/<id>.mat` (struct `GTcls`, field `Segmentation`), which has no 255
+band -- every pixel is labelled, boundary pixels with their object's class. Mixed this way the
+band covers about 14% of `train_aug` images; losses simply ignore it where present.
+
+Every image is decoded once while building: a corrupt or non-RGB JPEG, a mask whose size differs
+from its image, or a mask value outside 0..20 (and 255 for VOC) stops the build with the file
+name. Nothing is skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from segjax.data.builders._common import LocalCodePath
+
+VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+VOC_TAR, VOC_SIZE = "VOCtrainval_11-May-2012.tar", 1999639040
+VOC_SHA256 = "e14f763270cf193d0b5f74b169f44157a4b0c6efa708f4dd0ff78ee691763bcb"
+SBD_URL = ("https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
+           "semantic_contours/benchmark.tgz")
+SBD_TGZ = "benchmark.tgz"
+SBD_SHA256 = "6a5a2918d5c73ce032fdeba876574d150d9d04113ab87540a1304cbcc715be53"
+NUM_CLASSES, IGNORE = 21, 255
+
+INSTRUCTIONS = f"""\
+PASCAL VOC 2012 + SBD are not prepared yet. Put these two files (or their extracted trees)
+into the manual directory <manual_dir>:
+  1. {VOC_TAR}  (2.0 GB)  from {VOC_URL}
+     or the extracted tree <manual_dir>/VOCdevkit/VOC2012/{{JPEGImages,SegmentationClass,...}}
+  2. {SBD_TGZ}  (1.4 GB)  from {SBD_URL}
+     or the extracted tree <manual_dir>/benchmark_RELEASE/dataset/{{img,cls,train.txt,val.txt}}
+then build with
+  python -m segjax.data prepare voc2012 --data_dir=DATA_DIR --manual_dir=MANUAL_DIR
+(on a machine with network access, add --download to fetch both: 3.4 GB)."""
+
+
+def _find_tree(root: str, candidates: tuple, marker: str) -> str | None:
+    for rel in candidates:
+        path = os.path.join(root, *rel)
+        if os.path.isdir(os.path.join(path, marker)):
+            return path
+    return None
+
+
+def find_sources(manual_dir: str) -> dict:
+    """Locates the VOC and SBD data under `manual_dir`: returns
+    `{"voc": ("dir"|"tar", path), "sbd": ("dir"|"tgz", path)}`; raises FileNotFoundError with
+    instructions when either is missing."""
+    voc = _find_tree(manual_dir, (("VOCdevkit", "VOC2012"), ("VOC2012",), ()), "JPEGImages")
+    sbd = _find_tree(manual_dir, (("benchmark_RELEASE", "dataset"), ("dataset",), ()), "cls")
+    found = {"voc": ("dir", voc) if voc else None, "sbd": ("dir", sbd) if sbd else None}
+    if found["voc"] is None and os.path.isfile(os.path.join(manual_dir, VOC_TAR)):
+        found["voc"] = ("tar", os.path.join(manual_dir, VOC_TAR))
+    if found["sbd"] is None and os.path.isfile(os.path.join(manual_dir, SBD_TGZ)):
+        found["sbd"] = ("tgz", os.path.join(manual_dir, SBD_TGZ))
+    missing = [k for k, v in found.items() if v is None]
+    if missing:
+        what = " and ".join(m.upper() for m in missing)
+        raise FileNotFoundError(f"Missing {what} data in {manual_dir!r}.\n"
+                                + INSTRUCTIONS.replace("<manual_dir>", manual_dir, 1))
+    return found
+
+
+def read_ids(path: str) -> list[str]:
+    """Image ids, one per line, from an `ImageSets`/SBD list file; raises naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Missing split list file {path}")
+    with open(path) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    if not ids:
+        raise ValueError(f"Split list file {path} is empty")
+    return ids
+
+
+def read_image_size(path: str) -> tuple[int, int]:
+    """Fully decodes an RGB JPEG and returns its `(height, width)`; raises ValueError naming
+    the file if it is missing, corrupt, truncated or not RGB."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, (width, height) = im.mode, im.size
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"Corrupt or unreadable image file {path}: {e}") from None
+    if mode != "RGB":
+        raise ValueError(f"Image file {path} is {mode}, expected RGB")
+    return height, width
+
+
+def _check_mask(mask: np.ndarray, path: str, image_hw: tuple, allowed_ignore: bool) -> np.ndarray:
+    if mask.shape != image_hw:
+        raise ValueError(f"Mask {path} has size {mask.shape}, its image has size {image_hw}")
+    bad = (mask >= NUM_CLASSES) & ~((mask == IGNORE) & allowed_ignore)
+    if bad.any():
+        raise ValueError(f"Mask {path} has values {sorted(set(np.unique(mask[bad]).tolist()))} "
+                         f"outside [0, {NUM_CLASSES})" + (" and 255" if allowed_ignore else ""))
+    return mask.astype(np.uint8)[..., None]
+
+
+def read_voc_mask(path: str, image_hw: tuple) -> np.ndarray:
+    """Class ids uint8 `[H, W, 1]` from a VOC palette PNG (the palette indices, not colours)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("P", "L"):
+                raise ValueError(f"Mask {path} has mode {im.mode}, expected a palette PNG")
+            mask = np.asarray(im)
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"Corrupt or unreadable mask file {path}: {e}") from None
+    return _check_mask(mask, path, image_hw, allowed_ignore=True)
+
+
+def read_sbd_mask(path: str, image_hw: tuple) -> np.ndarray:
+    """Class ids uint8 `[H, W, 1]` from an SBD `cls/*.mat` file (`GTcls.Segmentation`)."""
+    import scipy.io
+
+    try:
+        mask = np.asarray(scipy.io.loadmat(path)["GTcls"]["Segmentation"][0, 0])
+    except Exception as e:  # scipy raises several types for damaged .mat files
+        raise ValueError(f"Unreadable SBD file {path}: {e!r}") from None
+    return _check_mask(mask, path, image_hw, allowed_ignore=False)
+
+
+def split_examples(voc_dir: str, sbd_dir: str) -> dict:
+    """`{split: [(image_id, image_path, mask_path, kind)]}` with `kind` in `voc`/`sbd`."""
+    sets = os.path.join(voc_dir, "ImageSets", "Segmentation")
+    train, val = (read_ids(os.path.join(sets, f"{s}.txt")) for s in ("train", "val"))
+
+    def voc(i):
+        return (i, os.path.join(voc_dir, "JPEGImages", f"{i}.jpg"),
+                os.path.join(voc_dir, "SegmentationClass", f"{i}.png"), "voc")
+
+    def sbd(i):
+        return (i, os.path.join(sbd_dir, "img", f"{i}.jpg"),
+                os.path.join(sbd_dir, "cls", f"{i}.mat"), "sbd")
+
+    sbd_ids = read_ids(os.path.join(sbd_dir, "train.txt")) + read_ids(
+        os.path.join(sbd_dir, "val.txt"))
+    in_train, in_val = set(train), set(val)
+    extra = sorted(set(sbd_ids) - in_train - in_val)
+    return {"train": [voc(i) for i in train], "val": [voc(i) for i in val],
+            "train_aug": [voc(i) for i in train] + [sbd(i) for i in extra]}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Voc2012Segmentation(LocalCodePath, tfds.core.GeneratorBasedBuilder):
+    """PASCAL VOC 2012 segmentation with the SBD-augmented `train_aug` split."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "train, val, train_aug."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def url_infos(cls):
+        return {VOC_URL: tfds.core.download.checksums.UrlInfo(
+            size=VOC_SIZE, checksum=VOC_SHA256, filename=VOC_TAR)}
+
+    def __init__(self, *, download: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self._allow_download = download
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=__doc__,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "segmentation_mask": tfds.features.Image(shape=(None, None, 1),
+                                                         encoding_format="png"),
+                "image_id": tfds.features.Text(),
+            }),
+            supervised_keys=("image", "segmentation_mask"),
+            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+        )
+
+    def _split_generators(self, dl_manager):
+        try:
+            manual_dir = os.fspath(dl_manager.manual_dir)
+        except AssertionError:  # TFDS: the manual directory does not exist or is empty
+            manual_dir = os.fspath(dl_manager.download_dir / "manual")
+        try:
+            sources = find_sources(manual_dir)
+        except FileNotFoundError:
+            if not self._allow_download:
+                raise
+            paths = dl_manager.download({"voc": VOC_URL, "sbd": SBD_URL})
+            if _sha256(os.fspath(paths["sbd"])) != SBD_SHA256:
+                raise ValueError(f"{paths['sbd']}: SHA-256 differs from {SBD_SHA256}")
+            sources = {"voc": ("tar", os.fspath(paths["voc"])),
+                       "sbd": ("tgz", os.fspath(paths["sbd"]))}
+        roots = {}
+        for key, (kind, path) in sources.items():
+            if kind == "dir":
+                roots[key] = path
+            else:
+                extracted = os.fspath(dl_manager.extract(path))
+                marker = "JPEGImages" if key == "voc" else "cls"
+                roots[key] = _find_tree(extracted, (("VOCdevkit", "VOC2012"),
+                                                    ("benchmark_RELEASE", "dataset")), marker)
+                if roots[key] is None:
+                    raise ValueError(f"{path} does not contain the expected {key.upper()} tree")
+        splits = split_examples(roots["voc"], roots["sbd"])
+        return {name: self._generate_examples(examples) for name, examples in splits.items()}
+
+    def _generate_examples(self, examples):
+        for image_id, image_path, mask_path, kind in examples:
+            hw = read_image_size(image_path)
+            mask = read_voc_mask(mask_path, hw) if kind == "voc" else read_sbd_mask(mask_path, hw)
+            yield image_id, {"image": image_path, "segmentation_mask": mask, "image_id": image_id}
+
+    def check_source_data(self, manual_dir: str, *, download: bool = False) -> None:
+        """Raises FileNotFoundError with instructions at once if the raw data is missing and
+        `download` is False (TFDS would otherwise retry a download for minutes)."""
+        self._allow_download = self._allow_download or download
+        if not self._allow_download:
+            find_sources(manual_dir)
