@@ -90,7 +90,7 @@ def train_step(
     grads = _psum(grads, axis_name)
     new_state = state.apply_gradients(grads=grads, batch_stats=mutated.get("batch_stats", state.batch_stats))
     loss = _psum(loss_sum, axis_name) / jnp.maximum(global_count, 1e-12)
-    out = {"loss": loss, "grad_norm": optax.global_norm(grads), "valid_pixels": global_count}
+    out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "valid_pixels": global_count}
     if learning_rate_fn is not None:
         out["lr"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
     return new_state, out
