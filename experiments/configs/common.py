@@ -82,3 +82,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = placeholder(int)
     c.distributed.process_id = placeholder(int)
     return c
+
+
+def use_synthetic_shapes(c: ml_collections.ConfigDict, name: str = "synthetic_shapes",
+                         crop_size: int = 64) -> ml_collections.ConfigDict:
+    """Points `c` at the built-in synthetic shapes dataset (128x128 images, no download)."""
+    c.dataset.name = name
+    c.dataset.train_split = "train"
+    c.dataset.eval_split = "validation"
+    c.dataset.crop_size = crop_size
+    c.dataset.min_scale = 0.75
+    c.dataset.max_scale = 1.25
+    c.eval.pad_to = 128
+    c.eval.window = crop_size
+    c.eval.stride = crop_size // 2
+    c.parallelism = "mesh"
+    return c

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs.common import base_config
+from experiments.configs.common import base_config, use_synthetic_shapes
 
 PRESETS = ("", "deeplabv3_r50", "demo")
 
@@ -63,12 +63,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.eval.window = 512
         c.eval.stride = 341
     elif preset == "demo":
-        c.dataset.name = "synthetic_shapes"
-        c.dataset.train_split = "train"
-        c.dataset.eval_split = "validation"
-        c.dataset.crop_size = 64
-        c.dataset.min_scale = 0.75
-        c.dataset.max_scale = 1.25
+        use_synthetic_shapes(c, crop_size=64)
         c.model.name = "deeplabv3plus_resnet18"
         c.model.output_stride = 8
         c.model.backbone_width = 16
@@ -79,9 +74,5 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.checkpoint_every_steps = 200
         c.optimizer.base_lr = 0.05
         c.optimizer.weight_decay = 1e-4
-        c.parallelism = "mesh"
         c.eval.batch_size = 16
-        c.eval.pad_to = 64
-        c.eval.window = 64
-        c.eval.stride = 32
     return c

@@ -88,14 +88,10 @@ def optimizer_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     kwargs = config.optimizer.to_dict()
     accepted = inspect.signature(optim.create_optimizer).parameters
-    for key in list(kwargs):
-        if key not in accepted:
-            # A floor of 0 is what create_optimizer does anyway; anything else it cannot honour.
-            if key == "end_lr" and kwargs[key] == 0:
-                del kwargs[key]
-            else:
-                raise ValueError(f"config.optimizer.{key} is not supported by "
-                                 f"segjax.train.optim.create_optimizer")
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"config.optimizer.{unknown[0]} is not an argument of "
+                         "segjax.train.optim.create_optimizer")
     return kwargs
 
 
