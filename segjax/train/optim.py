@@ -4,6 +4,8 @@ Per step t (0-based, the optimiser's update count) with base rate lr0, T = num_s
 warmup_steps:
   lr(t) = lr0 * t / W                                   for t < W  (linear warm-up from 0)
   lr(t) = lr0 * (1 - (t - W) / (T - W)) ** power        for W <= t <= T, then 0.
+With a floor `end_lr` (mmsegmentation's min_lr) the poly part is
+  (lr0 - end_lr) * (1 - (t - W) / (T - W)) ** power + end_lr, then end_lr.
 The update is PyTorch's SGD: g' = g + weight_decay * p (decay only on the masked parameters),
 buf = momentum * buf + g', p -= lr * buf (nesterov: p -= lr * (g' + momentum * buf)). Backbone
 parameters (the top-level param key "backbone") use lr * backbone_lr_mult, or stay fixed when
@@ -21,14 +23,15 @@ import optax
 BACKBONE = "backbone"
 
 
-def poly_schedule(base_lr: float, num_steps: int, warmup_steps: int = 0, power: float = 0.9) -> optax.Schedule:
+def poly_schedule(base_lr: float, num_steps: int, warmup_steps: int = 0, power: float = 0.9,
+                  end_lr: float = 0.0) -> optax.Schedule:
     """The warm-up + poly schedule of the module docstring: step -> learning rate (float32)."""
     if num_steps <= 0:
         raise ValueError(f"num_steps must be positive, got {num_steps}")
     if not 0 <= warmup_steps < num_steps:
         raise ValueError(f"warmup_steps must be in [0, num_steps={num_steps}), got {warmup_steps}")
     poly = optax.polynomial_schedule(
-        init_value=base_lr, end_value=0.0, power=power, transition_steps=num_steps - warmup_steps
+        init_value=base_lr, end_value=end_lr, power=power, transition_steps=num_steps - warmup_steps
     )
     if warmup_steps == 0:
         return poly
@@ -68,6 +71,7 @@ def create_optimizer(
     decay_norm_and_bias: bool = False,
     backbone_lr_mult: float = 1.0,
     freeze_backbone: bool = False,
+    end_lr: float = 0.0,
 ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
     """The training optimiser and its (head) learning-rate schedule.
 
@@ -80,6 +84,7 @@ def create_optimizer(
       decay_norm_and_bias: also decay 1-D parameters (biases, BatchNorm scale/bias).
       backbone_lr_mult: learning-rate multiplier of the "backbone" subtree (e.g. 0.1).
       freeze_backbone: keep the backbone parameters fixed (no update, no momentum state).
+      end_lr: floor of the poly decay (mmsegmentation's min_lr; 0 = decay to zero).
 
     Returns:
       (tx, schedule): `schedule(step)` is the head learning rate at optimiser step `step`.
@@ -92,7 +97,7 @@ def create_optimizer(
         )
     if weight_decay < 0 or momentum < 0:
         raise ValueError(f"weight_decay ({weight_decay}) and momentum ({momentum}) must be >= 0")
-    schedule = poly_schedule(base_lr, num_steps, warmup_steps, power)
+    schedule = poly_schedule(base_lr, num_steps, warmup_steps, power, end_lr)
     parts = []
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(params, decay_norm_and_bias)))
