@@ -10,6 +10,7 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 
 from segjax.ops.conv import atrous_conv2d, conv2d, conv_as_matrix, conv_transpose2d
 from segjax.ops.resize import resize
+from segjax.ops.roi_align import roi_align
 from segjax.ops.unpool import bed_of_nails_unpool, max_pool_with_argmax, max_unpool, nearest_unpool
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "max_unpool",
     "nearest_unpool",
     "resize",
+    "roi_align",
 ]

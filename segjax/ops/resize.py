@@ -15,6 +15,8 @@ Bicubic uses Keys' kernel with a = -0.75 on the four neighbours, with indices cl
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -102,13 +104,21 @@ def resize(x: jax.Array, size, method: str = "bilinear", align_corners: bool = F
     _, in_h, in_w, _ = x.shape
     if min(in_h, in_w) < 1:
         raise ValueError(f"x must have a non-empty spatial size, got shape {x.shape}")
+    if method != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x must be floating for method {method!r}, got {x.dtype}")
 
+    return _resize(x, (out_h, out_w), method, bool(align_corners))
+
+
+# Jitted so eager calls compile once per configuration instead of dispatching op by op.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _resize(x, size, method, align_corners):
+    _, in_h, in_w, _ = x.shape
+    out_h, out_w = size
     if method == "nearest":
         y = jnp.take(x, jnp.asarray(nearest_indices(in_h, out_h)), axis=1)
         return jnp.take(y, jnp.asarray(nearest_indices(in_w, out_w)), axis=2)
 
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x must be floating for method {method!r}, got {x.dtype}")
     mh = jnp.asarray(interpolation_matrix(in_h, out_h, method, align_corners), jnp.float32)
     mw = jnp.asarray(interpolation_matrix(in_w, out_w, method, align_corners), jnp.float32)
     acc = jnp.promote_types(x.dtype, jnp.float32)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,10 +42,18 @@ def max_pool_with_argmax(x: jax.Array, window=2, stride=2, padding=0) -> tuple[j
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating, got {x.dtype}")
     n, h, w, c = x.shape
+    if (h + 2 * ph - kh) < 0 or (w + 2 * pw - kw) < 0:
+        raise ValueError(f"window {window!r} is larger than the padded input of shape {x.shape}")
+    return _max_pool_with_argmax(x, (kh, kw), (sh, sw), (ph, pw))
+
+
+# Jitted so eager calls compile once per configuration instead of dispatching op by op.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _max_pool_with_argmax(x, window, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = window, stride, padding
+    n, h, w, c = x.shape
     out_h = (h + 2 * ph - kh) // sh + 1
     out_w = (w + 2 * pw - kw) // sw + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"window {window!r} is larger than the padded input of shape {x.shape}")
 
     xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=-jnp.inf)
     # One strided view per window offset, stacked in row-major window order so argmax's
@@ -90,9 +100,15 @@ def max_unpool(x: jax.Array, indices: jax.Array, output_hw) -> jax.Array:
             raise ValueError(
                 f"indices must lie in [0, {out_h * out_w}) for output_hw={output_hw!r}, "
                 f"got range [{idx.min()}, {idx.max()}]")
+    return _max_unpool(x, jnp.asarray(indices), (out_h, out_w))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _max_unpool(x, indices, output_hw):
+    out_h, out_w = output_hw
     n, h, w, c = x.shape
     flat_x = x.reshape(n, h * w, c)
-    flat_i = jnp.asarray(indices).reshape(n, h * w, c)
+    flat_i = indices.reshape(n, h * w, c)
     batch = jnp.arange(n)[:, None, None]
     chan = jnp.arange(c)[None, None, :]
     out = jnp.zeros((n, out_h * out_w, c), x.dtype)
