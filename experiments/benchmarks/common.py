@@ -1,0 +1,167 @@
+"""Shared pieces of the step benchmarks: synthetic batches, timing, peak FLOP/s, torchvision twins.
+
+Nothing here imports TensorFlow (the GPU machine has none); torch is imported only when a
+comparison is asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IGNORE_LABEL = 255
+
+# segjax name -> torchvision.models.segmentation constructor name (same architecture).
+TORCHVISION_TWINS = {
+    "fcn_resnet50": "fcn_resnet50",
+    "fcn_resnet101": "fcn_resnet101",
+    "deeplabv3_resnet50": "deeplabv3_resnet50",
+    "deeplabv3_resnet101": "deeplabv3_resnet101",
+}
+
+
+def synthetic_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A fixed random batch: images [B,S,S,3] float32, labels [B,S,S] int32 with ~5% ignore."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+    label = rng.integers(0, num_classes, size=(batch, size, size)).astype(np.int32)
+    label[rng.random(label.shape) < 0.05] = IGNORE_LABEL
+    return {"image": image, "label": label}
+
+
+def block(tree: Any) -> Any:
+    """Waits for every array in `tree` (JAX dispatch is asynchronous)."""
+    return jax.block_until_ready(tree)
+
+
+def time_calls(fn: Callable[[], Any], n: int) -> float:
+    """Seconds per call of `fn` averaged over `n` calls (fn must block on its own result)."""
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def measure_matmul_peak(dtype: str = "float32", size: int | None = None, reps: int = 10) -> float:
+    """Achievable dense matmul FLOP/s on the default device for `dtype` (best of `reps`)."""
+    on_cpu = jax.default_backend() == "cpu"
+    size = size or (1024 if on_cpu else 8192)
+    a = jnp.ones((size, size), jnp.dtype(dtype))
+    f = jax.jit(lambda x: x @ x)
+    block(f(a))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        block(f(a))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak device memory on an accelerator, else the process's peak resident set size."""
+    stats = jax.devices()[0].memory_stats()
+    if stats and "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """FLOPs of one call of a compiled JAX function, from XLA's cost analysis."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+@dataclasses.dataclass
+class Result:
+    """One benchmark's outcome; `as_json` keeps the contract keys (DESIGN §3)."""
+
+    model: str
+    mode: str
+    batch: int
+    size: int
+    dtype: str
+    device: str
+    segjax_s_per_step: float
+    compile_s: float
+    flops_per_step: float | None
+    peak_flops: float
+    peak_memory_bytes: int | None
+    torchvision_s_per_step: float | None = None
+    torchvision_compile_s: float | None = None
+
+    @property
+    def segjax_img_per_s(self) -> float:
+        return self.batch / self.segjax_s_per_step
+
+    @property
+    def torchvision_img_per_s(self) -> float | None:
+        return None if self.torchvision_s_per_step is None else self.batch / self.torchvision_s_per_step
+
+    @property
+    def ratio(self) -> float | None:
+        tv = self.torchvision_img_per_s
+        return None if tv is None else self.segjax_img_per_s / tv
+
+    @property
+    def mfu(self) -> float | None:
+        if not self.flops_per_step:
+            return None
+        return self.flops_per_step / self.segjax_s_per_step / self.peak_flops
+
+    def as_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d.update(
+            segjax_img_per_s=self.segjax_img_per_s,
+            torchvision_img_per_s=self.torchvision_img_per_s,
+            ratio=self.ratio,
+            mfu=self.mfu,
+        )
+        return json.dumps(d, sort_keys=True)
+
+    def table(self) -> str:
+        def fmt(v, spec):
+            return "—" if v is None else format(v, spec)
+
+        rows = [
+            ("images/s", fmt(self.segjax_img_per_s, ".3f"), fmt(self.torchvision_img_per_s, ".3f")),
+            ("ms/step", fmt(self.segjax_s_per_step * 1e3, ".1f"),
+             fmt(None if self.torchvision_s_per_step is None else self.torchvision_s_per_step * 1e3, ".1f")),
+            ("compile / first step s", fmt(self.compile_s, ".1f"), fmt(self.torchvision_compile_s, ".1f")),
+            ("model GFLOP/step", fmt(None if self.flops_per_step is None else self.flops_per_step / 1e9, ".1f"), ""),
+            ("MFU", fmt(None if self.mfu is None else 100 * self.mfu, ".1f") + "%", ""),
+            ("peak memory MiB", fmt(None if self.peak_memory_bytes is None else self.peak_memory_bytes / 2**20, ".0f"), ""),
+        ]
+        head = (
+            f"{self.mode}: {self.model} batch={self.batch} size={self.size} dtype={self.dtype} "
+            f"on {self.device}; matmul peak {self.peak_flops / 1e9:.0f} GFLOP/s; "
+            f"segjax/torchvision = {fmt(self.ratio, '.2f')}x"
+        )
+        lines = [head, "", "| metric | segjax | torchvision |", "|---|---:|---:|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+        return "\n".join(lines)
+
+
+def median_alternating(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any] | None,
+                       steps: int, rounds: int) -> tuple[float, float | None]:
+    """Median seconds/step of each side, alternating rounds so both see the same machine state."""
+    js, ts = [], []
+    for _ in range(rounds):
+        js.append(time_calls(jax_fn, steps))
+        if torch_fn is not None:
+            ts.append(time_calls(torch_fn, steps))
+    return statistics.median(js), (statistics.median(ts) if ts else None)
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()}"

@@ -1,0 +1,120 @@
+"""Times segjax's compiled train or eval step (and torchvision's twin) on a synthetic batch.
+
+Used by `train_step.py` and `eval_step.py`, which only define flags. One device, plain `jax.jit`,
+the global batch on that device; `scaling.py` covers several devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from experiments.benchmarks import common
+from segjax import losses
+from segjax.models import create_model
+from segjax.train import optim, state as state_lib, steps
+
+
+def _segjax_train(model, batch):
+    """(step_fn, compile_s, flops) for segjax's train_step (SGD momentum, wd 1e-4, CE)."""
+    init_shape = (1,) + batch["image"].shape[1:]
+    variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
+    tx, _ = optim.create_optimizer(variables["params"], base_lr=1e-3, num_steps=10_000,
+                                   momentum=0.9, weight_decay=1e-4)
+    state = state_lib.create_train_state(model, None, init_shape, tx, variables=variables)
+    loss_fn = functools.partial(losses.segmentation_loss, kind="ce", ignore_label=common.IGNORE_LABEL)
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn), donate_argnums=(0,))
+    dev_batch = jax.device_put(batch)
+    rng = jax.random.key(1)
+    start = time.perf_counter()
+    compiled = step.lower(state, dev_batch, rng).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], dev_batch, rng)
+        common.block(metrics)
+
+    run()
+    return run, compile_s, common.compiled_flops(compiled)
+
+
+def _segjax_eval(model, batch):
+    """(step_fn, compile_s, flops) for a forward pass + argmax (what evaluation runs)."""
+    init_shape = (1,) + batch["image"].shape[1:]
+    variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
+
+    def predict(variables, images):
+        return jnp.argmax(model.apply(variables, images, train=False)["logits"], axis=-1)
+
+    images = jax.device_put(batch["image"])
+    start = time.perf_counter()
+    compiled = jax.jit(predict).lower(variables, images).compile()
+    compile_s = time.perf_counter() - start
+    flops = common.compiled_flops(compiled)
+
+    def run():
+        common.block(compiled(variables, images))
+
+    run()
+    return run, compile_s, flops
+
+
+def run(*, mode: str, model_name: str, batch: int, size: int, dtype: str, compare: str | None,
+        num_classes: int = 21, steps_per_round: int = 3, rounds: int = 3) -> common.Result:
+    """Benchmarks `mode` ("train" or "eval") and returns the Result (print `.table()`)."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    if compare not in (None, "", "torchvision"):
+        raise ValueError(f"--compare must be 'torchvision' or empty, got {compare!r}")
+    data = common.synthetic_batch(batch, size, num_classes)
+    model = create_model(model_name, num_classes=num_classes, dtype=dtype)
+    build = _segjax_train if mode == "train" else _segjax_eval
+    jax_fn, compile_s, flops = build(model, data)
+
+    torch_fn, torch_first = None, None
+    if compare == "torchvision":
+        if model_name not in common.TORCHVISION_TWINS:
+            raise ValueError(f"torchvision has no twin of {model_name!r}; twins: {sorted(common.TORCHVISION_TWINS)}")
+        from experiments.benchmarks import torch_twin
+
+        torch_fn, torch_first = torch_twin.build(model_name, num_classes, data, dtype, train=mode == "train")
+
+    peak = common.measure_matmul_peak("bfloat16" if dtype == "bfloat16" and jax.default_backend() != "cpu" else "float32")
+    js, ts = common.median_alternating(jax_fn, torch_fn, steps_per_round, rounds)
+    return common.Result(
+        model=model_name, mode=mode, batch=batch, size=size, dtype=dtype, device=common.device_name(),
+        segjax_s_per_step=js, compile_s=compile_s, flops_per_step=flops, peak_flops=peak,
+        peak_memory_bytes=common.peak_memory_bytes(), torchvision_s_per_step=ts,
+        torchvision_compile_s=torch_first,
+    )
+
+
+_MODEL = flags.DEFINE_string("model", "deeplabv3_resnet50", "Registered segjax model name.")
+_BATCH = flags.DEFINE_integer("batch", 4, "Batch size (one device).")
+_SIZE = flags.DEFINE_integer("size", 256, "Square image size.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_COMPARE = flags.DEFINE_string("compare", "", "'torchvision' to time the torchvision twin too.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON line last.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Steps per timed round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (median is reported).")
+_CLASSES = flags.DEFINE_integer("num_classes", 21, "Number of classes.")
+
+
+def cli(mode: str) -> None:
+    """Entry point of `train_step.py` / `eval_step.py`: parse flags, run, print."""
+
+    def main(argv):
+        del argv
+        result = run(mode=mode, model_name=_MODEL.value, batch=_BATCH.value, size=_SIZE.value,
+                     dtype=_DTYPE.value, compare=_COMPARE.value or None, num_classes=_CLASSES.value,
+                     steps_per_round=_STEPS.value, rounds=_ROUNDS.value)
+        print(result.table(), flush=True)
+        if _JSON.value:
+            print(result.as_json(), flush=True)
+
+    app.run(main)
