@@ -121,6 +121,10 @@ def test_focal_gamma_zero_is_cross_entropy(np_rng):
     a = losses.focal_loss(jnp.asarray(logits), jnp.asarray(labels), ignore_label=IGNORE, gamma=0.0)
     b = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), ignore_label=IGNORE)
     np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6)
+    w = np_rng.uniform(0.5, 2.0, size=K).astype(np.float32)
+    a = losses.focal_loss(logits, labels, ignore_label=IGNORE, gamma=0.0, class_weights=w)
+    b = losses.cross_entropy(logits, labels, ignore_label=IGNORE, class_weights=w)
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6)
 
 
 def test_dice_matches_torch_reference(np_rng):

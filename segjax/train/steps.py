@@ -36,6 +36,17 @@ def _check_axis(axis_name: str | None) -> None:
         ) from e
 
 
+def _check_batch(batch: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"batch is missing key(s) {missing}; it has {sorted(batch)}")
+    if batch["label"].shape != batch["image"].shape[:-1]:
+        raise ValueError(
+            f"batch['label'] shape {tuple(batch['label'].shape)} must be batch['image'] shape "
+            f"{tuple(batch['image'].shape)} without its channel axis"
+        )
+
+
 def _psum(x: Any, axis_name: str | None) -> Any:
     return x if axis_name is None else lax.psum(x, axis_name)
 
@@ -56,7 +67,7 @@ def train_step(
       batch: {"image": float32 [B, H, W, 3], "label": int [B, H, W]} (the device's shard under
         pmap, the global batch under jit over a mesh).
       rng: base PRNG key; dropout uses it folded with `state.step` (and the device index under
-        pmap).
+        pmap, so pmap and mesh runs draw different dropout masks; each is reproducible).
       loss_fn: `(outputs, labels) -> (sum, count)`, e.g. a `functools.partial` of
         `segjax.losses.segmentation_loss`.
       axis_name: the pmap axis, or None under jit.
@@ -68,6 +79,7 @@ def train_step(
       count), and `lr` when `learning_rate_fn` is given.
     """
     _check_axis(axis_name)
+    _check_batch(batch, ("image", "label"))
     step_rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
         step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
@@ -111,6 +123,7 @@ def eval_step(
     at the input size already. Under pmap the matrix is summed over `axis_name`.
     """
     _check_axis(axis_name)
+    _check_batch(batch, ("image", "label"))
     outputs = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
     )

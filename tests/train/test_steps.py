@@ -118,3 +118,12 @@ def test_axis_name_under_plain_jit_raises(setup, np_rng):
         jax.jit(functools.partial(steps.train_step, loss_fn=LOSS_FN, axis_name="batch"))(state, batch, jax.random.key(0))
     with pytest.raises(ValueError, match="is not bound"):
         jax.jit(functools.partial(steps.eval_step, num_classes=K, ignore_label=IGNORE, axis_name="batch"))(state, batch)
+
+
+def test_bad_batch_raises(setup, np_rng):
+    _, state, step = setup
+    batch = make_batch(np_rng, n=2, k=K)
+    with pytest.raises(ValueError, match="missing key"):
+        step(state, {"image": batch["image"]}, jax.random.key(0))
+    with pytest.raises(ValueError, match="shape"):
+        step(state, {"image": batch["image"], "label": batch["label"][:, :-1]}, jax.random.key(0))
