@@ -1,0 +1,78 @@
+r"""Runs a seeded ablation: every combination of the sweeps, for every seed.
+
+    python -m experiments.ablate --base=experiments/configs/deeplab_voc.py:demo --workdir=/tmp/abl \
+      --sweep='model.name=unet,deeplabv3plus_resnet18' --sweep='loss.kind=ce,focal' \
+      --seeds=0,1,2 [--metric=miou] [--baseline='model.name=unet'] [--config.KEY=VALUE ...]
+
+Each run trains in DIR/runs/<cell>/seed_<s>/ (skipped when finished, resumed when interrupted);
+DIR/results.csv, results.md (mean ± std, 95% CI, paired differences against the baseline cell)
+and results.png are rewritten at the end. `--base` is the config (path.py[:preset]);
+`--config.KEY=VALUE` overrides it for every run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory of the sweep (runs/ and the results files).")
+flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2 (repeatable; the grid is their product).")
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+flags.DEFINE_string("metric", "miou", "Metric to report: KEY (last eval line) or SPLIT/KEY.")
+flags.DEFINE_string("baseline", "", "KEY=VALUE;... of the baseline cell (default: first cell).")
+flags.mark_flags_as_required(["workdir"])
+# `--base=` is rewritten to `--config=` below so that `--config.KEY=VALUE` overrides it.
+config_flags.DEFINE_config_file("config", None, "Base config (given as --base=path.py[:preset]).",
+                                lock_config=True)
+
+
+def _baseline_cell(text, sweeps):
+    if not text:
+        return None
+    from segjax import ablation
+
+    chosen = dict((k.strip(), ablation.parse_value(v)) for k, _, v in
+                  (p.partition("=") for p in text.split(";") if p.strip()))
+    unknown = set(chosen) - {s.key for s in sweeps}
+    if unknown:
+        raise app.UsageError(f"--baseline names keys that are not swept: {sorted(unknown)}")
+    return tuple((s.key, chosen.get(s.key, s.values[0])) for s in sweeps)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None:
+        raise app.UsageError("--base=CONFIG[:PRESET] is required")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from segjax import ablation
+    from segjax.train import loop
+
+    try:
+        sweeps = [ablation.parse_sweep(s) for s in FLAGS.sweep]
+        seeds = ablation.parse_seeds(FLAGS.seeds)
+        results = ablation.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
+                                     train_fn=loop.train_and_evaluate)
+        paths = ablation.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
+                                      baseline=_baseline_cell(FLAGS.baseline, sweeps),
+                                      command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))
+    except (ValueError, *loop.KNOWN_ERRORS) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(open(paths["md"]).read())
+    print("wrote " + ", ".join(paths.values()))
+
+
+_ORIGINAL_ARGV = ["python", "-m", "experiments.ablate"] + sys.argv[1:]
+
+if __name__ == "__main__":
+    app.run(main, argv=[sys.argv[0]] + ["--config=" + a[len("--base="):] if a.startswith("--base=") else a
+                                        for a in sys.argv[1:]])
