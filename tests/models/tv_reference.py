@@ -51,3 +51,33 @@ def set_dilation(conv: torch.nn.Conv2d, dilation: int, stride: int | None = None
     conv.padding = (dilation, dilation)
     if stride is not None:
         conv.stride = (stride, stride)
+
+
+def random_variables(model, input_shape, rng: np.random.Generator) -> dict:
+    """Random {"params", "batch_stats"} for `model` without compiling its init (fast on CPU).
+
+    Kernels ~ N(0, 2 / fan_in) (He), biases and BN shifts ~ N(0, 0.1), BN scales ~ U(0.5, 1.5),
+    running means ~ N(0, 0.1), running variances ~ U(0.5, 2): non-trivial everywhere.
+    """
+    import flax
+    import jax
+    import jax.numpy as jnp
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32)))
+    out = {}
+    for col in ("params", "batch_stats"):
+        flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes.get(col, {})))
+        filled = {}
+        for path, leaf in flat.items():
+            shape, name = leaf.shape, path[-1]
+            if name == "kernel":
+                v = rng.normal(0.0, np.sqrt(2.0 / max(1, np.prod(shape[:-1]))), shape)
+            elif name == "scale":
+                v = rng.uniform(0.5, 1.5, shape)
+            elif name == "var":
+                v = rng.uniform(0.5, 2.0, shape)
+            else:  # bias, mean
+                v = rng.normal(0.0, 0.1, shape)
+            filled[path] = v.astype(np.float32)
+        out[col] = flax.traverse_util.unflatten_dict(filled)
+    return out
