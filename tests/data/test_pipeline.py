@@ -1,4 +1,5 @@
 """train_batches / eval_batches on a small synthetic dataset: values, resume, sharding, seeds."""
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -187,3 +188,12 @@ def test_folds_partition(shapes_info, shapes_dir):
                                         data_dir=shapes_dir, fold=1, num_folds=4)
            for i, v in zip(b["index"], b["valid"]) if v]
     assert got == val.tolist()
+
+
+def test_label_outside_classes_raises_naming_the_example(shapes_info, shapes_dir):
+    """A mask value outside [0, K) and not the ignore label stops the pipeline (no clamping)."""
+    three = dataclasses.replace(shapes_info, num_classes=3, class_names=("a", "b", "c"),
+                                palette=shapes_info.palette[:3])
+    with pytest.raises(ValueError, match=r"outside \[0, 3\).*train_0000\d\d"):
+        for _ in range(6):  # 24 examples: some carry classes 3..5
+            next(_train(three, shapes_dir, batch_size=4))
