@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn as tnn
 from torchvision.models.segmentation.deeplabv3 import ASPP as TorchASPP
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead as TorchDeepLabHead
@@ -16,24 +15,11 @@ from torchvision.models.segmentation.fcn import FCNHead as TorchFCNHead
 
 from segjax.models import heads
 from segjax.models.torchvision_import import convert_state_dict, map_deeplab_head, map_fcn_head
-from tests.models.tv_reference import nchw, nhwc, randomize_batchnorm, rel_err
+from tests.models.tv_reference import PSP_TABLE, TorchPSPHead, nchw, nhwc, prefix_map, randomize_batchnorm, rel_err
 
 
 def _init_shapes(module, *inputs):
     return jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs))
-
-
-def _rename(table):
-    """A path map from a {torch prefix: segjax path} table (longest prefix wins)."""
-
-    def path_map(parts):
-        for n in range(len(parts) - 1, 0, -1):
-            prefix = ".".join(parts[:n])
-            if prefix in table:
-                return [*table[prefix].split("/"), *parts[n:]]
-        return None
-
-    return path_map
 
 
 # ---------------------------------------------------------------- adaptive average pooling
@@ -155,7 +141,7 @@ def test_aspp_without_image_pooling_matches_torch(np_rng):
     bn_or_conv = {"0": "conv", "1": "bn"}
 
     def path_map(parts):
-        head = _rename(table)(parts)
+        head = prefix_map(table)(parts)
         return None if head is None or parts[-2] not in bn_or_conv else [*head[:-2], bn_or_conv[parts[-2]], parts[-1]]
 
     variables = convert_state_dict(ref.state_dict(), _init_shapes(aspp, x), path_map)
@@ -215,7 +201,7 @@ def test_deeplab_v3plus_decoder_matches_torch_reference(np_rng):
         if parts[0] == "aspp":
             mapped = map_deeplab_head(["0", *parts[1:]], 3)
             return None if mapped is None else mapped
-        return _rename({"low.0": "low_level/conv", "low.1": "low_level/bn", "refine.0": "refine_0/conv",
+        return prefix_map({"low.0": "low_level/conv", "low.1": "low_level/bn", "refine.0": "refine_0/conv",
                         "refine.1": "refine_0/bn", "refine.3": "refine_1/conv", "refine.4": "refine_1/bn",
                         "cls": "cls"})(parts)
 
@@ -244,39 +230,13 @@ def test_separable_conv_is_depthwise_then_pointwise(np_rng):
 # ---------------------------------------------------------------- PSP pyramid pooling head
 
 
-class _TorchPSPHead(tnn.Module):
-    """Reference PSP head (as the authors' PyTorch PPM): adaptive pools, 1x1 conv-BN-ReLU, align_corners=True."""
-
-    def __init__(self, in_ch, num_classes, bins=(1, 2, 3, 6), ch=8):
-        super().__init__()
-        red = in_ch // len(bins)
-        self.bins = bins
-        self.stages = tnn.ModuleList(
-            tnn.Sequential(tnn.Conv2d(in_ch, red, 1, bias=False), tnn.BatchNorm2d(red), tnn.ReLU()) for _ in bins)
-        self.bottleneck = tnn.Sequential(tnn.Conv2d(2 * in_ch, ch, 3, padding=1, bias=False), tnn.BatchNorm2d(ch),
-                                         tnn.ReLU(), tnn.Dropout(0.1))
-        self.cls = tnn.Conv2d(ch, num_classes, 1)
-
-    def forward(self, x):
-        maps = [x] + [
-            F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), x.shape[-2:], mode="bilinear", align_corners=True)
-            for b, stage in zip(self.bins, self.stages)
-        ]
-        return self.cls(self.bottleneck(torch.cat(maps, 1)))
-
-
-PSP_TABLE = {**{f"stages.{i}.0": f"pool_{i}/conv" for i in range(4)},
-             **{f"stages.{i}.1": f"pool_{i}/bn" for i in range(4)},
-             "bottleneck.0": "bottleneck/conv", "bottleneck.1": "bottleneck/bn", "cls": "cls"}
-
-
 def test_pyramid_pooling_head_matches_torch_on_odd_sizes(np_rng):
     torch.manual_seed(4)
-    ref = randomize_batchnorm(_TorchPSPHead(16, 3), np_rng).eval()
+    ref = randomize_batchnorm(TorchPSPHead(16, 3), np_rng).eval()
     head = heads.PyramidPoolingHead(3, channels=8)
     for hw in [(13, 11), (5, 7)]:  # 13 / 6 and 5 / 6 bins: uneven and overlapping
         x = np_rng.standard_normal((2, *hw, 16)).astype(np.float32)
-        variables = convert_state_dict(ref.state_dict(), _init_shapes(head, x), _rename(PSP_TABLE))
+        variables = convert_state_dict(ref.state_dict(), _init_shapes(head, x), prefix_map(PSP_TABLE))
         with torch.no_grad():
             expected = nhwc(ref(nchw(x)))
         assert rel_err(jax.jit(head.apply)(variables, x), expected) <= 1e-5, hw

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn as tnn
 
 
 def randomize_batchnorm(module: torch.nn.Module, rng: np.random.Generator) -> torch.nn.Module:
@@ -81,3 +83,42 @@ def random_variables(model, input_shape, rng: np.random.Generator) -> dict:
             filled[path] = v.astype(np.float32)
         out[col] = flax.traverse_util.unflatten_dict(filled)
     return out
+
+
+class TorchPSPHead(tnn.Module):
+    """Reference PSP head (as the authors' PyTorch PPM): adaptive pools, 1x1 conv-BN-ReLU, align_corners=True."""
+
+    def __init__(self, in_ch, num_classes, bins=(1, 2, 3, 6), ch=8):
+        super().__init__()
+        red = in_ch // len(bins)
+        self.bins = bins
+        self.stages = tnn.ModuleList(
+            tnn.Sequential(tnn.Conv2d(in_ch, red, 1, bias=False), tnn.BatchNorm2d(red), tnn.ReLU()) for _ in bins)
+        self.bottleneck = tnn.Sequential(tnn.Conv2d(2 * in_ch, ch, 3, padding=1, bias=False), tnn.BatchNorm2d(ch),
+                                         tnn.ReLU(), tnn.Dropout(0.1))
+        self.cls = tnn.Conv2d(ch, num_classes, 1)
+
+    def forward(self, x):
+        maps = [x] + [
+            F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), x.shape[-2:], mode="bilinear", align_corners=True)
+            for b, stage in zip(self.bins, self.stages)
+        ]
+        return self.cls(self.bottleneck(torch.cat(maps, 1)))
+
+
+PSP_TABLE = {**{f"stages.{i}.0": f"pool_{i}/conv" for i in range(4)},
+             **{f"stages.{i}.1": f"pool_{i}/bn" for i in range(4)},
+             "bottleneck.0": "bottleneck/conv", "bottleneck.1": "bottleneck/bn", "cls": "cls"}
+
+
+def prefix_map(table):
+    """A path map from a {torch prefix: segjax path} table (longest prefix wins)."""
+
+    def path_map(parts):
+        for n in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:n])
+            if prefix in table:
+                return [*table[prefix].split("/"), *parts[n:]]
+        return None
+
+    return path_map
