@@ -219,8 +219,9 @@ def _checked(dataset: tf.data.Dataset, context: str) -> Iterator:
 def _options(num_threads: int | None) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
-    if num_threads:
+    if num_threads:  # e.g. benchmarks: every op of the pipeline on `num_threads` threads
         options.threading.private_threadpool_size = num_threads
+        options.threading.max_intra_op_parallelism = 1
     return options
 
 
