@@ -14,6 +14,8 @@ rate >= map size a 3x3 atrous conv becomes a 1x1 conv (a large saving on CPU, se
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,18 +101,27 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride=1, padding=0, dilation=1, group
     # Drop kernel rows/columns that only ever read padding (exact; see module docstring).
     (r0, r1), (c0, c1) = [_live_taps(n, k, si, di, lo, o)
                           for n, k, si, di, (lo, _), o in zip(in_hw, k_hw, s, d, pads, out_hw)]
-    w = w.astype(x.dtype)
+    taps = None
     if (r0, r1, c0, c1) != (0, k_hw[0] - 1, 0, k_hw[1] - 1):
-        w = w[r0:r1 + 1, c0:c1 + 1]
+        taps = (r0, r1 + 1, c0, c1 + 1)
         new_pads = []
         for n, (t0, t1), si, di, (lo, _), o in zip(in_hw, ((r0, r1), (c0, c1)), s, d, pads, out_hw):
             lo2 = lo - t0 * di
             hi2 = si * (o - 1) + di * (t1 - t0) + 1 - n - lo2
             new_pads.append((lo2, hi2))
         pads = new_pads
+    return _conv(x, jnp.asarray(w), s, tuple(pads), d, groups, taps)
+
+
+# Jitted so eager calls compile once per configuration instead of dispatching op by op.
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _conv(x, w, stride, pads, dilation, groups, taps):
+    w = w.astype(x.dtype)
+    if taps is not None:
+        w = w[taps[0]:taps[1], taps[2]:taps[3]]
     return lax.conv_general_dilated(
-        x, w, window_strides=s, padding=pads, rhs_dilation=d, dimension_numbers=_DIMS,
-        feature_group_count=groups)
+        x, w, window_strides=stride, padding=pads, rhs_dilation=dilation,
+        dimension_numbers=_DIMS, feature_group_count=groups)
 
 
 def atrous_conv2d(x: jax.Array, w: jax.Array, rate, *, padding="SAME") -> jax.Array:
@@ -159,14 +170,20 @@ def conv_transpose2d(y: jax.Array, w: jax.Array, *, stride=1, padding=0, output_
               for n, si, pi, di, k, oi in zip(y.shape[1:3], s, p, d, (kh, kw), op)]
     if min(out_hw) < 1:
         raise ValueError(f"conv_transpose2d output would be empty: y {y.shape}, w {w.shape}")
+    pads = tuple((di * (k - 1) - pi, di * (k - 1) - pi + oi)
+                 for di, k, pi, oi in zip(d, (kh, kw), p, op))
+    return _conv_transpose(y, jnp.asarray(w), s, pads, d, groups)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _conv_transpose(y, w, stride, pads, dilation, groups):
+    kh, kw, a_g, b = w.shape
     # Flip spatially and swap in/out per group: [kh, kw, B/g, A] for a grouped conv B -> A.
     wt = w[::-1, ::-1].reshape(kh, kw, a_g, groups, b // groups)
     wt = wt.transpose(0, 1, 4, 3, 2).reshape(kh, kw, b // groups, groups * a_g)
-    pads = [(di * (k - 1) - pi, di * (k - 1) - pi + oi)
-            for di, k, pi, oi in zip(d, (kh, kw), p, op)]
     return lax.conv_general_dilated(
-        y, wt.astype(y.dtype), window_strides=(1, 1), padding=pads, lhs_dilation=s,
-        rhs_dilation=d, dimension_numbers=_DIMS, feature_group_count=groups)
+        y, wt.astype(y.dtype), window_strides=(1, 1), padding=pads, lhs_dilation=stride,
+        rhs_dilation=dilation, dimension_numbers=_DIMS, feature_group_count=groups)
 
 
 def conv_as_matrix(w: jax.Array, in_hw, *, stride=1, padding=0, dilation=1) -> jax.Array:
@@ -200,6 +217,9 @@ def conv_as_matrix(w: jax.Array, in_hw, *, stride=1, padding=0, dilation=1) -> j
     ca, cb = np.meshgrid(np.arange(a), np.arange(b), indexing="ij")
     rows = ((oy * wo + ox) * b)[:, None, None] + cb[None]
     cols = ((iy * wd + ix) * a)[:, None, None] + ca[None]
-    vals = jnp.asarray(w)[i, j]  # [T, A, B]
-    c = jnp.zeros((ho * wo * b, h * wd * a), jnp.asarray(w).dtype)
-    return c.at[rows, cols].add(vals)
+    return _scatter_taps(jnp.asarray(w), i, j, rows, cols, (ho * wo * b, h * wd * a))
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _scatter_taps(w, i, j, rows, cols, shape):
+    return jnp.zeros(shape, w.dtype).at[rows, cols].add(w[i, j])  # w[i, j]: [T, A, B]

@@ -12,19 +12,35 @@ from segjax.ops import resize
 from tests.ops.helpers import nchw, nhwc
 
 
+def _variables(np_rng, kernel_shape, features):
+    """Fresh random params (numpy, so no RNG kernels are compiled) in the layers' layout."""
+    return {"params": {"kernel": np_rng.normal(size=kernel_shape).astype(np.float32),
+                       "bias": np_rng.normal(size=(features,)).astype(np.float32)}}
+
+
+def test_param_shapes_and_names():
+    x = jnp.zeros((2, 5, 4, 3))
+    shapes = jax.eval_shape(AtrousConv(4, (3, 5), 2).init, jax.random.key(0), x)["params"]
+    assert {k: v.shape for k, v in shapes.items()} == {"kernel": (3, 5, 3, 4), "bias": (4,)}
+    shapes = jax.eval_shape(ConvTranspose(6, 3, stride=2).init, jax.random.key(0), x)["params"]
+    assert {k: v.shape for k, v in shapes.items()} == {"kernel": (3, 3, 6, 3), "bias": (6,)}
+    shapes = jax.eval_shape(ConvTranspose(6, 2, use_bias=False).init, jax.random.key(0), x)["params"]
+    assert set(shapes) == {"kernel"}
+
+
 @pytest.mark.parametrize("kernel_size,rate", [(3, 1), (3, 2), ((3, 5), (2, 3)), (3, 7)])
 def test_atrous_conv_matches_torch_conv2d(np_rng, kernel_size, rate):
     x = np_rng.normal(size=(2, 7, 6, 3)).astype(np.float32)
-    layer = AtrousConv(4, kernel_size, rate, bias_init=nn.initializers.normal(1.0))
-    variables = layer.init(jax.random.key(0), x)
-    kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
-    kh, kw = kernel.shape[:2]
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     rh, rw = (rate, rate) if isinstance(rate, int) else rate
+    layer = AtrousConv(4, kernel_size, rate)
+    variables = _variables(np_rng, (kh, kw, 3, 4), 4)
+    kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
     tconv = torch.nn.Conv2d(3, 4, (kh, kw), dilation=(rh, rw),
                             padding=(rh * (kh - 1) // 2, rw * (kw - 1) // 2)).double()
     with torch.no_grad():
-        tconv.weight.copy_(torch.tensor(np.asarray(kernel)).permute(3, 2, 0, 1))
-        tconv.bias.copy_(torch.tensor(np.asarray(bias)))
+        tconv.weight.copy_(torch.tensor(kernel).permute(3, 2, 0, 1))
+        tconv.bias.copy_(torch.tensor(bias))
     np.testing.assert_allclose(layer.apply(variables, x), nhwc(tconv(nchw(x))), rtol=1e-5, atol=1e-5)
 
 
@@ -34,17 +50,16 @@ def test_atrous_conv_matches_torch_conv2d(np_rng, kernel_size, rate):
 def test_conv_transpose_matches_torch_module(np_rng, kernel_size, stride, padding, output_padding,
                                              dilation):
     x = np_rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     layer = ConvTranspose(6, kernel_size, stride=stride, padding=padding,
-                          output_padding=output_padding, dilation=dilation,
-                          bias_init=nn.initializers.normal(1.0))
-    variables = layer.init(jax.random.key(1), x)
+                          output_padding=output_padding, dilation=dilation)
+    variables = _variables(np_rng, (kh, kw, 6, 3), 6)  # [kh, kw, features, in_features]
     kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
-    assert kernel.shape[2:] == (6, 3)  # [kh, kw, features, in_features]
-    tconv = torch.nn.ConvTranspose2d(3, 6, kernel.shape[:2], stride=stride, padding=padding,
+    tconv = torch.nn.ConvTranspose2d(3, 6, (kh, kw), stride=stride, padding=padding,
                                      output_padding=output_padding, dilation=dilation).double()
     with torch.no_grad():
-        tconv.weight.copy_(torch.tensor(np.asarray(kernel)).permute(3, 2, 0, 1))  # [in, out, kh, kw]
-        tconv.bias.copy_(torch.tensor(np.asarray(bias)))
+        tconv.weight.copy_(torch.tensor(kernel).permute(3, 2, 0, 1))  # [in, out, kh, kw]
+        tconv.bias.copy_(torch.tensor(bias))
     np.testing.assert_allclose(layer.apply(variables, x), nhwc(tconv(nchw(x))), rtol=1e-5, atol=1e-5)
 
 
@@ -77,14 +92,15 @@ def test_bilinear_conv_transpose_is_bilinear_upsampling_in_the_interior(np_rng, 
 
 def test_layers_bfloat16_jit_and_grad(np_rng):
     x = np_rng.normal(size=(2, 5, 6, 4)).astype(np.float32)
-    for layer in (AtrousConv(3, 3, 2), ConvTranspose(3, 3, stride=2, padding=1, output_padding=1)):
-        variables = layer.init(jax.random.key(2), x)
+    for layer, kernel_shape in ((AtrousConv(3, 3, 2), (3, 3, 4, 3)),
+                                (ConvTranspose(3, 3, stride=2, padding=1, output_padding=1), (3, 3, 3, 4))):
+        variables = _variables(np_rng, kernel_shape, 3)
         ref = layer.apply(variables, x)
         fb = jax.jit(lambda v, a: layer.clone(dtype=jnp.bfloat16).apply(v, a))
         yb = fb(variables, x)
         assert yb.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(yb, np.float32), ref, rtol=0.05, atol=0.05)
-        g = jax.grad(lambda v: fb(v, x).astype(jnp.float32).sum())(variables)
+        g = jax.jit(jax.grad(lambda v: fb(v, x).astype(jnp.float32).sum()))(variables)
         assert g["params"]["kernel"].dtype == jnp.float32
 
 
@@ -95,8 +111,8 @@ def test_bad_arguments_raise():
         bilinear_upsample_kernel(0, 3)
     x = np.zeros((1, 4, 4, 3), np.float32)
     with pytest.raises(ValueError, match="needs kernel shape"):
-        ConvTranspose(3, 3, stride=2, kernel_init=bilinear_init(2)).init(jax.random.key(0), x)
+        jax.eval_shape(ConvTranspose(3, 3, stride=2, kernel_init=bilinear_init(2)).init, jax.random.key(0), x)
     with pytest.raises(ValueError, match="output_padding"):
-        ConvTranspose(3, 3, stride=2, output_padding=2).init(jax.random.key(0), x)
+        jax.eval_shape(ConvTranspose(3, 3, stride=2, output_padding=2).init, jax.random.key(0), x)
     with pytest.raises(ValueError, match="rate"):
-        AtrousConv(3, 3, 0).init(jax.random.key(0), x)
+        jax.eval_shape(AtrousConv(3, 3, 0).init, jax.random.key(0), x)
