@@ -235,7 +235,8 @@ def ohem_cross_entropy(
         OHEM sampler; at least `min_kept` of the hardest pixels are kept.
       top_k: keep the max(ceil(top_k * n_counted), min(min_kept, n_counted)) pixels with the
         highest loss ("bootstrapped" CE), top_k in (0, 1].
-    Selection is over this (per-device) batch and is not differentiated; count = pixels kept.
+    Selection is over the batch the function sees (per device under pmap, the global batch
+    under jit over a mesh) and is not differentiated; count = pixels kept.
     """
     log_p, onehot, _, valid = _log_probs_and_targets(logits, labels, ignore_label, valid_mask)
     nll = -jnp.sum(log_p * onehot, axis=-1).reshape(-1)

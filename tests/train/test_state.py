@@ -9,7 +9,7 @@ from segjax.train.state import TrainState, create_train_state, init_variables
 from tests.train.tiny import TinySegNet
 
 
-def test_create_train_state_holds_params_stats_and_apply(np_rng):
+def test_create_train_state_holds_params_stats_and_apply():
     model = TinySegNet(num_classes=3, features=4)
     state = create_train_state(model, jax.random.key(0), (1, 7, 9, 3), optax.sgd(0.1))
     assert isinstance(state, TrainState) and int(state.step) == 0
@@ -17,14 +17,8 @@ def test_create_train_state_holds_params_stats_and_apply(np_rng):
     assert state.params["head"]["kernel"].shape == (1, 1, 4, 3)
     np.testing.assert_array_equal(state.batch_stats["backbone"]["bn"]["mean"], np.zeros(4))
     np.testing.assert_array_equal(state.batch_stats["backbone"]["bn"]["var"], np.ones(4))
-    images = np_rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
-    out = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
-    direct = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
-    np.testing.assert_array_equal(out["logits"], direct["logits"])
-    # Same seed, same parameters; another seed, others.
-    again = create_train_state(model, jax.random.key(0), (1, 7, 9, 3), optax.sgd(0.1))
+    assert state.apply_fn.__self__ is model  # model.apply, bound: parallel.py re-binds axis_name
     other = create_train_state(model, jax.random.key(1), (1, 7, 9, 3), optax.sgd(0.1))
-    np.testing.assert_array_equal(again.params["head"]["kernel"], state.params["head"]["kernel"])
     assert not np.allclose(other.params["head"]["kernel"], state.params["head"]["kernel"])
 
 

@@ -40,7 +40,7 @@ def test_train_step_equals_direct_loss_and_gradient(setup, np_rng):
         s, c = LOSS_FN(out, batch["label"])
         return s / c, mutated
 
-    (loss, mutated), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+    (loss, mutated), grads = jax.jit(jax.value_and_grad(mean_loss, has_aux=True))(state.params)
     np.testing.assert_allclose(m["loss"], loss, rtol=1e-6)
     np.testing.assert_allclose(m["grad_norm"], optax.tree.norm(grads), rtol=1e-5)
     assert float(m["valid_pixels"]) == np.sum(batch["label"] != IGNORE)
@@ -61,12 +61,13 @@ GOLDEN_GRAD_NORM = 0.5415202379226685
 GOLDEN_VALID = 207.0
 
 
-def test_golden_single_step():
+def test_golden_single_step(setup):
     """Loss and gradient norm of one step on a fixed tiny config, recorded once: catches drift."""
-    model = TinySegNet(num_classes=K, features=4)
-    state = create_train_state(model, jax.random.key(42), SHAPE, optax.sgd(0.1))
+    model, setup_state, step = setup
+    # The same tx object: `tx` is a static field, a new one would recompile the step.
+    state = create_train_state(model, jax.random.key(42), SHAPE, setup_state.tx)
     batch = make_batch(np.random.default_rng(2024), n=4, k=K)
-    _, m = jax.jit(functools.partial(steps.train_step, loss_fn=LOSS_FN))(state, batch, jax.random.key(0))
+    _, m = step(state, batch, jax.random.key(0))
     np.testing.assert_allclose(float(m["loss"]), GOLDEN_LOSS, rtol=1e-5)
     np.testing.assert_allclose(float(m["grad_norm"]), GOLDEN_GRAD_NORM, rtol=1e-5)
     assert float(m["valid_pixels"]) == GOLDEN_VALID
@@ -98,7 +99,7 @@ def test_eval_step_confusion(setup, np_rng):
     batch = make_batch(np_rng, n=4, k=K)
     batch["valid"] = np.array([True, True, False, True])
     conf = jax.jit(functools.partial(steps.eval_step, num_classes=K, ignore_label=IGNORE))(state, batch)
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])["logits"]
+    logits = jax.jit(model.apply)({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])["logits"]
     pred = np.argmax(np.asarray(logits), -1)
     want = np.zeros((K, K), np.int64)
     for n in [0, 1, 3]:
