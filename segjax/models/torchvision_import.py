@@ -174,11 +174,11 @@ def convert_state_dict(
     missing = sorted("/".join(k) for k in expected.keys() - flat.keys())
     problems = []
     if unexpected:
-        problems.append(f"unexpected keys (no segjax counterpart): {sorted(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected keys (no segjax counterpart): {sorted(unexpected)}")
     if missing:
-        problems.append(f"missing keys (segjax leaves with no torch value): {missing}")
+        problems.append(f"{len(missing)} missing keys (segjax leaves with no torch value): {missing}")
     if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
+        problems.append(f"{len(mismatched)} shape mismatches: {mismatched}")
     if problems:
         raise ValueError(f"cannot convert state dict to {what}: " + "; ".join(problems))
     return flax.traverse_util.unflatten_dict(flat)

@@ -1,0 +1,123 @@
+"""torchvision conversion: FCN/DeepLab logits, key coverage for the 101s, clear errors, transfer merge."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from segjax.models import AUX_LOGITS, LOGITS, create_model
+from segjax.models.torchvision_import import (
+    convert, load_converted, merge_backbone, model_config, read_converted_config, save_converted)
+from tests.models.tv_reference import nchw, nhwc, random_variables, randomize_batchnorm, rel_err
+
+
+def _segmentation(name, aux, num_classes=4, seed=0):
+    torch.manual_seed(seed)
+    ref = getattr(torchvision.models.segmentation, name)(
+        num_classes=num_classes, aux_loss=aux, weights=None, weights_backbone=None)
+    return randomize_batchnorm(ref, np.random.default_rng(seed)).eval()
+
+
+def test_converted_fcn_resnet50_gives_torchvision_logits(np_rng):
+    ref = _segmentation("fcn_resnet50", aux=True)
+    state = {k: v.numpy() for k, v in ref.state_dict().items()}  # numpy arrays as well as tensors
+    variables = convert("fcn_resnet50", state)
+    model = create_model("fcn_resnet50", num_classes=4, aux_loss=True)
+    x = np_rng.standard_normal((1, 57, 71, 3)).astype(np.float32)
+    out = jax.jit(model.apply)(variables, x)
+    with torch.no_grad():
+        expected = ref(nchw(x))
+    assert rel_err(out[LOGITS], nhwc(expected["out"])) <= 1e-4
+    assert rel_err(out[AUX_LOGITS], nhwc(expected["aux"])) <= 1e-4
+
+
+@pytest.mark.parametrize("name, aux", [("deeplabv3_resnet101", False), ("deeplabv3_resnet50", False),
+                                       ("fcn_resnet101", True)])
+def test_every_key_of_the_other_variants_lands_once(name, aux):
+    ref = _segmentation(name, aux, num_classes=3)
+    variables = convert(name, ref.state_dict())
+    assert ("aux_classifier" in variables["params"]) == aux
+    n_params = sum(np.prod(a.shape) for a in jax.tree.leaves(variables["params"]))
+    assert n_params == sum(p.numel() for p in ref.parameters())
+    sd = ref.state_dict()
+    # a conv weight arrives transposed to HWIO, BN statistics in batch_stats
+    np.testing.assert_array_equal(variables["params"]["backbone"]["layer3"]["1"]["conv2"]["kernel"],
+                                  sd["backbone.layer3.1.conv2.weight"].numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(variables["batch_stats"]["classifier"]["bn"]["var"],
+                                  sd["classifier.1.running_var" if "fcn" in name else "classifier.2.running_var"].numpy())
+    assert model_config(name, sd) == {"model": name, "num_classes": 3, "aux_loss": aux}
+
+
+def test_resnet_classifier_conversion_drops_fc_only():
+    sd = torchvision.models.resnet18().state_dict()
+    variables = convert("resnet18", sd)
+    assert "fc" not in variables["params"]
+    np.testing.assert_array_equal(variables["params"]["layer2"]["0"]["downsample"]["1"]["scale"],
+                                  sd["layer2.0.downsample.1.weight"].numpy())
+    assert model_config("resnet18", sd)["backbone_only"]
+
+
+@pytest.fixture(scope="module")
+def resnet18_state():
+    return dict(torchvision.models.resnet18().state_dict())
+
+
+def test_missing_key_is_named(resnet18_state):
+    sd = dict(resnet18_state)
+    del sd["layer3.1.bn2.running_var"]
+    with pytest.raises(ValueError, match=r"missing keys .*batch_stats/layer3/1/bn2/var"):
+        convert("resnet18", sd)
+
+
+def test_unexpected_key_is_named(resnet18_state):
+    sd = dict(resnet18_state)
+    sd["layer5.0.conv1.weight"] = np.zeros((64, 64, 3, 3), np.float32)
+    sd["layer1.0.bn1.momentum"] = np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match=r"unexpected keys .*layer1\.0\.bn1\.momentum.*layer5\.0\.conv1\.weight"):
+        convert("resnet18", sd)
+
+
+def test_shape_mismatch_and_wrong_model_are_named(resnet18_state):
+    with pytest.raises(ValueError, match=r"layer1\.0\.conv1\.weight: \(1, 1, 64, 64\) -> params/layer1/0/conv1/kernel"):
+        convert("resnet18", {**resnet18_state, "layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32)})
+    with pytest.raises(ValueError, match=r"missing keys .*params/layer1/2/conv1/kernel"):
+        convert("resnet34", resnet18_state)
+    with pytest.raises(ValueError, match=r"missing keys .*backbone/layer1/0/conv3/kernel"):
+        convert("fcn_resnet50", {**{f"backbone.{k}": v for k, v in resnet18_state.items() if "fc" not in k},
+                                 "classifier.4.weight": np.zeros((3, 128, 1, 1))})
+    with pytest.raises(ValueError, match="classifier.4.weight"):
+        convert("deeplabv3_resnet50", {})
+    with pytest.raises(ValueError, match="supported: resnet18"):
+        convert("deeplabv3plus_resnet50", resnet18_state)
+
+
+def test_merge_backbone_puts_imagenet_weights_into_a_fresh_model(resnet18_state, np_rng):
+    model = create_model("deeplabv3plus_resnet18", num_classes=3, head_channels=8)
+    fresh = random_variables(model, (1, 33, 33, 3), np_rng)
+    backbone = convert("resnet18", resnet18_state)
+    merged = merge_backbone(fresh, backbone)
+    for col in ("params", "batch_stats"):
+        jax.tree.map(np.testing.assert_array_equal, merged[col]["backbone"], backbone[col])
+        jax.tree.map(np.testing.assert_array_equal, merged[col]["classifier"], fresh[col]["classifier"])
+    out = jax.jit(model.apply)(merged, np_rng.standard_normal((1, 33, 33, 3)).astype(np.float32))
+    assert np.isfinite(out[LOGITS]).all()
+    narrow = random_variables(create_model("deeplabv3plus_resnet18", num_classes=3, backbone_width=8,
+                                           head_channels=8), (1, 33, 33, 3), np_rng)
+    with pytest.raises(ValueError, match=r"conv1/kernel: \(7, 7, 3, 64\) vs \(7, 7, 3, 8\)"):
+        merge_backbone(narrow, backbone)
+    with pytest.raises(ValueError, match="names"):
+        merge_backbone(fresh, convert("resnet34", torchvision.models.resnet34().state_dict()))
+
+
+def test_save_and_load_converted_round_trip(tmp_path, resnet18_state):
+    variables = convert("resnet18", resnet18_state)
+    save_converted(str(tmp_path / "out"), variables, model_config("resnet18", resnet18_state))
+    loaded = load_converted(str(tmp_path / "out"))
+    jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+    assert read_converted_config(str(tmp_path / "out"))["model"] == "resnet18"
+    with pytest.raises(ValueError, match="already exists"):
+        save_converted(str(tmp_path / "out"), variables, {})
+    with pytest.raises(ValueError, match="no converted weights"):
+        load_converted(str(tmp_path / "elsewhere"))
