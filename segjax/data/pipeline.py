@@ -240,7 +240,7 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
                   process_index: int = 0, process_count: int = 1, min_scale: float = 0.5,
                   max_scale: float = 2.0, hflip: bool = True, photometric: bool = False,
                   class_balanced: bool = False, shuffle: bool = True, fold: int | None = None,
-                  num_folds: int = 5, num_threads: int | None = None,
+                  num_folds: int = 5, fold_seed: int = 0, num_threads: int | None = None,
                   image_resize: str = "bilinear") -> Iterator[dict[str, np.ndarray]]:
     """Endless augmented training batches for this process.
 
@@ -255,7 +255,9 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
       process_index, process_count: this process's slice of every global batch.
       min_scale, max_scale, hflip, photometric: augmentation (see `augment.train_augment`).
       class_balanced: oversample images containing rare classes (deterministic).
-      fold, num_folds: train on the complement of fold `fold` of `split` (see `fold_indices`).
+      fold, num_folds, fold_seed: train on the complement of fold `fold` of `split` (see
+        `fold_indices`; `fold_seed`, not `seed`, fixes the partition, so that runs with
+        different seeds share it and `eval_batches(fold=...)` evaluates on the held-out part).
       num_threads: tf.data thread-pool size (None: TensorFlow's default).
 
     Yields:
@@ -271,7 +273,7 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
         raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
     crop = _hw(crop_size)
     builder, records = _open(info, data_dir, split)
-    subset = _subset(len(records), fold, num_folds, seed, part=0)
+    subset = _subset(len(records), fold, num_folds, fold_seed, part=0)
     weights = None
     if class_balanced:
         from segjax.data.balance import class_balanced_weights
@@ -304,7 +306,7 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
 
 def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad_to,
                  data_dir: str | None = None, process_index: int = 0, process_count: int = 1,
-                 fold: int | None = None, num_folds: int = 5, seed: int = 0,
+                 fold: int | None = None, num_folds: int = 5, fold_seed: int = 0,
                  num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """One pass over `split` in index order, in fixed-shape batches.
 
@@ -315,7 +317,7 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
     Args:
       pad_to: int or `(H, W)`: images are padded bottom/right to this size; a larger image
         raises ValueError.
-      fold, num_folds, seed: evaluate only fold `fold` of `split` (see `fold_indices`).
+      fold, num_folds, fold_seed: evaluate only fold `fold` of `split` (see `fold_indices`).
 
     Yields:
       `{"image": float32 [B, H, W, 3] normalised (0 in padding), "label": int32 [B, H, W]
@@ -329,7 +331,7 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pad_h, pad_w = _hw(pad_to)
     builder, records = _open(info, data_dir, split)
-    subset = _subset(len(records), fold, num_folds, seed, part=1)
+    subset = _subset(len(records), fold, num_folds, fold_seed, part=1)
     n, global_batch = len(subset), batch_size * process_count
     num_batches = -(-n // global_batch)
     mine = [subset[q] for k in range(num_batches)
@@ -357,9 +359,8 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
     ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size).prefetch(2).with_options(_options(num_threads))
     batches = _checked(ds, f"{info.name} split {split!r}")
-    for k in range(num_batches):
-        batch = next(batches, None)
-        yield _fill_batch(batch, batch_size, pad_h, pad_w, info.ignore_label)
+    return (_fill_batch(next(batches, None), batch_size, pad_h, pad_w, info.ignore_label)
+            for _ in range(num_batches))
 
 
 def _fill_batch(batch, batch_size: int, pad_h: int, pad_w: int, ignore: int) -> dict:

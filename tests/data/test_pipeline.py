@@ -197,3 +197,24 @@ def test_label_outside_classes_raises_naming_the_example(shapes_info, shapes_dir
     with pytest.raises(ValueError, match=r"outside \[0, 3\).*train_0000\d\d"):
         for _ in range(6):  # 24 examples: some carry classes 3..5
             next(_train(three, shapes_dir, batch_size=4))
+
+
+def test_fold_training_reads_only_the_training_part(shapes_info, shapes_dir):
+    ids = _example_ids(shapes_info, shapes_dir, "train")
+    config = shapes_info.builder_kwargs["config"]
+    train, val = fold_indices(len(ids), fold=1, num_folds=4, seed=0)
+    batch = next(_train(shapes_info, shapes_dir, crop_size=40, min_scale=1.0, max_scale=1.0,
+                        hflip=False, photometric=False, shuffle=False, fold=1, num_folds=4,
+                        seed=9))  # the partition depends on fold_seed, not on seed
+    for b, index in enumerate(train[:4]):
+        split, number = ids[index].split("_")
+        np.testing.assert_array_equal(batch["label"][b],
+                                      generate(config, split, int(number))["label"][..., 0])
+    assert not set(train[:4]) & set(val)
+
+
+def test_bad_split_fails_before_iterating(shapes_info, shapes_dir):
+    with pytest.raises(ValueError, match="split 'nope'.*available"):
+        eval_batches(shapes_info, split="nope", batch_size=2, pad_to=40, data_dir=shapes_dir)
+    with pytest.raises(ValueError, match="split 'nope'.*available"):
+        _train(shapes_info, shapes_dir, split="nope")
