@@ -1,7 +1,9 @@
 """DeepLab v1 (VGG-16), v2, v3 and v3+ (ResNet), registered in `segjax.models.registry`.
 
-- `deeplabv1_vgg16`: VGG-16 at output stride 8 with fc6 a 3x3 conv at dilation 12 and 1024
-  channels ("DeepLab-LargeFOV"), fc7 1x1 1024, then a 1x1 classifier `classifier`.
+- `deeplabv1_vgg16`: VGG-16 (`backbone`, ceil-mode pools) at output stride 8 with fc6 a 3x3 conv
+  at dilation 12 and 1024 channels ("DeepLab-LargeFOV"), fc7 1x1 1024 (dropout 0.5 after each),
+  then a 1x1 classifier `classifier` (weights N(0, 0.01), as the paper). fc6's dilation scales
+  with the output stride like the ASPP rates (6 at OS 16, 3 at OS 32) unless passed.
 - `deeplabv2_resnet101`: ResNet-101 at output stride 8 and the v2 ASPP (the sum of 3x3 atrous
   classifiers at rates 6, 12, 18, 24).
 - `deeplabv3_resnet{18,50,101}`: torchvision's layout — `backbone` (ResNet, output stride 8),
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.resnet import ResNet
+from segjax.models.backbones.vgg import VGG16
 from segjax.models.heads import DeepLabV2ASPP, DeepLabV3Head, DeepLabV3PlusHead, FCNHead
 from segjax.models.outputs import AUX_LOGITS, LOGITS
 from segjax.models.registry import register
@@ -121,6 +124,55 @@ class DeepLab(nn.Module):
             aux = FCNHead(self.num_classes, name="aux_classifier", **kw)(feats["layer3"], train)
             out[AUX_LOGITS] = resize(aux.astype(jnp.float32), size)
         return out
+
+
+class DeepLabV1(nn.Module):
+    """DeepLab v1 LargeFOV on VGG-16 (see the module docstring).
+
+    Attributes:
+      num_classes: output classes.
+      output_stride: 8 (paper), 16 or 32.
+      fc6_dilation: dilation of the 3x3 fc6; None: 12 * 8 / output_stride.
+      fc_dim: channels of fc6/fc7 (1024).
+      backbone_width: VGG stage-1 channels (64 = VGG-16).
+      dtype, axis_name, in_channels: the model contract's.
+    """
+
+    num_classes: int
+    output_stride: int = 8
+    fc6_dilation: int | None = None
+    fc_dim: int = 1024
+    backbone_width: int = 64
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+    in_channels: int = 3
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        if self.output_stride not in _OUTPUT_STRIDES:
+            raise ValueError(f"output_stride={self.output_stride!r} is not supported; allowed: {_OUTPUT_STRIDES}")
+        _check_images(images, self.in_channels, "deeplabv1_vgg16")
+        dilation = self.fc6_dilation or max(1, 12 * 8 // self.output_stride)
+        feats = VGG16(
+            output_stride=self.output_stride, fc6_kernel=3, fc6_dilation=dilation, fc_dim=self.fc_dim,
+            width=self.backbone_width, dtype=self.dtype, axis_name=self.axis_name,
+            in_channels=self.in_channels, name="backbone",
+        )(images, train)
+        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                         kernel_init=nn.initializers.normal(0.01), name="classifier")(feats["fc7"])
+        return {LOGITS: resize(logits.astype(jnp.float32), images.shape[1:3])}
+
+
+@register("deeplabv1_vgg16")
+def deeplabv1_vgg16(
+    *, num_classes: int, output_stride: int = 8, fc6_dilation: int | None = None, fc_dim: int = 1024,
+    backbone_width: int = 64, dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
+) -> DeepLabV1:
+    """DeepLab v1 LargeFOV: VGG-16 at OS 8, fc6 3x3 dilation 12 (1024), fc7 1x1 (1024), 1x1 classifier."""
+    return DeepLabV1(
+        num_classes=num_classes, output_stride=output_stride, fc6_dilation=fc6_dilation, fc_dim=fc_dim,
+        backbone_width=backbone_width, dtype=dtype, axis_name=axis_name, in_channels=in_channels,
+    )
 
 
 def _build(version: str, depth: int, *, multi_grid, atrous_rates, **kwargs) -> DeepLab:

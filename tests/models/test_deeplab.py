@@ -175,3 +175,49 @@ def test_unknown_override_and_bad_images_raise():
         model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 1)))
     with pytest.raises(ValueError, match="version"):
         DeepLab(num_classes=3, version="v4").rates()
+
+
+class TorchDeepLabV1(torch.nn.Module):
+    """DeepLab-LargeFOV in torch: VGG-16 with ceil-mode pools, pool4/5 3x3 stride 1, conv5 dilation 2."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        tnn, layers, c = torch.nn, [], 3
+        for s, (n, out) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
+            d = 2 if s == 5 else 1
+            for _ in range(n):
+                layers += [tnn.Conv2d(c, out, 3, padding=d, dilation=d), tnn.ReLU()]
+                c = out
+            layers.append(tnn.MaxPool2d(2, 2, ceil_mode=True) if s <= 3 else tnn.MaxPool2d(3, 1, padding=1))
+        self.features = tnn.Sequential(*layers)
+        self.fc6 = tnn.Conv2d(512, 1024, 3, padding=12, dilation=12)
+        self.fc7 = tnn.Conv2d(1024, 1024, 1)
+        self.cls = tnn.Conv2d(1024, num_classes, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.fc7(torch.relu(self.fc6(self.features(x)))))
+        return torch.nn.functional.interpolate(self.cls(y), x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_deeplabv1_vgg16_matches_torch_reference(np_rng):
+    from segjax.models.torchvision_import import convert_state_dict
+
+    torch.manual_seed(0)
+    ref = TorchDeepLabV1(3).eval()
+    model = create_model("deeplabv1_vgg16", num_classes=3)
+    shapes = _shapes(model)
+    assert _n_params(shapes["params"]) == sum(p.numel() for p in ref.parameters())
+    convs = [k for k, m in ref.features.named_children() if isinstance(m, torch.nn.Conv2d)]
+    names = [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
+    table = {f"features.{k}": ["backbone", name] for k, name in zip(convs, names)}
+    table.update({"fc6": ["backbone", "fc6"], "fc7": ["backbone", "fc7"], "cls": ["classifier"]})
+    variables = convert_state_dict(ref.state_dict(), shapes, lambda p: [*table[".".join(p[:-1])], p[-1]]
+                                   if ".".join(p[:-1]) in table else None)
+    x = np_rng.standard_normal((1, 41, 53, 3)).astype(np.float32)
+    out = jax.jit(model.apply)(variables, x)
+    with torch.no_grad():
+        expected = nhwc(ref(nchw(x)))
+    assert set(out) == {LOGITS}
+    assert rel_err(out[LOGITS], expected) <= 1e-4
+    with pytest.raises(ValueError, match="output_stride=4"):
+        _shapes(create_model("deeplabv1_vgg16", num_classes=3, output_stride=4))
