@@ -2,7 +2,7 @@
 
 from absl import app
 
-from experiments.deeplab_voc import main
+from experiments.deeplab_voc import _parse_flags, main
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -131,11 +131,11 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return restored["state"]
 
-    def restore_latest(self, template: Any) -> tuple[Any, int | None]:
+    def restore_latest(self, template: Any, *, quarantine: bool = True) -> tuple[Any, int | None]:
         """Restores the newest step that restores; `(None, None)` when there is none.
 
-        Damaged steps newer than it are logged with their error and moved to
-        `<parent>/damaged_checkpoints/<step>`.
+        Damaged steps newer than it are logged with their error and, with `quarantine` (training
+        resumes), moved to `<parent>/damaged_checkpoints/<step>`; readers pass False.
         """
         self.wait()
         skipped = []
@@ -147,12 +147,12 @@ class Checkpointer:
                             step, self.directory, type(e).__name__, e)
                 skipped.append(step)
                 continue
-            if skipped:
+            if skipped and quarantine:
                 self._quarantine(skipped)
                 log.warning("resumed from step %d; skipped damaged step(s) %s (moved to %s)",
                             step, skipped, self._damaged_dir())
             return state, step
-        if skipped:
+        if skipped and quarantine:
             self._quarantine(skipped)
             log.warning("no checkpoint restores; skipped damaged step(s) %s (moved to %s)",
                         skipped, self._damaged_dir())

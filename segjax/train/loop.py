@@ -146,6 +146,25 @@ def _merge_pretrained(variables: dict, converted: dict) -> dict:
     return out
 
 
+def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: int):
+    """(TrainState of ShapeDtypeStructs on the first device, lr schedule) without running init.
+
+    The restore template: tracing only, so resuming skips the compilation of the model's init.
+    """
+    crop = config.dataset.crop_size
+    shape = (1, crop, crop, 3)
+    variables = jax.eval_shape(
+        lambda: state_lib.init_variables(model, jax.random.key(config.seed), shape))
+    tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
+                                          **optimizer_kwargs(config))
+    abstract = jax.eval_shape(
+        lambda v: state_lib.create_train_state(model, None, shape, tx, variables=v), variables)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            abstract)
+    return abstract, schedule
+
+
 def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int):
     """Fresh host `TrainState` (step 0) and the lr schedule; `config.init_from` merged in."""
     rng = jax.random.key(config.seed)
@@ -252,9 +271,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     info = dataset_info(config)
     ds = config.dataset
     data_dir = ds.data_dir or None
-    num_examples = None
-    if config.get("num_train_epochs") is not None:
-        num_examples = pipeline.num_examples(ds.name, ds.train_split, data_dir)
+    # Fails at once, with what to download, when the dataset is not prepared (and generates the
+    # synthetic one); before any model is built or compiled.
+    num_examples = pipeline.num_examples(ds.name, ds.train_split, data_dir)
+    pipeline.num_examples(ds.name, ds.eval_split, data_dir)
     batch_size = config.batch_size
     num_steps = config_utils.get_steps(config, "num_train", batch_size=batch_size,
                                        num_examples=num_examples)
@@ -275,31 +295,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          "(config.batch_size, config.eval.batch_size)")
 
     model = build_model(config, info.num_classes)
-    state, schedule = create_state(config, model, num_steps)
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
     writer = MetricWriter(workdir, enabled=is_main)
     try:
-        return _run(config, workdir, state, schedule, ckpt, writer, par, model, info, num_steps,
-                    every, local_batch, local_eval_batch, data_dir)
+        state, start_step = None, None
+        if ckpt.all_steps():
+            template, schedule = abstract_state(config, model, num_steps)
+            state, start_step = ckpt.restore_latest(template)
+        if state is None:
+            state, schedule = create_state(config, model, num_steps)
+        else:
+            log.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)
+            print(f"resuming from checkpoint step {start_step}", flush=True)
+            if ckpt.skipped_message:
+                print(ckpt.skipped_message, flush=True)
+        return _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model, info,
+                    num_steps, every, local_batch, local_eval_batch, data_dir)
     finally:
         ckpt.close()
         writer.close()
 
 
-def _run(config, workdir, state, schedule, ckpt, writer, par, model, info, num_steps, every,
-         local_batch, local_eval_batch, data_dir):
+def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model, info,
+         num_steps, every, local_batch, local_eval_batch, data_dir):
     from segjax.data import pipeline
 
-    restored, start_step = ckpt.restore_latest(state)
-    if restored is not None:
-        state = restored
-        log.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)
-        print(f"resuming from checkpoint step {start_step}", flush=True)
-        if ckpt.skipped_message:
-            print(ckpt.skipped_message, flush=True)
+    restored = start_step is not None
     start_step = int(start_step or 0)
     writer.truncate_after(start_step)
-    last_checkpoint = start_step if restored is not None else None
+    last_checkpoint = start_step if restored else None
 
     ds = config.dataset
     loss_fn = functools.partial(losses.segmentation_loss, ignore_label=info.ignore_label,
@@ -400,3 +424,45 @@ def _run(config, workdir, state, schedule, ckpt, writer, par, model, info, num_s
                 and r["split"] == ds.eval_split]
         result = done[-1] if done else run_eval(num_steps, par.unreplicate(device_state))
     return result
+
+
+# ---------------------------------------------------------------------------------- inference
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to `<workdir>/config.json`."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training work dir?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_for_inference(workdir: str, checkpoint: str = "latest"):
+    """(config, dataset info, model, variables) of a trained run, for prediction.
+
+    Args:
+      workdir: a work directory of `train_and_evaluate`.
+      checkpoint: "latest" (newest step that restores), "best" (highest val mIoU) or a step.
+
+    Nothing in the work dir is modified.
+    """
+    config = load_config(workdir)
+    info = dataset_info(config)
+    model = build_model(config, info.num_classes)
+    abstract, _ = abstract_state(config, model, 1)
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=max(1, config.keep_checkpoints))
+    try:
+        if checkpoint == "latest":
+            state, step = ckpt.restore_latest(abstract, quarantine=False)
+            if state is None:
+                raise FileNotFoundError(f"no restorable checkpoint under {ckpt.directory}")
+        else:
+            step = ckpt.best_step() if checkpoint == "best" else int(checkpoint)
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint with eval metrics under {ckpt.directory}")
+            state = ckpt.restore(step, abstract)
+    finally:
+        ckpt.close()
+    log.info("loaded checkpoint step %s from %s", step, workdir)
+    return config, info, model, {"params": state.params, "batch_stats": state.batch_stats}

@@ -1,0 +1,238 @@
+"""End to end: the whole loop on tiny synthetic data (32x32 crops, a few steps).
+
+* train 2 steps -> eval -> checkpoint -> resume for a 3rd step -> predict; work-dir contents;
+  the loop's eval line equals an independent re-evaluation of the checkpoint with D1's
+  `eval_step`;
+* same seed => bit-identical metrics.jsonl and parameters; kill -9 after a checkpoint and a
+  rerun => the same final metrics and parameters as the uninterrupted run, exactly;
+* failures: NaN loss, unknown config key, incompatible resume, missing dataset - a clear message
+  and a non-zero exit, checkpoints still restorable.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from segjax.train import loop
+from segjax.train.checkpoint import Checkpointer
+from segjax.train.metric_writers import read_metrics
+from segjax.train.state import TrainState
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CONFIG = os.path.join(REPO, "experiments", "configs", "unet_shapes.py") + ":small"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """synthetic_shapes/tiny (48x48, 32 train / 16 val) generated once for the module."""
+    from segjax.data import pipeline
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    pipeline.prepare("synthetic_shapes/tiny", path)
+    return path
+
+
+def tiny_overrides(data_dir, **extra):
+    """`--config.KEY=VALUE` overrides of the demo preset for a seconds-long run."""
+    o = {
+        "dataset.name": "synthetic_shapes/tiny", "dataset.data_dir": data_dir,
+        "dataset.crop_size": 32, "eval.pad_to": 48, "eval.batch_size": 8, "batch_size": 8,
+        "model.base_features": 8, "model.depth": 2,
+        "num_train_steps": 4, "log_every_steps": 1, "eval_every_steps": 4,
+        "checkpoint_every_steps": 2, "optimizer.base_lr": 0.05, "eval.num_visualizations": 2,
+    }
+    o.update(extra)
+    return o
+
+
+def tiny_config(data_dir, **extra):
+    """unet_shapes.py:small with `tiny_overrides` applied (U-Net, base_features 8, depth 2)."""
+    from experiments.configs import unet_shapes
+
+    c = unet_shapes.get_config("small")
+    c.lock()
+    for key, value in tiny_overrides(data_dir, **extra).items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def cli_args(workdir, data_dir, **extra):
+    args = [sys.executable, "-m", "experiments.deeplab_voc", f"--workdir={workdir}",
+            f"--config={CONFIG}"]
+    for key, value in tiny_overrides(data_dir, **extra).items():
+        args.append(f"--config.{key}={value}")
+    return args
+
+
+def cli_env(cache_dir=None):
+    env = dict(os.environ)  # conftest's 4 host devices and XLA flags are inherited
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+    if cache_dir is not None:  # later runs reuse the first run's executables
+        env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def host_params(workdir, checkpoint="latest"):
+    _, _, _, variables = loop.load_for_inference(str(workdir), checkpoint)
+    return jax.tree.map(np.asarray, variables)
+
+
+def test_train_eval_checkpoint_resume_predict(tmp_path, data_dir, capsys):
+    workdir = tmp_path / "run"
+    config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2, parallelism="pmap")
+    result = loop.train_and_evaluate(config, str(workdir))
+
+    # Work dir contents.
+    assert json.load(open(workdir / "config.json"))["model"]["name"] == "unet"
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    records = read_metrics(str(workdir))
+    train = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
+    assert [r["step"] for r in evals] == [2]
+    assert len(evals[0]["iou_per_class"]) == 6
+    assert 0 <= evals[0]["miou"] <= 1 and 0 <= evals[0]["pixel_accuracy"] <= 1
+    assert evals[0]["miou"] == pytest.approx(result["miou"])
+    pred_dir = workdir / "predictions" / "step_0000002"
+    names = sorted(os.listdir(pred_dir))
+    assert len(names) == 6 and {n.split("_")[1] for n in names} == {
+        "gt.png", "pred.png", "overlay.png"}
+    assert Checkpointer(workdir / "checkpoints").all_steps() == [2]
+
+    # Independent re-evaluation of the checkpoint with D1's eval_step (no TTA, jit, one device).
+    from segjax.data import pipeline
+    from segjax.metrics import ConfusionAccumulator
+    from segjax.train import steps
+
+    cfg, info, model, variables = loop.load_for_inference(str(workdir))
+    acc = ConfusionAccumulator(info.num_classes)
+    state = TrainState(step=0, apply_fn=model.apply, params=variables["params"], tx=None,
+                       opt_state=None, batch_stats=variables["batch_stats"])
+    eval_step = jax.jit(lambda params, stats, batch: steps.eval_step(
+        state.replace(params=params, batch_stats=stats), batch, num_classes=info.num_classes,
+        ignore_label=info.ignore_label))
+    for batch in pipeline.eval_batches("synthetic_shapes/tiny", split="validation",
+                                       batch_size=5, pad_to=48, data_dir=data_dir):
+        acc.update(eval_step(state.params, state.batch_stats,
+                             {k: batch[k] for k in ("image", "label", "valid")}))
+    again = acc.result()
+    assert again["num_pixels"] == 16 * 48 * 48
+    np.testing.assert_allclose(again["iou_per_class"], evals[0]["iou_per_class"], rtol=1e-6)
+
+    # Resume: a third step continues from checkpoint 2.
+    capsys.readouterr()
+    config3 = tiny_config(data_dir, num_train_steps=3, eval_every_steps=3, parallelism="pmap")
+    loop.train_and_evaluate(config3, str(workdir))
+    assert "resuming from checkpoint step 2" in capsys.readouterr().out
+    records = read_metrics(str(workdir))
+    assert [(r["step"], r["split"]) for r in records] == [
+        (1, "train"), (2, "train"), (2, "validation"), (3, "train"), (3, "validation")]
+
+    # Incompatible resume: refused, naming the key; the checkpoints are untouched.
+    bad = tiny_config(data_dir, num_train_steps=3, parallelism="pmap",
+                      **{"optimizer.base_lr": 0.5})
+    with pytest.raises(loop.IncompatibleWorkdirError, match="optimizer.base_lr"):
+        loop.train_and_evaluate(bad, str(workdir))
+    assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 3]
+
+    # Predict CLI function on two odd-sized images.
+    from experiments import predict
+
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(37, 45), (50, 33)]):  # one 64x64 bucket: one compile
+        paths.append(str(img_dir / f"im{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    written = predict.predict_files(str(workdir), paths, str(tmp_path / "out"))
+    assert len(written) == 6
+    mask = np.asarray(Image.open(tmp_path / "out" / "im0_labels.png"))
+    assert mask.shape == (37, 45) and mask.max() < 6
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, data_dir):
+    workdir = tmp_path / "nan"
+    config = tiny_config(data_dir, num_train_steps=4, checkpoint_every_steps=1,
+                         **{"optimizer.base_lr": 1e30})
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step 2\b.*checkpoint is step 1") as e:
+        loop.train_and_evaluate(config, str(workdir))
+    assert e.value.step == 2
+    ckpt = Checkpointer(workdir / "checkpoints")
+    assert ckpt.all_steps() == [1]
+    assert host_params(workdir) is not None  # step 1 restores
+    ckpt.close()
+
+
+def test_cli_unknown_key_and_missing_dataset_fail_clearly(tmp_path, data_dir):
+    bad_key = subprocess.run(cli_args(tmp_path / "a", data_dir) + ["--config.optimizer.lr=1"],
+                             capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=300)
+    assert bad_key.returncode != 0
+    assert "optimizer.lr" in bad_key.stderr
+    missing = subprocess.run(
+        cli_args(tmp_path / "b", str(tmp_path / "empty"), **{"dataset.name": "voc2012",
+                                                            "dataset.train_split": "train_aug",
+                                                            "dataset.eval_split": "val"}),
+        capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=300)
+    assert missing.returncode == 1
+    assert "error:" in missing.stderr and "VOC" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def _run_cli(workdir, data_dir, cache_dir, **extra):
+    proc = subprocess.run(cli_args(workdir, data_dir, **extra), capture_output=True, text=True,
+                          cwd=REPO, env=cli_env(cache_dir), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_kill9_resume_and_same_seed_are_bit_identical(tmp_path, data_dir):
+    """Run A uninterrupted; run B (same seed) killed with SIGKILL after checkpoint 2, rerun."""
+    steps = {"num_train_steps": 6, "eval_every_steps": 3, "checkpoint_every_steps": 2}
+    a, cache = tmp_path / "a", tmp_path / "jax_cache"
+    _run_cli(a, data_dir, cache, **steps)
+
+    b = tmp_path / "b"
+    proc = subprocess.Popen(cli_args(b, data_dir, **steps), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env=cli_env(cache))
+    killed = False
+    for line in proc.stdout:  # progress lines: "step 3/6 ..." comes after checkpoint 2
+        if line.startswith("step 3/"):
+            deadline = time.time() + 60
+            while not (b / "checkpoints" / "2").is_dir() and time.time() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+    proc.wait(timeout=60)
+    assert killed and proc.returncode == -signal.SIGKILL
+    done = [r["step"] for r in read_metrics(str(b)) if r["split"] == "train"]
+    assert max(done) < 6  # it really was interrupted
+    rerun = _run_cli(b, data_dir, cache, **steps)
+    assert "resuming from checkpoint step" in rerun.stdout
+    resumed_from = int(rerun.stdout.split("resuming from checkpoint step")[1].split()[0])
+    assert 2 <= resumed_from < 6
+
+    assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
+    pa, pb = host_params(a), host_params(b)
+    for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(pa)[0],
+                                 jax.tree_util.tree_flatten_with_path(pb)[0]):
+        np.testing.assert_array_equal(x, y, err_msg=str(path))
