@@ -6,10 +6,13 @@ padded by `dilation * (k - 1) - padding` (plus `output_padding` at the end), and
 the spatially flipped kernel whose in/out channels are swapped. `conv_as_matrix` builds the dense
 operator from index arithmetic alone, so the tests can check all three against each other.
 
-Atrous convolutions with rates as large as the feature map read mostly padding: every kernel row
-(column) whose taps fall outside the input for all outputs contributes exactly zero. `conv2d` drops
-such border rows/columns of the kernel and adjusts the padding so the output is unchanged; at
-rate >= map size a 3x3 atrous conv becomes a 1x1 conv (a large saving on CPU, see DESIGN §6).
+Atrous convolutions with large rates read mostly padding, and XLA's dilated convolution is slow on
+CPU (DESIGN §6). `conv2d` therefore computes stride-1 dilated convolutions (dense or depthwise) as
+a sum over kernel taps of 1x1 products restricted to the output region where the tap reads real
+input: exact, matmul-bound, and with no work at all for taps that only see padding (at
+rate >= map size a 3x3 atrous conv costs a 1x1 conv). For other convolutions it still drops
+kernel border rows/columns that only ever read padding, adjusting the padding so the output is
+unchanged.
 """
 
 from __future__ import annotations
@@ -98,6 +101,10 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride=1, padding=0, dilation=1, group
     if min(out_hw) < 1:
         raise ValueError(f"conv2d output would be empty: x {x.shape}, w {w.shape}, stride {s}, "
                          f"padding {padding!r}, dilation {d}")
+    depthwise = groups == x.shape[3] == w.shape[3] and groups > 1
+    if s == (1, 1) and max(d) > 1 and (groups == 1 or depthwise):
+        return _conv_by_taps(x, jnp.asarray(w), tuple(lo for lo, _ in pads), tuple(out_hw), d,
+                             depthwise)
     # Drop kernel rows/columns that only ever read padding (exact; see module docstring).
     (r0, r1), (c0, c1) = [_live_taps(n, k, si, di, lo, o)
                           for n, k, si, di, (lo, _), o in zip(in_hw, k_hw, s, d, pads, out_hw)]
@@ -122,6 +129,40 @@ def _conv(x, w, stride, pads, dilation, groups, taps):
     return lax.conv_general_dilated(
         x, w, window_strides=stride, padding=pads, rhs_dilation=dilation,
         dimension_numbers=_DIMS, feature_group_count=groups)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _conv_by_taps(x, w, pad_lo, out_hw, dilation, depthwise):
+    """Stride-1 dilated conv as a sum over kernel taps of 1x1 products on the overlapping region.
+
+    Tap (i, j) reads input row `oy + i * dh - pad_lo` for output row `oy`: only the output
+    rectangle where that lies inside the input is computed (a matmul, or an elementwise product
+    for depthwise kernels) and the rest of the tap is skipped. Exact; much faster than XLA's
+    dilated convolution on CPU, forward and backward, as the rate grows (DESIGN §6).
+    """
+    n, h, wd, _ = x.shape
+    kh, kw, _, o = w.shape
+    ho, wo = out_hw
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    w = w.astype(x.dtype)
+    out = jnp.zeros((n, ho, wo, o), acc)
+    for i in range(kh):
+        dy = i * dilation[0] - pad_lo[0]
+        oy0, oy1 = max(0, -dy), min(ho, h - dy)
+        for j in range(kw):
+            dx = j * dilation[1] - pad_lo[1]
+            ox0, ox1 = max(0, -dx), min(wo, wd - dx)
+            if oy0 >= oy1 or ox0 >= ox1:
+                continue  # this tap only ever reads padding
+            xs = x[:, oy0 + dy:oy1 + dy, ox0 + dx:ox1 + dx]
+            if depthwise:
+                part = xs.astype(acc) * w[i, j, 0].astype(acc)
+            else:
+                part = jnp.einsum("nhwc,co->nhwo", xs, w[i, j], preferred_element_type=acc)
+            part = lax.pad(part, jnp.zeros((), acc),
+                           ((0, 0, 0), (oy0, ho - oy1, 0), (ox0, wo - ox1, 0), (0, 0, 0)))
+            out = out + part
+    return out.astype(x.dtype)
 
 
 def atrous_conv2d(x: jax.Array, w: jax.Array, rate, *, padding="SAME") -> jax.Array:

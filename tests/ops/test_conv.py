@@ -75,24 +75,35 @@ def test_atrous_conv2d_matches_torch(np_rng, rate):
     np.testing.assert_allclose(gw, np.transpose(tgw, (2, 3, 1, 0)), rtol=1e-5, atol=1e-4)
 
 
-def _conv_kernel_shapes(fn, *args):
-    """Kernel shapes of every conv_general_dilated in fn's jaxpr (nested jits included)."""
+def _eqns(fn, *args):
+    """All equations of fn's jaxpr, nested jits included."""
     def walk(jaxpr):
         for e in jaxpr.eqns:
-            if e.primitive.name == "conv_general_dilated":
-                yield tuple(e.invars[1].aval.shape)
+            yield e
             if "jaxpr" in e.params:
                 yield from walk(getattr(e.params["jaxpr"], "jaxpr", e.params["jaxpr"]))
 
     return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
-def test_atrous_drops_taps_that_only_read_padding():
+def test_atrous_computes_only_taps_that_read_input():
     x = jnp.zeros((1, 5, 6, 3))
     w = jnp.zeros((3, 3, 3, 4))
-    assert _conv_kernel_shapes(lambda a: atrous_conv2d(a, w, 6), x) == [(1, 1, 3, 4)]
-    assert _conv_kernel_shapes(lambda a: atrous_conv2d(a, w, 5), x) == [(1, 3, 3, 4)]
-    assert _conv_kernel_shapes(lambda a: atrous_conv2d(a, w, 4), x) == [(3, 3, 3, 4)]
+
+    def n_products(rate):
+        eqns = _eqns(lambda a: atrous_conv2d(a, w, rate), x)
+        assert not [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+        return len([e for e in eqns if e.primitive.name == "dot_general"])
+
+    assert n_products(6) == 1  # rate >= both sides: only the centre tap reads input
+    assert n_products(5) == 3  # rows: only the centre; columns (6 > 5): all three
+    assert n_products(4) == 9
+    assert n_products((2, 9)) == 3
+    # Other convolutions keep lax's conv but drop kernel rows that only read padding.
+    eqns = _eqns(lambda a: conv2d(a, jnp.zeros((5, 3, 3, 4)), stride=(2, 1), padding=(6, 2),
+                                  dilation=(3, 2)), jnp.zeros((1, 4, 6, 3)))
+    convs = [e.invars[1].aval.shape for e in eqns if e.primitive.name == "conv_general_dilated"]
+    assert convs == [(2, 3, 3, 4)]
 
 
 # (y channels B, A, kernel, stride, padding, output_padding, dilation, groups)
