@@ -2,13 +2,15 @@
 
 Every op is a pure function, differentiable, jit-able and vmap-able:
 
-* `conv2d`, `atrous_conv2d`, `conv_transpose2d`, `conv_as_matrix` (segjax.ops.conv)
+* `conv2d`, `atrous_conv2d`, `conv_transpose2d`, `conv_as_matrix` (segjax.ops.conv), and
+  `conv_general_dilated`, a faster drop-in for `flax.linen.Conv`'s dilated convolutions
 * `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
 * `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
 * `roi_align` (segjax.ops.roi_align)
 """
 
-from segjax.ops.conv import atrous_conv2d, conv2d, conv_as_matrix, conv_transpose2d
+from segjax.ops.conv import (atrous_conv2d, conv2d, conv_as_matrix, conv_general_dilated,
+                             conv_transpose2d)
 from segjax.ops.resize import resize
 from segjax.ops.roi_align import roi_align
 from segjax.ops.unpool import bed_of_nails_unpool, max_pool_with_argmax, max_unpool, nearest_unpool
@@ -18,6 +20,7 @@ __all__ = [
     "bed_of_nails_unpool",
     "conv2d",
     "conv_as_matrix",
+    "conv_general_dilated",
     "conv_transpose2d",
     "max_pool_with_argmax",
     "max_unpool",

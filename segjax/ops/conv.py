@@ -165,6 +165,38 @@ def _conv_by_taps(x, w, pad_lo, out_hw, dilation, depthwise):
     return out.astype(x.dtype)
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+    """Drop-in for `lax.conv_general_dilated` that routes stride-1 dilated NHWC/HWIO convs
+    (dense or depthwise) to the per-tap form of `conv2d`; everything else goes to lax unchanged.
+
+    Meant for `flax.linen.Conv(..., conv_general_dilated=segjax.ops.conv_general_dilated)`: the
+    same parameters and results, the CPU speed of the explicit atrous convolution.
+    """
+    nhwc = lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), _DIMS)
+    dilation = tuple(rhs_dilation or (1, 1))
+    fast = (
+        jnp.ndim(lhs) == 4 and jnp.ndim(rhs) == 4
+        and lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers) == nhwc
+        and tuple(window_strides) == (1, 1) and tuple(lhs_dilation or (1, 1)) == (1, 1)
+        and max(dilation) > 1 and batch_group_count == 1 and preferred_element_type is None
+        and (feature_group_count == 1
+             or feature_group_count == lhs.shape[3] == rhs.shape[3]))
+    if not fast:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+    if isinstance(padding, str):
+        dilated_k = [d * (k - 1) + 1 for d, k in zip(dilation, rhs.shape[:2])]
+        padding = lax.padtype_to_pads(lhs.shape[1:3], dilated_k, (1, 1), padding)
+    pads = [(int(lo), int(hi)) for lo, hi in padding]
+    out_hw = tuple(_out_size(n, k, 1, d, lo, hi)
+                   for n, k, d, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], dilation, pads))
+    return _conv_by_taps(lhs, rhs, tuple(lo for lo, _ in pads), out_hw, dilation,
+                         feature_group_count > 1)
+
+
 def atrous_conv2d(x: jax.Array, w: jax.Array, rate, *, padding="SAME") -> jax.Array:
     """Atrous (dilated) convolution: `conv2d(x, w, dilation=rate, padding=padding)`, stride 1.
 
