@@ -16,11 +16,33 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from segjax.models.layers import AtrousConv
 from segjax.models.norm import BatchNorm
 from segjax.ops import resize
 
 
-def _conv(features: int, kernel: int, *, dilation: int = 1, use_bias: bool = False, dtype: Any, name: str):
+def _conv(
+    features: int,
+    kernel: int,
+    *,
+    dilation: int = 1,
+    use_bias: bool = False,
+    dtype: Any,
+    name: str,
+    hw: tuple[int, int] | None = None,
+    kernel_init: Any = nn.initializers.lecun_normal(),
+):
+    """A square stride-1 conv with torch's symmetric padding (same output size for odd kernels).
+
+    Dilated convs whose rate is large for the map (`3 * dilation >= min(hw)`: several kernel taps
+    read mostly padding) use `segjax.models.layers.AtrousConv`, which computes each tap only where
+    it overlaps the input: exact, and on this CPU 2.5-40x faster forward+backward at ASPP rates
+    18-36 on 33x33 maps, but ~1.5-3x slower at small rates, where XLA's dilated conv is kept.
+    Both have the same `kernel`/`bias` parameters.
+    """
+    if dilation > 1 and hw is not None and 3 * dilation >= min(hw):
+        return AtrousConv(features, kernel, dilation, use_bias=use_bias, dtype=dtype, name=name,
+                          kernel_init=kernel_init)
     pad = dilation * (kernel - 1) // 2
     return nn.Conv(
         features,
@@ -30,6 +52,7 @@ def _conv(features: int, kernel: int, *, dilation: int = 1, use_bias: bool = Fal
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
+        kernel_init=kernel_init,
         name=name,
     )
 
@@ -119,7 +142,8 @@ class ConvBNReLU(nn.Module):
             x = nn.relu(bn("depthwise_bn")(x))
             x = _conv(self.features, 1, dtype=self.dtype, name="conv")(x)
         else:
-            x = _conv(self.features, self.kernel, dilation=self.dilation, dtype=self.dtype, name="conv")(x)
+            x = _conv(self.features, self.kernel, dilation=self.dilation, dtype=self.dtype, name="conv",
+                      hw=x.shape[1:3])(x)
         return nn.relu(bn("bn")(x))
 
 
@@ -196,10 +220,9 @@ class DeepLabV2ASPP(nn.Module):
         del train  # no BN or dropout
         out = 0.0
         for i, rate in enumerate(self.atrous_rates):
-            out = out + nn.Conv(
-                self.num_classes, (3, 3), padding=((rate, rate), (rate, rate)),
-                kernel_dilation=(rate, rate), dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=nn.initializers.normal(0.01), name=f"atrous_{i}",
+            out = out + _conv(
+                self.num_classes, 3, dilation=rate, use_bias=True, dtype=self.dtype, name=f"atrous_{i}",
+                hw=x.shape[1:3], kernel_init=nn.initializers.normal(0.01),
             )(x).astype(jnp.float32)
         return out
 
