@@ -213,6 +213,13 @@ def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> N
         os.replace(tmp, path)
 
 
+def _denormalize(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB from a pipeline image (inverse of `segjax.data.pipeline.preprocess_image`)."""
+    from segjax.data.pipeline import IMAGE_MEAN, IMAGE_STD
+
+    return np.clip(np.rint(image * IMAGE_STD + IMAGE_MEAN), 0, 255).astype(np.uint8)
+
+
 def save_predictions(workdir: str, step: int, batch, pred: np.ndarray, *, palette, ignore_label,
                      limit: int, writer: MetricWriter | None = None) -> int:
     """Writes `<workdir>/predictions/step_<step>/<index>_{pred,gt,overlay}.png` for valid rows.
@@ -227,7 +234,7 @@ def save_predictions(workdir: str, step: int, batch, pred: np.ndarray, *, palett
             continue
         h, w = int(batch["height"][i]), int(batch["width"][i])
         index = int(batch["index"][i]) if "index" in batch else i
-        image = visualize.to_uint8_image(np.asarray(batch["image"][i, :h, :w]))
+        image = _denormalize(np.asarray(batch["image"][i, :h, :w]))
         p, g = pred[i, :h, :w], np.asarray(batch["label"][i, :h, :w])
         mask = visualize.colorize(p, palette)
         gt = visualize.colorize(g, palette, ignore_label=ignore_label)
