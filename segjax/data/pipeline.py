@@ -13,6 +13,7 @@ process yields the same number of batches.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator, Sequence
 
@@ -49,8 +50,14 @@ def _builder(info: DatasetInfo, data_dir):
     name = info.tfds_name
     if "config" in info.builder_kwargs:  # a config object replaces the `/config` in the name
         name = name.split("/")[0]
-    return tfds.builder(name, data_dir=data_dir, file_format="array_record",
-                        **info.builder_kwargs)
+    try:  # ArrayRecord files give random access by index
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record",
+                            **info.builder_kwargs)
+    except ValueError as e:
+        if "File format is already set" not in str(e):
+            raise
+        # Prepared earlier as TFRecord (e.g. by `tfds.load`): read it as it is.
+        return tfds.builder(name, data_dir=data_dir, **info.builder_kwargs)
 
 
 def prepare(dataset: str | DatasetInfo, data_dir: str | None = None, *,
@@ -69,8 +76,20 @@ def prepare(dataset: str | DatasetInfo, data_dir: str | None = None, *,
     if check is not None:  # our VOC builder: fail fast when the raw files are missing
         check(manual_dir or os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual"),
               download=download)
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    builder.download_and_prepare(download_config=config, file_format="array_record")
+    # Processes sharing a data dir (multi-process training) build one at a time; the later ones
+    # find the data prepared and just open it.
+    root = os.fspath(builder.data_dir_root)
+    os.makedirs(root, exist_ok=True)
+    lock_name = ".segjax-prepare-" + info.tfds_name.replace("/", "-") + ".lock"
+    with open(os.path.join(root, lock_name), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            builder = _builder(info, data_dir)
+            if not builder.is_prepared():
+                config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+                builder.download_and_prepare(download_config=config, file_format="array_record")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return builder
 
 

@@ -1,6 +1,7 @@
 """train_batches / eval_batches on a small synthetic dataset: values, resume, sharding, seeds."""
 import dataclasses
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -152,32 +153,6 @@ def _digest(batches):
     return h.hexdigest()
 
 
-@pytest.mark.slow
-def test_same_seed_same_batches_in_another_process(shapes_info, shapes_dir):
-    config = shapes_info.builder_kwargs["config"]
-    script = textwrap.dedent(f"""
-        import dataclasses, hashlib
-        from segjax.data import get_dataset_info, train_batches
-        from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig
-        config = SyntheticShapesConfig(name="test40", version="1.0.0", image_size=40,
-                                       num_train=24, num_validation=10, max_objects=3)
-        info = dataclasses.replace(get_dataset_info("synthetic_shapes"),
-                                   builder_kwargs={{"config": config}})
-        it = train_batches(info, split="train", batch_size=4, crop_size=(36, 44), seed=3,
-                           data_dir={shapes_dir!r}, photometric=True, start_step=2)
-        h = hashlib.sha256()
-        for _ in range(3):
-            b = next(it)
-            h.update(b["image"].tobytes()); h.update(b["label"].tobytes())
-        print("DIGEST", h.hexdigest())
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=300, env={**__import__("os").environ, "SEGJAX_TF_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    digest = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("DIGEST")]
-    assert digest == [_digest(_take(_train(shapes_info, shapes_dir, start_step=2), 3))]
-
-
 def test_folds_partition(shapes_info, shapes_dir):
     n = num_examples(shapes_info, "train", shapes_dir)
     vals = [fold_indices(n, fold=k, num_folds=4, seed=0)[1] for k in range(4)]
@@ -218,3 +193,54 @@ def test_bad_split_fails_before_iterating(shapes_info, shapes_dir):
         eval_batches(shapes_info, split="nope", batch_size=2, pad_to=40, data_dir=shapes_dir)
     with pytest.raises(ValueError, match="split 'nope'.*available"):
         _train(shapes_info, shapes_dir, split="nope")
+
+
+def test_tfrecord_prepared_dataset_reads_the_same(shapes_info, shapes_dir, tmp_path):
+    """A dataset prepared earlier as TFRecord (e.g. by tfds.load) gives the same batches."""
+    import tensorflow_datasets as tfds
+
+    from segjax.data.pipeline import _builder
+    builder = tfds.builder("synthetic_shapes", data_dir=str(tmp_path),
+                           **shapes_info.builder_kwargs)
+    builder.download_and_prepare()
+    assert builder.info.file_format.value == "tfrecord"
+    assert _builder(shapes_info, str(tmp_path)).info.file_format.value == "tfrecord"
+    for a, b in zip(eval_batches(shapes_info, split="validation", batch_size=4, pad_to=40,
+                                 data_dir=str(tmp_path)),
+                    eval_batches(shapes_info, split="validation", batch_size=4, pad_to=40,
+                                 data_dir=shapes_dir)):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+@pytest.mark.slow
+def test_two_processes_prepare_concurrently_and_stream_identical_batches(shapes_info, shapes_dir,
+                                                                        tmp_path):
+    """Two fresh processes build the same dataset into one new data dir at the same time, then
+    stream batches (1 tf.data thread): both equal this process's batches from `shapes_dir`."""
+    script = textwrap.dedent(f"""
+        import dataclasses, hashlib
+        from segjax.data import get_dataset_info, num_examples, train_batches
+        from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig
+        config = SyntheticShapesConfig(name="test40", version="1.0.0", image_size=40,
+                                       num_train=24, num_validation=10, max_objects=3)
+        info = dataclasses.replace(get_dataset_info("synthetic_shapes"),
+                                   builder_kwargs={{"config": config}})
+        print("COUNT", num_examples(info, "train", {str(tmp_path)!r}))
+        it = train_batches(info, split="train", batch_size=4, crop_size=(36, 44), seed=3,
+                           data_dir={str(tmp_path)!r}, photometric=True, start_step=2)
+        h = hashlib.sha256()
+        for _ in range(3):
+            b = next(it)
+            h.update(b["image"].tobytes()); h.update(b["label"].tobytes())
+        print("DIGEST", h.hexdigest())
+    """)
+    env = {**os.environ, "SEGJAX_TF_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    want = _digest(_take(_train(shapes_info, shapes_dir, start_step=2), 3))
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert "COUNT 24" in out
+        assert [line.split()[1] for line in out.splitlines() if line.startswith("DIGEST")] == [want]
