@@ -8,9 +8,10 @@ Presets (`--config=experiments/configs/deeplab_voc.py:PRESET`):
   Atrous Separable Convolution", arXiv:1802.02611, Table 3) report 78.85% val mIoU for this
   setting (single scale, no COCO/JFT pretraining; 80.57% with eval OS 8 + multi-scale + flip).
   Their ResNet-101 is their own ImageNet checkpoint, so with torchvision weights expect a
-  number near, not equal to, theirs. Needs accelerators (~20 GPU-hours class); not measured here.
+  number near, not equal to, theirs. Needs accelerators; not measured here.
 
-      python -m segjax.tools.convert_torchvision --name=resnet101 --out=/tmp/r101
+      python -m segjax.tools.convert_torchvision --model=resnet101 \
+        --weights=resnet101-63fe2227.pth --out=/tmp/r101
       python -m experiments.deeplab_voc --workdir=/tmp/dlv3p_voc \
         --config=experiments/configs/deeplab_voc.py --config.init_from=/tmp/r101
 

@@ -8,15 +8,20 @@ Presets (`--config=experiments/configs/fcn_voc.py:PRESET`):
   time; here 512x512 crops (mean-padded) in batches of 20. They report 62.2% mIoU on VOC 2012
   test (PAMI version, "at-once" FCN-8s: 67.2%). Not measured here (needs accelerators).
 
-      python -m segjax.tools.convert_torchvision --name=vgg16 --out=/tmp/vgg16
       python -m experiments.deeplab_voc --workdir=/tmp/fcn8s \
         --config=experiments/configs/fcn_voc.py --config.init_from=/tmp/vgg16
+
+  (`convert_torchvision` converts ResNets and the torchvision FCN/DeepLab models; for VGG-16
+  write /tmp/vgg16 with `segjax.models.backbones.vgg.vgg16_variables_from_torch` and
+  `segjax.models.torchvision_import.save_converted`.)
 
 * `fcn_r50`: mmsegmentation's `fcn_r50-d8_512x512_20k_voc12aug`: FCN head on a dilated
   ResNet-50 (output stride 8), crop 512, batch 16, lr 0.01 poly 0.9 (min 1e-4), weight decay
   5e-4, 20k steps, aux loss 0.4. mmsegmentation's model zoo lists about 67% val mIoU for it
   (ResNetV1c backbone; torchvision's ResNet-50 stem differs). Not measured here.
 
+      python -m segjax.tools.convert_torchvision --model=resnet50 \
+        --weights=resnet50-0676ba61.pth --out=/tmp/r50
       python -m experiments.deeplab_voc --workdir=/tmp/fcn_r50 \
         --config=experiments/configs/fcn_voc.py:fcn_r50 --config.init_from=/tmp/r50
 

@@ -9,7 +9,8 @@ Presets (`--config=experiments/configs/pspnet_voc.py:PRESET`):
   ResNet-50). Zhao et al. 2017 report 82.6% on VOC 2012 *test* with ResNet-101, a longer
   schedule and no COCO. Not measured here (needs accelerators).
 
-      python -m segjax.tools.convert_torchvision --name=resnet50 --out=/tmp/r50
+      python -m segjax.tools.convert_torchvision --model=resnet50 \
+        --weights=resnet50-0676ba61.pth --out=/tmp/r50
       python -m experiments.deeplab_voc --workdir=/tmp/psp_r50 \
         --config=experiments/configs/pspnet_voc.py --config.init_from=/tmp/r50
 

@@ -7,9 +7,10 @@ Presets (`--config=experiments/configs/segnet_voc.py:PRESET`):
   VGG-16 ImageNet init for the encoder. The SegNet paper evaluates on CamVid and SUN RGB-D, not
   VOC, so there is no published number for this setting; not measured here.
 
-      python -m segjax.tools.convert_torchvision --name=vgg16 --out=/tmp/vgg16
       python -m experiments.deeplab_voc --workdir=/tmp/segnet \
         --config=experiments/configs/segnet_voc.py --config.init_from=/tmp/vgg16
+
+  (/tmp/vgg16: VGG-16 variables saved with `torchvision_import.save_converted`; see fcn_voc.py.)
 
 * `deconvnet`: DeconvNet, same recipe. Noh et al. report 69.6% mIoU on VOC 2012 *test* with
   their proposal-based inference (72.5% with the CRF ensemble EDeconvNet+CRF); whole-image

@@ -1,0 +1,75 @@
+"""Loop helpers without training: init_from merging (vs the torch state dict), config plumbing."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from segjax.models import create_model, torchvision_import
+from segjax.train import loop
+
+
+def _zeros_like_init(model, shape=(1, 33, 33, 3)):
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros(shape, np.float32)))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(abstract))
+
+
+def test_init_from_places_converted_resnet_under_backbone(tmp_path):
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():  # non-trivial running statistics
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    sd = {k: v.numpy() for k, v in net.state_dict().items()}
+    torchvision_import.save_converted(str(tmp_path / "r18"),
+                                      torchvision_import.convert("resnet18", sd),
+                                      {"model": "resnet18", "backbone_only": True})
+    model = create_model("deeplabv3plus_resnet18", num_classes=5, head_channels=16)
+    fresh = _zeros_like_init(model)
+    merged = loop._merge_pretrained(fresh, torchvision_import.load_converted(str(tmp_path / "r18")))
+
+    # The stem kernel is torch's conv1.weight in HWIO layout; a BN running mean is copied too.
+    stem = [v for p, v in jax.tree_util.tree_flatten_with_path(merged["params"]["backbone"])[0]
+            if v.shape == (7, 7, 3, 64)]
+    assert len(stem) == 1
+    np.testing.assert_array_equal(stem[0], sd["conv1.weight"].transpose(2, 3, 1, 0))
+    means = jax.tree.leaves(merged["batch_stats"]["backbone"])
+    assert any(np.array_equal(m, sd["bn1.running_mean"]) for m in means)
+    # Every converted array landed at its own path under "backbone".
+    converted = torchvision_import.load_converted(str(tmp_path / "r18"))
+    for collection in ("params", "batch_stats"):
+        flat = jax.tree_util.tree_flatten_with_path(converted[collection])[0]
+        for path, value in flat:
+            node = merged[collection]["backbone"]
+            for k in path:
+                node = node[k.key]
+            np.testing.assert_array_equal(node, value, err_msg=str(path))
+    # Everything outside the backbone keeps its fresh values.
+    for key in merged["params"]:
+        if key != "backbone":
+            assert all(not np.any(v) for v in jax.tree.leaves(merged["params"][key]))
+
+
+def test_init_from_with_nothing_matching_raises():
+    model = create_model("unet", num_classes=3, base_features=4, depth=2)
+    fresh = _zeros_like_init(model, (1, 16, 16, 3))
+    with pytest.raises(ValueError, match="no converted weight matches"):
+        loop._merge_pretrained(fresh, {"params": {"other": {"w": np.zeros(3)}}})
+
+
+def test_optimizer_and_loss_kwargs_from_config():
+    from experiments.configs import deeplab_voc
+
+    c = deeplab_voc.get_config("deeplabv3_r50")
+    kw = loop.optimizer_kwargs(c)
+    assert kw["end_lr"] == 1e-4 and kw["weight_decay"] == 5e-4 and kw["base_lr"] == 0.01
+    c.optimizer.lr = 3.0  # unlocked here: an unknown optimizer key must not be dropped silently
+    with pytest.raises(ValueError, match="config.optimizer.lr"):
+        loop.optimizer_kwargs(c)
+    c = deeplab_voc.get_config("demo")
+    c.loss.kind = "ohem"
+    c.loss.thresh = 0.6
+    assert loop.loss_kwargs(c) == {"kind": "ohem", "aux_weight": 0.4, "thresh": 0.6}
