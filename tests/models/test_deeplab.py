@@ -12,7 +12,8 @@ import torchvision
 from segjax.models import AUX_LOGITS, LOGITS, create_model
 from segjax.models.deeplab import DeepLab, default_atrous_rates
 from segjax.models.torchvision_import import convert
-from tests.models.tv_reference import nchw, nhwc, random_variables, randomize_batchnorm, rel_err
+from tests.models.tv_reference import (
+    check_sync_batchnorm, nchw, nhwc, random_variables, randomize_batchnorm, rel_err)
 
 
 def _shapes(model, hw=(33, 35)):
@@ -115,6 +116,11 @@ def test_small_variants_train_step_shapes_and_updates(name, np_rng):
     np.testing.assert_array_equal(evaluate(variables, x)[LOGITS], evaluate(variables, x)[LOGITS])
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), variables["batch_stats"], upd["batch_stats"])
     assert min(jax.tree.leaves(moved)) > 0  # every BatchNorm saw the batch
+
+
+def test_every_batchnorm_is_synchronised_under_pmap(np_rng):
+    model = _small("deeplabv3plus_resnet18", aux_loss=True)  # ResNet, ASPP, decoder, FCN aux head
+    check_sync_batchnorm(model, np_rng.standard_normal((4, 29, 35, 3)).astype(np.float32), np_rng)
 
 
 def test_v3plus_uses_layer1_and_output_stride_keeps_parameters():

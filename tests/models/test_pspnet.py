@@ -16,7 +16,7 @@ from torchvision.models.segmentation.fcn import FCNHead as TorchFCNHead
 from segjax.models import AUX_LOGITS, LOGITS, create_model
 from segjax.models.torchvision_import import convert_state_dict, map_fcn_head
 from tests.models.tv_reference import (
-    PSP_TABLE, TorchPSPHead, nchw, nhwc, prefix_map, random_variables, randomize_batchnorm, rel_err)
+    PSP_TABLE, TorchPSPHead, check_sync_batchnorm, nchw, nhwc, prefix_map, random_variables, randomize_batchnorm, rel_err)
 
 
 class TorchPSPNet(tnn.Module):
@@ -101,6 +101,11 @@ def test_small_variant_trains_with_aux_by_default(np_rng):
     assert np.isfinite(out[LOGITS]).all() and np.isfinite(out[AUX_LOGITS]).all()
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), variables["batch_stats"], upd["batch_stats"])
     assert min(jax.tree.leaves(moved)) > 0
+
+
+def test_every_batchnorm_is_synchronised_under_pmap(np_rng):
+    model = create_model("pspnet_resnet18", num_classes=3, backbone_width=8, head_channels=16)
+    check_sync_batchnorm(model, np_rng.standard_normal((4, 27, 31, 3)).astype(np.float32), np_rng)
 
 
 def test_bad_overrides_raise():

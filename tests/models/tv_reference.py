@@ -122,3 +122,31 @@ def prefix_map(table):
         return None
 
     return path_map
+
+
+def check_sync_batchnorm(model, x: np.ndarray, rng: np.random.Generator, devices: int = 4) -> None:
+    """Asserts that every BatchNorm of `model` syncs over `axis_name` in a pmapped train step.
+
+    Each of `devices` devices gets one slice of `x`. Every running statistic must come out the
+    same on all devices (a BN without the axis name keeps its own device's statistics), and the
+    backbone's must equal those of one un-mapped step on all of `x` (heads are excluded from that
+    comparison only because their dropout masks differ between the two layouts).
+    """
+    import jax
+
+    variables = random_variables(model, x.shape, rng)
+    whole = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                             rngs={"dropout": jax.random.key(0)})[1])(variables, x)
+    synced = model.clone(axis_name="batch")
+    step = jax.pmap(lambda v, x: synced.apply(v, x, train=True, mutable=["batch_stats"],
+                                              rngs={"dropout": jax.random.key(0)})[1],
+                    axis_name="batch", in_axes=(None, 0))
+    per_device = step(variables, x.reshape(devices, x.shape[0] // devices, *x.shape[1:]))
+    leaves = jax.tree_util.tree_leaves_with_path(whole["batch_stats"])
+    assert len(leaves) > 0
+    for (path, expected), got in zip(leaves, jax.tree.leaves(per_device["batch_stats"])):
+        name = jax.tree_util.keystr(path)
+        for d in range(1, devices):
+            np.testing.assert_allclose(got[d], got[0], rtol=1e-5, atol=1e-6, err_msg=f"{name} on device {d}")
+        if name.startswith("['backbone']"):
+            np.testing.assert_allclose(got[0], expected, rtol=2e-4, atol=1e-5, err_msg=name)
