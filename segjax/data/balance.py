@@ -31,6 +31,7 @@ def class_presence(info: DatasetInfo, data_dir, split: str) -> np.ndarray:
             return presence
     decode = _decode_fn(info, builder)
 
+    @tf.autograph.experimental.do_not_convert
     def present(serialized, index):
         _, label, _ = decode(serialized, index)
         valid = tf.boolean_mask(label, label != info.ignore_label)

@@ -308,6 +308,7 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
 
     decode = _decode_fn(info, builder)
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops; no Python control flow to convert
     def process(serialized, index, epoch):
         image, label, _ = decode(serialized, index)
         image, label = augment.train_augment(
@@ -358,6 +359,7 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
                            k * global_batch + (process_index + 1) * batch_size) if q < n]
     decode = _decode_fn(info, builder)
 
+    @tf.autograph.experimental.do_not_convert
     def process(serialized, index):
         image, label, name = decode(serialized, index)
         height, width = tf.shape(image)[0], tf.shape(image)[1]
