@@ -34,7 +34,7 @@ def test_converted_fcn_resnet50_gives_torchvision_logits(np_rng):
 
 
 @pytest.mark.parametrize("name, aux", [("deeplabv3_resnet101", False), ("deeplabv3_resnet50", False),
-                                       ("fcn_resnet101", True)])
+                                       ("fcn_resnet101", True), ("fcn_resnet101", False), ("fcn_resnet50", False)])
 def test_every_key_of_the_other_variants_lands_once(name, aux):
     ref = _segmentation(name, aux, num_classes=3)
     variables = convert(name, ref.state_dict())
@@ -48,6 +48,18 @@ def test_every_key_of_the_other_variants_lands_once(name, aux):
     np.testing.assert_array_equal(variables["batch_stats"]["classifier"]["bn"]["var"],
                                   sd["classifier.1.running_var" if "fcn" in name else "classifier.2.running_var"].numpy())
     assert model_config(name, sd) == {"model": name, "num_classes": 3, "aux_loss": aux}
+
+
+@pytest.mark.slow
+def test_converted_deeplabv3_resnet101_gives_torchvision_logits(np_rng):
+    ref = _segmentation("deeplabv3_resnet101", aux=True, seed=1)
+    model = create_model("deeplabv3_resnet101", num_classes=4, aux_loss=True)
+    x = np_rng.standard_normal((1, 33, 43, 3)).astype(np.float32)
+    out = jax.jit(model.apply)(convert("deeplabv3_resnet101", ref.state_dict()), x)
+    with torch.no_grad():
+        expected = ref(nchw(x))
+    assert rel_err(out[LOGITS], nhwc(expected["out"])) <= 1e-4
+    assert rel_err(out[AUX_LOGITS], nhwc(expected["aux"])) <= 1e-4
 
 
 def test_resnet_classifier_conversion_drops_fc_only():
