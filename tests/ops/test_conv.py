@@ -304,3 +304,13 @@ def test_flax_conv_with_the_fast_conv_general_dilated(np_rng, kernel, dilation, 
     uses_taps = not [e for e in _eqns(lambda a: fast.apply(variables, a), x)
                      if e.primitive.name == "conv_general_dilated"]
     assert uses_taps == (max(np.atleast_1d(dilation)) > 1)
+
+
+def test_strided_conv_transpose_inserts_no_zeros():
+    # Sub-pixel form: stride^2 phases as channels of one stride-1 computation, no lhs dilation.
+    y, w = jnp.zeros((1, 4, 5, 3)), jnp.zeros((4, 4, 2, 3))
+    for groups, wg in ((1, w), (3, jnp.zeros((4, 4, 2, 3)))):
+        eqns = _eqns(lambda a: conv_transpose2d(a, wg, stride=2, padding=1, groups=groups), y)
+        dilations = [e.params["lhs_dilation"] for e in eqns if e.primitive.name == "conv_general_dilated"]
+        assert all(tuple(d) == (1, 1) for d in dilations)
+        assert dilations or groups == 1
