@@ -79,3 +79,13 @@ def test_info_validation():
     with pytest.raises(ValueError, match="palette"):
         dataclasses.replace(info, palette=np.zeros((2, 3), np.uint8))
     assert isinstance(info, DatasetInfo) and info.train_split == "train"
+
+
+def test_command_line(tmp_path, capsys):
+    from segjax.data.__main__ import main
+    assert main(["list"]) == 0
+    assert "synthetic_shapes/occlusion" in capsys.readouterr().out.split()
+    assert main(["prepare", "voc2012", f"--data_dir={tmp_path}"]) == 1
+    assert "VOCtrainval_11-May-2012.tar" in capsys.readouterr().err
+    assert main(["prepare", "synthetic_shapes/tiny", f"--data_dir={tmp_path}"]) == 0
+    assert "'train': 32" in capsys.readouterr().out

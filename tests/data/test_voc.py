@@ -1,6 +1,5 @@
 """voc2012_segmentation built from fake VOC + SBD trees: splits, train_aug, exact masks, errors."""
 import os
-import shutil
 import time
 
 import numpy as np
@@ -150,3 +149,22 @@ def test_bad_input_raises_naming_the_file(tmp_path, np_rng, damage, error, text)
     with pytest.raises(error, match=text) as e:
         build()
     assert culprit in str(e.value)
+
+
+def test_builds_from_the_original_tar_files(tmp_path, np_rng):
+    """manual_dir holding VOCtrainval_11-May-2012.tar and benchmark.tgz (as downloaded)."""
+    import tarfile
+    trees = tmp_path / "trees"
+    written = fake_voc.write_tree(str(trees), np_rng)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with tarfile.open(manual / "VOCtrainval_11-May-2012.tar", "w") as tar:
+        tar.add(trees / "VOCdevkit", arcname="VOCdevkit")
+    with tarfile.open(manual / "benchmark.tgz", "w:gz") as tar:
+        tar.add(trees / "benchmark_RELEASE", arcname="benchmark_RELEASE")
+    data_dir = str(tmp_path / "tfds")
+    prepare("voc2012", data_dir, manual_dir=str(manual))
+    assert num_examples("voc2012", "train_aug", data_dir) == 10
+    for image_id, ex in _read_split(data_dir, "train_aug").items():
+        want = written["voc" if image_id in written["voc"] else "sbd"][image_id]
+        np.testing.assert_array_equal(ex["segmentation_mask"][..., 0], want)
