@@ -10,7 +10,7 @@ def shapes_info():
     from segjax.data import get_dataset_info
     from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig
 
-    config = SyntheticShapesConfig(name="test40", version="1.0.0", image_size=40, num_train=24,
+    config = SyntheticShapesConfig(name="test40", image_size=40, num_train=24,
                                    num_validation=10, max_objects=3)
     return dataclasses.replace(get_dataset_info("synthetic_shapes"),
                                name="synthetic_shapes/test40",

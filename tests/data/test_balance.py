@@ -16,7 +16,7 @@ def imbalanced(tmp_path_factory):
 
     from segjax.data import prepare
     tfds.disable_progress_bar()
-    config = SyntheticShapesConfig(name="imb40", version="1.0.0", image_size=40, num_train=40,
+    config = SyntheticShapesConfig(name="imb40", image_size=40, num_train=40,
                                    num_validation=4, factors=("imbalance",), max_objects=2)
     info = dataclasses.replace(get_dataset_info("synthetic_shapes/imbalance"),
                                builder_kwargs={"config": config})

@@ -222,7 +222,7 @@ def test_two_processes_prepare_concurrently_and_stream_identical_batches(shapes_
         import dataclasses, hashlib
         from segjax.data import get_dataset_info, num_examples, train_batches
         from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig
-        config = SyntheticShapesConfig(name="test40", version="1.0.0", image_size=40,
+        config = SyntheticShapesConfig(name="test40", image_size=40,
                                        num_train=24, num_validation=10, max_objects=3)
         info = dataclasses.replace(get_dataset_info("synthetic_shapes"),
                                    builder_kwargs={{"config": config}})
