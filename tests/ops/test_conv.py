@@ -45,6 +45,7 @@ def test_conv2d_matches_torch(np_rng, in_hw, c_in, c_out, k, stride, padding, di
     np.testing.assert_allclose(gw, np.transpose(tgw, (2, 3, 1, 0)), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 def test_string_padding(np_rng, padding):
     x = np_rng.normal(size=(1, 7, 10, 2)).astype(np.float32)
@@ -52,6 +53,11 @@ def test_string_padding(np_rng, padding):
     y = conv2d(x, w, dilation=2, padding=padding)
     ty = F.conv2d(nchw(x), _torch_w(w), dilation=2, padding=padding.lower())
     np.testing.assert_allclose(y, ty.detach().permute(0, 2, 3, 1), rtol=1e-5, atol=1e-4)
+    # Even kernels: the odd total padding goes at the end (torch's "same" and lax agree).
+    w_even = np_rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
+    y_even = conv2d(x, w_even, dilation=(1, 3), padding=padding)
+    t_even = F.conv2d(nchw(x), _torch_w(w_even), dilation=(1, 3), padding=padding.lower())
+    np.testing.assert_allclose(y_even, t_even.detach().permute(0, 2, 3, 1), rtol=1e-5, atol=1e-4)
     # SAME with stride: output ceil(H / s), total padding split with the extra at the end.
     y2 = conv2d(x, w, stride=2, padding="SAME")
     assert y2.shape == (1, 4, 5, 3)

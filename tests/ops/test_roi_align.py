@@ -23,6 +23,7 @@ def _boxes(np_rng, k, n, scale):
         [n - 1, -8.0, -8.0, -1.4, -1.2],          # fully outside (left/top)
         [0, W - 1.5, H - 2.0, W + 3.0, H + 4.0],  # across the bottom-right border
         [n - 1, 0.0, 0.0, W, H],                  # the whole map
+        [0, 5.0, 4.0, 3.0, 1.0],                  # x2 < x1 and y2 < y1 (negative extent)
     ]) / scale
     edge[:, 0] *= scale
     return np.concatenate([rand, edge]).astype(np.float32)

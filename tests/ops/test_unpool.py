@@ -60,6 +60,15 @@ def test_max_pool_worked_example():
                                                           [0, 8, 0, 0]])
 
 
+def test_nan_wins_like_torch():
+    x = np.array([[1, np.nan, 0], [3, 2, 5], [4, 4, np.nan]], np.float32)[None, :, :, None]
+    pooled, idx = max_pool_with_argmax(x, 2, 1)
+    tp, ti = _torch_pool(torch.tensor(x).permute(0, 3, 1, 2), 2, 1, 0)
+    np.testing.assert_array_equal(pooled, nhwc(tp))  # NaNs compare equal here
+    np.testing.assert_array_equal(idx, nhwc(ti))
+    np.testing.assert_array_equal(idx[0, :, :, 0], [[1, 1], [6, 8]])
+
+
 @pytest.mark.parametrize("window,stride", [(2, 2), (3, 3), ((2, 3), (2, 3))])
 def test_unpool_of_pool_puts_each_max_back(np_rng, window, stride):
     x = np_rng.normal(size=(2, 7, 9, 3)).astype(np.float32)
