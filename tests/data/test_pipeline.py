@@ -244,3 +244,17 @@ def test_two_processes_prepare_concurrently_and_stream_identical_batches(shapes_
         assert proc.returncode == 0, err[-2000:]
         assert "COUNT 24" in out
         assert [line.split()[1] for line in out.splitlines() if line.startswith("DIGEST")] == [want]
+
+
+def test_label_map_is_applied(shapes_info, shapes_dir):
+    """A dataset's raw -> class map (here: reverse the 5 shapes, 0 -> ignore) reaches batches."""
+    table = np.full(256, -1, np.int32)
+    table[0], table[1:6] = 255, np.arange(4, -1, -1)
+    remapped = dataclasses.replace(shapes_info, num_classes=5, class_names=tuple("abcde"),
+                                   palette=shapes_info.palette[:5], label_map=table)
+    plain = next(eval_batches(shapes_info, split="validation", batch_size=4, pad_to=40,
+                              data_dir=shapes_dir))
+    mapped = next(eval_batches(remapped, split="validation", batch_size=4, pad_to=40,
+                               data_dir=shapes_dir))
+    np.testing.assert_array_equal(mapped["label"], table[plain["label"]])
+    np.testing.assert_array_equal(mapped["image"], plain["image"])

@@ -16,4 +16,5 @@ class LocalCodePath:
     @tfds_utils.classproperty
     @classmethod
     def code_path(cls) -> epath.Path:
+        """The builder's source file."""
         return epath.Path(sys.modules[cls.__module__].__file__)
