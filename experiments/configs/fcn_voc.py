@@ -66,7 +66,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         use_synthetic_shapes(c)
         c.model.name = "fcn_resnet18"
         c.model.output_stride = 8
-        c.model.width = 16
+        c.model.backbone_width = 16
         c.batch_size = 16
         c.num_train_steps = 600
         c.eval_every_steps = 200

@@ -66,17 +66,28 @@ class _EncoderDecoder(nn.Module):
     axis_name: str | None = None
     in_channels: int = 3
 
-    def _encode(self, images: jax.Array, train: bool, **vgg_kwargs: Any) -> dict[str, jax.Array]:
+    def _encoder(self, **kwargs: Any) -> VGG16:
+        return VGG16(
+            batch_norm=True, width=self.width, keep_pool_indices=self.unpooling == "max", dtype=self.dtype,
+            axis_name=self.axis_name, in_channels=self.in_channels, **self._encoder_options(), **kwargs,
+        )
+
+    def _encoder_options(self) -> dict[str, Any]:
+        return {"include_fc": False}
+
+    def validate(self) -> None:
+        """Raises ValueError naming an unsupported unpooling or width."""
         if self.unpooling not in UNPOOLING:
             raise ValueError(f"unpooling={self.unpooling!r} is not supported; allowed: {UNPOOLING}")
+        self._encoder(parent=None).validate()
+
+    def _encode(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+        self.validate()
         if images.ndim != 4 or images.shape[-1] != self.in_channels:
             raise ValueError(
                 f"{type(self).__name__} expects images [N, H, W, {self.in_channels}], got shape {tuple(images.shape)}"
             )
-        return VGG16(
-            batch_norm=True, width=self.width, keep_pool_indices=self.unpooling == "max", dtype=self.dtype,
-            axis_name=self.axis_name, in_channels=self.in_channels, name="encoder", **vgg_kwargs,
-        )(images, train)
+        return self._encoder(name="encoder")(images, train)
 
 
 class SegNet(_EncoderDecoder):
@@ -85,7 +96,7 @@ class SegNet(_EncoderDecoder):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        feats = self._encode(images, train, include_fc=False)
+        feats = self._encode(images, train)
         x = feats["pool5"]
         for stage in (5, 4, 3, 2, 1):
             x = unpool(x, feats, stage, self.unpooling)
@@ -107,10 +118,12 @@ class DeconvNet(_EncoderDecoder):
     fc_dim: int = 4096
     dropout_rate: float = 0.5
 
+    def _encoder_options(self) -> dict[str, Any]:
+        return {"include_fc": True, "fc6_kernel": 7, "fc_dim": self.fc_dim, "dropout_rate": self.dropout_rate}
+
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        feats = self._encode(images, train, include_fc=True, fc6_kernel=7, fc_dim=self.fc_dim,
-                             dropout_rate=self.dropout_rate)
+        feats = self._encode(images, train)
 
         def deconv_bn_relu(x: jax.Array, features: int, kernel: int, name: str, bn_name: str) -> jax.Array:
             x = ConvTranspose(features, (kernel, kernel), stride=1, padding=kernel // 2, dtype=self.dtype, name=name)(x)
@@ -132,8 +145,10 @@ def segnet(
     axis_name: str | None = None, in_channels: int = 3,
 ) -> SegNet:
     """SegNet (`SegNet`); `width` scales every channel count (64: the paper)."""
-    return SegNet(num_classes=num_classes, width=width, unpooling=unpooling, dtype=dtype, axis_name=axis_name,
-                  in_channels=in_channels)
+    model = SegNet(num_classes=num_classes, width=width, unpooling=unpooling, dtype=dtype, axis_name=axis_name,
+                   in_channels=in_channels)
+    model.validate()  # fail in create_model, not at the first init
+    return model
 
 
 @register("deconvnet")
@@ -142,5 +157,7 @@ def deconvnet(
     dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
 ) -> DeconvNet:
     """DeconvNet (`DeconvNet`); `width` scales the conv channels, `fc_dim` those of fc6/fc7."""
-    return DeconvNet(num_classes=num_classes, width=width, unpooling=unpooling, dtype=dtype, axis_name=axis_name,
-                     in_channels=in_channels, fc_dim=fc_dim, dropout_rate=dropout_rate)
+    model = DeconvNet(num_classes=num_classes, width=width, unpooling=unpooling, dtype=dtype, axis_name=axis_name,
+                      in_channels=in_channels, fc_dim=fc_dim, dropout_rate=dropout_rate)
+    model.validate()
+    return model

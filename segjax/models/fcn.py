@@ -75,7 +75,8 @@ class FCNVGG16(nn.Module):
       num_classes: output classes.
       final_stride: 32 (FCN-32s), 16 (FCN-16s, + pool4) or 8 (FCN-8s, + pool4 and pool3).
       learnable_upsampling: transposed convs initialised to bilinear (True) or fixed bilinear resize.
-      width, fc_dim, dropout_rate: VGG-16's (64, 4096, 0.5; smaller for tiny models).
+      backbone_width, fc_dim, dropout_rate: VGG-16's width, fc6/fc7 channels and dropout (64, 4096, 0.5;
+        smaller for tiny models).
       dtype: compute dtype; logits are float32.
       axis_name: pmap axis (unused: VGG-16 here has no BatchNorm; kept for the model contract).
       in_channels: channels of the input images.
@@ -87,22 +88,28 @@ class FCNVGG16(nn.Module):
     num_classes: int
     final_stride: int = 8
     learnable_upsampling: bool = True
-    width: int = 64
+    backbone_width: int = 64
     fc_dim: int = 4096
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
     axis_name: str | None = None
     in_channels: int = 3
 
-    @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def _backbone(self, **kwargs: Any) -> VGG16:
+        return VGG16(width=self.backbone_width, fc_dim=self.fc_dim, dropout_rate=self.dropout_rate, dtype=self.dtype,
+                     axis_name=self.axis_name, in_channels=self.in_channels, **kwargs)
+
+    def validate(self) -> None:
+        """Raises ValueError naming an unsupported final stride or backbone option."""
         if self.final_stride not in _FINAL_STRIDES:
             raise ValueError(f"final_stride={self.final_stride!r} is not supported; allowed: {_FINAL_STRIDES}")
+        self._backbone(parent=None).validate()
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        self.validate()
         _check_images(images, self.in_channels, f"fcn{self.final_stride}s_vgg16")
-        feats = VGG16(
-            width=self.width, fc_dim=self.fc_dim, dropout_rate=self.dropout_rate, dtype=self.dtype,
-            axis_name=self.axis_name, in_channels=self.in_channels, name="backbone",
-        )(images, train)
+        feats = self._backbone(name="backbone")(images, train)
 
         def score(name: str, x: jax.Array, zero: bool) -> jax.Array:
             init = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
@@ -128,7 +135,7 @@ class FCNResNet(nn.Module):
       depth: ResNet depth (18, 50, 101, ...).
       output_stride: 8 (torchvision), 16 or 32.
       aux_loss: add `aux_classifier` (FCNHead on layer3) and return AUX_LOGITS.
-      width: ResNet stem width (64 = torchvision).
+      backbone_width: ResNet stem width (64 = torchvision).
       dtype, axis_name, in_channels: the model contract's.
     """
 
@@ -136,18 +143,23 @@ class FCNResNet(nn.Module):
     depth: int = 50
     output_stride: int = 8
     aux_loss: bool = False
-    width: int = 64
+    backbone_width: int = 64
     dtype: Any = jnp.float32
     axis_name: str | None = None
     in_channels: int = 3
 
+    def _backbone(self, **kwargs: Any) -> ResNet:
+        return ResNet(depth=self.depth, output_stride=self.output_stride, width=self.backbone_width, dtype=self.dtype,
+                      axis_name=self.axis_name, in_channels=self.in_channels, **kwargs)
+
+    def validate(self) -> None:
+        """Raises ValueError naming an unsupported depth, output stride or width."""
+        self._backbone(parent=None).validate()
+
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         _check_images(images, self.in_channels, f"fcn_resnet{self.depth}")
-        feats = ResNet(
-            depth=self.depth, output_stride=self.output_stride, width=self.width, dtype=self.dtype,
-            axis_name=self.axis_name, in_channels=self.in_channels, name="backbone",
-        )(images, train)
+        feats = self._backbone(name="backbone")(images, train)
         size = images.shape[1:3]
         head = functools.partial(FCNHead, self.num_classes, dtype=self.dtype, axis_name=self.axis_name)
         logits = head(name="classifier")(feats["layer4"], train)
@@ -160,14 +172,16 @@ class FCNResNet(nn.Module):
 
 def _fcn_vgg16_factory(final_stride: int):
     def factory(
-        *, num_classes: int, learnable_upsampling: bool = True, width: int = 64, fc_dim: int = 4096,
+        *, num_classes: int, learnable_upsampling: bool = True, backbone_width: int = 64, fc_dim: int = 4096,
         dropout_rate: float = 0.5, dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
     ) -> FCNVGG16:
-        return FCNVGG16(
+        model = FCNVGG16(
             num_classes=num_classes, final_stride=final_stride, learnable_upsampling=learnable_upsampling,
-            width=width, fc_dim=fc_dim, dropout_rate=dropout_rate, dtype=dtype, axis_name=axis_name,
-            in_channels=in_channels,
+            backbone_width=backbone_width, fc_dim=fc_dim, dropout_rate=dropout_rate, dtype=dtype,
+            axis_name=axis_name, in_channels=in_channels,
         )
+        model.validate()  # fail in create_model, not at the first init
+        return model
 
     factory.__doc__ = f"FCN-{final_stride}s on VGG-16 (`FCNVGG16(final_stride={final_stride})`)."
     return factory
@@ -180,13 +194,15 @@ fcn8s_vgg16 = register("fcn8s_vgg16")(_fcn_vgg16_factory(8))
 
 def _fcn_resnet_factory(depth: int):
     def factory(
-        *, num_classes: int, output_stride: int = 8, aux_loss: bool = False, width: int = 64,
+        *, num_classes: int, output_stride: int = 8, aux_loss: bool = False, backbone_width: int = 64,
         dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
     ) -> FCNResNet:
-        return FCNResNet(
-            num_classes=num_classes, depth=depth, output_stride=output_stride, aux_loss=aux_loss, width=width,
-            dtype=dtype, axis_name=axis_name, in_channels=in_channels,
+        model = FCNResNet(
+            num_classes=num_classes, depth=depth, output_stride=output_stride, aux_loss=aux_loss,
+            backbone_width=backbone_width, dtype=dtype, axis_name=axis_name, in_channels=in_channels,
         )
+        model.validate()
+        return model
 
     factory.__doc__ = f"torchvision's fcn_resnet{depth} (`FCNResNet(depth={depth})`)."
     return factory

@@ -55,13 +55,17 @@ class UNet(nn.Module):
     axis_name: str | None = None
     in_channels: int = 3
 
-    def _check(self, images: jax.Array) -> None:
+    def validate(self) -> None:
+        """Raises ValueError naming an unsupported upsampling, depth or base_features."""
         if self.upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling={self.upsampling!r} is not supported; allowed: {UPSAMPLING}")
         if not (isinstance(self.depth, int) and self.depth >= 1):
             raise ValueError(f"depth must be a positive int, got {self.depth!r}")
         if not (isinstance(self.base_features, int) and self.base_features >= 1):
             raise ValueError(f"base_features must be a positive int, got {self.base_features!r}")
+
+    def _check(self, images: jax.Array) -> None:
+        self.validate()
         if images.ndim != 4 or images.shape[-1] != self.in_channels:
             raise ValueError(f"unet expects images [N, H, W, {self.in_channels}], got shape {tuple(images.shape)}")
 
@@ -110,7 +114,9 @@ def unet(
     dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
 ) -> UNet:
     """U-Net (`UNet`); `base_features`, `depth` and `upsampling` are the supported overrides."""
-    return UNet(
+    model = UNet(
         num_classes=num_classes, base_features=base_features, depth=depth, upsampling=upsampling, dtype=dtype,
         axis_name=axis_name, in_channels=in_channels,
     )
+    model.validate()  # fail in create_model, not at the first init
+    return model

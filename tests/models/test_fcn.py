@@ -25,7 +25,7 @@ def _fast_init_compile():
 
 
 H, W = 37, 45  # odd, not multiples of 32: pool3/4/5 are 5x6, 3x3, 2x2 (ceil mode)
-TINY = dict(width=4, fc_dim=16)
+TINY = dict(backbone_width=4, fc_dim=16)
 
 
 def _tent_kernel(f: int) -> np.ndarray:
@@ -112,7 +112,7 @@ def test_fusion_and_alignment_match_torch_reference(np_rng, final_stride, learna
     # Random values everywhere (the zero/bilinear inits would hide wiring mistakes).
     leaves, treedef = jax.tree.flatten(jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(x)))
     variables = jax.tree.unflatten(treedef, [np_rng.normal(0, 0.5, l.shape).astype(np.float32) for l in leaves])
-    feats = VGG16(**TINY).apply({"params": variables["params"]["backbone"]}, jnp.asarray(x))
+    feats = VGG16(width=4, fc_dim=16).apply({"params": variables["params"]["backbone"]}, jnp.asarray(x))
     want = _torch_fcn_reference(jax.tree.map(np.asarray, feats), variables["params"], final_stride, learnable)
     got = jax.jit(model.apply)(variables, jnp.asarray(x))[LOGITS]
     assert got.shape == (2, H, W, 3) and got.dtype == jnp.float32
@@ -137,7 +137,7 @@ def test_fcn_resnet_parameter_count_equals_torchvision(depth):
 
 
 def test_fcn_resnet_heads_on_layer4_and_layer3_resized_like_torch(np_rng):
-    model = create_model("fcn_resnet18", num_classes=4, aux_loss=True, width=8)
+    model = create_model("fcn_resnet18", num_classes=4, aux_loss=True, backbone_width=8)
     x = jnp.asarray(np_rng.normal(size=(1, H, W, 3)), jnp.float32)
     variables = jax.jit(model.init)(jax.random.key(1), x)
     out = jax.jit(model.apply)(variables, x)

@@ -144,6 +144,5 @@ def test_any_size_and_deeper(np_rng, size):
 @pytest.mark.parametrize("overrides, match", [({"upsampling": "cubic"}, "upsampling='cubic'"),
                                               ({"depth": 0}, "depth"), ({"base_features": 0}, "base_features")])
 def test_bad_overrides_raise(overrides, match):
-    model = create_model("unet", num_classes=2, **overrides)
     with pytest.raises(ValueError, match=match):
-        model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        create_model("unet", num_classes=2, **overrides)

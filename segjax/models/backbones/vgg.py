@@ -137,7 +137,8 @@ class VGG16(nn.Module):
     axis_name: str | None = None
     in_channels: int = 3
 
-    def _check(self) -> None:
+    def validate(self) -> None:
+        """Raises ValueError naming an unsupported output stride, fc6 kernel, width or pooling option."""
         if self.output_stride not in _OUTPUT_STRIDES:
             raise ValueError(f"VGG16 output_stride={self.output_stride!r} is not supported; allowed: {_OUTPUT_STRIDES}")
         if not (isinstance(self.fc6_kernel, int) and self.fc6_kernel >= 1 and self.fc6_kernel % 2 == 1):
@@ -169,7 +170,7 @@ class VGG16(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        self._check()
+        self.validate()
         if images.ndim != 4 or images.shape[-1] != self.in_channels:
             raise ValueError(f"VGG16 expects images [N, H, W, {self.in_channels}], got shape {images.shape}")
         x = images.astype(self.dtype)
