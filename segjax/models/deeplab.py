@@ -99,6 +99,12 @@ class DeepLab(nn.Module):
             raise ValueError(f"atrous_rates={self.atrous_rates!r} must be a non-empty sequence of positive ints")
         return rates
 
+    def validate(self) -> None:
+        """Raises ValueError naming an unsupported version, output stride, rates or backbone option."""
+        self.rates()
+        ResNet(depth=self.backbone_depth, output_stride=self.output_stride, multi_grid=self.multi_grid,
+               width=self.backbone_width, parent=None).validate()
+
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         rates = self.rates()
@@ -169,6 +175,8 @@ def deeplabv1_vgg16(
     backbone_width: int = 64, dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
 ) -> DeepLabV1:
     """DeepLab v1 LargeFOV: VGG-16 at OS 8, fc6 3x3 dilation 12 (1024), fc7 1x1 (1024), 1x1 classifier."""
+    if output_stride not in _OUTPUT_STRIDES:
+        raise ValueError(f"output_stride={output_stride!r} is not supported; allowed: {_OUTPUT_STRIDES}")
     return DeepLabV1(
         num_classes=num_classes, output_stride=output_stride, fc6_dilation=fc6_dilation, fc_dim=fc_dim,
         backbone_width=backbone_width, dtype=dtype, axis_name=axis_name, in_channels=in_channels,
@@ -176,11 +184,13 @@ def deeplabv1_vgg16(
 
 
 def _build(version: str, depth: int, *, multi_grid, atrous_rates, **kwargs) -> DeepLab:
-    return DeepLab(
+    model = DeepLab(
         version=version, backbone_depth=depth,
         multi_grid=None if multi_grid is None else tuple(multi_grid),
         atrous_rates=None if atrous_rates is None else tuple(atrous_rates), **kwargs,
     )
+    model.validate()  # fail in create_model, not at the first init
+    return model
 
 
 def _v2_factory(depth: int):

@@ -78,6 +78,7 @@ def _pspnet_factory(depth: int):
         aux_loss: bool = True, backbone_width: int = 64, head_channels: int = 512,
         dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
     ) -> PSPNet:
+        ResNet(depth=depth, output_stride=output_stride, multi_grid=multi_grid, width=backbone_width).validate()
         return PSPNet(
             num_classes=num_classes, backbone_depth=depth, output_stride=output_stride,
             multi_grid=None if multi_grid is None else tuple(multi_grid), aux_loss=aux_loss,

@@ -110,7 +110,9 @@ def test_every_batchnorm_is_synchronised_under_pmap(np_rng):
 
 def test_bad_overrides_raise():
     with pytest.raises(ValueError, match=r"output_stride=4"):
-        _shapes(create_model("pspnet_resnet18", num_classes=3, output_stride=4))
+        create_model("pspnet_resnet18", num_classes=3, output_stride=4)
+    with pytest.raises(ValueError, match="multi_grid"):
+        create_model("pspnet_resnet50", num_classes=3, multi_grid=(1, 2))
     with pytest.raises(ValueError, match="atrous_rates"):
         create_model("pspnet_resnet50", num_classes=3, atrous_rates=(6,))
     with pytest.raises(ValueError, match=r"\(1, 33, 35\)"):

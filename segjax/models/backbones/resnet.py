@@ -187,7 +187,8 @@ class ResNet(nn.Module):
     axis_name: str | None = None
     in_channels: int = 3
 
-    def _check(self) -> None:
+    def validate(self) -> None:
+        """Raises ValueError naming an unsupported depth, output_stride, width or multi_grid."""
         if self.depth not in _DEPTHS:
             raise ValueError(f"ResNet depth={self.depth!r} is not supported; allowed: {sorted(_DEPTHS)}")
         if self.output_stride not in _DILATE:
@@ -208,7 +209,7 @@ class ResNet(nn.Module):
     @property
     def feature_strides(self) -> dict[str, int]:
         """Stride of each returned feature map w.r.t. the input."""
-        self._check()
+        self.validate()
         d3, d4 = _DILATE[self.output_stride]
         s3 = 8 if d3 else 16
         return {"stem": 4, "layer1": 4, "layer2": 8, "layer3": s3, "layer4": s3 if d4 else 2 * s3}
@@ -216,14 +217,14 @@ class ResNet(nn.Module):
     @property
     def feature_channels(self) -> dict[str, int]:
         """Channels of each returned feature map."""
-        self._check()
+        self.validate()
         exp = 4 if _DEPTHS[self.depth][0] == "bottleneck" else 1
         w = self.width
         return {"stem": w, "layer1": w * exp, "layer2": 2 * w * exp, "layer3": 4 * w * exp, "layer4": 8 * w * exp}
 
     def stage_dilations(self) -> dict[str, tuple[int, ...]]:
         """Dilation of the 3x3 conv(s) of every block, per stage (a pure function of the fields)."""
-        self._check()
+        self.validate()
         kind, blocks = _DEPTHS[self.depth]
         dilate = (False, False) + _DILATE[self.output_stride]
         out, dilation = {}, 1
@@ -239,7 +240,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        self._check()
+        self.validate()
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(
                 f"ResNet expects images [N, H, W, {self.in_channels}], got shape {tuple(x.shape)}"
