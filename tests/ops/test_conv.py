@@ -284,32 +284,37 @@ def test_bad_input_raises():
         conv_as_matrix(w, (2, 2))
 
 
-@pytest.mark.parametrize("kernel,dilation,padding,depthwise", [
-    (3, 2, ((2, 2), (2, 2)), False), ((3, 5), (12, 3), "SAME", False), (3, 4, ((4, 4), (4, 4)), True),
-    (3, 1, ((1, 1), (1, 1)), False),  # not dilated: lax's path
+@pytest.mark.parametrize("kernel,dilation,padding,depthwise,stride", [
+    (3, 2, ((2, 2), (2, 2)), False, 1), ((3, 5), (12, 3), "SAME", False, 1),
+    (3, 4, ((4, 4), (4, 4)), True, 1),
+    (3, 1, ((1, 1), (1, 1)), False, 1),  # not dilated: lax's path
+    (1, 1, ((0, 0), (0, 0)), False, 2),  # strided 1x1: subsample + matmul
+    (3, 1, ((1, 1), (1, 1)), False, 2),  # strided 3x3: lax's path
 ])
-def test_flax_conv_with_the_fast_conv_general_dilated(np_rng, kernel, dilation, padding, depthwise):
+def test_flax_conv_with_the_fast_conv_general_dilated(np_rng, kernel, dilation, padding, depthwise,
+                                                      stride):
     import flax.linen as nn
 
     from segjax.ops import conv_general_dilated
 
     x = np_rng.normal(size=(2, 9, 7, 4)).astype(np.float32)
     kw = dict(features=4, kernel_size=kernel if isinstance(kernel, tuple) else (kernel, kernel),
-              kernel_dilation=dilation, padding=padding, feature_group_count=4 if depthwise else 1)
+              kernel_dilation=dilation, padding=padding, feature_group_count=4 if depthwise else 1,
+              strides=stride)
     plain, fast = nn.Conv(**kw), nn.Conv(**kw, conv_general_dilated=conv_general_dilated)
     k = kw["kernel_size"]
     variables = {"params": {"kernel": np_rng.normal(size=(*k, 1 if depthwise else 4, 4)).astype(np.float32),
                             "bias": np_rng.normal(size=(4,)).astype(np.float32)}}
-    ct = np_rng.normal(size=(2, 9, 7, 4)).astype(np.float32)
+    ct = np_rng.normal(size=(2, 9 if stride == 1 else 5, 7 if stride == 1 else 4, 4)).astype(np.float32)
     y0, vjp0 = jax.vjp(lambda v, a: plain.apply(v, a), variables, x)
     y1, vjp1 = jax.vjp(lambda v, a: fast.apply(v, a), variables, x)
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-4)
     g0, g1 = vjp0(jnp.asarray(ct)), vjp1(jnp.asarray(ct))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-    uses_taps = not [e for e in _eqns(lambda a: fast.apply(variables, a), x)
-                     if e.primitive.name == "conv_general_dilated"]
-    assert uses_taps == (max(np.atleast_1d(dilation)) > 1)
+    avoids_lax = not [e for e in _eqns(lambda a: fast.apply(variables, a), x)
+                      if e.primitive.name == "conv_general_dilated"]
+    assert avoids_lax == (max(np.atleast_1d(dilation)) > 1 or kernel == 1)
 
 
 def test_strided_conv_transpose_inserts_no_zeros():
