@@ -124,9 +124,10 @@ def _target(name: str, state_dict: Mapping[str, np.ndarray]):
 
 
 def _as_numpy(value: Any) -> np.ndarray:
+    """A float32 copy: `tensor.numpy()` shares memory, and torch updates BN buffers in place."""
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
         value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    return np.array(value, dtype=np.float32, copy=True)
 
 
 def convert_state_dict(
@@ -170,7 +171,7 @@ def convert_state_dict(
         elif tuple(array.shape) != expected[target]:
             mismatched.append(f"{key}: {tuple(array.shape)} -> {'/'.join(target)} {expected[target]}")
         else:
-            flat[target] = np.asarray(array, np.float32)
+            flat[target] = array
     missing = sorted("/".join(k) for k in expected.keys() - flat.keys())
     problems = []
     if unexpected:

@@ -76,6 +76,16 @@ def resnet18_state():
     return dict(torchvision.models.resnet18().state_dict())
 
 
+def test_converted_arrays_do_not_alias_torch_buffers():
+    net = torchvision.models.resnet18()
+    variables = convert("resnet18", net.state_dict())
+    with torch.no_grad():
+        net.bn1.running_var.add_(1.0)  # what a train-mode torch forward does in place
+        net.conv1.weight.zero_()
+    np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["var"], np.ones(64, np.float32))
+    assert np.abs(variables["params"]["conv1"]["kernel"]).max() > 0
+
+
 def test_missing_key_is_named(resnet18_state):
     sd = dict(resnet18_state)
     del sd["layer3.1.bn2.running_var"]
