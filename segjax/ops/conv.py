@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from segjax.ops._args import check_rank, non_negative_pair, pair, positive_pair
+from segjax.ops._args import check_rank, non_negative_pair, positive_pair
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 

@@ -1,6 +1,5 @@
 """segjax.models.layers: AtrousConv / ConvTranspose vs torch modules, the FCN bilinear kernel."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
