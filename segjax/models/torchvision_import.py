@@ -1,7 +1,8 @@
 """Convert torchvision state dicts into segjax variables.
 
 `convert(name, state_dict)` maps the weights of torchvision's `resnet18/34/50/101/152` (the
-ImageNet classifiers, for transfer learning: `fc.*` is dropped), `fcn_resnet50/101` and
+ImageNet classifiers, for transfer learning: `fc.*` is dropped), `vgg16`/`vgg16_bn` (onto
+`backbones.vgg.VGG16` with fc6/fc7 as convs; `classifier.6` is dropped), `fcn_resnet50/101` and
 `deeplabv3_resnet50/101` (with or without `aux_classifier`) onto the same-named segjax model.
 Every torchvision key must land on a segjax leaf of the same shape and every segjax leaf must
 receive a value: anything else raises ValueError listing the offending keys.
@@ -34,8 +35,13 @@ from segjax.models.backbones.resnet import ResNet
 from segjax.models.registry import create_model
 
 _CLASSIFIERS = {f"resnet{d}": d for d in (18, 34, 50, 101, 152)}
+_VGG = {"vgg16": False, "vgg16_bn": True}  # name -> batch_norm
 _SEGMENTATION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
-SUPPORTED = tuple(_CLASSIFIERS) + _SEGMENTATION
+SUPPORTED = tuple(_CLASSIFIERS) + tuple(_VGG) + _SEGMENTATION
+# torchvision VGG keys: conv/BN layers of `features`, fc6/fc7 (`classifier.0/3`) and the
+# ImageNet classifier `classifier.6` (dropped).
+_VGG_KEY = re.compile(r"features\.\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)"
+                      r"|classifier\.[036]\.(weight|bias)")
 
 # torchvision Sequential index -> segjax child name, per head.
 _FCN_HEAD = {"0": "conv", "1": "bn", "4": "cls"}
@@ -185,6 +191,28 @@ def convert_state_dict(
     return flax.traverse_util.unflatten_dict(flat)
 
 
+def _convert_vgg(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """VGG-16 via `backbones.vgg.vgg16_variables_from_torch`, checked like every conversion."""
+    from segjax.models.backbones.vgg import VGG16, vgg16_variables_from_torch
+
+    batch_norm = _VGG[name]
+    unexpected = sorted(k for k in state_dict if not _VGG_KEY.fullmatch(k))
+    if unexpected:
+        raise ValueError(f"cannot convert state dict to {name!r}: {len(unexpected)} unexpected keys: {unexpected}")
+    arrays = {k: _as_numpy(v) for k, v in state_dict.items()}
+    variables = vgg16_variables_from_torch(arrays, batch_norm=batch_norm)
+    shapes = jax.eval_shape(lambda: VGG16(batch_norm=batch_norm).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    for col in ("params", "batch_stats"):
+        got = flax.traverse_util.flatten_dict(variables[col])
+        want = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes.get(col, {})))
+        bad = sorted("/".join(k) for k in got.keys() ^ want.keys())
+        bad += sorted(f"{'/'.join(k)}: {got[k].shape} vs {want[k].shape}" for k in got.keys() & want.keys()
+                      if tuple(got[k].shape) != tuple(want[k].shape))
+        if bad:
+            raise ValueError(f"cannot convert state dict to {name!r}: {col} differ from VGG16's: {bad}")
+    return variables
+
+
 def convert(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Maps a torchvision `state_dict` onto the variables of the segjax model `name`.
 
@@ -204,6 +232,8 @@ def convert(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """
     if name not in SUPPORTED:
         raise ValueError(f"cannot convert {name!r}; supported: {', '.join(SUPPORTED)}")
+    if name in _VGG:
+        return _convert_vgg(name, state_dict)
     model = _target(name, state_dict)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 3))))
     skip = (lambda key: key.split(".")[0] == "fc") if name in _CLASSIFIERS else (lambda key: False)
@@ -214,6 +244,8 @@ def model_config(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """`create_model` arguments reproducing the model `convert(name, state_dict)` targets."""
     if name in _CLASSIFIERS:
         return {"model": name, "backbone_only": True, "depth": _CLASSIFIERS[name]}
+    if name in _VGG:
+        return {"model": name, "backbone_only": True, "batch_norm": _VGG[name]}
     model = _target(name, state_dict)
     return {"model": name, "num_classes": model.num_classes, "aux_loss": bool(model.aux_loss)}
 
@@ -283,10 +315,12 @@ def merge_backbone(variables: Mapping[str, Any], backbone: Mapping[str, Any], *,
     """
     out = {}
     for col in ("params", "batch_stats"):
+        if not backbone.get(col) and key not in variables.get(col, {}):
+            continue  # e.g. VGG-16 without BatchNorm: no statistics on either side
         if key not in variables.get(col, {}):
             raise ValueError(f"variables[{col!r}] has no {key!r} subtree to replace")
         old = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables[col][key]))
-        new = flax.traverse_util.flatten_dict(flax.core.unfreeze(backbone[col]))
+        new = flax.traverse_util.flatten_dict(flax.core.unfreeze(backbone.get(col, {})))
         diff = sorted("/".join(k) for k in old.keys() ^ new.keys())
         bad = sorted(
             f"{'/'.join(k)}: {np.shape(new[k])} vs {np.shape(old[k])}"
@@ -298,7 +332,7 @@ def merge_backbone(variables: Mapping[str, Any], backbone: Mapping[str, Any], *,
         merged = dict(flax.core.unfreeze(variables[col]))
         merged[key] = jax.tree.map(lambda old_leaf, new_leaf: jnp.asarray(new_leaf, old_leaf.dtype),
                                    flax.core.unfreeze(variables[col][key]),
-                                   flax.core.unfreeze(backbone[col]))
+                                   flax.core.unfreeze(backbone.get(col, {})))
         out[col] = merged
     for col in variables:
         out.setdefault(col, variables[col])

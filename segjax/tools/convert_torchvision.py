@@ -5,8 +5,10 @@
 
 writes `/tmp/dlv3_r50/variables/` (orbax, `{"params", "batch_stats"}`) and `model.json`
 (`{"model", "num_classes", "aux_loss"}`, or `{"model": "resnet50", "backbone_only": true, ...}`).
-Load with `segjax.models.torchvision_import.load_converted(dir)`; for a backbone, merge into a
-fresh model with `merge_backbone`. Supported models: `torchvision_import.SUPPORTED`.
+Load with `segjax.models.torchvision_import.load_converted(dir)`; for a backbone (`resnet18` ...
+`resnet152`, `vgg16`, `vgg16_bn`: ImageNet classifiers without their last layer), merge into a
+fresh model with `merge_backbone` (or pass the directory as a training config's `init_from`).
+Supported models: `torchvision_import.SUPPORTED`.
 torch is needed only here (to read the .pth file, with `weights_only=True`).
 """
 

@@ -133,6 +133,33 @@ def test_merge_backbone_puts_imagenet_weights_into_a_fresh_model(resnet18_state,
         merge_backbone(fresh, convert("resnet34", torchvision.models.resnet34().state_dict()))
 
 
+def test_vgg16_conversion_is_checked_and_merges_into_fcn(tmp_path):
+    torch.manual_seed(0)
+    net = torchvision.models.vgg16()
+    sd = net.state_dict()
+    variables = convert("vgg16", sd)
+    assert variables["batch_stats"] == {} and "classifier" not in variables["params"]
+    np.testing.assert_array_equal(variables["params"]["conv3_2"]["kernel"],
+                                  sd["features.12.weight"].numpy().transpose(2, 3, 1, 0))
+    # fc6 as a 7x7 conv on one 7x7x512 window = torchvision's Linear on the flattened (C, H, W) map
+    x = np.random.default_rng(0).standard_normal((7, 7, 512)).astype(np.float32)
+    with torch.no_grad():
+        dense = net.classifier[0](torch.from_numpy(x.transpose(2, 0, 1).reshape(1, -1))).numpy()[0]
+    fc6 = variables["params"]["fc6"]
+    conv = np.einsum("hwc,hwco->o", x, fc6["kernel"], dtype=np.float64) + fc6["bias"]
+    assert rel_err(conv, dense) <= 1e-5
+    with pytest.raises(ValueError, match=r"unexpected keys: \['features\.99\.scale'\]"):
+        convert("vgg16", {**sd, "features.99.scale": np.zeros(1)})
+    with pytest.raises(ValueError, match="state dict has no 'features.1.weight'"):
+        convert("vgg16_bn", sd)  # plain vgg16 weights for the BN variant
+    model = create_model("fcn32s_vgg16", num_classes=3)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+    merged = merge_backbone(fresh, variables)
+    jax.tree.map(np.testing.assert_array_equal, merged["params"]["backbone"], variables["params"])
+    assert model_config("vgg16", sd) == {"model": "vgg16", "backbone_only": True, "batch_norm": False}
+
+
 def test_save_and_load_converted_round_trip(tmp_path, resnet18_state):
     variables = convert("resnet18", resnet18_state)
     save_converted(str(tmp_path / "out"), variables, model_config("resnet18", resnet18_state))
