@@ -102,6 +102,8 @@ class DeepLab(nn.Module):
     def validate(self) -> None:
         """Raises ValueError naming an unsupported version, output stride, rates or backbone option."""
         self.rates()
+        if not isinstance(self.head_channels, int) or self.head_channels < 1:
+            raise ValueError(f"head_channels must be a positive int, got {self.head_channels!r}")
         ResNet(depth=self.backbone_depth, output_stride=self.output_stride, multi_grid=self.multi_grid,
                width=self.backbone_width, parent=None).validate()
 

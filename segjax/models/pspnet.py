@@ -79,6 +79,8 @@ def _pspnet_factory(depth: int):
         dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
     ) -> PSPNet:
         ResNet(depth=depth, output_stride=output_stride, multi_grid=multi_grid, width=backbone_width).validate()
+        if not isinstance(head_channels, int) or head_channels < 1:
+            raise ValueError(f"head_channels must be a positive int, got {head_channels!r}")
         return PSPNet(
             num_classes=num_classes, backbone_depth=depth, output_stride=output_stride,
             multi_grid=None if multi_grid is None else tuple(multi_grid), aux_loss=aux_loss,

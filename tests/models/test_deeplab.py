@@ -98,7 +98,7 @@ def test_default_rates_scale_with_output_stride():
 
 
 def _small(name, **kw):
-    return create_model(name, num_classes=3, backbone_width=8, head_channels=16, **kw)
+    return create_model(name, num_classes=3, **{"backbone_width": 8, "head_channels": 16, **kw})
 
 
 @pytest.mark.parametrize("name", ["deeplabv3_resnet18", "deeplabv3plus_resnet18"])
@@ -165,6 +165,8 @@ def test_bfloat16_close_to_float32(np_rng):
         ({"atrous_rates": ()}, "atrous_rates"),
         ({"atrous_rates": (6, 0)}, "atrous_rates"),
         ({"multi_grid": (1, 2, 4)}, "multi_grid"),
+        ({"head_channels": 0}, "head_channels"),
+        ({"backbone_width": -8}, "width"),
     ],
 )
 def test_unsupported_overrides_raise_in_create_model(overrides, match):
