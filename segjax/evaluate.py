@@ -176,7 +176,9 @@ def shard_eval_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, j
 def replicate_on(tree: Any, mesh: Mesh) -> Any:
     """`tree` (host or device arrays, unreplicated) placed fully replicated on `mesh`."""
     sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
+    # From a callback, so that it also works when the mesh spans several processes.
+    return jax.tree.map(lambda x: jax.make_array_from_callback(
+        np.shape(x), sharding, lambda idx, x=np.asarray(x): x[idx]), tree)
 
 
 def local_rows(x: jax.Array) -> np.ndarray:

@@ -24,9 +24,12 @@ Presets (`--config=experiments/configs/deeplab_voc.py:PRESET`):
       python -m experiments.deeplab_voc --workdir=/tmp/dlv3_r50 \
         --config=experiments/configs/deeplab_voc.py:deeplabv3_r50 --config.init_from=/tmp/r50
 
-* `demo`: a small DeepLab v3+ (ResNet-18 at reduced width) on the built-in synthetic shapes
-  dataset; no download, CPU only. Target: val mIoU >= 0.85 in <= 10 minutes including
-  compilation on a quiet 2-core CPU (see README for the measured number).
+* `demo`: a small DeepLab v3+ (ResNet-18 at width 16, output stride 8, 64x64 crops, batch 16,
+  300 steps, lr 0.05) on the built-in synthetic shapes dataset (`clean`, 6 classes); no
+  download, CPU only. Target: val mIoU >= 0.85 in <= 10 minutes including compilation.
+  Measured: val mIoU 0.910 at step 150 and 0.922 at step 300 (pixel accuracy 0.989), 7.5 min
+  wall including dataset generation (~30 s) and compilation, on a 2-core CPU shared with other
+  jobs (load average ~9; 2.5 min of CPU time used by the run).
 
       python -m experiments.deeplab_voc --workdir=/tmp/demo \
         --config=experiments/configs/deeplab_voc.py:demo

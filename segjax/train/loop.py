@@ -1,7 +1,8 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 One run trains `config.model` on `config.dataset` for `num_train_steps`, logging train metrics
-every `log_every_steps`, evaluating on the eval split every `eval_every_steps` (and at the end),
+every `log_every_steps` (`loss` is the mean over the steps since the previous log line or
+checkpoint, so a resumed run logs the same numbers), evaluating on the eval split every `eval_every_steps` (and at the end),
 and checkpointing every `checkpoint_every_steps` and at every eval. The work directory holds
 `config.json`, `checkpoints/`, TensorBoard events, `metrics.jsonl` and `predictions/`.
 
@@ -188,13 +189,18 @@ def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int)
 
 
 def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Refuses a work dir written by an incompatible config; (re)writes config.json (process 0).
+    """Refuses to resume checkpoints written under an incompatible config; writes config.json.
+
+    Without checkpoints (e.g. a run that failed before its first save) any config may reuse the
+    work dir. config.json is (re)written by process 0.
 
     Raises:
       IncompatibleWorkdirError: naming the keys that differ.
     """
     path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    has_checkpoints = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+    if has_checkpoints and os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
         new = json.loads(config.to_json())
