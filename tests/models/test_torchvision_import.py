@@ -133,6 +133,7 @@ def test_merge_backbone_puts_imagenet_weights_into_a_fresh_model(resnet18_state,
         merge_backbone(fresh, convert("resnet34", torchvision.models.resnet34().state_dict()))
 
 
+@pytest.mark.slow  # 134M parameters: torch init, conversion and a zero model tree (~1.5 GB peak)
 def test_vgg16_conversion_is_checked_and_merges_into_fcn(tmp_path):
     torch.manual_seed(0)
     net = torchvision.models.vgg16()
