@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -59,17 +60,43 @@ class Checkpointer:
       keep_best: also keep the step with the highest `metrics["miou"]` among steps saved with
         metrics.
       async_save: write in a background thread (`wait()` or `close()` before relying on files).
+      read_only: for readers (prediction): never writes, moves or deletes anything.
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: bool = True,
-                 async_save: bool = True):
+                 async_save: bool = True, read_only: bool = False):
         if keep < 1:
             raise ValueError(f"keep (keep_checkpoints) must be >= 1, got {keep}")
         self.directory = os.path.abspath(os.fspath(directory))
         self._keep = keep
         self._keep_best = keep_best
         self._async = async_save
+        self._read_only = read_only
+        self._manager = None
+        if not read_only:
+            # orbax reads every step's metadata and metrics when it opens the directory and
+            # fails on a damaged one; move those aside first (restore_latest handles the rest).
+            bad = self._unreadable_steps()
+            if bad:
+                log.warning("checkpoint step(s) %s in %s have unreadable metadata; skipping them",
+                            bad, self.directory)
+                self._quarantine(bad)
         self._manager = self._new_manager()
+
+    def _unreadable_steps(self) -> list[int]:
+        bad = []
+        names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        for name in sorted(n for n in names if n.isdigit()):
+            for rel in ("_CHECKPOINT_METADATA", os.path.join("metrics", "metrics")):
+                path = os.path.join(self.directory, name, rel)
+                try:
+                    if os.path.exists(path):
+                        with open(path) as f:
+                            json.load(f)
+                except (OSError, ValueError):
+                    bad.append(int(name))
+                    break
+        return bad
 
     def _new_manager(self) -> ocp.CheckpointManager:
         policies = [ocp_policies.LatestN(n=self._keep)]
@@ -84,8 +111,11 @@ class Checkpointer:
             best_mode="max",
             preservation_policy=ocp_policies.AnyPreservationPolicy(policies),
             enable_async_checkpointing=self._async,
-            cleanup_tmp_directories=True,  # leftovers of a save interrupted by kill -9
-            create=True,
+            # Leftovers of a save interrupted by kill -9 (readers leave everything as it is).
+            cleanup_tmp_directories=not self._read_only,
+            create=not self._read_only,
+            read_only=self._read_only,
+            lightweight_initialize=self._read_only,  # readers do not parse every step's metadata
         )
         return ocp.CheckpointManager(self.directory, options=options)
 
@@ -138,6 +168,7 @@ class Checkpointer:
         resumes), moved to `<parent>/damaged_checkpoints/<step>`; readers pass False.
         """
         self.wait()
+        quarantine = quarantine and not self._read_only
         skipped = []
         for step in reversed(self.all_steps()):
             try:
@@ -177,8 +208,9 @@ class Checkpointer:
                     shutil.rmtree(dst)
                 if os.path.exists(src):
                     shutil.move(src, dst)
-        self._manager.close()
-        self._manager = self._new_manager()
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = self._new_manager()
 
     def wait(self) -> None:
         """Blocks until pending async saves are on disk."""

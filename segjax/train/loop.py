@@ -464,7 +464,7 @@ def load_for_inference(workdir: str, checkpoint: str = "latest"):
     info = dataset_info(config)
     model = build_model(config, info.num_classes)
     abstract, _ = abstract_state(config, model, 1)
-    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=max(1, config.keep_checkpoints))
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True)
     try:
         if checkpoint == "latest":
             state, step = ckpt.restore_latest(abstract, quarantine=False)

@@ -152,6 +152,25 @@ def test_train_eval_checkpoint_resume_predict(tmp_path, data_dir, capsys):
     with pytest.raises(loop.IncompatibleWorkdirError, match="optimizer.base_lr"):
         loop.train_and_evaluate(bad, str(workdir))
     assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 3]
+    assert json.load(open(workdir / "config.json"))["num_train_steps"] == 3  # not overwritten
+
+    # A damaged latest step (3): the rerun falls back to step 2, says so, and redoes step 3
+    # exactly (same train line); eval options may change on resume (here: TTA).
+    step3_train = [r for r in records if r["step"] == 3 and r["split"] == "train"]
+    for root, _, files in os.walk(workdir / "checkpoints" / "3"):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    capsys.readouterr()
+    config_tta = tiny_config(data_dir, num_train_steps=3, eval_every_steps=3, parallelism="pmap",
+                             **{"eval.tta": True, "eval.tta_scales": (0.75, 1.0)})
+    tta = loop.train_and_evaluate(config_tta, str(workdir))
+    out = capsys.readouterr().out
+    assert "resuming from checkpoint step 2" in out and "damaged checkpoints moved" in out
+    assert os.path.isdir(workdir / "damaged_checkpoints" / "3")
+    records = read_metrics(str(workdir))
+    assert [r for r in records if r["step"] == 3 and r["split"] == "train"] == step3_train
+    assert records[-1]["split"] == "validation" and records[-1]["miou"] == tta["miou"]
 
     # Predict CLI function on two odd-sized images.
     from experiments import predict

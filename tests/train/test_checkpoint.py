@@ -88,19 +88,26 @@ def _damage(step_dir):
                 f.write(b"garbage")
 
 
-def test_damaged_latest_falls_back_and_is_moved_aside(tmp_path, np_rng, caplog):
+@pytest.mark.parametrize("with_metrics", [False, True])
+def test_damaged_latest_falls_back_and_is_moved_aside(tmp_path, np_rng, caplog, with_metrics):
     states = {s: _state(np_rng, steps=s) for s in (1, 2, 3)}
     ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
     for s, st in states.items():
-        ckpt.save(s, st)
+        ckpt.save(s, st, metrics={"miou": 0.1 * s} if with_metrics else None)
     ckpt.close()
     _damage(tmp_path / "ckpt" / "3")
+    # A reader falls back too, and leaves the damaged step where it is.
+    reader = Checkpointer(tmp_path / "ckpt", read_only=True)
+    restored, step = reader.restore_latest(states[1])
+    reader.close()
+    assert step == 2 and os.path.isdir(tmp_path / "ckpt" / "3")
+    _assert_same(restored, states[2])
     ckpt = Checkpointer(tmp_path / "ckpt", keep=5)
     with caplog.at_level("WARNING"):
         restored, step = ckpt.restore_latest(states[1])
     assert step == 2
     _assert_same(restored, states[2])
-    assert "skipped damaged step(s) [3]" in caplog.text
+    assert "step(s) [3]" in caplog.text and "skipping" in caplog.text
     assert os.path.isdir(tmp_path / "damaged_checkpoints" / "3")
     assert ckpt.all_steps() == [1, 2]
     ckpt.save(3, states[3])  # the step number is free again
