@@ -214,9 +214,14 @@ def evaluate(eval_fn, variables: Any, batches: Iterable[Mapping[str, np.ndarray]
       miou, pixel_accuracy, iou_per_class, ... (see `segjax.metrics.metrics_from_confusion`).
     """
     acc = metrics_lib.ConfusionAccumulator(num_classes)
+    traces_before = eval_fn.trace_count() if hasattr(eval_fn, "trace_count") else None
     for batch in batches:
         conf, pred = eval_fn(variables, shard_eval_batch(batch, mesh))
         acc.update(np.asarray(conf))
         if on_batch is not None:
             on_batch(batch, lambda pred=pred: local_rows(pred))
+    if traces_before is not None and eval_fn.trace_count() > max(traces_before, 1):
+        # Static shapes are the contract: a retrace means batches of differing shapes.
+        raise RuntimeError(f"the eval function was traced {eval_fn.trace_count()} times; eval "
+                           "batches must all have one shape (pad them with eval.pad_to)")
     return acc.result()

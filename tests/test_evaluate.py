@@ -28,7 +28,7 @@ def torch_conv(w, b, x):
     """Same conv in torch, NHWC numpy in and out."""
     xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).double()
     wt = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).double()
-    y = F.conv2d(xt, wt, torch.from_numpy(np.asarray(b)).double(), padding=1)
+    y = F.conv2d(xt, wt, torch.from_numpy(np.array(b)).double(), padding=1)
     return y
 
 
@@ -146,3 +146,17 @@ def test_evaluate_confusion_over_mesh_and_no_recompile(np_rng, conv_vars, mode):
     assert result["num_pixels"] == ref.sum()
     np.testing.assert_array_equal(np.stack(got_preds), np.stack(seen_preds))
     assert eval_fn.trace_count() == 1
+
+
+def test_recompile_guard_raises_on_a_second_shape(conv_vars):
+    mesh = evaluate.eval_mesh()
+    eval_fn = evaluate.make_eval_fn(_ConvModel(), num_classes=K, ignore_label=255, mesh=mesh)
+    variables = evaluate.replicate_on(conv_vars, mesh)
+
+    def batch(size):
+        return {"image": np.zeros((4, size, size, 2), np.float32),
+                "label": np.zeros((4, size, size), np.int32), "valid": np.ones(4, bool)}
+
+    evaluate.evaluate(eval_fn, variables, [batch(8), batch(8)], num_classes=K, mesh=mesh)
+    with pytest.raises(RuntimeError, match="traced 2 times"):
+        evaluate.evaluate(eval_fn, variables, [batch(8), batch(6)], num_classes=K, mesh=mesh)
