@@ -335,6 +335,10 @@ def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model,
 
     restored = start_step is not None
     start_step = int(start_step or 0)
+    if start_step > num_steps:
+        raise ValueError(f"the work dir's checkpoint is at step {start_step}, beyond "
+                         f"config.num_train_steps={num_steps}; raise num_train_steps or use a new "
+                         "--workdir")
     writer.truncate_after(start_step)
     last_checkpoint = start_step if restored else None
 
