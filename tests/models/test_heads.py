@@ -101,7 +101,7 @@ def test_deeplab_v3_head_gradient_matches_torchvision(deeplab_head_pair, np_rng)
     ref, head, variables = deeplab_head_pair
     x = np_rng.standard_normal((1, 7, 10, 24)).astype(np.float32)
     r = np_rng.standard_normal((1, 7, 10, 4)).astype(np.float32)
-    g = jax.grad(lambda p, x: jnp.sum(head.apply({**variables, "params": p}, x) * r), argnums=(0, 1))(
+    g = jax.jit(jax.grad(lambda p, x: jnp.sum(head.apply({**variables, "params": p}, x) * r), argnums=(0, 1)))(
         variables["params"], x)
     xt = nchw(x).requires_grad_(True)
     ref.eval().zero_grad()
