@@ -153,6 +153,9 @@ def test_train_eval_checkpoint_resume_predict(tmp_path, data_dir, capsys):
         loop.train_and_evaluate(bad, str(workdir))
     assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 3]
     assert json.load(open(workdir / "config.json"))["num_train_steps"] == 3  # not overwritten
+    with pytest.raises(ValueError, match="checkpoint is at step 3, beyond"):
+        loop.train_and_evaluate(tiny_config(data_dir, num_train_steps=2, parallelism="pmap"),
+                                str(workdir))
 
     # A damaged latest step (3): the rerun falls back to step 2, says so, and redoes step 3
     # exactly (same train line); eval options may change on resume (here: TTA).
