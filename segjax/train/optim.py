@@ -14,7 +14,7 @@ frozen.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -89,11 +89,11 @@ def create_optimizer(
     Returns:
       (tx, schedule): `schedule(step)` is the head learning rate at optimiser step `step`.
     """
-    has_backbone = isinstance(params, dict) and BACKBONE in params
+    has_backbone = isinstance(params, Mapping) and BACKBONE in params
     if (freeze_backbone or backbone_lr_mult != 1.0) and not has_backbone:
         raise ValueError(
             f"freeze_backbone/backbone_lr_mult need a top-level {BACKBONE!r} parameter key; the "
-            f"model's top-level keys are {sorted(params) if isinstance(params, dict) else type(params)}"
+            f"model's top-level keys are {sorted(params) if isinstance(params, Mapping) else type(params)}"
         )
     if weight_decay < 0 or momentum < 0:
         raise ValueError(f"weight_decay ({weight_decay}) and momentum ({momentum}) must be >= 0")
