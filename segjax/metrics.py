@@ -132,6 +132,10 @@ class ConfusionAccumulator:
 
     def update_boundary(self, intersection: Any, union: Any) -> None:
         """Adds per-class boundary intersection/union counts [K] from `boundary_iou_counts`."""
+        if np.shape(intersection) != (self.num_classes,) or np.shape(union) != (self.num_classes,):
+            raise ValueError(
+                f"boundary counts must be [{self.num_classes}], got {np.shape(intersection)} and {np.shape(union)}"
+            )
         self.boundary_intersection += np.asarray(intersection).astype(np.int64)
         self.boundary_union += np.asarray(union).astype(np.int64)
         self._has_boundary = True
@@ -158,11 +162,14 @@ def mask_boundary(masks: jax.Array, dilation: int) -> jax.Array:
     there (as in Cheng et al.'s reference, which pads with zeros before eroding).
     """
     m = jnp.asarray(masks).astype(jnp.int32)
-    pad = [(0, 0)] * (m.ndim - 2) + [(dilation, dilation)] * 2
-    padded = jnp.pad(m, pad)
-    window = (1,) * (m.ndim - 2) + (2 * dilation + 1,) * 2
-    eroded = lax.reduce_window(padded, 1, lax.min, window, (1,) * m.ndim, "VALID")
-    return (m > eroded)
+    lead = (1,) * (m.ndim - 2)
+    padded = jnp.pad(m, [(0, 0)] * (m.ndim - 2) + [(dilation, dilation)] * 2)
+    # A square erosion is separable: a min over rows, then over columns (O(d) per pixel, not O(d^2)).
+    k = 2 * dilation + 1
+    strides = (1,) * m.ndim
+    eroded = lax.reduce_window(padded, 1, lax.min, lead + (k, 1), strides, "VALID")
+    eroded = lax.reduce_window(eroded, 1, lax.min, lead + (1, k), strides, "VALID")
+    return m > eroded
 
 
 def boundary_iou_counts(

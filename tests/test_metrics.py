@@ -134,7 +134,7 @@ def test_mask_boundary_hand_example():
     assert np.asarray(metrics.mask_boundary(full, 1)).sum() == 4 * 5 - 2 * 3
 
 
-@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("dilation", [1, 3])
 def test_boundary_iou_matches_reference(np_rng, dilation):
     k = 3
     labels = blobs(np_rng, 2, 13, 15, k)
@@ -162,6 +162,8 @@ def test_boundary_iou_matches_reference(np_rng, dilation):
     acc.update_boundary(inter, union)
     acc.update_boundary(inter, union)
     assert acc.result()["boundary_iou"] == pytest.approx(mean)
+    with pytest.raises(ValueError, match="boundary counts"):
+        acc.update_boundary(inter[:2], union[:2])
 
 
 def test_boundary_iou_perfect_and_dilation_from_ratio(np_rng):

@@ -75,8 +75,9 @@ def train_step(
 
     Returns:
       (new state, metrics): metrics hold global values (identical on every device): `loss`
-      (global sum / global count), `grad_norm` (of the global gradient), `valid_pixels` (global
-      count), and `lr` when `learning_rate_fn` is given.
+      (global sum / global count), `grad_norm` (of the global gradient), `valid_pixels` (the
+      global count the loss is divided by: counted pixels for ce/focal/ohem, their class-weight sum
+      with class_weights, images for dice/lovasz), and `lr` when `learning_rate_fn` is given.
     """
     _check_axis(axis_name)
     _check_batch(batch, ("image", "label"))
