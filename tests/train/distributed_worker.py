@@ -4,7 +4,8 @@ Used two ways by tests/train/test_distributed.py:
   * in the test process (1 process x 4 CPU devices): `run(mode)`;
   * as a script in 2 subprocesses x 2 CPU devices each, joined through `jax.distributed`:
       python distributed_worker.py OUT.npz   (with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-      JAX_PROCESS_ID set; the device count must be set before JAX is imported, as here)
+      JAX_PROCESS_ID set; the device count must be set before JAX is imported, as here; process 1
+      passes them to `initialize_distributed` as a config instead)
 Each process feeds only its own slice of the same global batches.
 """
 
@@ -68,7 +69,16 @@ def run(mode: str) -> dict[str, np.ndarray]:
 if __name__ == "__main__":
     from segjax.train.parallel import initialize_distributed
 
-    assert initialize_distributed(), "expected JAX_COORDINATOR_ADDRESS etc. in the environment"
+    # Process 0 reads the usual environment variables; process 1 gets the same settings as a
+    # config (both ways of `initialize_distributed` are exercised).
+    config = None
+    if os.environ["JAX_PROCESS_ID"] == "1":
+        config = {"distributed": {
+            "coordinator_address": os.environ.pop("JAX_COORDINATOR_ADDRESS"),
+            "num_processes": int(os.environ.pop("JAX_NUM_PROCESSES")),
+            "process_id": int(os.environ.pop("JAX_PROCESS_ID")),
+        }}
+    assert initialize_distributed(config), "expected JAX_COORDINATOR_ADDRESS etc. in the environment"
     assert jax.process_count() == 2 and jax.local_device_count() == 2, (jax.process_count(), jax.devices())
     results = {}
     for mode in ("pmap", "mesh"):
