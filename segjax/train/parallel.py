@@ -152,7 +152,9 @@ class Parallel:
                 fn, axis_name=AXIS, in_axes=(0, 0, None), out_axes=(0, None),
                 donate_argnums=donate_argnums, **self._pmap_kwargs(),
             )
-        fn = functools.partial(steps.train_step, loss_fn=loss_fn, axis_name=None, learning_rate_fn=learning_rate_fn)
+        fn = functools.partial(
+            steps.train_step, loss_fn=loss_fn, axis_name=None, learning_rate_fn=learning_rate_fn
+        )
         return jax.jit(
             fn,
             in_shardings=(self._replicated, self._sharded, self._replicated),
@@ -160,12 +162,16 @@ class Parallel:
             donate_argnums=donate_argnums,
         )
 
-    def eval_step(self, *, num_classes: int, ignore_label: int) -> Callable[[TrainState, Mapping[str, jax.Array]], jax.Array]:
+    def eval_step(
+        self, *, num_classes: int, ignore_label: int
+    ) -> Callable[[TrainState, Mapping[str, jax.Array]], jax.Array]:
         """Compiled `(state, sharded batch) -> confusion int32 [K, K]` summed over all devices."""
-        if self.parallelism == "pmap":
-            fn = functools.partial(steps.eval_step, num_classes=num_classes, ignore_label=ignore_label, axis_name=AXIS)
+        pmap = self.parallelism == "pmap"
+        fn = functools.partial(
+            steps.eval_step, num_classes=num_classes, ignore_label=ignore_label, axis_name=AXIS if pmap else None
+        )
+        if pmap:
             return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0), out_axes=None, **self._pmap_kwargs())
-        fn = functools.partial(steps.eval_step, num_classes=num_classes, ignore_label=ignore_label, axis_name=None)
         return jax.jit(fn, in_shardings=(self._replicated, self._sharded), out_shardings=self._replicated)
 
 
