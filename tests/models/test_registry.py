@@ -1,0 +1,203 @@
+"""Every registered model: init, jit forward, gradients, bfloat16, BatchNorm updates, output strides, errors.
+
+Small width overrides keep this cheap (the family tests compare each model with torch); the
+full-size models and the ResNet-101 output-stride variants run in the tests marked slow.
+"""
+
+import inspect
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segjax.models import AUX_LOGITS, LOGITS, available_models, create_model
+from segjax.models.registry import _REGISTRY
+
+CONTRACT = (
+    "fcn32s_vgg16 fcn16s_vgg16 fcn8s_vgg16 fcn_resnet50 fcn_resnet101 unet deconvnet segnet deeplabv1_vgg16 "
+    "deeplabv2_resnet101 deeplabv3_resnet50 deeplabv3_resnet101 deeplabv3plus_resnet50 deeplabv3plus_resnet101 "
+    "pspnet_resnet50 pspnet_resnet101"
+).split()
+OUTPUT_STRIDES = (8, 16, 32)
+H, W = 37, 45  # odd and not multiples of 8/16/32
+NUM_CLASSES = 3
+# Relative L2 error allowed between bfloat16-compute and float32 logits. Max-unpooling moves values to
+# their argmax, and bfloat16 rounding flips near-ties between window entries (measured 0.09 / 0.17 for
+# SegNet / DeconvNet at width 4, 0.01 with nearest unpooling), so those models get a looser bound.
+BF16_TOLERANCE = {"segnet": 0.3, "deconvnet": 0.3}
+
+
+def _slow_if_resnet101(names):
+    """ResNet-101 models differ from their ResNet-50 siblings only in block count: test them in the slow pass."""
+    return [pytest.param(n, marks=pytest.mark.slow) if "resnet101" in n else n for n in names]
+
+
+@pytest.fixture(autouse=True)
+def _fast_init_compile():
+    """jax's default partitionable threefry makes compiling `init` ~8x slower on CPU (measured)."""
+    with jax.threefry_partitionable(False):
+        yield
+
+
+def _accepted(name):
+    return set(inspect.signature(_REGISTRY[name]).parameters)
+
+
+def small_overrides(name):
+    """Narrow widths for every family that has one, and aux heads on where the model has them."""
+    accepted, vgg = _accepted(name), ("vgg" in name or name in ("segnet", "deconvnet"))
+    table = {"backbone_width": 4 if vgg else 8, "width": 4, "fc_dim": 16, "head_channels": 16, "base_features": 4,
+             "aux_loss": True}
+    return {k: v for k, v in table.items() if k in accepted}
+
+
+def _has_output_stride(name):
+    return "output_stride" in _accepted(name)
+
+
+def _compiled(fun, *args):
+    """`jax.jit(fun)` compiled for `args` at XLA backend optimisation level 0: about a third less
+    compile time (measured on DeepLab-ResNet50 train steps), and these tiny inputs run in milliseconds."""
+    return jax.jit(fun).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _leaves_with_paths(tree):
+    return [(jax.tree_util.keystr(p), np.asarray(v)) for p, v in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def test_contract_names_are_registered():
+    missing = sorted(set(CONTRACT) - set(available_models()))
+    assert not missing, f"not registered: {missing}"
+
+
+@pytest.mark.parametrize("name", _slow_if_resnet101(available_models()))
+def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
+    overrides = small_overrides(name)
+    model = create_model(name, num_classes=NUM_CLASSES, **overrides)
+    model_bf16 = create_model(name, num_classes=NUM_CLASSES, dtype="bfloat16", **overrides)
+    x = jnp.asarray(np_rng.normal(size=(2, H, W, 3)), jnp.float32)  # batch 2: train-mode BN of pooled features
+    cot = jnp.asarray(np_rng.normal(size=(2, H, W, NUM_CLASSES)), jnp.float32)
+
+    def run(key, x):  # one compile: init, eval forward (float32 and bfloat16), train forward + backward
+        variables = model.init(key, x[:1])
+        params, stats = variables["params"], variables.get("batch_stats", {})
+        eval_out = model.apply({"params": params, "batch_stats": stats}, x)
+        bf16_out = model_bf16.apply({"params": params, "batch_stats": stats}, x)
+
+        def loss_fn(params):
+            out, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                   mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+            return sum(jnp.sum(v * cot) for v in out.values()), upd
+
+        grads, upd = jax.grad(loss_fn, has_aux=True)(params)
+        return params, stats, eval_out, bf16_out, grads, upd.get("batch_stats", {})
+
+    key = jax.random.key(0)
+    params, stats, eval_out, bf16_out, grads, new_stats = _compiled(run, key, x)(key, x)
+
+    expected_keys = {LOGITS, AUX_LOGITS} if overrides.get("aux_loss") else {LOGITS}
+    assert set(eval_out) == expected_keys
+    for key, value in eval_out.items():
+        assert value.shape == (2, H, W, NUM_CLASSES) and value.dtype == jnp.float32, key
+        assert np.all(np.isfinite(value)) and np.std(np.asarray(value)) > 0, key
+        # bfloat16 compute: logits stay float32 and close to the float32 model's (values, not shapes).
+        low = np.asarray(bf16_out[key])
+        assert bf16_out[key].dtype == jnp.float32
+        ref = np.asarray(value)
+        rel = np.linalg.norm(low - ref) / np.linalg.norm(ref)
+        assert rel < BF16_TOLERANCE.get(name, 5e-2), f"{key}: bfloat16 relative error {rel:.3g}"
+
+    zero = [path for path, g in _leaves_with_paths(grads) if not np.any(g)]
+    bad = [path for path, g in _leaves_with_paths(grads) if not np.all(np.isfinite(g))]
+    assert not bad, f"non-finite gradients: {bad}"
+    assert not zero, f"all-zero gradients: {zero}"
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+
+    # Train mode moves every running statistic (torch momentum 0.1); eval mode leaves them alone.
+    assert jax.tree.structure(new_stats) == jax.tree.structure(stats)
+    for (path, new), (_, old) in zip(_leaves_with_paths(new_stats), _leaves_with_paths(stats)):
+        assert np.all(np.isfinite(new)) and np.any(new != old), f"batch_stats {path} not updated"
+        if path.endswith("['var']"):
+            assert np.all(new > 0), path
+
+
+def _os_cases(slow):
+    """(name, output stride) pairs at the strides other than the default (covered above). Fast: the
+    contract names except the ResNet-101 ones; slow: the others."""
+    cases = []
+    for name in available_models():
+        if _has_output_stride(name):
+            default = inspect.signature(_REGISTRY[name]).parameters["output_stride"].default
+            fast = name in CONTRACT and "resnet101" not in name
+            if fast != slow:
+                cases += [(name, os_) for os_ in OUTPUT_STRIDES if os_ != default]
+    return cases
+
+
+def _check_output_stride(np_rng, name, output_stride):
+    overrides = small_overrides(name)
+    model = create_model(name, num_classes=NUM_CLASSES, output_stride=output_stride, **overrides)
+    x = jnp.asarray(np_rng.normal(size=(1, H, W, 3)), jnp.float32)
+    out = _compiled(lambda x: model.apply(model.init(jax.random.key(0), x), x), x)(x)
+    for key, value in out.items():
+        assert value.shape == (1, H, W, NUM_CLASSES) and np.all(np.isfinite(value)), key
+    # The parameters do not depend on the output stride (dilation only).
+    default = create_model(name, num_classes=NUM_CLASSES, **overrides)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, jax.eval_shape(default.init, jax.random.key(0), x))
+
+
+@pytest.mark.parametrize("name, output_stride", _os_cases(slow=False))
+def test_every_output_stride(np_rng, name, output_stride):
+    _check_output_stride(np_rng, name, output_stride)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, output_stride", _os_cases(slow=True))
+def test_every_output_stride_slow(np_rng, name, output_stride):
+    _check_output_stride(np_rng, name, output_stride)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CONTRACT)
+def test_full_size_forward(np_rng, name):
+    """The real widths: random parameters with init's shapes, one jit forward on a small odd image."""
+    model = create_model(name, num_classes=21)
+    x = jnp.asarray(np_rng.normal(size=(1, 33, 35, 3)), jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    variables = {
+        "params": jax.tree.map(lambda s: jnp.asarray(np_rng.normal(0, 0.01, s.shape), jnp.float32), shapes["params"]),
+        "batch_stats": jax.tree.map(lambda s: jnp.ones(s.shape, jnp.float32), shapes.get("batch_stats", {})),
+    }
+    out = _compiled(model.apply, variables, x)(variables, x)
+    assert out[LOGITS].shape == (1, 33, 35, 21) and np.all(np.isfinite(out[LOGITS]))
+    assert np.std(np.asarray(out[LOGITS])) > 0
+
+
+def test_unknown_name_lists_available_models():
+    with pytest.raises(ValueError, match="unknown model 'fcn4s'") as err:
+        create_model("fcn4s", num_classes=2)
+    for name in available_models():
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_bad_overrides_and_inputs_raise(name):
+    with pytest.raises(ValueError, match="no_such_option"):
+        create_model(name, num_classes=2, no_such_option=1)
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model(name, num_classes=0)
+    if _has_output_stride(name):
+        with pytest.raises(ValueError, match="output_stride=4"):
+            model = create_model(name, num_classes=2, output_stride=4, **small_overrides(name))
+            jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, H, W, 3)))
+    model = create_model(name, num_classes=2, **small_overrides(name))
+    for shape in ((1, H, W, 4), (H, W, 3)):
+        with pytest.raises(ValueError, match=re.escape(str(shape))):
+            jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+    # in_channels is an override: one-channel images work when asked for.
+    gray = create_model(name, num_classes=2, in_channels=1, **small_overrides(name))
+    out = jax.eval_shape(gray.init, jax.random.key(0), jnp.zeros((1, H, W, 1)))
+    assert "params" in out
