@@ -116,34 +116,56 @@ def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"kind": kind, "aux_weight": aux_weight, **kw}
 
 
-def _merge_pretrained(variables: dict, converted: dict) -> dict:
-    """`variables` with every leaf of `converted` whose path and shape match put in.
+def _merge_pretrained(variables: dict, converted: dict, *, num_classes: int | None = None) -> dict:
+    """`variables` with converted pretrained weights put in; strict, never silently partial.
 
-    A converted backbone (no top-level "backbone" key, while the model has one) is placed under
-    "backbone". Raises ValueError when nothing matches; logs what was left out.
+    A converted backbone (no top-level "backbone" key, while the model has one) replaces the
+    model's "backbone" subtree (`torchvision_import.merge_backbone`: names and shapes must match
+    exactly). A converted whole model must match the model leaf for leaf; the only leaves allowed
+    to differ are those whose shapes differ just in a last axis equal to `num_classes` (the class
+    layers of a model converted for another label set): they keep their fresh initialisation and
+    are named in a printed message.
+
+    Raises:
+      ValueError: listing converted leaves the model lacks, model leaves the checkpoint lacks, or
+        shape mismatches other than the class layers.
     """
     from flax import traverse_util
 
-    out = {}
-    loaded, skipped = 0, []
-    for collection, tree in variables.items():
-        flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, tree))
-        src = converted.get(collection, {})
-        if src and "backbone" in tree and "backbone" not in src:
-            src = {"backbone": src}
-        for path, value in traverse_util.flatten_dict(src).items():
+    from segjax.models import torchvision_import
+
+    has_backbone = "backbone" in variables.get("params", {})
+    if has_backbone and "backbone" not in converted.get("params", {}):
+        return torchvision_import.merge_backbone(variables, converted)
+
+    out, missing, unexpected, bad, reinit = {}, [], [], [], []
+    for collection in sorted(set(variables) | set(converted)):
+        flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, variables.get(collection, {})))
+        src = traverse_util.flatten_dict(converted.get(collection, {}))
+        name = lambda path: f"{collection}/" + "/".join(map(str, path))  # noqa: E731
+        unexpected += [name(p) for p in src if p not in flat]
+        missing += [name(p) for p in flat if p not in src]
+        for path, value in src.items():
+            if path not in flat:
+                continue
             value = np.asarray(value)
-            if path in flat and flat[path].shape == value.shape:
-                flat[path] = value.astype(flat[path].dtype)
-                loaded += 1
+            old = flat[path]
+            if old.shape == value.shape:
+                flat[path] = value.astype(old.dtype)
+            elif (num_classes is not None and old.ndim == value.ndim and old.shape[-1] == num_classes
+                  and old.shape[:-1] == value.shape[:-1]):
+                reinit.append(name(path))
             else:
-                skipped.append("/".join(map(str, path)))
+                bad.append(f"{name(path)}: checkpoint {value.shape} vs model {old.shape}")
         out[collection] = traverse_util.unflatten_dict(flat)
-    if loaded == 0:
-        raise ValueError("config.init_from: no converted weight matches the model's parameters "
-                         f"(first unmatched: {skipped[:5]})")
-    log.info("init_from: loaded %d arrays, left out %d (e.g. %s)", loaded, len(skipped),
-             skipped[:5])
+    if missing or unexpected or bad:
+        raise ValueError(
+            "config.init_from does not match the model (use a checkpoint converted for this "
+            f"architecture): missing {missing[:10]}, unexpected {unexpected[:10]}, "
+            f"shape mismatches {bad[:10]}")
+    if reinit:
+        print(f"init_from: class layers re-initialised for {num_classes} classes: {reinit}",
+              flush=True)
     return out
 
 
@@ -178,7 +200,8 @@ def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int)
             raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory "
                                     "(write one with `python -m segjax.tools.convert_torchvision`)")
         variables = _merge_pretrained(variables,
-                                      torchvision_import.load_converted(config.init_from))
+                                      torchvision_import.load_converted(config.init_from),
+                                      num_classes=model.num_classes)
     tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
                                           **optimizer_kwargs(config))
     state = state_lib.create_train_state(model, rng, (1, crop, crop, 3), tx, variables=variables)

@@ -56,8 +56,30 @@ def test_init_from_places_converted_resnet_under_backbone(tmp_path):
 def test_init_from_with_nothing_matching_raises():
     model = create_model("unet", num_classes=3, base_features=4, depth=2)
     fresh = _zeros_like_init(model, (1, 16, 16, 3))
-    with pytest.raises(ValueError, match="no converted weight matches"):
+    with pytest.raises(ValueError, match="does not match the model.*unexpected.*other/w"):
         loop._merge_pretrained(fresh, {"params": {"other": {"w": np.zeros(3)}}})
+
+
+def test_init_from_whole_model_reinitialises_only_class_layers(capsys):
+    src_model = create_model("unet", num_classes=5, base_features=4, depth=2)
+    converted = jax.tree.map(lambda x: np.full(x.shape, 7.0, x.dtype), _zeros_like_init(src_model, (1, 16, 16, 3)))
+    fresh = _zeros_like_init(create_model("unet", num_classes=3, base_features=4, depth=2), (1, 16, 16, 3))
+    merged = loop._merge_pretrained(fresh, converted, num_classes=3)
+    flat_m = jax.tree_util.tree_flatten_with_path(merged["params"])[0]
+    changed = [jax.tree_util.keystr(p) for p, v in flat_m if v.shape[-1] == 3 and not np.any(v)]
+    assert changed, "the 3-class output layer keeps its fresh values"
+    assert all(np.all(v == 7.0) for p, v in flat_m if jax.tree_util.keystr(p) not in changed)
+    assert "re-initialised for 3 classes" in capsys.readouterr().out
+    # Without num_classes nothing may differ in shape: a mismatch is an error, not a skip.
+    with pytest.raises(ValueError, match="shape mismatches"):
+        loop._merge_pretrained(fresh, converted)
+
+
+def test_init_from_backbone_of_another_depth_raises(tmp_path):
+    sd = {k: v.numpy() for k, v in torchvision.models.resnet34(weights=None).state_dict().items()}
+    model = create_model("deeplabv3plus_resnet18", num_classes=5, head_channels=16)
+    with pytest.raises(ValueError, match="do not match"):
+        loop._merge_pretrained(_zeros_like_init(model), torchvision_import.convert("resnet34", sd))
 
 
 def test_optimizer_and_loss_kwargs_from_config():
