@@ -5,9 +5,11 @@
 Columns:
   params (M)   trainable parameters ("params" collection; BatchNorm running statistics excluded), 1e6.
   GFLOPs       XLA's `cost_analysis()["flops"]` of the compiled eval-mode forward pass on one
-               `size` x `size` x 3 image, 1e9 (a multiply-add counts 2). It measures what segjax
-               executes: e.g. `segjax.ops.atrous_conv2d` skips taps that only read padding, so large
-               atrous rates cost less than the nominal count.
+               `size` x `size` x 3 image, 1e9. A multiply-add counts 2, and XLA counts only the
+               kernel taps that read real input (not zero padding: a 3x3 conv on an s x s map costs
+               2 (3s - 2)^2 C_in C_out, not 2 * 9 s^2 C_in C_out), plus elementwise ops (BN, ReLU);
+               tests/models/test_registry.py checks this on SegNet. `segjax.ops.atrous_conv2d`
+               likewise skips taps that only read padding, so large atrous rates cost less.
   OS           output stride of the model's default configuration (blank where it has none).
   aux          whether the default configuration returns `aux_logits`.
 

@@ -201,3 +201,19 @@ def test_bad_overrides_and_inputs_raise(name):
     gray = create_model(name, num_classes=2, in_channels=1, **small_overrides(name))
     out = jax.eval_shape(gray.init, jax.random.key(0), jnp.zeros((1, H, W, 1)))
     assert "params" in out
+
+
+def test_model_table_counts_segnet_exactly():
+    """The table's params and GFLOPs against a hand count of SegNet's 26 3x3 convs at 32x32 (+ BN)."""
+    from experiments.benchmarks.model_table import markdown, model_row
+
+    row = model_row("segnet", 32, 21)
+    # (map size, C_in, C_out) of every 3x3 conv: encoder, decoder, classifier.
+    convs = [(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128), (8, 128, 256), (8, 256, 256), (8, 256, 256),
+             (4, 256, 512), (4, 512, 512), (4, 512, 512)] + [(2, 512, 512)] * 6 + [
+             (4, 512, 512), (4, 512, 512), (4, 512, 256), (8, 256, 256), (8, 256, 256), (8, 256, 128),
+             (16, 128, 128), (16, 128, 64), (32, 64, 64), (32, 64, 21)]
+    assert row["params"] == sum(9 * ci * co + co for _, ci, co in convs) + sum(2 * co for _, _, co in convs[:-1])
+    valid_taps = sum(2 * (3 * s - 2) ** 2 * ci * co for s, ci, co in convs)  # XLA skips taps on padding
+    assert valid_taps <= row["flops"] <= 1.01 * valid_taps
+    assert "| segnet | 29.46 | 1.0 |" in markdown([row], 32)
