@@ -9,6 +9,15 @@ if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The torch/torchvision references must be imported before TensorFlow: torchvision pulls in
+# torch._dynamo -> triton, and loading libtriton after TensorFlow's libraries segfaults the
+# interpreter (measured: `import tensorflow; import torchvision` crashes, the reverse works).
+# segjax itself never imports torch, so only the test process needs this ordering.
+try:
+    import torchvision  # noqa: E402,F401
+except ImportError:  # the reference tests will fail with a clear ImportError instead
+    pass
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
