@@ -154,7 +154,8 @@ def _check_output_stride(np_rng, name, output_stride):
     # The parameters do not depend on the output stride (dilation only).
     default = create_model(name, num_classes=NUM_CLASSES, **overrides)
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, jax.eval_shape(default.init, jax.random.key(0), x))
+    default_shapes = jax.eval_shape(default.init, jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, default_shapes)
 
 
 @pytest.mark.parametrize("name, output_stride", _os_cases(slow=False))

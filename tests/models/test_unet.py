@@ -52,7 +52,8 @@ def _torch_unet(x, p, stats, upsampling, train):
                 z[:, :, ::2, ::2] = x
                 x = z
             else:
-                x = F.interpolate(x, scale_factor=2, mode=upsampling, **({"align_corners": False} if upsampling == "bilinear" else {}))
+                corners = {"align_corners": False} if upsampling == "bilinear" else {}
+                x = F.interpolate(x, scale_factor=2, mode=upsampling, **corners)
             x = conv(x, f"up{level}", 0)
         x = double(torch.cat([skip, x[:, :, : skip.shape[2], : skip.shape[3]]], 1), f"dec{level}")
     return conv(x, "classifier", 0)
@@ -108,7 +109,8 @@ def test_train_mode_gradients_and_batch_stats_match_torch(np_rng):
     np.testing.assert_allclose(g_x, nhwc(xt.grad), rtol=1e-3, atol=1e-3 * np.abs(nhwc(xt.grad)).max())
     for name in ("enc0_conv1", "up1", "up0", "dec0_conv1", "classifier"):
         want = tp[name]["kernel"].grad.numpy()
-        np.testing.assert_allclose(g_params[name]["kernel"], want, rtol=1e-3, atol=1e-3 * np.abs(want).max(), err_msg=name)
+        np.testing.assert_allclose(g_params[name]["kernel"], want, rtol=1e-3, atol=1e-3 * np.abs(want).max(),
+                                   err_msg=name)
     for name in ("enc0_bn1", "bottom_bn2", "dec0_bn2"):
         for stat in ("mean", "var"):
             np.testing.assert_allclose(upd["batch_stats"][name][stat], ts[name][stat].numpy(), rtol=1e-4, atol=1e-5)

@@ -244,6 +244,7 @@ def vgg16_variables_from_torch(
     if include_fc:
         w6 = get("classifier.0.weight")
         c = int(round(math.sqrt(w6.shape[1] / 512)))
-        params["fc6"] = {"kernel": w6.reshape(w6.shape[0], 512, c, c).transpose(2, 3, 1, 0), "bias": get("classifier.0.bias")}
+        kernel6 = w6.reshape(w6.shape[0], 512, c, c).transpose(2, 3, 1, 0)
+        params["fc6"] = {"kernel": kernel6, "bias": get("classifier.0.bias")}
         params["fc7"] = {"kernel": get("classifier.3.weight").T[None, None], "bias": get("classifier.3.bias")}
     return {"params": params, "batch_stats": stats}
