@@ -53,7 +53,7 @@ def upsample(
     `learnable`: a bilinear-initialised transposed conv (kernel 2f, stride f, padding f/2) named
     `name`, a child of the calling compact module; else fixed bilinear `ops.resize`.
     """
-    n, h, w, c = x.shape
+    _, h, w, c = x.shape
     if size[0] > factor * h or size[1] > factor * w:
         raise ValueError(f"cannot upsample {x.shape} by {factor} to cover {size}")
     if factor == 1:
