@@ -14,6 +14,7 @@ process yields the same number of batches.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -235,6 +236,37 @@ def _checked(dataset: tf.data.Dataset, context: str) -> Iterator:
         yield item
 
 
+# Batches per tf.data pipeline built by `_chunked`.
+_CHUNK_BATCHES = 8
+
+
+def _chunked(items: Iterator[tuple], process, signature: tuple, batch_size: int, *,
+             drop_remainder: bool, num_threads: int | None, context: str) -> Iterator:
+    """`items` (Python tuples, e.g. (record bytes, index, epoch)) mapped by `process` and batched.
+
+    Records are read in Python (TFDS array_record sources are Python objects) a chunk of
+    `_CHUNK_BATCHES` batches at a time, and each chunk runs through a tf.data pipeline with no
+    Python in it (`from_tensor_slices -> map -> batch`). With `Dataset.from_generator` instead,
+    dropping an iterator while a fetch was in flight (at interpreter exit, or when a consumer
+    stops early) deadlocked: the iterator's destructor waits, holding the GIL, for map workers
+    that are waiting for the GIL inside the generator.
+    """
+    chunk = batch_size * _CHUNK_BATCHES
+    while True:
+        rows = list(itertools.islice(items, chunk))
+        if not rows:
+            return
+        columns = tuple(np.array([r[k] for r in rows], dtype=object if spec.dtype == tf.string
+                                 else spec.dtype.as_numpy_dtype)
+                        for k, spec in enumerate(signature))
+        ds = tf.data.Dataset.from_tensor_slices(columns)
+        ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)
+        yield from _checked(ds.with_options(_options(num_threads)), context)
+        if len(rows) < chunk:
+            return
+
+
 def _options(num_threads: int | None) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
@@ -317,11 +349,10 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
             ignore_label=info.ignore_label, fill=IMAGE_MEAN.tolist(), image_resize=image_resize)
         return {"image": (image - IMAGE_MEAN) / IMAGE_STD, "label": label}
 
-    ds = tf.data.Dataset.from_generator(generate, output_signature=(
-        tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)))
-    ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2).with_options(_options(num_threads))
-    return _checked(ds, f"{info.name} split {split!r}")
+    signature = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64),
+                 tf.TensorSpec([], tf.int64))
+    return _chunked(generate(), process, signature, batch_size, drop_remainder=True,
+                    num_threads=num_threads, context=f"{info.name} split {split!r}")
 
 
 def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad_to,
@@ -374,12 +405,10 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
                 "label": tf.ensure_shape(label, [pad_h, pad_w]), "valid": True,
                 "height": height, "width": width, "index": tf.cast(index, tf.int32)}
 
-    ds = tf.data.Dataset.from_generator(
-        lambda: ((records[int(i)], int(i)) for i in mine),
-        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)))
-    ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size).prefetch(2).with_options(_options(num_threads))
-    batches = _checked(ds, f"{info.name} split {split!r}")
+    batches = _chunked(((records[int(i)], int(i)) for i in mine), process,
+                       (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)), batch_size,
+                       drop_remainder=False, num_threads=num_threads,
+                       context=f"{info.name} split {split!r}")
     return (_fill_batch(next(batches, None), batch_size, pad_h, pad_w, info.ignore_label)
             for _ in range(num_batches))
 

@@ -236,11 +236,18 @@ def test_two_processes_prepare_concurrently_and_stream_identical_batches(shapes_
         print("DIGEST", h.hexdigest())
     """)
     env = {**os.environ, "SEGJAX_TF_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    # Output goes to files, not pipes: while this process waits on one child, the other may
+    # hold the prepare lock and block on a full stderr pipe (TFDS progress output), and the
+    # first child then waits on that lock forever.
+    log_dir = tmp_path.parent / (tmp_path.name + "_logs")
+    log_dir.mkdir()
+    logs = [(log_dir / f"out{i}.txt", log_dir / f"err{i}.txt") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=open(o, "w"),
+                              stderr=open(e, "w"), text=True, env=env) for o, e in logs]
     want = _digest(_take(_train(shapes_info, shapes_dir, start_step=2), 3))
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
+    for proc, (out_path, err_path) in zip(procs, logs):
+        proc.wait(timeout=300)
+        out, err = out_path.read_text(), err_path.read_text()
         assert proc.returncode == 0, err[-2000:]
         assert "COUNT 24" in out
         assert [line.split()[1] for line in out.splitlines() if line.startswith("DIGEST")] == [want]
@@ -258,3 +265,43 @@ def test_label_map_is_applied(shapes_info, shapes_dir):
                                data_dir=shapes_dir))
     np.testing.assert_array_equal(mapped["label"], table[plain["label"]])
     np.testing.assert_array_equal(mapped["image"], plain["image"])
+
+
+def test_abandoned_iterators_and_exit_do_not_deadlock(shapes_dir, tmp_path):
+    """Dropping train/eval iterators with fetches in flight, then exiting, must not hang.
+
+    Regression: with `Dataset.from_generator` the iterator's destructor waited, holding the GIL,
+    for map workers that were waiting for the GIL inside the generator (about 1 run in 6 hung
+    at exit; repeated abandonment makes it near-certain).
+    """
+    script = textwrap.dedent(f"""
+        import dataclasses, gc
+        from segjax.data import get_dataset_info, train_batches, eval_batches
+        from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig
+        config = SyntheticShapesConfig(name="test40", image_size=40,
+                                       num_train=24, num_validation=10, max_objects=3)
+        info = dataclasses.replace(get_dataset_info("synthetic_shapes"),
+                                   builder_kwargs={{"config": config}})
+        for seed in range(12):
+            it = train_batches(info, split="train", batch_size=2, crop_size=32, seed=seed,
+                               data_dir={shapes_dir!r})
+            next(it)
+            ev = eval_batches(info, split="validation", batch_size=2, pad_to=40,
+                              data_dir={shapes_dir!r})
+            next(ev)
+            del it, ev
+            gc.collect()
+        it = train_batches(info, split="train", batch_size=2, crop_size=32, seed=99,
+                           data_dir={shapes_dir!r})
+        next(it)
+        print("DONE")
+    """)
+    out = tmp_path / "out.txt"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=open(out, "w"),
+                            stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("a process that abandoned tf.data iterators hung (deadlock at teardown)")
+    assert proc.returncode == 0 and "DONE" in out.read_text()
