@@ -48,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.hflip = True
     c.dataset.photometric = False  # colour jitter
     c.dataset.class_balanced = False
+    # k-fold cross-validation (ablations: --sweep=dataset.fold=0,1,2,3,4): when set, train on the
+    # other folds of train_split and evaluate on this one (eval_split is then unused). The
+    # partition depends only on fold_seed, so runs with different seeds share it.
+    c.dataset.fold = placeholder(int)
+    c.dataset.num_folds = 5
+    c.dataset.fold_seed = 0
 
     c.loss = ml_collections.ConfigDict()
     c.loss.kind = "ce"  # "ce", "focal", "dice", "lovasz", "ohem"

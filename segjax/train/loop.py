@@ -169,6 +169,22 @@ def _merge_pretrained(variables: dict, converted: dict, *, num_classes: int | No
     return out
 
 
+def data_splits(ds: ml_collections.ConfigDict) -> tuple[dict, str, dict, str]:
+    """(train kwargs, eval split, eval kwargs, eval label) for `config.dataset`.
+
+    Without `ds.fold`: train on `ds.train_split`, evaluate on `ds.eval_split`. With it (k-fold
+    cross-validation): both read `ds.train_split`, training the folds other than `ds.fold` and
+    evaluating that fold; metrics.jsonl labels the eval lines e.g. "train_aug/fold2of5".
+    """
+    if ds.fold is None:
+        return {}, ds.eval_split, {}, ds.eval_split
+    if not 0 <= ds.fold < ds.num_folds:
+        raise ValueError(f"config.dataset.fold={ds.fold} must be in [0, "
+                         f"config.dataset.num_folds={ds.num_folds})")
+    kw = {"fold": ds.fold, "num_folds": ds.num_folds, "fold_seed": ds.fold_seed}
+    return kw, ds.train_split, kw, f"{ds.train_split}/fold{ds.fold}of{ds.num_folds}"
+
+
 def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: int):
     """(TrainState of ShapeDtypeStructs on the first device, lr schedule) without running init.
 
@@ -310,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Fails at once, with what to download, when the dataset is not prepared (and generates the
     # synthetic one); before any model is built or compiled.
     num_examples = pipeline.num_examples(ds.name, ds.train_split, data_dir)
-    pipeline.num_examples(ds.name, ds.eval_split, data_dir)
+    pipeline.num_examples(ds.name, data_splits(ds)[1], data_dir)
     batch_size = config.batch_size
     num_steps = config_utils.get_steps(config, "num_train", batch_size=batch_size,
                                        num_examples=num_examples)
@@ -382,13 +398,15 @@ def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model,
         window=eval_cfg.window if eval_cfg.sliding_window else None,
         stride=eval_cfg.stride if eval_cfg.sliding_window else None)
 
+    train_fold, eval_split, eval_fold, eval_label = data_splits(ds)
+
     def run_eval(step: int, host_state) -> dict[str, Any]:
         variables = eval_lib.replicate_on(
             {"params": host_state.params, "batch_stats": host_state.batch_stats}, mesh)
         batches = pipeline.eval_batches(
-            ds.name, split=ds.eval_split, batch_size=local_eval_batch, pad_to=eval_cfg.pad_to,
+            ds.name, split=eval_split, batch_size=local_eval_batch, pad_to=eval_cfg.pad_to,
             data_dir=data_dir, process_index=jax.process_index(),
-            process_count=jax.process_count())
+            process_count=jax.process_count(), **eval_fold)
         remaining = [eval_cfg.num_visualizations if writer.enabled else 0]
 
         def on_batch(batch, get_pred):
@@ -402,7 +420,7 @@ def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model,
                                    mesh=mesh, on_batch=on_batch)
         keys = ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou", "iou_per_class",
                 "num_pixels")
-        writer.write(step, ds.eval_split, {k: result[k] for k in keys if k in result},
+        writer.write(step, eval_label, {k: result[k] for k in keys if k in result},
                      extra_scalars={"eval_seconds": time.perf_counter() - t0})
         if writer.enabled:
             print(f"eval step {step}: miou {result['miou']:.4f}  pixel_accuracy "
@@ -414,7 +432,7 @@ def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model,
         seed=config.seed, data_dir=data_dir, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count(),
         min_scale=ds.min_scale, max_scale=ds.max_scale, hflip=ds.hflip,
-        photometric=ds.photometric, class_balanced=ds.class_balanced)
+        photometric=ds.photometric, class_balanced=ds.class_balanced, **train_fold)
     progress = Progress(num_steps, config.batch_size, first_step=start_step,
                         enabled=writer.enabled)
     pending: list[tuple[int, dict]] = []  # device metrics of steps not yet checked/logged

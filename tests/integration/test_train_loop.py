@@ -258,3 +258,14 @@ def test_kill9_resume_and_same_seed_are_bit_identical(tmp_path, data_dir):
     for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(pa)[0],
                                  jax.tree_util.tree_flatten_with_path(pb)[0]):
         np.testing.assert_array_equal(x, y, err_msg=str(path))
+
+
+def test_kfold_run_evaluates_the_held_out_fold(tmp_path, data_dir):
+    """dataset.fold: evaluation reads the held-out quarter of the 32 train images (8 × 48²
+    pixels, not the 16 validation images), labelled as that fold in metrics.jsonl."""
+    config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
+    config.dataset.fold, config.dataset.num_folds = 1, 4
+    loop.train_and_evaluate(config, str(tmp_path))
+    evals = [r for r in read_metrics(str(tmp_path)) if r["split"] != "train"]
+    assert [r["split"] for r in evals] == ["train/fold1of4"]
+    assert evals[0]["num_pixels"] == 8 * 48 * 48

@@ -95,3 +95,23 @@ def test_optimizer_and_loss_kwargs_from_config():
     c.loss.kind = "ohem"
     c.loss.thresh = 0.6
     assert loop.loss_kwargs(c) == {"kind": "ohem", "aux_weight": 0.4, "thresh": 0.6}
+
+
+def test_kfold_splits_train_and_evaluate_disjoint_parts_of_the_train_split():
+    from experiments.configs import deeplab_voc
+    from segjax import ablation
+    from segjax.data import pipeline
+
+    c = deeplab_voc.get_config("demo")
+    assert loop.data_splits(c.dataset) == ({}, c.dataset.eval_split, {}, c.dataset.eval_split)
+    c = ablation.make_config(c, (("dataset.fold", 2),), seed=0)  # as a sweep sets it
+    train_kw, eval_split, eval_kw, label = loop.data_splits(c.dataset)
+    assert eval_split == c.dataset.train_split and train_kw == eval_kw
+    assert label == f"{c.dataset.train_split}/fold2of5"
+    # The pipeline's parts for these kwargs: disjoint, together the whole split.
+    train_idx, val_idx = pipeline.fold_indices(103, fold=train_kw["fold"], num_folds=train_kw["num_folds"],
+                                               seed=train_kw["fold_seed"])
+    assert not set(train_idx) & set(val_idx) and len(train_idx) + len(val_idx) == 103
+    c.dataset.fold = 5
+    with pytest.raises(ValueError, match="config.dataset.fold=5"):
+        loop.data_splits(c.dataset)
