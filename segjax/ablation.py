@@ -30,9 +30,9 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 
 from segjax import stats
+from segjax.train.metric_writers import read_metrics
 
 RESULT_FILE = "result.json"
-METRICS_FILE = "metrics.jsonl"
 
 Cell = tuple[tuple[str, Any], ...]  # ((key, value), ...) in sweep order
 
@@ -141,14 +141,6 @@ def make_config(base: ml_collections.ConfigDict, cell: Cell, seed: int) -> ml_co
         _set(config, key, value)
     _set(config, "seed", seed)
     return config
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def final_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

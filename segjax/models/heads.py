@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from segjax.models.layers import AtrousConv
+from segjax.models.layers import AtrousConv, square_conv
 from segjax.models.norm import BatchNorm
 from segjax.ops import resize
 
@@ -43,18 +43,8 @@ def _conv(
     if dilation > 1 and hw is not None and 3 * dilation >= min(hw):
         return AtrousConv(features, kernel, dilation, use_bias=use_bias, dtype=dtype, name=name,
                           kernel_init=kernel_init)
-    pad = dilation * (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=kernel_init,
-        name=name,
-    )
+    return square_conv(features, kernel, dilation=dilation, use_bias=use_bias, dtype=dtype,
+                       name=name, kernel_init=kernel_init)
 
 
 class FCNHead(nn.Module):

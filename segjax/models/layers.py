@@ -26,6 +26,37 @@ from segjax.ops._args import positive_pair
 Initializer = Callable[..., jax.Array]
 
 
+def square_conv(
+    features: int,
+    kernel: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    use_bias: bool = False,
+    dtype: Any = jnp.float32,
+    name: str | None = None,
+    kernel_init: Any = nn.initializers.lecun_normal(),
+) -> nn.Conv:
+    """`nn.Conv` with a square kernel and torch's symmetric padding `dilation * (kernel - 1) // 2`.
+
+    lax's "SAME" pads stride-2 convs asymmetrically; torch pads both sides equally, which is what
+    converted torchvision weights expect. float32 parameters, compute in `dtype`.
+    """
+    pad = dilation * (kernel - 1) // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
 def bilinear_upsample_kernel(factor, channels: int) -> np.ndarray:
     """FCN bilinear upsampling kernel `[k_h, k_w, channels, channels]`, k = 2f - f % 2.
 
@@ -140,4 +171,4 @@ class ConvTranspose(nn.Module):
         return y
 
 
-__all__ = ["AtrousConv", "ConvTranspose", "bilinear_init", "bilinear_upsample_kernel"]
+__all__ = ["AtrousConv", "ConvTranspose", "bilinear_init", "bilinear_upsample_kernel", "square_conv"]

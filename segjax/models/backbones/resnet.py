@@ -21,12 +21,14 @@ the block's dilation, with padding equal to the dilation.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.models.layers import square_conv
 from segjax.models.norm import BatchNorm
 
 # depth -> (block kind, blocks per stage)
@@ -45,31 +47,8 @@ FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv(
-    features: int,
-    kernel: int,
-    *,
-    stride: int = 1,
-    dilation: int = 1,
-    use_bias: bool = False,
-    dtype: Any = jnp.float32,
-    name: str | None = None,
-    kernel_init: Any = conv_kernel_init,
-) -> nn.Conv:
-    """A square conv with torch's symmetric padding `dilation * (kernel - 1) // 2`."""
-    pad = dilation * (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=kernel_init,
-        name=name,
-    )
+# A square conv with torch's padding and torchvision's ResNet init (override by keyword).
+conv = functools.partial(square_conv, kernel_init=conv_kernel_init)
 
 
 class _Downsample(nn.Module):
