@@ -115,3 +115,34 @@ def test_bad_arguments_raise():
         jax.eval_shape(ConvTranspose(3, 3, stride=2, output_padding=2).init, jax.random.key(0), x)
     with pytest.raises(ValueError, match="rate"):
         jax.eval_shape(AtrousConv(3, 3, 0).init, jax.random.key(0), x)
+
+
+def test_conv_impl_switch_picks_the_primitive_and_both_give_the_same_logits(monkeypatch, np_rng):
+    import flax.linen as nn
+
+    from segjax import ops
+    from segjax.models import layers
+
+    monkeypatch.setenv("SEGJAX_CONV_IMPL", "lax")
+    assert layers.conv_general_dilated_impl() is None
+    monkeypatch.setenv("SEGJAX_CONV_IMPL", "segjax")
+    assert layers.conv_general_dilated_impl() is ops.conv_general_dilated
+    monkeypatch.setenv("SEGJAX_CONV_IMPL", "auto")
+    assert layers.conv_general_dilated_impl() is ops.conv_general_dilated  # tests run on CPU
+    monkeypatch.setenv("SEGJAX_CONV_IMPL", "fast")
+    with pytest.raises(ValueError, match="SEGJAX_CONV_IMPL"):
+        layers.conv_general_dilated_impl()
+
+    class Net(nn.Module):  # a strided 1x1 and a dilated 3x3: both routed to segjax's forms
+        @nn.compact
+        def __call__(self, x):
+            x = layers.square_conv(6, 1, stride=2, name="down")(x)
+            return layers.square_conv(5, 3, dilation=4, name="atrous")(x)
+
+    x = jnp.asarray(np_rng.normal(size=(2, 13, 11, 3)), jnp.float32)
+    monkeypatch.setenv("SEGJAX_CONV_IMPL", "lax")
+    variables = Net().init(jax.random.key(0), x)
+    y_lax = Net().apply(variables, x)
+    monkeypatch.setenv("SEGJAX_CONV_IMPL", "segjax")
+    y_segjax = Net().apply(variables, x)
+    np.testing.assert_allclose(y_segjax, y_lax, rtol=1e-5, atol=1e-5)
