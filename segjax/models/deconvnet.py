@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from segjax import ops
 from segjax.models.backbones.vgg import VGG16, conv_relu_stack
-from segjax.models.layers import ConvTranspose
+from segjax.models.layers import ConvTranspose, check_images
 from segjax.models.norm import BatchNorm
 from segjax.models.outputs import LOGITS
 from segjax.models.registry import register
@@ -83,10 +83,7 @@ class _EncoderDecoder(nn.Module):
 
     def _encode(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
         self.validate()
-        if images.ndim != 4 or images.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} expects images [N, H, W, {self.in_channels}], got shape {tuple(images.shape)}"
-            )
+        check_images(images, self.in_channels, type(self).__name__)
         return self._encoder(name="encoder")(images, train)
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.backbones.vgg import VGG16
 from segjax.models.heads import DeepLabV2ASPP, DeepLabV3Head, DeepLabV3PlusHead, FCNHead
+from segjax.models.layers import check_images
 from segjax.models.outputs import AUX_LOGITS, LOGITS
 from segjax.models.registry import register
 from segjax.ops import resize
@@ -46,11 +47,6 @@ def default_atrous_rates(version: str, output_stride: int) -> tuple[int, ...]:
     """The DeepLab `version`'s ("v2", "v3", "v3plus") rates scaled to `output_stride`."""
     reference, rates = _DEFAULT_RATES[version]
     return tuple(max(1, r * reference // output_stride) for r in rates)
-
-
-def _check_images(images: jax.Array, in_channels: int, model: str) -> None:
-    if images.ndim != 4 or images.shape[-1] != in_channels:
-        raise ValueError(f"{model} expects images [N, H, W, {in_channels}], got shape {tuple(images.shape)}")
 
 
 class DeepLab(nn.Module):
@@ -110,7 +106,7 @@ class DeepLab(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         rates = self.rates()
-        _check_images(images, self.in_channels, f"deeplab{self.version}_resnet{self.backbone_depth}")
+        check_images(images, self.in_channels, f"deeplab{self.version}_resnet{self.backbone_depth}")
         feats = ResNet(
             depth=self.backbone_depth, output_stride=self.output_stride, multi_grid=self.multi_grid,
             width=self.backbone_width, dtype=self.dtype, axis_name=self.axis_name,
@@ -159,7 +155,7 @@ class DeepLabV1(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         if self.output_stride not in _OUTPUT_STRIDES:
             raise ValueError(f"output_stride={self.output_stride!r} is not supported; allowed: {_OUTPUT_STRIDES}")
-        _check_images(images, self.in_channels, "deeplabv1_vgg16")
+        check_images(images, self.in_channels, "deeplabv1_vgg16")
         dilation = self.fc6_dilation or max(1, 12 * 8 // self.output_stride)
         feats = VGG16(
             output_stride=self.output_stride, fc6_kernel=3, fc6_dilation=dilation, fc_dim=self.fc_dim,

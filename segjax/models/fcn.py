@@ -33,16 +33,11 @@ from segjax import ops
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.backbones.vgg import VGG16
 from segjax.models.heads import FCNHead
-from segjax.models.layers import ConvTranspose, bilinear_init
+from segjax.models.layers import ConvTranspose, bilinear_init, check_images
 from segjax.models.outputs import AUX_LOGITS, LOGITS
 from segjax.models.registry import register
 
 _FINAL_STRIDES = (32, 16, 8)
-
-
-def _check_images(images: jax.Array, in_channels: int, model: str) -> None:
-    if images.ndim != 4 or images.shape[-1] != in_channels:
-        raise ValueError(f"{model} expects images [N, H, W, {in_channels}], got shape {tuple(images.shape)}")
 
 
 def upsample(
@@ -108,7 +103,7 @@ class FCNVGG16(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         self.validate()
-        _check_images(images, self.in_channels, f"fcn{self.final_stride}s_vgg16")
+        check_images(images, self.in_channels, f"fcn{self.final_stride}s_vgg16")
         feats = self._backbone(name="backbone")(images, train)
 
         def score(name: str, x: jax.Array, zero: bool) -> jax.Array:
@@ -158,7 +153,7 @@ class FCNResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        _check_images(images, self.in_channels, f"fcn_resnet{self.depth}")
+        check_images(images, self.in_channels, f"fcn_resnet{self.depth}")
         feats = self._backbone(name="backbone")(images, train)
         size = images.shape[1:3]
         head = functools.partial(FCNHead, self.num_classes, dtype=self.dtype, axis_name=self.axis_name)

@@ -26,6 +26,12 @@ from segjax.ops._args import positive_pair
 Initializer = Callable[..., jax.Array]
 
 
+def check_images(images: jax.Array, in_channels: int, model: str) -> None:
+    """Raises ValueError naming `model` unless `images` is `[N, H, W, in_channels]`."""
+    if images.ndim != 4 or images.shape[-1] != in_channels:
+        raise ValueError(f"{model} expects images [N, H, W, {in_channels}], got shape {tuple(images.shape)}")
+
+
 def conv_general_dilated_impl():
     """The convolution primitive `square_conv` hands to `nn.Conv` (None: lax's own).
 
@@ -196,4 +202,4 @@ class ConvTranspose(nn.Module):
         return y
 
 
-__all__ = ["AtrousConv", "ConvTranspose", "bilinear_init", "bilinear_upsample_kernel", "square_conv"]
+__all__ = ["AtrousConv", "ConvTranspose", "bilinear_init", "bilinear_upsample_kernel", "check_images", "square_conv"]

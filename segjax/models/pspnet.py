@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.heads import FCNHead, PyramidPoolingHead
+from segjax.models.layers import check_images
 from segjax.models.outputs import AUX_LOGITS, LOGITS
 from segjax.models.registry import register
 from segjax.ops import resize
@@ -51,11 +52,7 @@ class PSPNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        if images.ndim != 4 or images.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"pspnet_resnet{self.backbone_depth} expects images [N, H, W, {self.in_channels}], "
-                f"got shape {tuple(images.shape)}"
-            )
+        check_images(images, self.in_channels, f"pspnet_resnet{self.backbone_depth}")
         feats = ResNet(
             depth=self.backbone_depth, output_stride=self.output_stride, multi_grid=self.multi_grid,
             width=self.backbone_width, dtype=self.dtype, axis_name=self.axis_name,

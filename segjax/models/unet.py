@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from segjax import ops
 from segjax.models.backbones.vgg import conv_relu_stack, max_pool_2x2
-from segjax.models.layers import ConvTranspose
+from segjax.models.layers import ConvTranspose, check_images
 from segjax.models.outputs import LOGITS
 from segjax.models.registry import register
 
@@ -66,8 +66,7 @@ class UNet(nn.Module):
 
     def _check(self, images: jax.Array) -> None:
         self.validate()
-        if images.ndim != 4 or images.shape[-1] != self.in_channels:
-            raise ValueError(f"unet expects images [N, H, W, {self.in_channels}], got shape {tuple(images.shape)}")
+        check_images(images, self.in_channels, "unet")
 
     def _upsample(self, x: jax.Array, features: int, name: str) -> jax.Array:
         """x [N, h, w, C] -> [N, 2h, 2w, features]."""

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import square_conv
+from segjax.models.layers import check_images, square_conv
 from segjax.models.norm import BatchNorm
 
 # depth -> (block kind, blocks per stage)
@@ -220,10 +220,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         self.validate()
-        if x.ndim != 4 or x.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"ResNet expects images [N, H, W, {self.in_channels}], got shape {tuple(x.shape)}"
-            )
+        check_images(x, self.in_channels, "ResNet")
         kind, blocks = _DEPTHS[self.depth]
         block = Bottleneck if kind == "bottleneck" else BasicBlock
         x = x.astype(self.dtype)

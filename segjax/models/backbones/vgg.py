@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.models.layers import check_images
 from segjax.models.norm import BatchNorm
 
 # (number of 3x3 convs, channel multiplier of `width`) per stage.
@@ -171,8 +172,7 @@ class VGG16(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         self.validate()
-        if images.ndim != 4 or images.shape[-1] != self.in_channels:
-            raise ValueError(f"VGG16 expects images [N, H, W, {self.in_channels}], got shape {images.shape}")
+        check_images(images, self.in_channels, "VGG16")
         x = images.astype(self.dtype)
         out: dict[str, jax.Array] = {}
         for s, (num_convs, mult) in enumerate(VGG16_STAGES, start=1):
