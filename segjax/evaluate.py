@@ -127,13 +127,20 @@ def model_apply_fn(model) -> ApplyFn:
 
 def make_eval_fn(model, *, num_classes: int, ignore_label: int, mesh: Mesh | None = None,
                  scales: Sequence[float] = (1.0,), flip: bool = False,
-                 window: int | None = None, stride: int | None = None):
-    """A jitted `eval_fn(variables, batch) -> (confusion int32 [K, K], pred int32 [B, H, W])`.
+                 window: int | None = None, stride: int | None = None,
+                 boundary_iou: bool = False, boundary_dilation_ratio: float = 0.02):
+    """A jitted `eval_fn(variables, batch) -> (confusion int32 [K, K], pred int32 [B, H, W],
+    boundary)`, `boundary` being None or, with `boundary_iou`, the Boundary IoU counts
+    `(intersection, union)` int32 [K] of `segjax.metrics.boundary_iou_counts`.
 
     `batch` holds "image" [B, H, W, 3], "label" [B, H, W] (ignore in padding) and "valid" bool
     [B]; `variables` is {"params", "batch_stats"}. With a `mesh` (axis "batch") the variables are
     expected replicated and the batch sharded over it (see `shard_eval_batch`); the confusion
-    matrix is the global sum either way. `eval_fn.trace_count()` counts compilations (one per
+    matrix is the global sum either way.
+
+    Boundary IoU treats ignored pixels (padding, VOC's object outlines) like the outside of the
+    image in both the prediction and the labels, so padding cannot change it; its boundary width
+    is `boundary_dilation_ratio` times the diagonal of the padded batch. `eval_fn.trace_count()` counts compilations (one per
     distinct input shape) for recompile guards.
     """
     apply_fn = model_apply_fn(model)
@@ -147,13 +154,21 @@ def make_eval_fn(model, *, num_classes: int, ignore_label: int, mesh: Mesh | Non
         conf = metrics_lib.confusion_matrix(pred, batch["label"], num_classes,
                                             ignore_label=ignore_label,
                                             valid_mask=batch.get("valid"))
-        return conf, pred
+        boundary = None
+        if boundary_iou:
+            outside = batch["label"] == ignore_label
+            boundary = metrics_lib.boundary_iou_counts(
+                jnp.where(outside, -1, pred), batch["label"], num_classes,
+                ignore_label=ignore_label, dilation_ratio=boundary_dilation_ratio,
+                valid_mask=batch.get("valid"))
+        return conf, pred, boundary
 
     if mesh is None:
         jitted = jax.jit(eval_fn)
     else:
         replicated = NamedSharding(mesh, P())
-        jitted = jax.jit(eval_fn, out_shardings=(replicated, NamedSharding(mesh, P("batch"))))
+        jitted = jax.jit(eval_fn, out_shardings=(replicated, NamedSharding(mesh, P("batch")),
+                                                 replicated))
     jitted.trace_count = lambda: traces[0]
     return jitted
 
@@ -199,7 +214,8 @@ def evaluate(eval_fn, variables: Any, batches: Iterable[Mapping[str, np.ndarray]
              num_classes: int, mesh: Mesh,
              on_batch: Callable[[Mapping[str, np.ndarray], Callable[[], np.ndarray]], None] | None = None,
              ) -> dict[str, Any]:
-    """Runs `eval_fn` over `batches` and returns `metrics_from_confusion` of the int64 sum.
+    """Runs `eval_fn` over `batches` and returns `metrics_from_confusion` of the int64 sum
+    (plus boundary_iou and boundary_iou_per_class when `eval_fn` computes them).
 
     Args:
       eval_fn: from `make_eval_fn(..., mesh=mesh)`.
@@ -216,8 +232,10 @@ def evaluate(eval_fn, variables: Any, batches: Iterable[Mapping[str, np.ndarray]
     acc = metrics_lib.ConfusionAccumulator(num_classes)
     traces_before = eval_fn.trace_count() if hasattr(eval_fn, "trace_count") else None
     for batch in batches:
-        conf, pred = eval_fn(variables, shard_eval_batch(batch, mesh))
+        conf, pred, boundary = eval_fn(variables, shard_eval_batch(batch, mesh))
         acc.update(np.asarray(conf))
+        if boundary is not None:
+            acc.update_boundary(*(np.asarray(c) for c in boundary))
         if on_batch is not None:
             on_batch(batch, lambda pred=pred: local_rows(pred))
     if traces_before is not None and eval_fn.trace_count() > max(traces_before, 1):

@@ -160,3 +160,48 @@ def test_recompile_guard_raises_on_a_second_shape(conv_vars):
     evaluate.evaluate(eval_fn, variables, [batch(8), batch(8)], num_classes=K, mesh=mesh)
     with pytest.raises(RuntimeError, match="traced 2 times"):
         evaluate.evaluate(eval_fn, variables, [batch(8), batch(6)], num_classes=K, mesh=mesh)
+
+
+def test_boundary_iou_over_mesh_equals_numpy_on_the_unpadded_images(np_rng, conv_vars):
+    """Padding and ignored pixels count as outside the image in prediction and labels alike, so
+    the padded, sharded result equals Cheng et al.'s definition on each image's own pixels."""
+    from tests.test_metrics import boundary_reference
+
+    ignore, pad, ratio = 255, 12, 0.1  # boundary width round(0.1 * 12 * sqrt(2)) = 2 pixels
+    mesh = evaluate.eval_mesh()
+    eval_fn = evaluate.make_eval_fn(_ConvModel(), num_classes=K, ignore_label=ignore, mesh=mesh,
+                                    boundary_iou=True, boundary_dilation_ratio=ratio)
+    inter, union = np.zeros(K, np.int64), np.zeros(K, np.int64)
+    batches = []
+    for _ in range(2):
+        b = 4
+        heights, widths = np_rng.integers(6, pad + 1, b), np_rng.integers(6, pad + 1, b)
+        # Blocky images, so that predictions form regions that can run on into the padding
+        # (where the model sees zeros and predicts one class everywhere).
+        image = np.zeros((b, pad, pad, 2), np.float32)
+        label = np.full((b, pad, pad), ignore, np.int32)
+        for i in range(b):
+            h, w = heights[i], widths[i]
+            blocks = 3 * np_rng.normal(size=(3, 3, 2))
+            image[i, :h, :w] = np.repeat(np.repeat(blocks, 4, 0), 4, 1)[:h, :w]
+            label[i, :h, :w] = np.repeat(np.repeat(np_rng.integers(0, K, (3, 3)), 4, 0), 4, 1)[:h, :w]
+        label[0, 2:4, 2:4] = ignore  # ignored pixels inside an image
+        valid = np.array([True, True, True, False])
+        batches.append({"image": image, "label": label, "valid": valid})
+        pred = np.asarray(jnp.argmax(conv_apply(conv_vars, jnp.asarray(image)), -1))
+        for i in range(b):
+            if not valid[i]:
+                continue
+            g = label[i, :heights[i], :widths[i]]
+            p = np.where(g == ignore, -1, pred[i, :heights[i], :widths[i]])
+            counted = g != ignore
+            for c in range(K):
+                gb = boundary_reference(g == c, 2).astype(bool) & counted
+                pb = boundary_reference(p == c, 2).astype(bool) & counted
+                inter[c] += (gb & pb).sum()
+                union[c] += (gb | pb).sum()
+    result = evaluate.evaluate(eval_fn, evaluate.replicate_on(conv_vars, mesh), batches,
+                               num_classes=K, mesh=mesh)
+    assert union.min() > 0 and 0 < inter.sum() < union.sum()  # a non-trivial case
+    np.testing.assert_allclose(result["boundary_iou_per_class"], inter / union)
+    np.testing.assert_allclose(result["boundary_iou"], np.mean(inter / union))

@@ -29,7 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 2_000  # full val evaluation (also at the last step)
     c.checkpoint_every_steps = 2_000  # also at the last step and after every eval
     c.keep_checkpoints = 3  # the last N steps are kept, plus the best by val mIoU
-    c.init_from = ""  # dir written by `python -m segjax.tools.convert_torchvision` ("" = scratch)
+    # "" = from scratch; a dir written by `python -m segjax.tools.convert_torchvision`, or the work
+    # dir of another segjax run (its newest checkpoint: transfer between datasets/configs).
+    c.init_from = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "deeplabv3plus_resnet101"  # a name from segjax.models.available_models()
@@ -48,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.hflip = True
     c.dataset.photometric = False  # colour jitter
     c.dataset.class_balanced = False
+    # Train on only the first N examples of train_split (after the fold); None = all of them.
+    c.dataset.num_train_examples = placeholder(int)
     # k-fold cross-validation (ablations: --sweep=dataset.fold=0,1,2,3,4): when set, train on the
     # other folds of train_split and evaluate on this one (eval_split is then unused). The
     # partition depends only on fold_seed, so runs with different seeds share it.
@@ -59,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.kind = "ce"  # "ce", "focal", "dice", "lovasz", "ohem"
     c.loss.aux_weight = 0.4  # weight of "aux_logits" when the model has them
     c.loss.label_smoothing = 0.0  # ce/ohem only
+    # "" (none), "median_frequency" or "inverse_frequency" (from the training split's pixel
+    # counts, segjax.data.balance.loss_class_weights), or K comma-separated weights.
+    c.loss.class_weights = ""
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.base_lr = 0.007
@@ -81,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.sliding_window = False  # predict window x window tiles with the given stride
     c.eval.window = 513
     c.eval.stride = 341
+    c.eval.boundary_iou = True  # also report Boundary IoU (Cheng et al. 2021, 2% of the diagonal)
     c.eval.num_visualizations = 4  # images written to predictions/ and TensorBoard per eval
 
     c.distributed = ml_collections.ConfigDict()

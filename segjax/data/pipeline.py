@@ -292,7 +292,8 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
                   max_scale: float = 2.0, hflip: bool = True, photometric: bool = False,
                   class_balanced: bool = False, shuffle: bool = True, fold: int | None = None,
                   num_folds: int = 5, fold_seed: int = 0, num_threads: int | None = None,
-                  image_resize: str = "bilinear") -> Iterator[dict[str, np.ndarray]]:
+                  image_resize: str = "bilinear",
+                  max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Endless augmented training batches for this process.
 
     Args:
@@ -310,6 +311,8 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
         `fold_indices`; `fold_seed`, not `seed`, fixes the partition, so that runs with
         different seeds share it and `eval_batches(fold=...)` evaluates on the held-out part).
       num_threads: tf.data thread-pool size (None: TensorFlow's default).
+      max_examples: train on only the first `max_examples` examples of the split (after the
+        fold selection), e.g. for data-size and augmentation ablations; None: all of them.
 
     Yields:
       `{"image": float32 [B, h, w, 3] normalised, "label": int32 [B, h, w]}`.
@@ -325,6 +328,10 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
     crop = _hw(crop_size)
     builder, records = _open(info, data_dir, split)
     subset = _subset(len(records), fold, num_folds, fold_seed, part=0)
+    if max_examples is not None:
+        if max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1, got {max_examples}")
+        subset = subset[:max_examples]
     weights = None
     if class_balanced:
         from segjax.data.balance import class_balanced_weights

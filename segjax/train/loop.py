@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -96,16 +96,24 @@ def optimizer_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return kwargs
 
 
-def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments of `segmentation_loss` from `config.loss` (None fields are unset)."""
+def loss_kwargs(config: ml_collections.ConfigDict,
+                class_weights: Sequence[float] | None = None) -> dict[str, Any]:
+    """Keyword arguments of `segmentation_loss` from `config.loss` (None fields are unset).
+
+    `config.loss.class_weights` is resolved by the caller (`resolve_class_weights`) and passed
+    as `class_weights`.
+    """
     import inspect
 
     cfg = config.loss.to_dict()
     kind = cfg.pop("kind")
     aux_weight = cfg.pop("aux_weight")
+    cfg.pop("class_weights", None)
     if kind not in losses.LOSSES:
         raise ValueError(f"config.loss.kind={kind!r} is not one of {sorted(losses.LOSSES)}")
     accepted = inspect.signature(losses.LOSSES[kind]).parameters
+    if class_weights is not None:
+        cfg["class_weights"] = tuple(float(w) for w in class_weights)
     kw = {}
     for key, value in cfg.items():
         if value is None or (key == "label_smoothing" and value == 0):
@@ -114,6 +122,45 @@ def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
             raise ValueError(f"config.loss.{key}={value!r} does not apply to loss kind {kind!r}")
         kw[key] = tuple(value) if isinstance(value, list) else value
     return {"kind": kind, "aux_weight": aux_weight, **kw}
+
+
+def resolve_class_weights(config: ml_collections.ConfigDict, info,
+                          data_dir: str | None) -> tuple[float, ...] | None:
+    """`config.loss.class_weights` as K floats, or None when it is "".
+
+    It is "" (unweighted), a method of `segjax.data.balance.LOSS_WEIGHTINGS` computed from the
+    pixel counts of the training split (the examples actually trained on), or K comma-separated
+    numbers.
+    """
+    from segjax.data import balance
+
+    spec = (config.loss.get("class_weights") or "").strip()
+    if not spec:
+        return None
+    k = info.num_classes
+    if spec in balance.LOSS_WEIGHTINGS:
+        ds = config.dataset
+        counts = balance.class_pixel_counts(info, data_dir, ds.train_split)
+        train_kw = data_splits(ds)[0]
+        if train_kw:
+            from segjax.data.pipeline import fold_indices
+            counts = counts[fold_indices(len(counts), fold=train_kw["fold"],
+                                         num_folds=train_kw["num_folds"],
+                                         seed=train_kw["fold_seed"])[0]]
+        if ds.num_train_examples is not None:
+            counts = counts[:ds.num_train_examples]
+        weights = tuple(float(w) for w in balance.loss_class_weights(counts, spec))
+        print("class weights (" + spec + "): " + ", ".join(f"{w:.3f}" for w in weights),
+              flush=True)
+        return weights
+    try:
+        weights = tuple(float(w) for w in spec.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != k or any(not w >= 0 for w in weights):
+        raise ValueError(f"config.loss.class_weights={spec!r} must be '', one of "
+                         f"{balance.LOSS_WEIGHTINGS} or {k} non-negative comma-separated numbers")
+    return weights
 
 
 def _merge_pretrained(variables: dict, converted: dict, *, num_classes: int | None = None) -> dict:
@@ -204,19 +251,33 @@ def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: in
     return abstract, schedule
 
 
+def load_pretrained(path: str) -> dict:
+    """`{"params", "batch_stats"}` to initialise from (`config.init_from`).
+
+    `path` is either a directory written by `python -m segjax.tools.convert_torchvision`
+    (torchvision weights) or the work directory of another segjax training run, whose newest
+    checkpoint is used (transfer learning between datasets or configs; class layers of another
+    label set are re-initialised by `_merge_pretrained`).
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"config.init_from={path!r} is not a directory (a training work "
+                                "dir, or one written by `python -m segjax.tools.convert_torchvision`)")
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+        _, _, _, variables = load_for_inference(path, "latest")
+        print(f"init_from: the newest checkpoint of the training run in {path}", flush=True)
+        return jax.tree.map(np.asarray, variables)
+    from segjax.models import torchvision_import
+
+    return torchvision_import.load_converted(path)
+
+
 def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int):
     """Fresh host `TrainState` (step 0) and the lr schedule; `config.init_from` merged in."""
     rng = jax.random.key(config.seed)
     crop = config.dataset.crop_size
     variables = state_lib.init_variables(model, rng, (1, crop, crop, 3))
     if config.init_from:
-        from segjax.models import torchvision_import
-
-        if not os.path.isdir(config.init_from):
-            raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory "
-                                    "(write one with `python -m segjax.tools.convert_torchvision`)")
-        variables = _merge_pretrained(variables,
-                                      torchvision_import.load_converted(config.init_from),
+        variables = _merge_pretrained(variables, load_pretrained(config.init_from),
                                       num_classes=model.num_classes)
     tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
                                           **optimizer_kwargs(config))
@@ -326,6 +387,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Fails at once, with what to download, when the dataset is not prepared (and generates the
     # synthetic one); before any model is built or compiled.
     num_examples = pipeline.num_examples(ds.name, ds.train_split, data_dir)
+    if ds.num_train_examples is not None:
+        if ds.num_train_examples < 1:
+            raise ValueError(f"config.dataset.num_train_examples={ds.num_train_examples} must be >= 1")
+        num_examples = min(num_examples, ds.num_train_examples)
     pipeline.num_examples(ds.name, data_splits(ds)[1], data_dir)
     batch_size = config.batch_size
     num_steps = config_utils.get_steps(config, "num_train", batch_size=batch_size,
@@ -382,8 +447,9 @@ def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model,
     last_checkpoint = start_step if restored else None
 
     ds = config.dataset
-    loss_fn = functools.partial(losses.segmentation_loss, ignore_label=info.ignore_label,
-                                **loss_kwargs(config))
+    loss_fn = functools.partial(
+        losses.segmentation_loss, ignore_label=info.ignore_label,
+        **loss_kwargs(config, resolve_class_weights(config, info, data_dir)))
     train_step = par.train_step(loss_fn, learning_rate_fn=schedule)
     rng = jax.random.fold_in(jax.random.key(config.seed), 1)  # 0 was used for init
     device_state = par.replicate(state)
@@ -396,7 +462,8 @@ def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model,
         mesh=mesh, scales=tuple(eval_cfg.tta_scales) if eval_cfg.tta else (1.0,),
         flip=bool(eval_cfg.tta and eval_cfg.tta_flip),
         window=eval_cfg.window if eval_cfg.sliding_window else None,
-        stride=eval_cfg.stride if eval_cfg.sliding_window else None)
+        stride=eval_cfg.stride if eval_cfg.sliding_window else None,
+        boundary_iou=eval_cfg.boundary_iou)
 
     train_fold, eval_split, eval_fold, eval_label = data_splits(ds)
 
@@ -419,12 +486,14 @@ def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model,
         result = eval_lib.evaluate(eval_fn, variables, batches, num_classes=info.num_classes,
                                    mesh=mesh, on_batch=on_batch)
         keys = ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou", "iou_per_class",
-                "num_pixels")
+                "num_pixels", "boundary_iou", "boundary_iou_per_class")
         writer.write(step, eval_label, {k: result[k] for k in keys if k in result},
                      extra_scalars={"eval_seconds": time.perf_counter() - t0})
         if writer.enabled:
+            boundary = (f"  boundary_iou {result['boundary_iou']:.4f}"
+                        if "boundary_iou" in result else "")
             print(f"eval step {step}: miou {result['miou']:.4f}  pixel_accuracy "
-                  f"{result['pixel_accuracy']:.4f}", flush=True)
+                  f"{result['pixel_accuracy']:.4f}{boundary}", flush=True)
         return result
 
     train_iter = pipeline.train_batches(
@@ -432,7 +501,8 @@ def _run(config, workdir, state, start_step, schedule, ckpt, writer, par, model,
         seed=config.seed, data_dir=data_dir, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count(),
         min_scale=ds.min_scale, max_scale=ds.max_scale, hflip=ds.hflip,
-        photometric=ds.photometric, class_balanced=ds.class_balanced, **train_fold)
+        photometric=ds.photometric, class_balanced=ds.class_balanced,
+        max_examples=ds.num_train_examples, **train_fold)
     progress = Progress(num_steps, config.batch_size, first_step=start_step,
                         enabled=writer.enabled)
     pending: list[tuple[int, dict]] = []  # device metrics of steps not yet checked/logged

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from segjax.data import get_dataset_info, train_batches
-from segjax.data.balance import balanced_weights, class_presence
+from segjax.data.balance import (balanced_weights, class_pixel_counts, class_presence,
+                                 loss_class_weights)
 from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig, generate
 from segjax.data.pipeline import _builder, train_positions
 
@@ -42,6 +43,34 @@ def test_presence_matches_generated_masks(imbalanced):
         want = np.bincount(label.ravel(), minlength=6)[:6] > 0
         np.testing.assert_array_equal(presence[i], want)
     np.testing.assert_array_equal(class_presence(info, data_dir, "train"), presence)  # cached
+
+
+def test_pixel_counts_match_generated_masks(imbalanced):
+    info, data_dir, config = imbalanced
+    counts = class_pixel_counts(info, data_dir, "train")
+    source = _builder(info, data_dir).as_data_source("train")
+    assert counts.shape == (len(source), 6) and counts.dtype == np.int64
+    for i in range(len(source)):
+        split, number = source[i]["image_id"].decode().split("_")
+        label = generate(config, split, int(number))["label"]
+        np.testing.assert_array_equal(counts[i], np.bincount(label.ravel(), minlength=6)[:6])
+
+
+def test_loss_class_weights_by_hand():
+    # Two images of 10 pixels: image 0 has classes 0 (8 px) and 1 (2 px); image 1 only class 0.
+    counts = np.array([[8, 2, 0], [10, 0, 0]])
+    # median frequency: freq0 = 18/20, freq1 = 2/10 (only image 0 holds class 1);
+    # median(0.9, 0.2) = 0.55 -> w = (0.55/0.9, 0.55/0.2); class 2 never occurs -> 1.
+    np.testing.assert_allclose(loss_class_weights(counts, "median_frequency"),
+                               [0.55 / 0.9, 0.55 / 0.2, 1.0])
+    # inverse frequency: p = (0.9, 0.1), K' = 2 -> w = 1/(2p); the mean pixel weight is 1.
+    w = loss_class_weights(counts, "inverse_frequency")
+    np.testing.assert_allclose(w, [1 / 1.8, 1 / 0.2, 1.0])
+    np.testing.assert_allclose((counts.sum(0) * w).sum() / counts.sum(), 1.0)
+    with pytest.raises(ValueError, match="not one of"):
+        loss_class_weights(counts, "sqrt")
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        loss_class_weights(np.zeros((2, 3)), "inverse_frequency")
 
 
 def test_rare_classes_are_oversampled(imbalanced):

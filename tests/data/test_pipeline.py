@@ -188,6 +188,21 @@ def test_fold_training_reads_only_the_training_part(shapes_info, shapes_dir):
     assert not set(train[:4]) & set(val)
 
 
+def test_max_examples_trains_on_the_first_examples_only(shapes_info, shapes_dir):
+    ids = _example_ids(shapes_info, shapes_dir, "train")
+    config = shapes_info.builder_kwargs["config"]
+    want = set()
+    for image_id in ids[:3]:
+        split, number = image_id.split("_")
+        want.add(generate(config, split, int(number))["label"][..., 0].astype(np.int32).tobytes())
+    stream = _train(shapes_info, shapes_dir, crop_size=40, min_scale=1.0, max_scale=1.0,
+                    hflip=False, photometric=False, batch_size=2, max_examples=3, seed=4)
+    seen = {label.astype(np.int32).tobytes() for _ in range(6) for label in next(stream)["label"]}
+    assert seen == want  # 12 draws over 4 epochs: exactly the first three examples
+    with pytest.raises(ValueError, match="max_examples"):
+        _train(shapes_info, shapes_dir, max_examples=0)
+
+
 def test_bad_split_fails_before_iterating(shapes_info, shapes_dir):
     with pytest.raises(ValueError, match="split 'nope'.*available"):
         eval_batches(shapes_info, split="nope", batch_size=2, pad_to=40, data_dir=shapes_dir)

@@ -269,3 +269,40 @@ def test_kfold_run_evaluates_the_held_out_fold(tmp_path, data_dir):
     evals = [r for r in read_metrics(str(tmp_path)) if r["split"] != "train"]
     assert [r["split"] for r in evals] == ["train/fold1of4"]
     assert evals[0]["num_pixels"] == 8 * 48 * 48
+
+
+def test_init_from_a_training_run_class_weights_and_a_training_subset(tmp_path, data_dir, capsys):
+    """Transfer: `init_from=<work dir of another run>` starts from that run's newest checkpoint;
+    `loss.class_weights` resolves from the pixel counts of the examples trained on; eval lines
+    carry Boundary IoU."""
+    from segjax.data import balance
+
+    source = tmp_path / "source"
+    loop.train_and_evaluate(tiny_config(data_dir, num_train_steps=2, eval_every_steps=2),
+                            str(source))
+    evals = [r for r in read_metrics(str(source)) if r["split"] == "validation"]
+    assert 0 < evals[-1]["boundary_iou"] <= 1 and len(evals[-1]["boundary_iou_per_class"]) == 6
+
+    target = tiny_config(data_dir, num_train_steps=1, init_from=str(source),
+                         **{"loss.class_weights": "median_frequency",
+                            "dataset.num_train_examples": 8})
+    info = loop.dataset_info(target)
+    model = loop.build_model(target, info.num_classes)
+    state, _ = loop.create_state(target, model, 1)
+    want = host_params(source)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), want["params"])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats),
+                 want["batch_stats"])
+    assert "newest checkpoint of the training run" in capsys.readouterr().out
+
+    weights = loop.resolve_class_weights(target, info, data_dir)
+    counts = balance.class_pixel_counts(info, data_dir, "train")[:8]
+    np.testing.assert_allclose(weights, balance.loss_class_weights(counts, "median_frequency"))
+    assert loop.loss_kwargs(target, weights)["class_weights"] == weights
+    target.loss.class_weights = "1,2,3"
+    with pytest.raises(ValueError, match="6 non-negative"):
+        loop.resolve_class_weights(target, info, data_dir)
+    target.loss.class_weights = "0,1,1,1,1,2.5"
+    assert loop.resolve_class_weights(target, info, data_dir) == (0, 1, 1, 1, 1, 2.5)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        loop.load_pretrained(str(tmp_path / "missing"))
