@@ -33,19 +33,6 @@ config_flags.DEFINE_config_file("config", None, "Base config (given as --base=pa
                                 lock_config=True)
 
 
-def _baseline_cell(text, sweeps):
-    if not text:
-        return None
-    from segjax import ablation
-
-    chosen = dict((k.strip(), ablation.parse_value(v)) for k, _, v in
-                  (p.partition("=") for p in text.split(";") if p.strip()))
-    unknown = set(chosen) - {s.key for s in sweeps}
-    if unknown:
-        raise app.UsageError(f"--baseline names keys that are not swept: {sorted(unknown)}")
-    return tuple((s.key, chosen.get(s.key, s.values[0])) for s in sweeps)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -62,7 +49,7 @@ def main(argv):
         results = ablation.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
                                      train_fn=loop.train_and_evaluate)
         paths = ablation.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
-                                      baseline=_baseline_cell(FLAGS.baseline, sweeps),
+                                      baseline=ablation.parse_baseline(FLAGS.baseline, sweeps),
                                       command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))
     except (ValueError, *loop.KNOWN_ERRORS) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

@@ -73,14 +73,23 @@ def parse_value(text: str) -> Any:
 
 
 def parse_sweep(text: str) -> Sweep:
-    """'KEY=V1,V2,...' -> Sweep; values are literals where they parse (tuples in parentheses)."""
+    """'KEY=V1,V2,...' -> Sweep; values are literals where they parse (tuples in parentheses).
+
+    'K1,K2=(A1,A2),(B1,B2)' sweeps several keys jointly (one value tuple per cell), e.g.
+    `dataset.min_scale,dataset.max_scale=(1.0,1.0),(0.5,2.0)` for scale augmentation off/on.
+    """
     key, sep, values = text.partition("=")
-    if not sep or not key.strip() or not values.strip():
+    key = ",".join(k.strip() for k in key.split(","))
+    if not sep or not all(key.split(",")) or not values.strip():
         raise ValueError(f"--sweep must look like KEY=V1,V2 (got {text!r})")
     parsed = tuple(parse_value(v) for v in _split_top_level(values))
     if len(set(map(repr, parsed))) != len(parsed):
         raise ValueError(f"--sweep {text!r} repeats a value")
-    return Sweep(key.strip(), parsed)
+    width = len(key.split(","))
+    if width > 1 and any(not isinstance(v, tuple) or len(v) != width for v in parsed):
+        raise ValueError(f"--sweep {text!r} sweeps {width} keys jointly: every value must be a "
+                         f"tuple of {width}")
+    return Sweep(key, parsed)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -94,10 +103,23 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def parse_baseline(text: str, sweeps: Sequence[Sweep]) -> Cell | None:
+    """'KEY=VALUE;...' -> the baseline cell (unnamed keys take their first value); '' -> None."""
+    if not text:
+        return None
+    chosen = dict((k.strip(), parse_value(v.strip())) for k, _, v in
+                  (p.partition("=") for p in text.split(";") if p.strip()))
+    unknown = set(chosen) - {s.key for s in sweeps}
+    if unknown:
+        raise ValueError(f"the baseline names keys that are not swept: {sorted(unknown)}")
+    return tuple((s.key, chosen.get(s.key, s.values[0])) for s in sweeps)
+
+
 def grid(sweeps: Sequence[Sweep]) -> list[Cell]:
     """Every combination of the sweeps' values, first sweep varying slowest."""
     keys = [s.key for s in sweeps]
-    if len(set(keys)) != len(keys):
+    flat = [k for key in keys for k in key.split(",")]
+    if len(set(flat)) != len(flat):
         raise ValueError(f"a key is swept twice: {keys}")
     return [tuple(zip(keys, combo)) for combo in itertools.product(*(s.values for s in sweeps))]
 
@@ -134,11 +156,27 @@ def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
         raise ValueError(f"config key {key!r} cannot take {value!r}: {e}") from e
 
 
-def make_config(base: ml_collections.ConfigDict, cell: Cell, seed: int) -> ml_collections.ConfigDict:
-    """`base` with the cell's values and `seed` set (a copy; `base` is not modified)."""
+def config_run_dir(root: str, config: ml_collections.ConfigDict) -> str:
+    """`root/<digest of the config>`: one directory per distinct config (seed included), so that
+    sweeps sharing a cell (e.g. a common baseline) train it once."""
+    import hashlib
+
+    text = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+    return os.path.join(root, hashlib.sha256(text.encode()).hexdigest()[:16])
+
+
+def make_config(base: ml_collections.ConfigDict, cell: Cell, seed: int, *,
+                resolve: Callable[[Any], Any] | None = None) -> ml_collections.ConfigDict:
+    """`base` with the cell's values and `seed` set (a copy; `base` is not modified).
+
+    `resolve` maps each cell value to the value set (e.g. expanding a placeholder path); the
+    cell, and so every label and directory name, keeps the unresolved value.
+    """
     config = copy.deepcopy(base)
     for key, value in cell:
-        _set(config, key, value)
+        keys = key.split(",")
+        for k, v in zip(keys, value if len(keys) > 1 else (value,)):
+            _set(config, k, resolve(v) if resolve else v)
     _set(config, "seed", seed)
     return config
 
@@ -152,15 +190,27 @@ def final_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, A
 
 
 def metric_value(final: Mapping[str, Mapping[str, Any]], metric: str) -> float:
-    """Looks up 'split/key' or 'key' (the last non-train split that has it, else train)."""
+    """Looks up 'split/key' or 'key' (the last non-train split that has it, else train).
+
+    `key[i]` picks entry i of a list-valued metric, e.g. `iou_per_class[5]` (the IoU of class 5).
+    """
     split, sep, key = metric.rpartition("/")
+    index = None
+    m = re.fullmatch(r"(.+)\[(\d+)\]", key)
+    if m:
+        key, index = m.group(1), int(m.group(2))
     if sep:
         candidates = [split]
     else:
         candidates = sorted(s for s in final if s != "train") + ["train"]
     for s in candidates:
         if s in final and key in final[s]:
-            return float(final[s][key])
+            value = final[s][key]
+            if index is not None:
+                if not isinstance(value, (list, tuple)) or index >= len(value):
+                    raise ValueError(f"metric {metric!r}: {key!r} has no entry {index}")
+                value = value[index]
+            return float(value)
     raise ValueError(f"metric {metric!r} not in the run's final metrics; have "
                      f"{ {s: sorted(r) for s, r in final.items()} }")
 
@@ -174,17 +224,23 @@ class RunResult:
 
 def run_sweep(base: ml_collections.ConfigDict, sweeps: Sequence[Sweep], seeds: Sequence[int],
               workdir: str, *, train_fn: Callable[[ml_collections.ConfigDict, str], Any],
-              log: Callable[[str], None] = print) -> list[RunResult]:
+              log: Callable[[str], None] = print,
+              resolve: Callable[[Any], Any] | None = None,
+              run_dir_fn: Callable[[Cell, int, ml_collections.ConfigDict], str] | None = None,
+              ) -> list[RunResult]:
     """Runs every (cell, seed) not yet finished and returns all results in grid × seed order.
 
     `train_fn(config, run_workdir)` trains one run (normally `segjax.train.loop.train_and_evaluate`);
     reusing the run's work directory makes an interrupted run resume from its checkpoint.
-    Configs are all built (and validated) before anything trains.
+    Configs are all built (and validated) before anything trains; `resolve` as in `make_config`.
+    `run_dir_fn(cell, seed, config)` places the runs elsewhere than `run_dir(workdir, ...)`,
+    e.g. `config_run_dir` to share identical runs between sweeps.
     """
-    plan = [(cell, seed, make_config(base, cell, seed)) for cell in grid(sweeps) for seed in seeds]
+    plan = [(cell, seed, make_config(base, cell, seed, resolve=resolve))
+            for cell in grid(sweeps) for seed in seeds]
     results = []
     for i, (cell, seed, config) in enumerate(plan, 1):
-        d = run_dir(workdir, cell, seed)
+        d = run_dir_fn(cell, seed, config) if run_dir_fn else run_dir(workdir, cell, seed)
         result_path = os.path.join(d, RESULT_FILE)
         if os.path.exists(result_path):
             log(f"[{i}/{len(plan)}] {cell_name(cell)} seed {seed}: finished, skipped")
@@ -208,51 +264,39 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "nan" if math.isnan(x) else f"{x:.{digits}f}"
 
 
+def _value_label(value: Any) -> str:
+    return '""' if value == "" else str(value)
+
+
 def _cell_label(cell: Cell) -> str:
-    return ", ".join(f"{k}={v}" for k, v in cell) or "base"
+    return ", ".join(f"{k}={_value_label(v)}" for k, v in cell) or "base"
 
 
-def write_report(results: Sequence[RunResult], sweeps: Sequence[Sweep], workdir: str, *,
-                 metric: str = "miou", baseline: Cell | None = None, command: str = "",
-                 confidence: float = 0.95) -> dict[str, str]:
-    """Writes results.csv, results.md and results.png into `workdir`; returns their paths.
-
-    `baseline` is the cell paired differences are taken against (default: the first cell, i.e.
-    the first value of every sweep).
-    """
-    cells = grid(sweeps)
-    baseline = tuple(baseline) if baseline is not None else cells[0]
-    if baseline not in cells:
-        raise ValueError(f"baseline {_cell_label(baseline)} is not a cell of the sweep")
-    keys = [s.key for s in sweeps]
-    by_cell: dict[Cell, dict[int, float]] = {c: {} for c in cells}
+def values_by_cell(results: Sequence[RunResult], sweeps: Sequence[Sweep],
+                   metric: str) -> dict[Cell, dict[int, float]]:
+    """`{cell: {seed: metric value}}` for every cell of the grid, in grid order."""
+    by_cell: dict[Cell, dict[int, float]] = {c: {} for c in grid(sweeps)}
     for r in results:
         by_cell[r.cell][r.seed] = metric_value(r.final, metric)
+    return by_cell
 
-    paths = {name: os.path.join(workdir, f"results.{name}") for name in ("csv", "md", "png")}
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(keys + ["seed", metric])
-    for cell in cells:
-        for seed, value in sorted(by_cell[cell].items()):
-            w.writerow([v for _, v in cell] + [seed, repr(value)])
-    with open(paths["csv"], "w") as f:
-        f.write(buf.getvalue())
 
+def summary_lines(by_cell: Mapping[Cell, Mapping[int, float]], keys: Sequence[str], baseline: Cell, *,
+                  metric: str, confidence: float = 0.95) -> tuple[list[str], dict[Cell, stats.Summary]]:
+    """Markdown lines of the per-cell table (mean ± std, CI) and of the paired differences
+    against `baseline`, and the per-cell summaries. `by_cell` is `{cell: {seed: value}}`."""
+    cells = list(by_cell)
     pct = int(round(confidence * 100))
     summaries = {c: stats.summarize([v for _, v in sorted(by_cell[c].items())], confidence) for c in cells}
-    lines = [f"# Ablation: {metric}", ""]
-    if command:
-        lines += ["Reproduce with:", "", "```", command, "```", ""]
-    lines += [f"Mean ± std over seeds and the {pct}% Student-t confidence interval of the mean.", "",
-              "| " + " | ".join(keys + ["n", "mean ± std", f"{pct}% CI"]) + " |",
-              "|" + "---|" * len(keys) + "---:|---:|---:|"]
+    lines = [f"Mean ± std of `{metric}` over seeds and the {pct}% Student-t confidence interval of the mean.", "",
+             "| " + " | ".join(list(keys) + ["n", "mean ± std", f"{pct}% CI"]) + " |",
+             "|" + "---|" * len(keys) + "---:|---:|---:|"]
     for cell in cells:
         s = summaries[cell]
-        lines.append("| " + " | ".join([str(v) for _, v in cell] + [
+        lines.append("| " + " | ".join([_value_label(v) for _, v in cell] + [
             str(s.n), f"{_fmt(s.mean)} ± {_fmt(s.std)}", f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]"]) + " |")
-    lines += ["", f"## Paired differences against {_cell_label(baseline)}", "",
-              "Per seed `cell - baseline`, then mean, CI and the paired t-test p-value.", "",
+    lines += ["", f"Paired differences against {_cell_label(baseline)}: per seed `cell - baseline`, "
+              "then mean, CI and the paired t-test p-value.", "",
               "| cell | seeds | mean diff | " + f"{pct}% CI | p |", "|---|---:|---:|---:|---:|"]
     for cell in cells:
         if cell == baseline:
@@ -265,10 +309,45 @@ def write_report(results: Sequence[RunResult], sweeps: Sequence[Sweep], workdir:
                                     [by_cell[baseline][s] for s in common], confidence)
         lines.append(f"| {_cell_label(cell)} | {len(common)} | {_fmt(d.summary.mean)} | "
                      f"[{_fmt(d.summary.ci_low)}, {_fmt(d.summary.ci_high)}] | {_fmt(d.p_value, 3)} |")
+    return lines, summaries
+
+
+def write_report(results: Sequence[RunResult], sweeps: Sequence[Sweep], workdir: str, *,
+                 metric: str = "miou", baseline: Cell | None = None, command: str = "",
+                 confidence: float = 0.95, name: str = "results",
+                 title: str | None = None) -> dict[str, str]:
+    """Writes NAME.csv, NAME.md and NAME.png into `workdir`; returns their paths by extension.
+
+    `baseline` is the cell paired differences are taken against (default: the first cell, i.e.
+    the first value of every sweep). `title` is the markdown heading (default "Ablation: METRIC").
+    """
+    cells = grid(sweeps)
+    baseline = tuple(baseline) if baseline is not None else cells[0]
+    if baseline not in cells:
+        raise ValueError(f"baseline {_cell_label(baseline)} is not a cell of the sweep")
+    keys = [s.key for s in sweeps]
+    by_cell = values_by_cell(results, sweeps, metric)
+
+    os.makedirs(workdir, exist_ok=True)
+    paths = {ext: os.path.join(workdir, f"{name}.{ext}") for ext in ("csv", "md", "png")}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(keys + ["seed", metric])
+    for cell in cells:
+        for seed, value in sorted(by_cell[cell].items()):
+            w.writerow([v for _, v in cell] + [seed, repr(value)])
+    with open(paths["csv"], "w") as f:
+        f.write(buf.getvalue())
+
+    lines = [f"# {title or f'Ablation: {metric}'}", ""]
+    if command:
+        lines += ["Reproduce with:", "", "```", command, "```", ""]
+    table, summaries = summary_lines(by_cell, keys, baseline, metric=metric, confidence=confidence)
+    lines += table
     with open(paths["md"], "w") as f:
         f.write("\n".join(lines) + "\n")
 
-    _plot(cells, summaries, metric, pct, paths["png"])
+    _plot(cells, summaries, metric, int(round(confidence * 100)), paths["png"])
     return paths
 
 

@@ -102,3 +102,49 @@ def test_baseline_must_be_a_cell(tmp_path):
         ablation.write_report(results, sweeps, str(tmp_path), baseline=(("lr", 0.3),))
     md = open(ablation.write_report(results, sweeps, str(tmp_path), baseline=(("lr", 0.2),))["md"]).read()
     assert "against lr=0.2" in md and "| lr=0.1 | 2 | -0.0100 |" in md
+
+
+def test_joint_sweep_sets_keys_together_and_validates_widths():
+    c = ml_collections.ConfigDict({"seed": 0, "lo": 1.0, "hi": 1.0})
+    s = ablation.parse_sweep("lo,hi=(1.0,1.0),(0.5,2.0)")
+    assert s.key == "lo,hi" and ablation.grid([s])[1] == (("lo,hi", (0.5, 2.0)),)
+    config = ablation.make_config(c, ablation.grid([s])[1], seed=1)
+    assert (config.lo, config.hi, config.seed) == (0.5, 2.0, 1)
+    with pytest.raises(ValueError, match="tuple of 2"):
+        ablation.parse_sweep("lo,hi=(1.0,1.0),0.5")
+    with pytest.raises(ValueError, match="swept twice"):
+        ablation.grid([s, ablation.parse_sweep("hi=1,2")])
+
+
+def test_metric_value_indexes_lists_and_names_missing_keys():
+    final = {"train": {"loss": 0.3}, "val": {"miou": 0.5, "iou_per_class": [0.9, 0.1, 0.2]}}
+    assert ablation.metric_value(final, "iou_per_class[1]") == 0.1
+    assert ablation.metric_value(final, "val/miou") == 0.5
+    assert ablation.metric_value(final, "loss") == 0.3
+    with pytest.raises(ValueError, match="no entry 3"):
+        ablation.metric_value(final, "iou_per_class[3]")
+    with pytest.raises(ValueError, match="not in the run's final metrics"):
+        ablation.metric_value(final, "boundary_iou")
+
+
+def test_parse_baseline_fills_unnamed_keys_and_rejects_unswept_ones():
+    sweeps = [ablation.parse_sweep("model.name=unet,deeplab"), ablation.parse_sweep("lr=0.1,0.2")]
+    assert ablation.parse_baseline("", sweeps) is None
+    assert ablation.parse_baseline("lr=0.2", sweeps) == (("model.name", "unet"), ("lr", 0.2))
+    with pytest.raises(ValueError, match="not swept"):
+        ablation.parse_baseline("seed=1", sweeps)
+
+
+def test_config_run_dir_is_shared_by_equal_configs_only(tmp_path):
+    sweeps = [ablation.parse_sweep("lr=0.1,0.2")]
+    calls = []
+    place = lambda cell, seed, config: ablation.config_run_dir(str(tmp_path / "runs"), config)  # noqa: E731
+    ablation.run_sweep(_base(), sweeps, [0, 1], str(tmp_path / "a"), train_fn=_fake_train(calls),
+                       log=lambda s: None, run_dir_fn=place)
+    # A second sweep sharing the lr=0.1 cell trains only its new cell.
+    results = ablation.run_sweep(_base(), [ablation.parse_sweep("lr=0.1,0.3")], [0, 1],
+                                 str(tmp_path / "b"), train_fn=_fake_train(calls),
+                                 log=lambda s: None, run_dir_fn=place)
+    assert len(calls) == 6 and [c[1] for c in calls[4:]] == [0.3, 0.3]
+    assert len(os.listdir(tmp_path / "runs")) == 6
+    assert [r.cell[0][1] for r in results] == [0.1, 0.1, 0.3, 0.3]
