@@ -51,6 +51,22 @@ def _out_size(n, k, s, d, lo, hi) -> int:
     return (n + lo + hi - d * (k - 1) - 1) // s + 1
 
 
+# Per-tap dilated convolution pays for slicing the input and padding the partial outputs once per
+# tap; it wins when it skips enough dead work. Measured on the 2-core AVX-512 CPU (BENCHMARKS.md,
+# forward + backward, 4x32x32 maps): rates 2 and 4 (live fraction 0.92, 0.84) are 1.9x / 1.2x
+# faster through XLA's convolution; rates 12 and 24 (0.56, 0.25) are 2.0x / 6.3x faster per tap.
+PER_TAP_MAX_LIVE_FRACTION = 0.7
+
+
+def live_fraction(in_hw, k_hw, dilation, pad_lo, out_hw) -> float:
+    """Fraction of a stride-1 conv's tap x output products that read real input (not padding)."""
+    total = 1.0
+    for n, k, d, lo, o in zip(in_hw, k_hw, dilation, pad_lo, out_hw):
+        live = sum(max(0, min(o, n - (i * d - lo)) - max(0, -(i * d - lo))) for i in range(k))
+        total *= live / (k * o)
+    return total
+
+
 def _live_taps(n, k, s, d, lo, out) -> tuple[int, int]:
     """[first, last] kernel taps along one axis that read real input for some output position."""
     def reads_input(i):
@@ -103,7 +119,9 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride=1, padding=0, dilation=1, group
         raise ValueError(f"conv2d output would be empty: x {x.shape}, w {w.shape}, stride {s}, "
                          f"padding {padding!r}, dilation {d}")
     depthwise = groups == x.shape[3] == w.shape[3] and groups > 1
-    if s == (1, 1) and max(d) > 1 and (groups == 1 or depthwise):
+    if (s == (1, 1) and max(d) > 1 and (groups == 1 or depthwise)
+            and live_fraction(in_hw, k_hw, d, [lo for lo, _ in pads], out_hw)
+            <= PER_TAP_MAX_LIVE_FRACTION):
         return _conv_by_taps(x, jnp.asarray(w), tuple(lo for lo, _ in pads), tuple(out_hw), d,
                              depthwise)
     # Drop kernel rows/columns that only ever read padding (exact; see module docstring).
@@ -166,6 +184,40 @@ def _conv_by_taps(x, w, pad_lo, out_hw, dilation, depthwise):
     return out.astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pointwise_conv(x: jax.Array, w: jax.Array, precision=None) -> jax.Array:
+    """1x1 convolution `[N, H, W, C] x [C, O] -> [N, H, W, O]` as one matrix product.
+
+    Its VJP computes the kernel gradient `x^T g` (a product over the N*H*W rows of both) with
+    the narrower of x and g as the transposed operand: XLA:CPU's matrix kernels want the
+    contracted axis minor in the left operand and transpose one operand with a copy, and left
+    to itself it copies the gradient g even when g is 4x wider than x (ResNet's expanding 1x1
+    convs), which cost ~10% of a DeepLabV3-R50 training step (BENCHMARKS.md).
+    """
+    return jnp.einsum("nhwc,co->nhwo", x, w, precision=precision)
+
+
+def _pointwise_fwd(x, w, precision):
+    return pointwise_conv(x, w, precision), (x, w)
+
+
+def _pointwise_bwd(precision, res, g):
+    x, w = res
+    c, o = w.shape
+    x2, g2 = x.reshape(-1, c), g.reshape(-1, o)
+    dx = lax.dot_general(g2, w, (((1,), (1,)), ((), ())), precision=precision,
+                         preferred_element_type=x.dtype).reshape(x.shape)
+    rows = (((0,), (0,)), ((), ()))
+    if c <= o:  # transpose the narrower operand
+        dw = lax.dot_general(x2, g2, rows, precision=precision, preferred_element_type=w.dtype)
+    else:
+        dw = lax.dot_general(g2, x2, rows, precision=precision, preferred_element_type=w.dtype).T
+    return dx, dw.astype(w.dtype)
+
+
+pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
@@ -195,17 +247,21 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         # A (strided) 1x1 conv is a subsample and a matmul; XLA's kernel gradient for the
         # strided conv form is ~3x slower on CPU (ResNet's downsample branches).
         sh, sw = window_strides
-        return jnp.einsum("nhwc,co->nhwo", lhs[:, ::sh, ::sw], rhs[0, 0], precision=precision)
+        return pointwise_conv(lhs[:, ::sh, ::sw], rhs[0, 0], precision)
+    if fast:  # stride 1, so string padding resolves with stride (1, 1)
+        pads = padding
+        if isinstance(padding, str):
+            dilated_k = [d * (k - 1) + 1 for d, k in zip(dilation, rhs.shape[:2])]
+            pads = lax.padtype_to_pads(lhs.shape[1:3], dilated_k, (1, 1), padding)
+        pads = [(int(lo), int(hi)) for lo, hi in pads]
+        out_hw = tuple(_out_size(n, k, 1, d, lo, hi)
+                       for n, k, d, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], dilation, pads))
+        fast = live_fraction(lhs.shape[1:3], rhs.shape[:2], dilation, [lo for lo, _ in pads],
+                             out_hw) <= PER_TAP_MAX_LIVE_FRACTION
     if not fast:
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
-    if isinstance(padding, str):
-        dilated_k = [d * (k - 1) + 1 for d, k in zip(dilation, rhs.shape[:2])]
-        padding = lax.padtype_to_pads(lhs.shape[1:3], dilated_k, (1, 1), padding)
-    pads = [(int(lo), int(hi)) for lo, hi in padding]
-    out_hw = tuple(_out_size(n, k, 1, d, lo, hi)
-                   for n, k, d, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], dilation, pads))
     return _conv_by_taps(lhs, rhs, tuple(lo for lo, _ in pads), out_hw, dilation,
                          feature_group_count > 1)
 

@@ -325,3 +325,45 @@ def test_strided_conv_transpose_inserts_no_zeros():
         dilations = [e.params["lhs_dilation"] for e in eqns if e.primitive.name == "conv_general_dilated"]
         assert all(tuple(d) == (1, 1) for d in dilations)
         assert dilations or groups == 1
+
+
+def test_live_fraction_by_hand_and_dense_dilated_convs_stay_on_lax(np_rng):
+    from segjax.ops import conv as conv_lib
+
+    # 3 taps at rate 2 over 32 outputs with padding 2: 30 + 32 + 30 live per axis.
+    assert conv_lib.live_fraction((32, 32), (3, 3), (2, 2), (2, 2), (32, 32)) == pytest.approx(
+        (92 / 96) ** 2)
+    # Rate >= the map: only the centre tap is live.
+    assert conv_lib.live_fraction((5, 5), (3, 3), (6, 6), (6, 6), (5, 5)) == pytest.approx(1 / 9)
+    # A dense dilated conv (rate 2 on 16x16: fraction 0.77) is left to lax, a sparse one (rate 8:
+    # 0.44) goes per tap; both equal torch, forward and backward.
+    for rate, per_tap in ((2, False), (8, True)):
+        x = np_rng.normal(size=(1, 16, 16, 3)).astype(np.float32)
+        w = np_rng.normal(size=(3, 3, 3, 2)).astype(np.float32)
+        fn = lambda a, b, r=rate: atrous_conv2d(a, b, r)  # noqa: E731
+        lax_convs = [e for e in _eqns(fn, x, w) if e.primitive.name == "conv_general_dilated"]
+        assert (not lax_convs) == per_tap
+        y, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(w))
+        ct = np_rng.normal(size=y.shape).astype(np.float32)
+        ty, (tgx, tgw) = torch_vjp(lambda a, b, r=rate: F.conv2d(a, b, padding=r, dilation=r),
+                                   [nchw(x), _torch_w(w)], ct)
+        gx, gw = vjp(jnp.asarray(ct))
+        np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(gx, grad_nhwc(tgx), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(gw, np.transpose(tgw, (2, 3, 1, 0)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,o", [(3, 8), (8, 3)])
+def test_pointwise_conv_vjp_equals_torch(np_rng, c, o):
+    """The hand-written VJP (either operand transposed for the kernel gradient) is exact."""
+    from segjax.ops.conv import pointwise_conv
+
+    x = np_rng.normal(size=(2, 5, 4, c)).astype(np.float32)
+    w = np_rng.normal(size=(c, o)).astype(np.float32)
+    y, vjp = jax.vjp(lambda a, b: pointwise_conv(a, b), jnp.asarray(x), jnp.asarray(w))
+    ct = np_rng.normal(size=y.shape).astype(np.float32)
+    gx, gw = vjp(jnp.asarray(ct))
+    ty, (tgx, tgw) = torch_vjp(F.conv2d, [nchw(x), _torch_w(w[None, None])], ct)
+    np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gx, grad_nhwc(tgx), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gw, np.transpose(tgw, (2, 3, 1, 0))[0, 0], rtol=1e-5, atol=1e-5)
