@@ -19,8 +19,9 @@ from segjax.models import create_model
 from segjax.train import optim, state as state_lib, steps
 
 
-def _segjax_train(model, batch):
-    """(step_fn, compile_s, flops) for segjax's train_step (SGD momentum, wd 1e-4, CE)."""
+def _segjax_train(model, batch, with_hlo: bool = False):
+    """(step_fn, compile_s, flops[, compiled HLO text]) for segjax's train_step (SGD momentum,
+    wd 1e-4, CE)."""
     init_shape = (1,) + batch["image"].shape[1:]
     variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
     tx, _ = optim.create_optimizer(variables["params"], base_lr=1e-3, num_steps=10_000,
@@ -40,11 +41,14 @@ def _segjax_train(model, batch):
         common.block(metrics)
 
     run()
+    if with_hlo:
+        return run, compile_s, common.compiled_flops(compiled), compiled.as_text()
     return run, compile_s, common.compiled_flops(compiled)
 
 
-def _segjax_eval(model, batch):
-    """(step_fn, compile_s, flops) for a forward pass + argmax (what evaluation runs)."""
+def _segjax_eval(model, batch, with_hlo: bool = False):
+    """(step_fn, compile_s, flops[, compiled HLO text]) for a forward pass + argmax (what
+    evaluation runs)."""
     init_shape = (1,) + batch["image"].shape[1:]
     variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
 
@@ -61,6 +65,8 @@ def _segjax_eval(model, batch):
         common.block(compiled(variables, images))
 
     run()
+    if with_hlo:
+        return run, compile_s, flops, compiled.as_text()
     return run, compile_s, flops
 
 
