@@ -7,7 +7,7 @@ import os
 import pytest
 
 from experiments import ablations
-from experiments.ablations import __main__ as runner
+from experiments.ablations import runner
 from segjax import ablation
 from segjax.models import create_model
 from segjax.train import config_utils, loop

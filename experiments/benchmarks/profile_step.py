@@ -24,9 +24,6 @@ from absl import app, flags
 from experiments.benchmarks import common, step_bench
 from segjax.models import create_model
 
-# --model, --batch, --size, --dtype and --num_classes are step_bench's flags.
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Which step to profile.")
-_TOP = flags.DEFINE_integer("top", 30, "Rows of the per-layer table.")
 _STEPS = 2
 
 
@@ -64,7 +61,7 @@ def main(argv):
     flags_ = flags.FLAGS
     data = common.synthetic_batch(flags_.batch, flags_.size, flags_.num_classes)
     model = create_model(flags_.model, num_classes=flags_.num_classes, dtype=flags_.dtype)
-    build = step_bench._segjax_train if _MODE.value == "train" else step_bench._segjax_eval
+    build = step_bench._segjax_train if flags_.mode == "train" else step_bench._segjax_eval
     run, _, flops, hlo = build(model, data, with_hlo=True)
     run()
     names = op_names(hlo)
@@ -80,15 +77,19 @@ def main(argv):
         by_layer[layer_key(name, names.get(name))] += us / _STEPS / 1e3
         by_kind[re.sub(r"[.\d]+$", "", name)] += us / _STEPS / 1e3
     total = sum(by_kind.values())
-    print(f"{_MODE.value}: {flags_.model} batch={flags_.batch} size={flags_.size}: "
+    print(f"{flags_.mode}: {flags_.model} batch={flags_.batch} size={flags_.size}: "
           f"{total:.0f} ms of ops per step, {flops / 1e9:.1f} GFLOP")
     print("\n| ms/step | kind |\n|---:|---|")
     for kind, ms in by_kind.most_common(12):
         print(f"| {ms:.1f} | {kind} |")
     print("\n| ms/step | direction, kind, layer |\n|---:|---|")
-    for key, ms in by_layer.most_common(_TOP.value):
+    for key, ms in by_layer.most_common(flags_.top):
         print(f"| {ms:.1f} | {key} |")
 
 
 if __name__ == "__main__":
+    # Flags are defined here, not at import, so that tests can import the helpers above.
+    step_bench.define_step_flags()
+    flags.DEFINE_enum("mode", "train", ["train", "eval"], "Which step to profile.")
+    flags.DEFINE_integer("top", 30, "Rows of the per-layer table.")
     app.run(main)

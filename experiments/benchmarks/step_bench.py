@@ -100,27 +100,33 @@ def run(*, mode: str, model_name: str, batch: int, size: int, dtype: str, compar
     )
 
 
-_MODEL = flags.DEFINE_string("model", "deeplabv3_resnet50", "Registered segjax model name.")
-_BATCH = flags.DEFINE_integer("batch", 4, "Batch size (one device).")
-_SIZE = flags.DEFINE_integer("size", 256, "Square image size.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_COMPARE = flags.DEFINE_string("compare", "", "'torchvision' to time the torchvision twin too.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON line last.")
-_STEPS = flags.DEFINE_integer("steps", 3, "Steps per timed round.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (median is reported).")
-_CLASSES = flags.DEFINE_integer("num_classes", 21, "Number of classes.")
+def define_step_flags() -> None:
+    """The flags of the step benchmarks (defined on use, so that importing this module defines
+    none and cannot collide with another script's flags in one process, e.g. under pytest)."""
+    flags.DEFINE_string("model", "deeplabv3_resnet50", "Registered segjax model name.")
+    flags.DEFINE_integer("batch", 4, "Batch size (one device).")
+    flags.DEFINE_integer("size", 256, "Square image size.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+    flags.DEFINE_integer("num_classes", 21, "Number of classes.")
 
 
 def cli(mode: str) -> None:
     """Entry point of `train_step.py` / `eval_step.py`: parse flags, run, print."""
 
+    define_step_flags()
+    flags.DEFINE_string("compare", "", "'torchvision' to time the torchvision twin too.")
+    flags.DEFINE_bool("json", False, "Print one JSON line last.")
+    flags.DEFINE_integer("steps", 3, "Steps per timed round.")
+    flags.DEFINE_integer("rounds", 3, "Alternating rounds (median is reported).")
+    f = flags.FLAGS
+
     def main(argv):
         del argv
-        result = run(mode=mode, model_name=_MODEL.value, batch=_BATCH.value, size=_SIZE.value,
-                     dtype=_DTYPE.value, compare=_COMPARE.value or None, num_classes=_CLASSES.value,
-                     steps_per_round=_STEPS.value, rounds=_ROUNDS.value)
+        result = run(mode=mode, model_name=f.model, batch=f.batch, size=f.size, dtype=f.dtype,
+                     compare=f.compare or None, num_classes=f.num_classes,
+                     steps_per_round=f.steps, rounds=f.rounds)
         print(result.table(), flush=True)
-        if _JSON.value:
+        if f.json:
             print(result.as_json(), flush=True)
 
     app.run(main)
