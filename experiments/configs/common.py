@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.fold = placeholder(int)
     c.dataset.num_folds = 5
     c.dataset.fold_seed = 0
+    # Leave-p-out instead of k-fold: set to p; fold then picks one of the C(n, p) held-out
+    # p-subsets of train_split (all of them over fold = 0 .. C(n, p) - 1, in a fold_seed order).
+    c.dataset.leave_out = placeholder(int)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.kind = "ce"  # "ce", "focal", "dice", "lovasz", "ohem"

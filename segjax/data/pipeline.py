@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import math
 import os
 from collections.abc import Iterator
 
@@ -137,14 +138,62 @@ def num_examples(dataset: str | DatasetInfo, split: str, data_dir: str | None = 
     return len(_open(resolve(dataset), data_dir, split)[1])
 
 
-def fold_indices(n: int, *, fold: int, num_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic k-fold partition of `range(n)`: returns sorted `(train, val)` indices of
-    fold `fold`; the `num_folds` val parts are disjoint and cover `range(n)`."""
+def fold_indices(n: int, *, fold: int, num_folds: int, seed: int,
+                 leave_out: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic cross-validation split of `range(n)`: sorted `(train, val)` indices.
+
+    k-fold (`leave_out=None`): a permutation of `range(n)` drawn from `seed` is dealt into
+    `num_folds` parts; fold `fold` holds out part `fold`. The parts are disjoint and cover
+    `range(n)`.
+
+    Leave-p-out (`leave_out=p`, `num_folds` unused): fold `fold` in `[0, C(n, p))` holds out one
+    p-subset. Folds `0 .. C(n, p) - 1` enumerate every p-subset exactly once, in an order
+    scrambled by `seed` (a seeded affine bijection of the lexicographic ranks), so the first few
+    folds are spread over the data rather than all sharing example 0. `leave_out=1` is
+    leave-one-out.
+
+    Example: `fold_indices(5, fold=0, num_folds=0, seed=0, leave_out=2)[1]` is one pair of
+    `0..4`; the 10 folds of `leave_out=2` are the 10 pairs.
+    """
+    if leave_out is not None:
+        return _leave_p_out(n, fold=fold, p=leave_out, seed=seed)
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, num_folds={num_folds}), got {fold}")
     perm = np.random.default_rng([seed, 0x6F6C64]).permutation(n)
     val = np.sort(perm[fold::num_folds])
     return np.setdiff1d(np.arange(n), val), val
+
+
+def _leave_p_out(n: int, *, fold: int, p: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 1 <= p < n:
+        raise ValueError(f"leave-p-out needs 1 <= p < n (some examples left to train on); got "
+                         f"p={p} with n={n} examples")
+    total = math.comb(n, p)  # Python ints throughout: a * fold below can exceed int64
+    if not 0 <= fold < total:
+        raise ValueError(f"leave-{p}-out on {n} examples has C({n}, {p}) = {total} folds; fold "
+                         f"must be in [0, {total}), got {fold}")
+    rng = np.random.default_rng([seed, 0x6C706F])
+    # rank = (a * fold + b) mod total with gcd(a, total) = 1 is a bijection of [0, total).
+    a = 1 + int(rng.integers(0, 2**62)) % total
+    while math.gcd(a, total) != 1:
+        a = a % total + 1
+    rank = (a * fold + int(rng.integers(0, 2**62))) % total
+    val = np.asarray(_unrank_combination(rank, n, p), dtype=np.int64)
+    return np.setdiff1d(np.arange(n), val), val
+
+
+def _unrank_combination(rank: int, n: int, p: int) -> list[int]:
+    """The `rank`-th p-subset of `range(n)` in lexicographic order (sorted)."""
+    out, start = [], 0
+    for left in range(p, 0, -1):
+        for first in range(start, n):
+            count = math.comb(n - first - 1, left - 1)  # subsets whose next element is `first`
+            if rank < count:
+                out.append(first)
+                start = first + 1
+                break
+            rank -= count
+    return out
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True,
@@ -280,10 +329,10 @@ def _hw(size) -> tuple[int, int]:
     return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
 
 
-def _subset(n: int, fold, num_folds, seed: int, part: int) -> np.ndarray:
+def _subset(n: int, fold, num_folds, seed: int, leave_out, part: int) -> np.ndarray:
     if fold is None:
         return np.arange(n)
-    return fold_indices(n, fold=fold, num_folds=num_folds, seed=seed)[part]
+    return fold_indices(n, fold=fold, num_folds=num_folds, seed=seed, leave_out=leave_out)[part]
 
 
 def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, crop_size,
@@ -291,8 +340,8 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
                   process_index: int = 0, process_count: int = 1, min_scale: float = 0.5,
                   max_scale: float = 2.0, hflip: bool = True, photometric: bool = False,
                   class_balanced: bool = False, shuffle: bool = True, fold: int | None = None,
-                  num_folds: int = 5, fold_seed: int = 0, num_threads: int | None = None,
-                  image_resize: str = "bilinear",
+                  num_folds: int = 5, fold_seed: int = 0, leave_out: int | None = None,
+                  num_threads: int | None = None, image_resize: str = "bilinear",
                   max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Endless augmented training batches for this process.
 
@@ -307,9 +356,10 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
       process_index, process_count: this process's slice of every global batch.
       min_scale, max_scale, hflip, photometric: augmentation (see `augment.train_augment`).
       class_balanced: oversample images containing rare classes (deterministic).
-      fold, num_folds, fold_seed: train on the complement of fold `fold` of `split` (see
-        `fold_indices`; `fold_seed`, not `seed`, fixes the partition, so that runs with
-        different seeds share it and `eval_batches(fold=...)` evaluates on the held-out part).
+      fold, num_folds, fold_seed, leave_out: train on the complement of fold `fold` of `split`
+        (k-fold, or leave-p-out with `leave_out=p`; see `fold_indices`). `fold_seed`, not
+        `seed`, fixes the partition, so that runs with different seeds share it and
+        `eval_batches(fold=...)` evaluates on the held-out part.
       num_threads: tf.data thread-pool size (None: TensorFlow's default).
       max_examples: train on only the first `max_examples` examples of the split (after the
         fold selection), e.g. for data-size and augmentation ablations; None: all of them.
@@ -327,7 +377,7 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
         raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
     crop = _hw(crop_size)
     builder, records = _open(info, data_dir, split)
-    subset = _subset(len(records), fold, num_folds, fold_seed, part=0)
+    subset = _subset(len(records), fold, num_folds, fold_seed, leave_out, part=0)
     if max_examples is not None:
         if max_examples < 1:
             raise ValueError(f"max_examples must be >= 1, got {max_examples}")
@@ -365,6 +415,7 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
 def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad_to,
                  data_dir: str | None = None, process_index: int = 0, process_count: int = 1,
                  fold: int | None = None, num_folds: int = 5, fold_seed: int = 0,
+                 leave_out: int | None = None,
                  num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """One pass over `split` in index order, in fixed-shape batches.
 
@@ -375,7 +426,8 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
     Args:
       pad_to: int or `(H, W)`: images are padded bottom/right to this size; a larger image
         raises ValueError.
-      fold, num_folds, fold_seed: evaluate only fold `fold` of `split` (see `fold_indices`).
+      fold, num_folds, fold_seed, leave_out: evaluate only fold `fold` of `split` (see
+        `fold_indices`).
 
     Yields:
       `{"image": float32 [B, H, W, 3] normalised (0 in padding), "label": int32 [B, H, W]
@@ -389,7 +441,7 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pad_h, pad_w = _hw(pad_to)
     builder, records = _open(info, data_dir, split)
-    subset = _subset(len(records), fold, num_folds, fold_seed, part=1)
+    subset = _subset(len(records), fold, num_folds, fold_seed, leave_out, part=1)
     n, global_batch = len(subset), batch_size * process_count
     num_batches = -(-n // global_batch)
     mine = [subset[q] for k in range(num_batches)

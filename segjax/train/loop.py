@@ -146,7 +146,8 @@ def resolve_class_weights(config: ml_collections.ConfigDict, info,
             from segjax.data.pipeline import fold_indices
             counts = counts[fold_indices(len(counts), fold=train_kw["fold"],
                                          num_folds=train_kw["num_folds"],
-                                         seed=train_kw["fold_seed"])[0]]
+                                         seed=train_kw["fold_seed"],
+                                         leave_out=train_kw["leave_out"])[0]]
         if ds.num_train_examples is not None:
             counts = counts[:ds.num_train_examples]
         weights = tuple(float(w) for w in balance.loss_class_weights(counts, spec))
@@ -219,16 +220,26 @@ def _merge_pretrained(variables: dict, converted: dict, *, num_classes: int | No
 def data_splits(ds: ml_collections.ConfigDict) -> tuple[dict, str, dict, str]:
     """(train kwargs, eval split, eval kwargs, eval label) for `config.dataset`.
 
-    Without `ds.fold`: train on `ds.train_split`, evaluate on `ds.eval_split`. With it (k-fold
-    cross-validation): both read `ds.train_split`, training the folds other than `ds.fold` and
-    evaluating that fold; metrics.jsonl labels the eval lines e.g. "train_aug/fold2of5".
+    Without `ds.fold`: train on `ds.train_split`, evaluate on `ds.eval_split`. With it
+    (cross-validation): both read `ds.train_split`, training on all but the held-out part and
+    evaluating that part; k-fold holds out fold `ds.fold` of `ds.num_folds`, leave-p-out (with
+    `ds.leave_out = p`) the `ds.fold`-th of the C(n, p) p-subsets. metrics.jsonl labels the
+    eval lines e.g. "train_aug/fold2of5" or "train_aug/leave2out/fold17".
     """
     if ds.fold is None:
         return {}, ds.eval_split, {}, ds.eval_split
+    kw = {"fold": ds.fold, "num_folds": ds.num_folds, "fold_seed": ds.fold_seed,
+          "leave_out": ds.leave_out}
+    if ds.leave_out is not None:
+        if ds.leave_out < 1:
+            raise ValueError(f"config.dataset.leave_out={ds.leave_out} must be >= 1 (the p of "
+                             "leave-p-out), or None for k-fold")
+        if ds.fold < 0:
+            raise ValueError(f"config.dataset.fold={ds.fold} must be >= 0")
+        return kw, ds.train_split, kw, f"{ds.train_split}/leave{ds.leave_out}out/fold{ds.fold}"
     if not 0 <= ds.fold < ds.num_folds:
         raise ValueError(f"config.dataset.fold={ds.fold} must be in [0, "
                          f"config.dataset.num_folds={ds.num_folds})")
-    kw = {"fold": ds.fold, "num_folds": ds.num_folds, "fold_seed": ds.fold_seed}
     return kw, ds.train_split, kw, f"{ds.train_split}/fold{ds.fold}of{ds.num_folds}"
 
 

@@ -165,6 +165,54 @@ def test_folds_partition(shapes_info, shapes_dir):
     assert got == val.tolist()
 
 
+@pytest.mark.parametrize("n, p", [(7, 1), (7, 2), (8, 3), (6, 5)])
+def test_leave_p_out_folds_enumerate_every_p_subset_once(n, p):
+    """Folds 0 .. C(n, p) - 1 are exactly itertools.combinations(range(n), p), each once."""
+    import itertools
+    import math
+    folds = [fold_indices(n, fold=k, num_folds=0, seed=3, leave_out=p) for k in range(math.comb(n, p))]
+    vals = [tuple(v.tolist()) for _, v in folds]
+    assert sorted(vals) == list(itertools.combinations(range(n), p))
+    for train, val in folds:
+        assert train.tolist() == sorted(set(range(n)) - set(val.tolist()))
+
+
+def test_leave_p_out_order_comes_from_the_seed_and_spreads_the_first_folds():
+    first = [tuple(fold_indices(40, fold=k, num_folds=0, seed=0, leave_out=2)[1]) for k in range(6)]
+    again = [tuple(fold_indices(40, fold=k, num_folds=0, seed=0, leave_out=2)[1]) for k in range(6)]
+    other = [tuple(fold_indices(40, fold=k, num_folds=0, seed=1, leave_out=2)[1]) for k in range(6)]
+    assert first == again and first != other
+    # Not lexicographic: the first folds do not all hold out example 0.
+    assert len({i for pair in first for i in pair}) > 6
+    # Huge fold counts stay exact (Python integers): C(2000, 3) = 1,331,334,000 folds.
+    train, val = fold_indices(2000, fold=1_331_333_999, num_folds=0, seed=0, leave_out=3)
+    assert len(val) == 3 and len(train) == 1997 and len(set(val.tolist())) == 3
+
+
+def test_leave_p_out_errors_name_the_fold_count():
+    with pytest.raises(ValueError, match=r"C\(6, 2\) = 15 folds.*got 15"):
+        fold_indices(6, fold=15, num_folds=0, seed=0, leave_out=2)
+    with pytest.raises(ValueError, match="1 <= p < n"):
+        fold_indices(6, fold=0, num_folds=0, seed=0, leave_out=6)
+
+
+def test_leave_p_out_pipelines_train_and_evaluate_the_two_parts(shapes_info, shapes_dir):
+    n = num_examples(shapes_info, "train", shapes_dir)
+    train, val = fold_indices(n, fold=5, num_folds=0, seed=0, leave_out=3)
+    got = [int(i) for b in eval_batches(shapes_info, split="train", batch_size=2, pad_to=40,
+                                        data_dir=shapes_dir, fold=5, leave_out=3)
+           for i, v in zip(b["index"], b["valid"]) if v]
+    assert got == val.tolist()
+    ids = _example_ids(shapes_info, shapes_dir, "train")
+    config = shapes_info.builder_kwargs["config"]
+    batch = next(_train(shapes_info, shapes_dir, crop_size=40, min_scale=1.0, max_scale=1.0,
+                        hflip=False, photometric=False, shuffle=False, fold=5, leave_out=3))
+    for b, index in enumerate(train[:4]):
+        split, number = ids[index].split("_")
+        np.testing.assert_array_equal(batch["label"][b],
+                                      generate(config, split, int(number))["label"][..., 0])
+
+
 def test_label_outside_classes_raises_naming_the_example(shapes_info, shapes_dir):
     """A mask value outside [0, K) and not the ignore label stops the pipeline (no clamping)."""
     three = dataclasses.replace(shapes_info, num_classes=3, class_names=("a", "b", "c"),

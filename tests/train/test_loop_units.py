@@ -115,3 +115,18 @@ def test_kfold_splits_train_and_evaluate_disjoint_parts_of_the_train_split():
     c.dataset.fold = 5
     with pytest.raises(ValueError, match="config.dataset.fold=5"):
         loop.data_splits(c.dataset)
+
+
+def test_leave_p_out_splits_are_labelled_and_checked():
+    from experiments.configs import deeplab_voc
+    from segjax import ablation
+
+    c = deeplab_voc.get_config("demo")
+    c = ablation.make_config(c, (("dataset.fold", 7), ("dataset.leave_out", 2)), seed=0)
+    train_kw, eval_split, eval_kw, label = loop.data_splits(c.dataset)
+    assert train_kw == eval_kw and train_kw["leave_out"] == 2 and train_kw["fold"] == 7
+    assert eval_split == c.dataset.train_split
+    assert label == f"{c.dataset.train_split}/leave2out/fold7"
+    c.dataset.leave_out = 0
+    with pytest.raises(ValueError, match="config.dataset.leave_out=0"):
+        loop.data_splits(c.dataset)
