@@ -26,3 +26,42 @@ def test_profile_attributes_every_traced_op_of_a_real_train_step(tmp_path):
     times = profile_step.thunk_times(str(tmp_path))
     ops = [n for n in times if n in names]
     assert ops and all(times[n] >= 0 for n in ops)
+
+
+def test_conv_layer_list_is_the_models_convolutions():
+    """conv_layers times DeepLabV3-R50's convs from a hand-written list: it must name every conv
+    kernel of the registered model (kernel size, in, out channels) exactly as often as the model
+    has it."""
+    import collections
+
+    import jax.numpy as jnp
+
+    from experiments.benchmarks import conv_layers
+
+    model = create_model("deeplabv3_resnet50", num_classes=21)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros([1, 64, 64, 3])))
+    have = collections.Counter(
+        (leaf.shape[0], leaf.shape[2], leaf.shape[3])
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params["params"])[0]
+        if path[-1].key == "kernel" and leaf.ndim == 4)
+    listed = collections.Counter()
+    for c in conv_layers.deeplabv3_resnet50_convs(64):
+        listed[(c.kernel, c.cin, c.cout)] += c.count
+    assert listed == have
+    sizes = {c.layer: c.h for c in conv_layers.deeplabv3_resnet50_convs(513)}
+    assert (sizes["layer1 conv2"], sizes["layer2 conv2"], sizes["aspp d12"]) == (129, 65, 65)
+
+
+def test_conv_layers_times_the_same_convolution_on_both_sides():
+    from experiments.benchmarks import conv_layers
+
+    layers = [conv_layers.ConvShape("strided", 2, 9, 4, 6, 3, 2),
+              conv_layers.ConvShape("atrous", 1, 8, 5, 3, 3, 1, 6)]  # per tap: rate 6 on 8²
+    for mode in ("eval", "train"):
+        rows, peaks = conv_layers.run(batch=2, size=0, mode=mode, steps=1, rounds=1,
+                                      layers=layers)
+        assert [r.layer for r in rows] == ["strided", "atrous"]
+        assert all(r.rel_err < 1e-5 and r.segjax_ms > 0 and r.torch_ms > 0 for r in rows)
+        assert rows[0].gflop == 2 * 2 * 5 * 5 * 9 * 4 * 6 * (3 if mode == "train" else 1) / 1e9
+        text = conv_layers.table(rows, peaks, batch=2, size=9, mode=mode)
+        assert "| strided | 2 | 9² 4→6 k3 s2 d1 |" in text and "**all convs, × count**" in text
