@@ -65,3 +65,16 @@ def test_conv_layers_times_the_same_convolution_on_both_sides():
         assert rows[0].gflop == 2 * 2 * 5 * 5 * 9 * 4 * 6 * (3 if mode == "train" else 1) / 1e9
         text = conv_layers.table(rows, peaks, batch=2, size=9, mode=mode)
         assert "| strided | 2 | 9² 4→6 k3 s2 d1 |" in text and "**all convs, × count**" in text
+
+
+def test_torchvision_twin_runs_in_its_own_process_and_reports_steady_steps():
+    import pytest
+
+    from experiments.benchmarks import torch_twin
+
+    result = step_bench.run(mode="eval", model_name="fcn_resnet50", batch=1, size=32,
+                            dtype="float32", compare="torchvision", steps_per_round=1, rounds=2)
+    assert result.torchvision_s_per_step > 0 and result.torchvision_compile_s > 0
+    assert result.ratio == result.segjax_img_per_s / result.torchvision_img_per_s
+    with pytest.raises(RuntimeError, match="twin process exited"):
+        torch_twin.TwinProcess("no_such_model", 3, 1, 32, "float32", train=False)

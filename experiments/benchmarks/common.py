@@ -151,14 +151,22 @@ class Result:
         return "\n".join(lines)
 
 
-def median_alternating(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any] | None,
+def median_alternating(jax_fn: Callable[[], Any], torch_time: Callable[[int], float] | None,
                        steps: int, rounds: int) -> tuple[float, float | None]:
-    """Median seconds/step of each side, alternating rounds so both see the same machine state."""
+    """Median seconds/step of each side, alternating rounds so both see the same machine state.
+
+    `jax_fn` runs one step (and blocks); `torch_time(n)` runs `n` steps of the other side and
+    returns its seconds per step (e.g. `torch_twin.TwinProcess.seconds_per_step`, which also
+    makes one untimed step first). Each round starts with an untimed step: on the 2-core CPU the
+    first segjax step right after torch's took ~3.8 s against a steady 3.0 s (BENCHMARKS.md), and
+    a training run is made of steady steps.
+    """
     js, ts = [], []
     for _ in range(rounds):
+        jax_fn()
         js.append(time_calls(jax_fn, steps))
-        if torch_fn is not None:
-            ts.append(time_calls(torch_fn, steps))
+        if torch_time is not None:
+            ts.append(torch_time(steps))
     return statistics.median(js), (statistics.median(ts) if ts else None)
 
 

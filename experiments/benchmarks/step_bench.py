@@ -1,12 +1,14 @@
 """Times segjax's compiled train or eval step (and torchvision's twin) on a synthetic batch.
 
 Used by `train_step.py` and `eval_step.py`, which only define flags. One device, plain `jax.jit`,
-the global batch on that device; `scaling.py` covers several devices.
+the global batch on that device; `scaling.py` covers several devices. The twin runs in a child
+process on the same batch, the two alternating rounds (see `torch_twin.TwinProcess`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import jax
@@ -82,21 +84,28 @@ def run(*, mode: str, model_name: str, batch: int, size: int, dtype: str, compar
     build = _segjax_train if mode == "train" else _segjax_eval
     jax_fn, compile_s, flops = build(model, data)
 
-    torch_fn, torch_first = None, None
+    twin = None
     if compare == "torchvision":
         if model_name not in common.TORCHVISION_TWINS:
             raise ValueError(f"torchvision has no twin of {model_name!r}; twins: {sorted(common.TORCHVISION_TWINS)}")
         from experiments.benchmarks import torch_twin
 
-        torch_fn, torch_first = torch_twin.build(model_name, num_classes, data, dtype, train=mode == "train")
+        # In its own process: separate heaps, thread pools and peak-memory figures.
+        twin = torch_twin.TwinProcess(model_name, num_classes, batch, size, dtype,
+                                      train=mode == "train")
 
     peak = common.measure_matmul_peak("bfloat16" if dtype == "bfloat16" and jax.default_backend() != "cpu" else "float32")
-    js, ts = common.median_alternating(jax_fn, torch_fn, steps_per_round, rounds)
+    try:
+        js, ts = common.median_alternating(jax_fn, twin and twin.seconds_per_step,
+                                           steps_per_round, rounds)
+    finally:
+        if twin is not None:
+            twin.close()
     return common.Result(
         model=model_name, mode=mode, batch=batch, size=size, dtype=dtype, device=common.device_name(),
         segjax_s_per_step=js, compile_s=compile_s, flops_per_step=flops, peak_flops=peak,
         peak_memory_bytes=common.peak_memory_bytes(), torchvision_s_per_step=ts,
-        torchvision_compile_s=torch_first,
+        torchvision_compile_s=None if twin is None else twin.first_step_s,
     )
 
 
@@ -122,6 +131,10 @@ def cli(mode: str) -> None:
 
     def main(argv):
         del argv
+        if f.compare:
+            # The twin runs in another process; on a GPU, JAX would otherwise take 75% of its
+            # memory before torch allocates anything. (Read when JAX first touches the device.)
+            os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
         result = run(mode=mode, model_name=f.model, batch=f.batch, size=f.size, dtype=f.dtype,
                      compare=f.compare or None, num_classes=f.num_classes,
                      steps_per_round=f.steps, rounds=f.rounds)

@@ -2,10 +2,17 @@
 
 Same architecture, same optimiser (SGD, momentum 0.9, weight decay 1e-4), same loss
 (cross-entropy, ignore 255), channels_last; bfloat16 runs use autocast (AMP).
+
+`TwinProcess` runs the twin in a child process (`python -m experiments.benchmarks.torch_twin`,
+driven over its stdin/stdout), so that the two libraries' heaps, thread pools and peak-memory
+accounting stay apart, and times steady steps: one untimed step before each timed round.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -63,3 +70,66 @@ def build(name: str, num_classes: int, batch: dict[str, np.ndarray], dtype: str,
     t0 = time.perf_counter()
     step()
     return step, time.perf_counter() - t0
+
+
+class TwinProcess:
+    """The torchvision twin of segjax model `name`, built and timed in a child process.
+
+    `first_step_s` is its first (warm-up) step; `seconds_per_step(n)` runs one untimed and `n`
+    timed steps there and returns the timed steps' mean wall time as the child measured it (no
+    IPC in the timing).
+    """
+
+    def __init__(self, name: str, num_classes: int, batch: int, size: int, dtype: str,
+                 train: bool, seed: int = 0):
+        spec = dict(name=name, num_classes=num_classes, batch=batch, size=size, dtype=dtype,
+                    train=train, seed=seed)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "experiments.benchmarks.torch_twin"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.first_step_s = float(self._ask(json.dumps(spec))["first_step_s"])
+
+    def _ask(self, line: str) -> dict:
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+        reply = self._proc.stdout.readline()
+        if not reply:
+            raise RuntimeError(f"the torchvision twin process exited (code {self._proc.wait()}); "
+                               "its error is printed above")
+        return json.loads(reply)
+
+    def seconds_per_step(self, n: int) -> float:
+        return float(self._ask(str(n))["seconds_per_step"])
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=60)
+
+
+def _serve() -> None:
+    """Child side of `TwinProcess`: a JSON spec line, then one step count per line."""
+    import os
+
+    from experiments.benchmarks.common import synthetic_batch
+
+    # Replies go to the original stdout; anything else printing there (Python or C) goes to
+    # stderr instead, so it cannot corrupt the protocol.
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    spec = json.loads(sys.stdin.readline())
+    data = synthetic_batch(spec["batch"], spec["size"], spec["num_classes"], seed=spec["seed"])
+    step, first = build(spec["name"], spec["num_classes"], data, spec["dtype"], spec["train"])
+    print(json.dumps({"first_step_s": first}), file=replies, flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        step()  # untimed: the first step after the other side ran is not a steady one
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        print(json.dumps({"seconds_per_step": (time.perf_counter() - start) / n}), file=replies,
+              flush=True)
+
+
+if __name__ == "__main__":
+    _serve()
