@@ -78,3 +78,27 @@ def test_torchvision_twin_runs_in_its_own_process_and_reports_steady_steps():
     assert result.ratio == result.segjax_img_per_s / result.torchvision_img_per_s
     with pytest.raises(RuntimeError, match="twin process exited"):
         torch_twin.TwinProcess("no_such_model", 3, 1, 32, "float32", train=False)
+
+
+def test_gpu_suite_script_records_one_json_line_per_configuration(tmp_path):
+    """The prepared GPU run (issue 6) on a CPU with a tiny model: one JSON line per config, with
+    its command, and the summary table."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).parents[1] / "experiments" / "benchmarks" / "gpu_suite.sh"
+    env = dict(os.environ, OUT=str(tmp_path), MODEL="fcn_resnet50", SIZE="32", BATCHES="1",
+               DTYPES="float32", STEPS="1", ROUNDS="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("XLA_FLAGS", None)  # one device, as on the accelerator host
+    done = subprocess.run(["bash", str(script), "eval"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = (tmp_path / "gpu_suite.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["cmd"].endswith("--dtype=float32 --compare=torchvision --steps=1 --rounds=1 --json")
+    assert record["mode"] == "eval" and record["ratio"] > 0 and record["torchvision_img_per_s"] > 0
+    assert "| eval | float32 | 1 |" in done.stdout
