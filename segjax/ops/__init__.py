@@ -4,6 +4,7 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 
 * `conv2d`, `atrous_conv2d`, `conv_transpose2d`, `conv_as_matrix` (segjax.ops.conv), and
   `conv_general_dilated`, a faster drop-in for `flax.linen.Conv`'s dilated convolutions
+* `max_pool` (segjax.ops.pool; its gradient is written out tap by tap, faster on CPU)
 * `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
 * `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
 * `roi_align` (segjax.ops.roi_align)
@@ -11,6 +12,7 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 
 from segjax.ops.conv import (atrous_conv2d, conv2d, conv_as_matrix, conv_general_dilated,
                              conv_transpose2d)
+from segjax.ops.pool import max_pool
 from segjax.ops.resize import resize
 from segjax.ops.roi_align import roi_align
 from segjax.ops.unpool import bed_of_nails_unpool, max_pool_with_argmax, max_unpool, nearest_unpool
@@ -22,6 +24,7 @@ __all__ = [
     "conv_as_matrix",
     "conv_general_dilated",
     "conv_transpose2d",
+    "max_pool",
     "max_pool_with_argmax",
     "max_unpool",
     "nearest_unpool",

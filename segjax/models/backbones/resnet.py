@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from segjax.models.layers import check_images, square_conv
 from segjax.models.norm import BatchNorm
+from segjax.ops.pool import max_pool
 
 # depth -> (block kind, blocks per stage)
 _DEPTHS = {
@@ -227,7 +228,7 @@ class ResNet(nn.Module):
         x = conv(self.width, 7, stride=2, dtype=self.dtype, name="conv1")(x)
         x = BatchNorm(not train, self.axis_name, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, 3, 2, 1)
         features = {"stem": x}
         dilate = (False, False) + _DILATE[self.output_stride]
         in_ch = self.width

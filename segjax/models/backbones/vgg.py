@@ -39,6 +39,7 @@ import numpy as np
 
 from segjax.models.layers import check_images
 from segjax.models.norm import BatchNorm
+from segjax.ops.pool import max_pool
 
 # (number of 3x3 convs, channel multiplier of `width`) per stage.
 VGG16_STAGES = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))
@@ -51,7 +52,7 @@ def max_pool_2x2(x: jax.Array, *, ceil_mode: bool = True) -> jax.Array:
     Ceil mode pads the bottom/right with -inf, so a window is never all padding.
     """
     ph, pw = (x.shape[1] % 2, x.shape[2] % 2) if ceil_mode else (0, 0)
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, ph), (0, pw)))
+    return max_pool(x, 2, 2, ((0, ph), (0, pw)))
 
 
 def pad_to_even(x: jax.Array) -> jax.Array:
@@ -185,7 +186,7 @@ class VGG16(nn.Module):
             out[f"conv{s}"] = x
             strided = not ((s == 5 and self.output_stride <= 16) or (s == 4 and self.output_stride == 8))
             if not strided:
-                x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+                x = max_pool(x, 3, 1, 1)
             elif self.keep_pool_indices:
                 from segjax.ops import max_pool_with_argmax  # noqa: PLC0415 (ops only needed here)
 
