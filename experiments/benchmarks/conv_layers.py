@@ -12,7 +12,8 @@ Each row is weighted by how often the model runs that shape. The two sides are c
 compute the same convolution (relative error column). A dense matmul row shows each library's
 best GEMM, which bounds what a matmul-based lowering can reach.
 
-No TensorFlow; torch is required (it is what this measures against).
+No TensorFlow; torch is required (it is what this measures against), on the GPU when there is
+one (then both sides run there; note that TF32 defaults differ between the libraries).
 """
 
 from __future__ import annotations
@@ -125,20 +126,25 @@ def _builders(shape: ConvShape, batch: int, train: bool, rng: np.random.Generato
         jfn = jax.jit(jax.grad(lambda x, w: jnp.vdot(conv(x, w), conv(x, w)) / 2, argnums=(0, 1)))
     else:
         jfn = jax.jit(conv)
-    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).contiguous(
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device).contiguous(
         memory_format=torch.channels_last)
-    tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).contiguous(
+    tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).to(device).contiguous(
         memory_format=torch.channels_last)
     kw = dict(stride=shape.stride, padding=shape.padding, dilation=shape.dilation)
 
     def torch_fn():
         if not train:
             with torch.no_grad():
-                return torch.nn.functional.conv2d(tx, tw, **kw)
-        a, b = tx.detach().requires_grad_(True), tw.detach().requires_grad_(True)
-        y = torch.nn.functional.conv2d(a, b, **kw)
-        y.backward(y)  # d/dx of |y|^2 / 2: the same two gradients as the JAX side
-        return a.grad
+                out = torch.nn.functional.conv2d(tx, tw, **kw)
+        else:
+            a, b = tx.detach().requires_grad_(True), tw.detach().requires_grad_(True)
+            y = torch.nn.functional.conv2d(a, b, **kw)
+            y.backward(y)  # d/dx of |y|^2 / 2: the same two gradients as the JAX side
+            out = a.grad
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     def jax_fn():
         return jax.block_until_ready(jfn(jx, jw))
@@ -146,7 +152,7 @@ def _builders(shape: ConvShape, batch: int, train: bool, rng: np.random.Generato
     want = torch_fn()
     got = jax_fn()
     got = np.asarray(got[0] if train else got)
-    want = want.detach().numpy().transpose(0, 2, 3, 1)
+    want = want.detach().cpu().numpy().transpose(0, 2, 3, 1)
     err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
     return jax_fn, torch_fn, err
 
@@ -171,10 +177,17 @@ def gemm_peaks(size: int = 2048, reps: int = 5) -> tuple[float, float]:
     import torch
 
     a = np.random.default_rng(0).normal(size=(size, size)).astype(np.float32)
-    ja, ta = jnp.asarray(a), torch.from_numpy(a)
+    cuda = torch.cuda.is_available()
+    ja, ta = jnp.asarray(a), torch.from_numpy(a).to("cuda" if cuda else "cpu")
     f = jax.jit(jnp.dot)
+
+    def torch_mm():
+        torch.mm(ta, ta)
+        if cuda:
+            torch.cuda.synchronize()
+
     out = []
-    for fn in (lambda: jax.block_until_ready(f(ja, ja)), lambda: torch.mm(ta, ta)):
+    for fn in (lambda: jax.block_until_ready(f(ja, ja)), torch_mm):
         fn()
         best = float("inf")
         for _ in range(reps):
