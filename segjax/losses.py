@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from segjax.models.outputs import AUX_LOGITS, LOGITS
 
@@ -95,9 +96,9 @@ def cross_entropy(
     `label_smoothing` (eps: the target is (1 - eps) one-hot + eps / K uniform; with weights the
     uniform part is weighted per class, as torch does). An all-ignored batch gives (0, 0).
     """
-    if class_weights is not None and jnp.shape(class_weights) != (logits.shape[-1],):
+    if class_weights is not None and np.shape(class_weights) != (logits.shape[-1],):
         raise ValueError(
-            f"class_weights shape {jnp.shape(class_weights)} must be [num_classes={logits.shape[-1]}]"
+            f"class_weights shape {np.shape(class_weights)} must be [num_classes={logits.shape[-1]}]"
         )
     log_p, onehot, safe, valid = _log_probs_and_targets(logits, labels, ignore_label, valid_mask)
     pixel_w = _pixel_weights(class_weights, safe, valid)

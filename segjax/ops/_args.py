@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def pair(value, name: str) -> tuple[int, int]:
@@ -36,8 +37,8 @@ def non_negative_pair(value, name: str) -> tuple[int, int]:
 
 def check_rank(x, rank: int, name: str, layout: str) -> None:
     """Raises ValueError unless `x` has `rank` dimensions (`layout` names them in the message)."""
-    if jnp.ndim(x) != rank:
-        raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
+    if np.ndim(x) != rank:
+        raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {np.shape(x)}")
 
 
 def check_floating(x, name: str) -> None:

@@ -58,9 +58,9 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size, *, spatial_sca
       in the features (the gradient scatters into the map) and in the box coordinates.
     """
     check_rank(features, 4, "features", "N, H, W, C")
-    if jnp.ndim(boxes) != 2 or jnp.shape(boxes)[1] != 5:
+    if np.ndim(boxes) != 2 or np.shape(boxes)[1] != 5:
         raise ValueError(f"boxes must have shape [K, 5] (batch_index, x1, y1, x2, y2), "
-                         f"got {jnp.shape(boxes)}")
+                         f"got {np.shape(boxes)}")
     ph, pw = positive_pair(output_size, "output_size")
     if not isinstance(sampling_ratio, int) or sampling_ratio <= 0:
         raise ValueError(f"sampling_ratio must be a positive int (adaptive <= 0 is data-dependent), "

@@ -89,8 +89,8 @@ def max_unpool(x: jax.Array, indices: jax.Array, output_hw) -> jax.Array:
     """
     check_rank(x, 4, "x", "N, h, w, C")
     out_h, out_w = positive_pair(output_hw, "output_hw")
-    if jnp.shape(indices) != x.shape:
-        raise ValueError(f"indices shape {jnp.shape(indices)} must equal x shape {x.shape}")
+    if np.shape(indices) != x.shape:
+        raise ValueError(f"indices shape {np.shape(indices)} must equal x shape {x.shape}")
     if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
         raise ValueError(f"indices must be integer, got {jnp.result_type(indices)}")
     if not isinstance(indices, jax.core.Tracer):

@@ -271,6 +271,18 @@ def test_kfold_run_evaluates_the_held_out_fold(tmp_path, data_dir):
     assert evals[0]["num_pixels"] == 8 * 48 * 48
 
 
+def test_leave_p_out_run_evaluates_the_held_out_pair(tmp_path, data_dir):
+    """dataset.leave_out=2: evaluation reads exactly the two held-out train images (2 × 48²
+    pixels), labelled with the fold; class weights count only the images trained on."""
+    config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
+    config.dataset.fold, config.dataset.leave_out = 3, 2
+    config.loss.class_weights = "inverse_frequency"
+    loop.train_and_evaluate(config, str(tmp_path))
+    evals = [r for r in read_metrics(str(tmp_path)) if r["split"] != "train"]
+    assert [r["split"] for r in evals] == ["train/leave2out/fold3"]
+    assert evals[0]["num_pixels"] == 2 * 48 * 48
+
+
 def test_init_from_a_training_run_class_weights_and_a_training_subset(tmp_path, data_dir, capsys):
     """Transfer: `init_from=<work dir of another run>` starts from that run's newest checkpoint;
     `loss.class_weights` resolves from the pixel counts of the examples trained on; eval lines
