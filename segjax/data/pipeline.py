@@ -329,10 +329,15 @@ def _hw(size) -> tuple[int, int]:
     return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
 
 
-def _subset(n: int, fold, num_folds, seed: int, leave_out, part: int) -> np.ndarray:
+def fold_subset(n: int, *, part: int, fold: int | None = None, num_folds: int = 5,
+                fold_seed: int = 0, leave_out: int | None = None) -> np.ndarray:
+    """Positions of `range(n)` in cross-validation part `part` (0: train, 1: held out) of fold
+    `fold` (see `fold_indices`); every position when `fold` is None. Takes the pipelines' fold
+    keywords, e.g. the kwargs that `segjax.train.loop.data_splits` builds from the config."""
     if fold is None:
         return np.arange(n)
-    return fold_indices(n, fold=fold, num_folds=num_folds, seed=seed, leave_out=leave_out)[part]
+    return fold_indices(n, fold=fold, num_folds=num_folds, seed=fold_seed,
+                        leave_out=leave_out)[part]
 
 
 def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, crop_size,
@@ -377,7 +382,8 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
         raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
     crop = _hw(crop_size)
     builder, records = _open(info, data_dir, split)
-    subset = _subset(len(records), fold, num_folds, fold_seed, leave_out, part=0)
+    subset = fold_subset(len(records), part=0, fold=fold, num_folds=num_folds,
+                         fold_seed=fold_seed, leave_out=leave_out)
     if max_examples is not None:
         if max_examples < 1:
             raise ValueError(f"max_examples must be >= 1, got {max_examples}")
@@ -441,7 +447,8 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pad_h, pad_w = _hw(pad_to)
     builder, records = _open(info, data_dir, split)
-    subset = _subset(len(records), fold, num_folds, fold_seed, leave_out, part=1)
+    subset = fold_subset(len(records), part=1, fold=fold, num_folds=num_folds,
+                         fold_seed=fold_seed, leave_out=leave_out)
     n, global_batch = len(subset), batch_size * process_count
     num_batches = -(-n // global_batch)
     mine = [subset[q] for k in range(num_batches)

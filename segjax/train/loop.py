@@ -143,11 +143,8 @@ def resolve_class_weights(config: ml_collections.ConfigDict, info,
         counts = balance.class_pixel_counts(info, data_dir, ds.train_split)
         train_kw = data_splits(ds)[0]
         if train_kw:
-            from segjax.data.pipeline import fold_indices
-            counts = counts[fold_indices(len(counts), fold=train_kw["fold"],
-                                         num_folds=train_kw["num_folds"],
-                                         seed=train_kw["fold_seed"],
-                                         leave_out=train_kw["leave_out"])[0]]
+            from segjax.data.pipeline import fold_subset
+            counts = counts[fold_subset(len(counts), part=0, **train_kw)]
         if ds.num_train_examples is not None:
             counts = counts[:ds.num_train_examples]
         weights = tuple(float(w) for w in balance.loss_class_weights(counts, spec))
