@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
-import time
 from typing import Callable
 
 import jax
@@ -29,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from jax import lax
+
+from experiments.benchmarks import common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,8 @@ def deeplabv3_resnet50_convs(size: int) -> list[ConvShape]:
     strided (layer4's first block keeps dilation 2), and the DeepLabHead: ASPP 1x1 + rates
     12/24/36 + image pooling, projection, 3x3 conv, classifier (21 classes).
     """
-    s2, s4 = -(-size // 2), -(-(-(-size // 2)) // 2)  # stem conv, then max pool (both stride 2)
+    s2 = -(-size // 2)  # the stem conv and the max pool each halve, rounding up
+    s4 = -(-s2 // 2)
     s8 = -(-s4 // 2)
     return [
         ConvShape("stem 7x7/2", 1, size, 3, 64, 7, 2),
@@ -157,45 +158,34 @@ def _builders(shape: ConvShape, batch: int, train: bool, rng: np.random.Generato
     return jax_fn, torch_fn, err
 
 
-def _median_alternating(fns: tuple[Callable, Callable], steps: int, rounds: int) -> list[float]:
-    """Median over `rounds` of each side's mean seconds per call, the sides alternating. Each
-    round first makes one untimed call, so that neither side is timed straight after the
-    other evicted its operands from the caches (that alone cost XLA's 5 ms products up to 2x)."""
-    times: list[list[float]] = [[], []]
-    for _ in range(rounds):
-        for side, fn in enumerate(fns):
-            fn()
-            start = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[side].append((time.perf_counter() - start) / steps)
-    return [statistics.median(t) for t in times]
+def _warm_then_time(fn: Callable) -> Callable[[int], float]:
+    """`n -> seconds per call of fn over n calls`, after one untimed call: the torch side of
+    `common.median_alternating`, which warms the segjax side the same way (right after the other
+    side evicted its operands from the caches, XLA's 5 ms products took up to 2x)."""
+    def timed(n: int) -> float:
+        fn()
+        return common.time_calls(fn, n)
+
+    return timed
 
 
 def gemm_peaks(size: int = 2048, reps: int = 5) -> tuple[float, float]:
-    """Best dense float32 matmul FLOP/s of XLA (`jnp.dot`) and of torch (`torch.mm`)."""
+    """Best dense float32 matmul FLOP/s of XLA (`common.measure_matmul_peak`) and of torch
+    (`torch.mm`)."""
     import torch
 
     a = np.random.default_rng(0).normal(size=(size, size)).astype(np.float32)
     cuda = torch.cuda.is_available()
-    ja, ta = jnp.asarray(a), torch.from_numpy(a).to("cuda" if cuda else "cpu")
-    f = jax.jit(jnp.dot)
+    ta = torch.from_numpy(a).to("cuda" if cuda else "cpu")
 
     def torch_mm():
         torch.mm(ta, ta)
         if cuda:
             torch.cuda.synchronize()
 
-    out = []
-    for fn in (lambda: jax.block_until_ready(f(ja, ja)), torch_mm):
-        fn()
-        best = float("inf")
-        for _ in range(reps):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        out.append(2 * size ** 3 / best)
-    return out[0], out[1]
+    torch_mm()
+    best = min(common.time_calls(torch_mm, 1) for _ in range(reps))
+    return common.measure_matmul_peak("float32", size=size, reps=reps), 2 * size ** 3 / best
 
 
 @dataclasses.dataclass
@@ -218,7 +208,7 @@ def run(*, batch: int, size: int, mode: str, steps: int = 3, rounds: int = 3,
     rows = []
     for shape in layers or deeplabv3_resnet50_convs(size):
         jax_fn, torch_fn, err = _builders(shape, batch, train, rng)
-        js, ts = _median_alternating((jax_fn, torch_fn), steps, rounds)
+        js, ts = common.median_alternating(jax_fn, _warm_then_time(torch_fn), steps, rounds)
         desc = (f"{shape.h}² {shape.cin}→{shape.cout} k{shape.kernel} s{shape.stride} "
                 f"d{shape.dilation}")
         rows.append(Row(shape.layer, shape.count, desc, shape.flops(batch) * (3 if train else 1) / 1e9,
