@@ -74,11 +74,32 @@ def peak_memory_bytes() -> int | None:
 
 
 def compiled_flops(compiled: Any) -> float | None:
-    """FLOPs of one call of a compiled JAX function, from XLA's cost analysis."""
+    """FLOPs of one call of a compiled (or lowered) JAX function, from XLA's cost analysis."""
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def model_flops(fn: Callable, *args) -> float | None:
+    """FLOPs of `fn(*args)` with every convolution counted as the direct algorithm.
+
+    Winograd convolutions (`segjax.ops.winograd`, on by default on CPU) execute ~1/4 of a 3x3
+    conv's multiplications, so the compiled step's own count understates the model's work; MFU
+    conventionally divides the model's (direct) FLOPs. `fn` is traced afresh with
+    `SEGJAX_WINOGRAD=0` and the lowered module's cost analysis is read (no compilation).
+    """
+    import os
+
+    old = os.environ.get("SEGJAX_WINOGRAD")
+    os.environ["SEGJAX_WINOGRAD"] = "0"
+    try:  # a fresh wrapper: jit caches traces by function, and the routing reads the environment
+        return compiled_flops(jax.jit(lambda *a: fn(*a)).lower(*args))
+    finally:
+        if old is None:
+            del os.environ["SEGJAX_WINOGRAD"]
+        else:
+            os.environ["SEGJAX_WINOGRAD"] = old
 
 
 @dataclasses.dataclass

@@ -30,9 +30,11 @@ def _segjax_train(model, batch, with_hlo: bool = False):
                                    momentum=0.9, weight_decay=1e-4)
     state = state_lib.create_train_state(model, None, init_shape, tx, variables=variables)
     loss_fn = functools.partial(losses.segmentation_loss, kind="ce", ignore_label=common.IGNORE_LABEL)
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn), donate_argnums=(0,))
+    step_fn = functools.partial(steps.train_step, loss_fn=loss_fn)
+    step = jax.jit(step_fn, donate_argnums=(0,))
     dev_batch = jax.device_put(batch)
     rng = jax.random.key(1)
+    flops = common.model_flops(step_fn, state, dev_batch, rng)
     start = time.perf_counter()
     compiled = step.lower(state, dev_batch, rng).compile()
     compile_s = time.perf_counter() - start
@@ -44,8 +46,8 @@ def _segjax_train(model, batch, with_hlo: bool = False):
 
     run()
     if with_hlo:
-        return run, compile_s, common.compiled_flops(compiled), compiled.as_text()
-    return run, compile_s, common.compiled_flops(compiled)
+        return run, compile_s, flops, compiled.as_text()
+    return run, compile_s, flops
 
 
 def _segjax_eval(model, batch, with_hlo: bool = False):
@@ -58,10 +60,10 @@ def _segjax_eval(model, batch, with_hlo: bool = False):
         return jnp.argmax(model.apply(variables, images, train=False)["logits"], axis=-1)
 
     images = jax.device_put(batch["image"])
+    flops = common.model_flops(predict, variables, images)
     start = time.perf_counter()
     compiled = jax.jit(predict).lower(variables, images).compile()
     compile_s = time.perf_counter() - start
-    flops = common.compiled_flops(compiled)
 
     def run():
         common.block(compiled(variables, images))

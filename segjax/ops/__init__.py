@@ -3,7 +3,8 @@
 Every op is a pure function, differentiable, jit-able and vmap-able:
 
 * `conv2d`, `atrous_conv2d`, `conv_transpose2d`, `conv_as_matrix` (segjax.ops.conv), and
-  `conv_general_dilated`, a faster drop-in for `flax.linen.Conv`'s dilated convolutions
+  `conv_general_dilated`, a faster drop-in for `flax.linen.Conv`'s convolutions on CPU
+* `winograd_conv3x3` — Winograd F(2x2 / 4x4, 3x3) for stride-1 (dilated) 3x3 convs (segjax.ops.winograd)
 * `max_pool` (segjax.ops.pool; its gradient is written out tap by tap, faster on CPU)
 * `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
 * `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
@@ -16,6 +17,7 @@ from segjax.ops.pool import max_pool
 from segjax.ops.resize import resize
 from segjax.ops.roi_align import roi_align
 from segjax.ops.unpool import bed_of_nails_unpool, max_pool_with_argmax, max_unpool, nearest_unpool
+from segjax.ops.winograd import winograd_conv3x3
 
 __all__ = [
     "atrous_conv2d",
@@ -30,4 +32,5 @@ __all__ = [
     "nearest_unpool",
     "resize",
     "roi_align",
+    "winograd_conv3x3",
 ]

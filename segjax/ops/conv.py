@@ -26,6 +26,8 @@ import numpy as np
 from jax import lax
 
 from segjax.ops._args import check_rank, non_negative_pair, positive_pair
+from segjax.ops.winograd import TILES as WINOGRAD_TILES
+from segjax.ops.winograd import winograd_conv3x3
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -222,8 +224,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
     """Drop-in for `lax.conv_general_dilated` that routes stride-1 dilated NHWC/HWIO convs
-    (dense or depthwise) to the per-tap form of `conv2d` and unpadded 1x1 convs (any stride) to a
-    subsample + matmul; everything else goes to lax unchanged.
+    (dense or depthwise) that mostly read padding to the per-tap form of `conv2d`, unpadded 1x1
+    convs (any stride) to a subsample + matmul, other dense stride-1 3x3 float32 convs to
+    Winograd F(4x4, 3x3) (`winograd_tile`); everything else goes to lax unchanged.
 
     Meant for `flax.linen.Conv(..., conv_general_dilated=segjax.ops.conv_general_dilated)`: the
     same parameters and results, the CPU speed of the explicit atrous convolution.
@@ -248,6 +251,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         # strided conv form is ~3x slower on CPU (ResNet's downsample branches).
         sh, sw = window_strides
         return pointwise_conv(lhs[:, ::sh, ::sw], rhs[0, 0], precision)
+    nhwc_3x3_stride1 = (
+        jnp.ndim(lhs) == 4 and jnp.ndim(rhs) == 4 and rhs.shape[:2] == (3, 3)
+        and lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers) == nhwc
+        and tuple(window_strides) == (1, 1) and tuple(lhs_dilation or (1, 1)) == (1, 1)
+        and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None)
     if fast:  # stride 1, so string padding resolves with stride (1, 1)
         pads = padding
         if isinstance(padding, str):
@@ -258,12 +266,51 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                        for n, k, d, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], dilation, pads))
         fast = live_fraction(lhs.shape[1:3], rhs.shape[:2], dilation, [lo for lo, _ in pads],
                              out_hw) <= PER_TAP_MAX_LIVE_FRACTION
-    if not fast:
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type)
-    return _conv_by_taps(lhs, rhs, tuple(lo for lo, _ in pads), out_hw, dilation,
-                         feature_group_count > 1)
+    if fast:
+        return _conv_by_taps(lhs, rhs, tuple(lo for lo, _ in pads), out_hw, dilation,
+                             feature_group_count > 1)
+    if nhwc_3x3_stride1 and _use_winograd(lhs, rhs, padding, dilation):
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        return winograd_conv3x3(lhs, rhs, dilation, pads, winograd_tile())
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type)
+
+
+# Winograd F(m x m, 3 x 3) for dense stride-1 3x3 convs (`segjax.ops.winograd`): F(4x4) has 1/4 of
+# the direct convolution's multiplications. On the 2-core AVX-512 CPU, forward + backward at
+# 4x32x32 (DeepLabV3-R50 at 256^2), XLA's convolution / F(4x4): 512 ch rate 4 175 / 90 ms, 256 ch
+# 41 / 25, 128 ch 12 / 6, 64 ch at 64^2 21 / 7 (BENCHMARKS.md). float32 only: the transforms
+# amplify rounding (float32 results within ~1e-6 of the output's scale; bfloat16 would lose
+# ~1e-2). `SEGJAX_WINOGRAD=0` turns it off, `=2` uses F(2x2, 3x3).
+WINOGRAD_MIN_CHANNELS = 16
+# Below ~1e8 multiply-adds x 2 the transforms cost as much as they save (fwd + bwd ms, XLA /
+# F(4x4): 2x32^2x32 ch, 38 MFLOP: 0.67 / 0.56; 2x16^2x16: 0.20 / 0.20), and each Winograd conv
+# adds ~0.5 s of compilation against XLA's ~0.1 s.
+WINOGRAD_MIN_FLOPS = 1e8
+
+
+def winograd_tile() -> int:
+    """The Winograd output tile m from `SEGJAX_WINOGRAD` (default 4; 0 = off)."""
+    import os
+
+    choice = os.environ.get("SEGJAX_WINOGRAD", "4")
+    if choice not in ("0", *map(str, WINOGRAD_TILES)):
+        raise ValueError(f"SEGJAX_WINOGRAD must be 0 or one of {WINOGRAD_TILES}, got {choice!r}")
+    return int(choice)
+
+
+def _use_winograd(lhs, rhs, padding, dilation) -> bool:
+    if not winograd_tile() or isinstance(padding, str):
+        return False
+    if not (lhs.dtype == rhs.dtype == jnp.float32):
+        return False
+    if min(rhs.shape[2], rhs.shape[3]) < WINOGRAD_MIN_CHANNELS:
+        return False
+    out_hw = [_out_size(n, 3, 1, d, lo, hi) for n, d, (lo, hi) in zip(lhs.shape[1:3], dilation, padding)]
+    if 2 * 9 * lhs.shape[0] * out_hw[0] * out_hw[1] * rhs.shape[2] * rhs.shape[3] < WINOGRAD_MIN_FLOPS:
+        return False
+    return all(0 <= lo <= 2 * d and 0 <= hi <= 2 * d for (lo, hi), d in zip(padding, dilation))
 
 
 def atrous_conv2d(x: jax.Array, w: jax.Array, rate, *, padding="SAME") -> jax.Array:

@@ -35,6 +35,23 @@ def test_parameter_count_equals_torchvision(depth):
     assert _n_params(v["batch_stats"]) == buffers
 
 
+@pytest.fixture(params=["default", "winograd"])
+def conv_path(request, monkeypatch):
+    """'winograd' routes every dense stride-1 3x3 conv with >= 16 channels through Winograd
+    F(4x4, 3x3) (`segjax.ops.winograd`; the test maps are below its size threshold) and checks
+    that it ran; yields the name."""
+    from segjax.ops import conv as conv_lib
+
+    calls = []
+    if request.param == "winograd":
+        monkeypatch.setattr(conv_lib, "WINOGRAD_MIN_FLOPS", 0)
+        real = conv_lib.winograd_conv3x3
+        monkeypatch.setattr(conv_lib, "winograd_conv3x3",
+                            lambda *a: calls.append(a[1].shape) or real(*a))
+    yield request.param
+    assert bool(calls) == (request.param == "winograd")
+
+
 @pytest.fixture(scope="module")
 def resnet50_os8():
     """A torchvision ResNet-50 at output stride 8 with random BN statistics, and its conversion."""
@@ -44,7 +61,7 @@ def resnet50_os8():
     return net, convert("resnet50", net.state_dict())
 
 
-def test_eval_parity_output_stride_8(resnet50_os8, np_rng):
+def test_eval_parity_output_stride_8(resnet50_os8, np_rng, conv_path):
     net, variables = resnet50_os8
     x = np_rng.standard_normal((1, 57, 71, 3)).astype(np.float32)
     model = ResNet(depth=50, output_stride=8)
@@ -57,7 +74,7 @@ def test_eval_parity_output_stride_8(resnet50_os8, np_rng):
         assert rel_err(out[name], ref[name]) <= 1e-4, name
 
 
-def test_train_mode_updates_batch_stats_like_torch(resnet50_os8, np_rng):
+def test_train_mode_updates_batch_stats_like_torch(resnet50_os8, np_rng, conv_path):
     net, variables = resnet50_os8
     x = np_rng.standard_normal((2, 41, 35, 3)).astype(np.float32)
     model = ResNet(depth=50, output_stride=8)
@@ -65,7 +82,9 @@ def test_train_mode_updates_batch_stats_like_torch(resnet50_os8, np_rng):
     net = copy.deepcopy(net).train()  # the module-scoped net stays untouched for other tests
     with torch.no_grad():
         ref = resnet_features(net, nchw(x))
-    assert rel_err(out["layer4"], ref["layer4"]) <= 1e-4
+    # Batch statistics over layer4's 2x6x5 positions amplify the Winograd transforms' float32
+    # rounding (measured 1.3e-4; eval mode stays within 1e-4).
+    assert rel_err(out["layer4"], ref["layer4"]) <= (1e-4 if conv_path == "default" else 3e-4)
     stats = updated["batch_stats"]
     for torch_name, path in [
         ("bn1", ("bn1",)),
@@ -131,7 +150,7 @@ def test_basic_block_dilation_output_stride_8(resnet18_pair, np_rng):
         assert rel_err(out[name], ref[name]) <= 1e-4, name
 
 
-def test_gradients_match_torch(resnet18_pair, np_rng):
+def test_gradients_match_torch(resnet18_pair, np_rng, conv_path):
     """d(sum(layer4 * r))/d(input, conv kernels) in eval mode, ResNet-18 at OS 32."""
     net, variables = resnet18_pair
     x = np_rng.standard_normal((1, 43, 37, 3)).astype(np.float32)
