@@ -102,3 +102,30 @@ def test_gpu_suite_script_records_one_json_line_per_configuration(tmp_path):
     assert record["cmd"].endswith("--dtype=float32 --compare=torchvision --steps=1 --rounds=1 --json")
     assert record["mode"] == "eval" and record["ratio"] > 0 and record["torchvision_img_per_s"] > 0
     assert "| eval | float32 | 1 |" in done.stdout
+
+
+def test_model_flops_count_direct_convolutions_while_segjax_runs_winograd(monkeypatch):
+    """A 3x3 conv routed to Winograd (threshold lowered) executes fewer FLOPs than the direct
+    convolution; `model_flops` reports the direct count (2 * 9 * N * H * W * C * O plus the
+    border correction) and leaves the routing as it was."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    from segjax.ops import conv as conv_lib
+
+    monkeypatch.setattr(conv_lib, "WINOGRAD_MIN_FLOPS", 0)
+    x, w = jnp.ones((2, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
+
+    def conv(x, w):
+        return conv_lib.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def direct(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    runs = common.compiled_flops(jax.jit(conv).lower(x, w))
+    model = common.model_flops(conv, x, w)
+    assert model == common.compiled_flops(jax.jit(direct).lower(x, w))
+    assert runs < 0.5 * model
+    assert common.compiled_flops(jax.jit(lambda a, b: conv(a, b)).lower(x, w)) == runs

@@ -6,8 +6,10 @@ comparison is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import time
@@ -81,25 +83,31 @@ def compiled_flops(compiled: Any) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def model_flops(fn: Callable, *args) -> float | None:
-    """FLOPs of `fn(*args)` with every convolution counted as the direct algorithm.
+@contextlib.contextmanager
+def direct_convolutions():
+    """Within: `SEGJAX_WINOGRAD=0`, so that models traced here use direct convolutions only.
 
     Winograd convolutions (`segjax.ops.winograd`, on by default on CPU) execute ~1/4 of a 3x3
-    conv's multiplications, so the compiled step's own count understates the model's work; MFU
-    conventionally divides the model's (direct) FLOPs. `fn` is traced afresh with
-    `SEGJAX_WINOGRAD=0` and the lowered module's cost analysis is read (no compilation).
+    conv's multiplications, so a cost analysis of the step segjax runs understates the model's
+    work; FLOP tables and MFU count the model's direct-convolution FLOPs. Trace with a fresh
+    function inside: jit caches traces by function, and the routing reads the environment.
     """
-    import os
-
     old = os.environ.get("SEGJAX_WINOGRAD")
     os.environ["SEGJAX_WINOGRAD"] = "0"
-    try:  # a fresh wrapper: jit caches traces by function, and the routing reads the environment
-        return compiled_flops(jax.jit(lambda *a: fn(*a)).lower(*args))
+    try:
+        yield
     finally:
         if old is None:
             del os.environ["SEGJAX_WINOGRAD"]
         else:
             os.environ["SEGJAX_WINOGRAD"] = old
+
+
+def model_flops(fn: Callable, *args) -> float | None:
+    """FLOPs of `fn(*args)` with direct convolutions (`direct_convolutions`), from the cost
+    analysis of the lowered module (no compilation)."""
+    with direct_convolutions():
+        return compiled_flops(jax.jit(lambda *a: fn(*a)).lower(*args))
 
 
 @dataclasses.dataclass

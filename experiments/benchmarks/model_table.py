@@ -10,6 +10,8 @@ Columns:
                2 (3s - 2)^2 C_in C_out, not 2 * 9 s^2 C_in C_out), plus elementwise ops (BN, ReLU);
                tests/models/test_registry.py checks this on SegNet. `segjax.ops.atrous_conv2d`
                likewise skips taps that only read padding, so large atrous rates cost less.
+               Convolutions are counted as the direct algorithm (`common.direct_convolutions`:
+               Winograd's reduced products on CPU are an implementation choice, not the model's).
   OS           output stride of the model's default configuration (blank where it has none).
   aux          whether the default configuration returns `aux_logits`.
 
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments.benchmarks import common
 from segjax.models import AUX_LOGITS, available_models, create_model
 from segjax.models.registry import _REGISTRY
 
@@ -43,7 +46,8 @@ def model_row(name: str, size: int, num_classes: int) -> dict:
     params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
     out = jax.eval_shape(model.apply, variables, x)
     start = time.perf_counter()
-    cost = jax.jit(model.apply).lower(variables, x).compile().cost_analysis()
+    with common.direct_convolutions():  # the model's FLOPs, not Winograd's reduced count
+        cost = jax.jit(lambda v, a: model.apply(v, a)).lower(variables, x).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):  # older jax returned one dict per computation
         cost = cost[0]
     signature = inspect.signature(_REGISTRY[name]).parameters

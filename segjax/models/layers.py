@@ -54,6 +54,12 @@ def conv_general_dilated_impl():
     return None
 
 
+def conv_impl_kwargs() -> dict[str, Any]:
+    """`nn.Conv` keyword arguments that select `conv_general_dilated_impl()` ({} for lax's)."""
+    impl = conv_general_dilated_impl()
+    return {} if impl is None else {"conv_general_dilated": impl}
+
+
 def square_conv(
     features: int,
     kernel: int,
@@ -72,11 +78,10 @@ def square_conv(
     itself is `conv_general_dilated_impl()` (segjax's explicit form on CPU by default).
     """
     pad = dilation * (kernel - 1) // 2
-    impl = conv_general_dilated_impl()
     return nn.Conv(
         features,
         (kernel, kernel),
-        **({} if impl is None else {"conv_general_dilated": impl}),
+        **conv_impl_kwargs(),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
         kernel_dilation=(dilation, dilation),

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.models.layers import check_images
+from segjax.models.layers import check_images, conv_impl_kwargs
 from segjax.models.norm import BatchNorm
 from segjax.ops.pool import max_pool
 
@@ -89,6 +89,7 @@ def conv_relu_stack(
             dtype=dtype,
             param_dtype=jnp.float32,
             name=name,
+            **conv_impl_kwargs(),
         )(x)
         if batch_norm:
             bn_name = bn_names[i] if bn_names is not None else name.replace("conv", "bn", 1)
@@ -201,6 +202,7 @@ class VGG16(nn.Module):
                 x = nn.Conv(
                     self.fc_dim, (kernel, kernel), padding=((padding, padding), (padding, padding)),
                     kernel_dilation=(dil, dil), dtype=self.dtype, param_dtype=jnp.float32, name=name,
+                    **conv_impl_kwargs(),
                 )(x)
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
             out["fc7"] = x
