@@ -233,29 +233,26 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """
     nhwc = lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), _DIMS)
     dilation = tuple(rhs_dilation or (1, 1))
-    fast = (
+    # NHWC/HWIO, no input dilation or batch groups, output in the input's dtype: what every
+    # explicit form below handles.
+    plain = (
         jnp.ndim(lhs) == 4 and jnp.ndim(rhs) == 4
         and lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers) == nhwc
-        and tuple(window_strides) == (1, 1) and tuple(lhs_dilation or (1, 1)) == (1, 1)
-        and max(dilation) > 1 and batch_group_count == 1 and preferred_element_type is None
+        and tuple(lhs_dilation or (1, 1)) == (1, 1) and batch_group_count == 1
+        and preferred_element_type is None)
+    stride1 = tuple(window_strides) == (1, 1)
+    fast = (
+        plain and stride1 and max(dilation) > 1
         and (feature_group_count == 1
              or feature_group_count == lhs.shape[3] == rhs.shape[3]))
     pointwise = (
-        jnp.ndim(lhs) == 4 and jnp.ndim(rhs) == 4 and not isinstance(padding, str)
-        and lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers) == nhwc
-        and rhs.shape[:2] == (1, 1) and all(tuple(pd) == (0, 0) for pd in padding)
-        and tuple(lhs_dilation or (1, 1)) == (1, 1) and feature_group_count == 1
-        and batch_group_count == 1 and preferred_element_type is None)
+        plain and not isinstance(padding, str) and rhs.shape[:2] == (1, 1)
+        and all(tuple(pd) == (0, 0) for pd in padding) and feature_group_count == 1)
     if pointwise:
         # A (strided) 1x1 conv is a subsample and a matmul; XLA's kernel gradient for the
         # strided conv form is ~3x slower on CPU (ResNet's downsample branches).
         sh, sw = window_strides
         return pointwise_conv(lhs[:, ::sh, ::sw], rhs[0, 0], precision)
-    nhwc_3x3_stride1 = (
-        jnp.ndim(lhs) == 4 and jnp.ndim(rhs) == 4 and rhs.shape[:2] == (3, 3)
-        and lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers) == nhwc
-        and tuple(window_strides) == (1, 1) and tuple(lhs_dilation or (1, 1)) == (1, 1)
-        and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None)
     if fast:  # stride 1, so string padding resolves with stride (1, 1)
         pads = padding
         if isinstance(padding, str):
@@ -269,9 +266,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if fast:
         return _conv_by_taps(lhs, rhs, tuple(lo for lo, _ in pads), out_hw, dilation,
                              feature_group_count > 1)
-    if nhwc_3x3_stride1 and _use_winograd(lhs, rhs, padding, dilation):
+    m = (_winograd_tile_for(lhs, rhs, padding, dilation)
+         if plain and stride1 and rhs.shape[:2] == (3, 3) and feature_group_count == 1 else 0)
+    if m:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-        return winograd_conv3x3(lhs, rhs, dilation, pads, winograd_tile())
+        return winograd_conv3x3(lhs, rhs, dilation, pads, m)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type)
@@ -281,7 +280,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 # the direct convolution's multiplications. On the 2-core AVX-512 CPU, forward + backward at
 # 4x32x32 (DeepLabV3-R50 at 256^2), XLA's convolution / F(4x4): 512 ch rate 4 175 / 90 ms, 256 ch
 # 41 / 25, 128 ch 12 / 6, 64 ch at 64^2 21 / 7 (BENCHMARKS.md). float32 only: the transforms
-# amplify rounding (float32 results within ~1e-6 of the output's scale; bfloat16 would lose
+# amplify rounding (float32 results within ~1e-5 of the output's scale; bfloat16 would lose
 # ~1e-2). `SEGJAX_WINOGRAD=0` turns it off, `=2` uses F(2x2, 3x3).
 WINOGRAD_MIN_CHANNELS = 16
 # Below ~1e8 multiply-adds x 2 the transforms cost as much as they save (fwd + bwd ms, XLA /
@@ -300,17 +299,20 @@ def winograd_tile() -> int:
     return int(choice)
 
 
-def _use_winograd(lhs, rhs, padding, dilation) -> bool:
-    if not winograd_tile() or isinstance(padding, str):
-        return False
+def _winograd_tile_for(lhs, rhs, padding, dilation) -> int:
+    """`winograd_tile()` for a dense stride-1 3x3 conv that Winograd suits, else 0."""
+    m = winograd_tile()
+    if not m or isinstance(padding, str):
+        return 0
     if not (lhs.dtype == rhs.dtype == jnp.float32):
-        return False
+        return 0
     if min(rhs.shape[2], rhs.shape[3]) < WINOGRAD_MIN_CHANNELS:
-        return False
+        return 0
     out_hw = [_out_size(n, 3, 1, d, lo, hi) for n, d, (lo, hi) in zip(lhs.shape[1:3], dilation, padding)]
     if 2 * 9 * lhs.shape[0] * out_hw[0] * out_hw[1] * rhs.shape[2] * rhs.shape[3] < WINOGRAD_MIN_FLOPS:
-        return False
-    return all(0 <= lo <= 2 * d and 0 <= hi <= 2 * d for (lo, hi), d in zip(padding, dilation))
+        return 0
+    ok = all(0 <= lo <= 2 * d and 0 <= hi <= 2 * d for (lo, hi), d in zip(padding, dilation))
+    return m if ok else 0
 
 
 def atrous_conv2d(x: jax.Array, w: jax.Array, rate, *, padding="SAME") -> jax.Array:
