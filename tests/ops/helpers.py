@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import torch
 
@@ -26,3 +27,23 @@ def torch_vjp(fn, inputs: list[torch.Tensor], cotangent_nhwc: np.ndarray):
 def grad_nhwc(g: np.ndarray) -> np.ndarray:
     """Torch NCHW gradient -> NHWC."""
     return np.transpose(g, (0, 2, 3, 1))
+
+
+def torch_kernel(w: np.ndarray) -> torch.Tensor:
+    """HWIO numpy kernel -> OIHW float64 torch tensor that requires grad."""
+    return torch.tensor(np.asarray(w, np.float64)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+
+
+def jaxpr_eqns(fn, *args) -> list:
+    """All equations of fn's jaxpr, nested jits included.
+
+    Traced through a fresh wrapper: make_jaxpr caches traces by function, not by the module
+    attributes and environment variables that segjax's convolution routing reads.
+    """
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            yield e
+            if "jaxpr" in e.params:
+                yield from walk(getattr(e.params["jaxpr"], "jaxpr", e.params["jaxpr"]))
+
+    return list(walk(jax.make_jaxpr(lambda *a: fn(*a))(*args).jaxpr))

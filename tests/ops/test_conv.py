@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 
 from segjax.ops import atrous_conv2d, conv2d, conv_as_matrix, conv_transpose2d
-from tests.ops.helpers import grad_nhwc, nchw, torch_vjp
+from tests.ops.helpers import grad_nhwc, jaxpr_eqns, nchw, torch_kernel, torch_vjp
 
 # (in_hw, channels in, out, kernel, stride, padding, dilation, groups)
 CONV_CASES = [
@@ -27,10 +26,6 @@ def _weights(np_rng, k, c_in, c_out, groups):
     return np_rng.normal(size=(*k, c_in // groups, c_out)).astype(np.float32)
 
 
-def _torch_w(w):
-    return torch.tensor(np.asarray(w, np.float64)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
-
-
 @pytest.mark.parametrize("in_hw,c_in,c_out,k,stride,padding,dilation,groups", CONV_CASES)
 def test_conv2d_matches_torch(np_rng, in_hw, c_in, c_out, k, stride, padding, dilation, groups):
     x = np_rng.normal(size=(2, *in_hw, c_in)).astype(np.float32)
@@ -39,7 +34,7 @@ def test_conv2d_matches_torch(np_rng, in_hw, c_in, c_out, k, stride, padding, di
     y, vjp = jax.vjp(lambda a, b: conv2d(a, b, **kw), jnp.asarray(x), jnp.asarray(w))
     ct = np_rng.normal(size=y.shape).astype(np.float32)
     gx, gw = vjp(jnp.asarray(ct))
-    ty, (tgx, tgw) = torch_vjp(lambda a, b: F.conv2d(a, b, **kw), [nchw(x), _torch_w(w)], ct)
+    ty, (tgx, tgw) = torch_vjp(lambda a, b: F.conv2d(a, b, **kw), [nchw(x), torch_kernel(w)], ct)
     np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(gx, grad_nhwc(tgx), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(gw, np.transpose(tgw, (2, 3, 1, 0)), rtol=1e-5, atol=1e-4)
@@ -51,12 +46,12 @@ def test_string_padding(np_rng, padding):
     x = np_rng.normal(size=(1, 7, 10, 2)).astype(np.float32)
     w = np_rng.normal(size=(3, 5, 2, 3)).astype(np.float32)
     y = conv2d(x, w, dilation=2, padding=padding)
-    ty = F.conv2d(nchw(x), _torch_w(w), dilation=2, padding=padding.lower())
+    ty = F.conv2d(nchw(x), torch_kernel(w), dilation=2, padding=padding.lower())
     np.testing.assert_allclose(y, ty.detach().permute(0, 2, 3, 1), rtol=1e-5, atol=1e-4)
     # Even kernels: the odd total padding goes at the end (torch's "same" and lax agree).
     w_even = np_rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
     y_even = conv2d(x, w_even, dilation=(1, 3), padding=padding)
-    t_even = F.conv2d(nchw(x), _torch_w(w_even), dilation=(1, 3), padding=padding.lower())
+    t_even = F.conv2d(nchw(x), torch_kernel(w_even), dilation=(1, 3), padding=padding.lower())
     np.testing.assert_allclose(y_even, t_even.detach().permute(0, 2, 3, 1), rtol=1e-5, atol=1e-4)
     # SAME with stride: output ceil(H / s), total padding split with the extra at the end.
     y2 = conv2d(x, w, stride=2, padding="SAME")
@@ -75,21 +70,10 @@ def test_atrous_conv2d_matches_torch(np_rng, rate):
     ct = np_rng.normal(size=y.shape).astype(np.float32)
     gx, gw = vjp(jnp.asarray(ct))
     ty, (tgx, tgw) = torch_vjp(lambda a, b: F.conv2d(a, b, padding=r, dilation=r),
-                               [nchw(x), _torch_w(w)], ct)
+                               [nchw(x), torch_kernel(w)], ct)
     np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(gx, grad_nhwc(tgx), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(gw, np.transpose(tgw, (2, 3, 1, 0)), rtol=1e-5, atol=1e-4)
-
-
-def _eqns(fn, *args):
-    """All equations of fn's jaxpr, nested jits included."""
-    def walk(jaxpr):
-        for e in jaxpr.eqns:
-            yield e
-            if "jaxpr" in e.params:
-                yield from walk(getattr(e.params["jaxpr"], "jaxpr", e.params["jaxpr"]))
-
-    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
 def test_atrous_computes_only_taps_that_read_input():
@@ -97,7 +81,7 @@ def test_atrous_computes_only_taps_that_read_input():
     w = jnp.zeros((3, 3, 3, 4))
 
     def n_products(rate):
-        eqns = _eqns(lambda a: atrous_conv2d(a, w, rate), x)
+        eqns = jaxpr_eqns(lambda a: atrous_conv2d(a, w, rate), x)
         assert not [e for e in eqns if e.primitive.name == "conv_general_dilated"]
         return len([e for e in eqns if e.primitive.name == "dot_general"])
 
@@ -106,7 +90,7 @@ def test_atrous_computes_only_taps_that_read_input():
     assert n_products(4) == 9
     assert n_products((2, 9)) == 3
     # Other convolutions keep lax's conv but drop kernel rows that only read padding.
-    eqns = _eqns(lambda a: conv2d(a, jnp.zeros((5, 3, 3, 4)), stride=(2, 1), padding=(6, 2),
+    eqns = jaxpr_eqns(lambda a: conv2d(a, jnp.zeros((5, 3, 3, 4)), stride=(2, 1), padding=(6, 2),
                                   dilation=(3, 2)), jnp.zeros((1, 4, 6, 3)))
     convs = [e.invars[1].aval.shape for e in eqns if e.primitive.name == "conv_general_dilated"]
     assert convs == [(2, 3, 3, 4)]
@@ -134,7 +118,7 @@ def test_conv_transpose2d_matches_torch(np_rng, b, a, k, stride, padding, output
     x, vjp = jax.vjp(lambda u, v: conv_transpose2d(u, v, **kw), jnp.asarray(y), jnp.asarray(w))
     ct = np_rng.normal(size=x.shape).astype(np.float32)
     gy, gw = vjp(jnp.asarray(ct))
-    tw = _torch_w(w)  # [B, A/g, kh, kw]: torch's conv_transpose weight layout
+    tw = torch_kernel(w)  # [B, A/g, kh, kw]: torch's conv_transpose weight layout
     tx, (tgy, tgw) = torch_vjp(lambda u, v: F.conv_transpose2d(u, v, **kw), [nchw(y), tw], ct)
     np.testing.assert_allclose(x, tx, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(gy, grad_nhwc(tgy), rtol=1e-5, atol=1e-4)
@@ -312,7 +296,7 @@ def test_flax_conv_with_the_fast_conv_general_dilated(np_rng, kernel, dilation, 
     g0, g1 = vjp0(jnp.asarray(ct)), vjp1(jnp.asarray(ct))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-    avoids_lax = not [e for e in _eqns(lambda a: fast.apply(variables, a), x)
+    avoids_lax = not [e for e in jaxpr_eqns(lambda a: fast.apply(variables, a), x)
                       if e.primitive.name == "conv_general_dilated"]
     assert avoids_lax == (max(np.atleast_1d(dilation)) > 1 or kernel == 1)
 
@@ -321,7 +305,7 @@ def test_strided_conv_transpose_inserts_no_zeros():
     # Sub-pixel form: stride^2 phases as channels of one stride-1 computation, no lhs dilation.
     y, w = jnp.zeros((1, 4, 5, 3)), jnp.zeros((4, 4, 2, 3))
     for groups, wg in ((1, w), (3, jnp.zeros((4, 4, 2, 3)))):
-        eqns = _eqns(lambda a: conv_transpose2d(a, wg, stride=2, padding=1, groups=groups), y)
+        eqns = jaxpr_eqns(lambda a: conv_transpose2d(a, wg, stride=2, padding=1, groups=groups), y)
         dilations = [e.params["lhs_dilation"] for e in eqns if e.primitive.name == "conv_general_dilated"]
         assert all(tuple(d) == (1, 1) for d in dilations)
         assert dilations or groups == 1
@@ -341,12 +325,12 @@ def test_live_fraction_by_hand_and_dense_dilated_convs_stay_on_lax(np_rng):
         x = np_rng.normal(size=(1, 16, 16, 3)).astype(np.float32)
         w = np_rng.normal(size=(3, 3, 3, 2)).astype(np.float32)
         fn = lambda a, b, r=rate: atrous_conv2d(a, b, r)  # noqa: E731
-        lax_convs = [e for e in _eqns(fn, x, w) if e.primitive.name == "conv_general_dilated"]
+        lax_convs = [e for e in jaxpr_eqns(fn, x, w) if e.primitive.name == "conv_general_dilated"]
         assert (not lax_convs) == per_tap
         y, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(w))
         ct = np_rng.normal(size=y.shape).astype(np.float32)
         ty, (tgx, tgw) = torch_vjp(lambda a, b, r=rate: F.conv2d(a, b, padding=r, dilation=r),
-                                   [nchw(x), _torch_w(w)], ct)
+                                   [nchw(x), torch_kernel(w)], ct)
         gx, gw = vjp(jnp.asarray(ct))
         np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(gx, grad_nhwc(tgx), rtol=1e-5, atol=1e-4)
@@ -363,7 +347,7 @@ def test_pointwise_conv_vjp_equals_torch(np_rng, c, o):
     y, vjp = jax.vjp(lambda a, b: pointwise_conv(a, b), jnp.asarray(x), jnp.asarray(w))
     ct = np_rng.normal(size=y.shape).astype(np.float32)
     gx, gw = vjp(jnp.asarray(ct))
-    ty, (tgx, tgw) = torch_vjp(F.conv2d, [nchw(x), _torch_w(w[None, None])], ct)
+    ty, (tgx, tgw) = torch_vjp(F.conv2d, [nchw(x), torch_kernel(w[None, None])], ct)
     np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx, grad_nhwc(tgx), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gw, np.transpose(tgw, (2, 3, 1, 0))[0, 0], rtol=1e-5, atol=1e-5)

@@ -10,13 +10,7 @@ from jax import lax
 
 from segjax.ops import conv as conv_lib
 from segjax.ops.winograd import TILES, transforms, winograd_conv3x3
-from tests.ops.helpers import grad_nhwc, nchw, torch_vjp
-
-
-def _torch_w(w):
-    import torch
-
-    return torch.tensor(np.asarray(w, np.float64)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+from tests.ops.helpers import grad_nhwc, jaxpr_eqns, nchw, torch_kernel, torch_vjp
 
 
 @pytest.mark.parametrize("m", TILES)
@@ -53,7 +47,7 @@ def test_matches_torch_forward_and_gradients(np_rng, m, in_hw, c_in, c_out, dila
         (t, bo), (le, r) = pads
         return F.conv2d(F.pad(a, (le, r, t, bo)), b, dilation=dilation)
 
-    ty, (tgx, tgw) = torch_vjp(reference, [nchw(x), _torch_w(w)], ct)
+    ty, (tgx, tgw) = torch_vjp(reference, [nchw(x), torch_kernel(w)], ct)
     # float64 reference; F(4, 3)'s transforms amplify float32 rounding by ~10x over F(2, 3).
     tol = dict(rtol=1e-5, atol=1e-4) if m == 2 else dict(rtol=1e-4, atol=3e-4)
     np.testing.assert_allclose(y, ty, **tol)
@@ -67,7 +61,7 @@ def test_float32_error_relative_to_output_scale(np_rng, m, bound):
     x = np_rng.normal(size=(2, 16, 16, 64)).astype(np.float32)
     w = (np_rng.normal(size=(3, 3, 64, 64)) / 24).astype(np.float32)
     y = np.asarray(winograd_conv3x3(jnp.asarray(x), jnp.asarray(w), (2, 2), ((2, 2), (2, 2)), m))
-    ref = F.conv2d(nchw(x), _torch_w(w), padding=2, dilation=2).detach().permute(0, 2, 3, 1).numpy()
+    ref = F.conv2d(nchw(x), torch_kernel(w), padding=2, dilation=2).detach().permute(0, 2, 3, 1).numpy()
     assert np.abs(y - ref).max() <= bound * np.abs(ref).max()
 
 
@@ -82,10 +76,7 @@ def test_bad_arguments_raise():
 
 
 def _lax_convs(fn, *args):
-    # A fresh wrapper each time: make_jaxpr caches traces by function, not by the module
-    # attributes and environment the routing reads.
-    jaxpr = jax.make_jaxpr(lambda *a: fn(*a))(*args)
-    return [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    return [e for e in jaxpr_eqns(fn, *args) if e.primitive.name == "conv_general_dilated"]
 
 
 def test_conv_general_dilated_routes_dense_3x3_to_winograd(np_rng, monkeypatch):
