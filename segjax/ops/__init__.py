@@ -9,10 +9,13 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 * `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
 * `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
 * `roi_align` (segjax.ops.roi_align)
+* `erosion`, `dilation`, `opening`, `closing` and the `disk`, `square` footprints — equal to
+  skimage.morphology, borders included (segjax.ops.morphology)
 """
 
 from segjax.ops.conv import (atrous_conv2d, conv2d, conv_as_matrix, conv_general_dilated,
                              conv_transpose2d)
+from segjax.ops.morphology import closing, dilation, disk, erosion, opening, square
 from segjax.ops.pool import max_pool
 from segjax.ops.resize import resize
 from segjax.ops.roi_align import roi_align
@@ -22,15 +25,21 @@ from segjax.ops.winograd import winograd_conv3x3
 __all__ = [
     "atrous_conv2d",
     "bed_of_nails_unpool",
+    "closing",
     "conv2d",
     "conv_as_matrix",
     "conv_general_dilated",
     "conv_transpose2d",
+    "dilation",
+    "disk",
+    "erosion",
     "max_pool",
     "max_pool_with_argmax",
     "max_unpool",
     "nearest_unpool",
+    "opening",
     "resize",
     "roi_align",
+    "square",
     "winograd_conv3x3",
 ]
