@@ -9,13 +9,20 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 * `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
 * `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
 * `roi_align` (segjax.ops.roi_align)
+* detection: `box_area`, `box_iou`, `clip_boxes`, `remove_small_boxes`, `encode_boxes`, `decode_boxes`
+  (segjax.ops.boxes), `nms`, `batched_nms` (segjax.ops.nms, static-shaped), `paste_masks`
+  (segjax.ops.paste_masks)
 * `erosion`, `dilation`, `opening`, `closing` and the `disk`, `square` footprints — equal to
   skimage.morphology, borders included (segjax.ops.morphology)
 """
 
+from segjax.ops.boxes import (box_area, box_iou, clip_boxes, decode_boxes, encode_boxes,
+                              remove_small_boxes)
 from segjax.ops.conv import (atrous_conv2d, conv2d, conv_as_matrix, conv_general_dilated,
                              conv_transpose2d)
 from segjax.ops.morphology import closing, dilation, disk, erosion, opening, square
+from segjax.ops.nms import batched_nms, nms
+from segjax.ops.paste_masks import paste_masks
 from segjax.ops.pool import max_pool
 from segjax.ops.resize import resize
 from segjax.ops.roi_align import roi_align
@@ -24,12 +31,18 @@ from segjax.ops.winograd import winograd_conv3x3
 
 __all__ = [
     "atrous_conv2d",
+    "batched_nms",
     "bed_of_nails_unpool",
+    "box_area",
+    "box_iou",
+    "clip_boxes",
     "closing",
     "conv2d",
     "conv_as_matrix",
     "conv_general_dilated",
     "conv_transpose2d",
+    "decode_boxes",
+    "encode_boxes",
     "dilation",
     "disk",
     "erosion",
@@ -37,7 +50,10 @@ __all__ = [
     "max_pool_with_argmax",
     "max_unpool",
     "nearest_unpool",
+    "nms",
     "opening",
+    "paste_masks",
+    "remove_small_boxes",
     "resize",
     "roi_align",
     "square",
