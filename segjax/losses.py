@@ -304,3 +304,6 @@ def segmentation_loss(
             aux_sum = aux_sum * count / jnp.maximum(aux_count, 1.0)
         total = total + aux_weight * aux_sum
     return total, count
+
+
+from segjax.embedding_losses import contrastive_loss, discriminative_loss, pair_contrastive_loss, triplet_loss  # noqa: E402,F401
