@@ -104,7 +104,9 @@ def test_batch_hard_is_pml_batch_hard_miner(np_rng, distance, normalize, soft):
     )
     dist = pml_distance(distance, normalize)
     miner = pml_miners.BatchHardMiner(distance=dist)
-    pml = pml_losses.TripletMarginLoss(margin=margin, smooth_loss=soft, distance=dist, reducer=pml_reducers.SumReducer())
+    pml = pml_losses.TripletMarginLoss(
+        margin=margin, smooth_loss=soft, distance=dist, reducer=pml_reducers.SumReducer()
+    )
     tl = torch.tensor(labels)
     ref, ref_g = torch_loss(lambda t: pml(t, tl, miner(t, tl)), x)
     np.testing.assert_allclose(s, ref, rtol=1e-12)
@@ -352,11 +354,10 @@ def test_invalid_rows_are_as_if_absent(np_rng, mining):
     assert not g[~valid].any()
 
 
-@pytest.mark.parametrize("mining", el.MINING)
-def test_duplicate_embeddings_have_finite_gradients(mining):
+def test_duplicate_embeddings_have_finite_gradients():
     x = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [2.0, 0.0], [2.0, 0.0]])
     labels = np.array([0, 0, 1, 1, 0])
-    for fn in (functools.partial(el.triplet_loss, mining=mining), el.contrastive_loss):
+    for fn in [functools.partial(el.triplet_loss, mining=m) for m in el.MINING] + [el.contrastive_loss]:
         s, c, g = jax_loss(fn, x, labels)
         assert np.isfinite(s) and c > 0 and np.all(np.isfinite(g))
 
@@ -471,6 +472,11 @@ def test_discriminative_matches_torch_transcription(np_rng):
     ref2, ref2_g = torch_loss(lambda t: torch_discriminative(t, np.where(vm, ids, 255), **kw)[0], emb)
     np.testing.assert_allclose(s2, ref2, rtol=1e-12)
     np.testing.assert_allclose(g2, ref2_g, rtol=1e-10, atol=1e-12)
+    # valid_mask on whole images = leaving them out.
+    first_out = np.array([False, True, True])
+    s3, c3, _ = jax_loss(lambda e: el.discriminative_loss(e, ids, max_instances=m, valid_mask=first_out, **kw), emb)
+    ref3 = float(torch_discriminative(torch.tensor(emb[1:]), ids[1:], **kw)[0])
+    np.testing.assert_allclose([s3, c3], [ref3, 1], rtol=1e-12)
 
 
 def _piecewise(means, h=4, w=6):
