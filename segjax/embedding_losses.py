@@ -132,6 +132,10 @@ def triplet_loss(
     on batches where every anchor has both, "hard" equals `triplet_hard_loss` (sum / count) and
     "semi_hard" equals `triplet_semihard_loss`.
 
+    Cost: "hard" O(B^2); "semi_hard" O(B^2 log B) (one argsort per anchor row); "all" O(B^3)
+    memory. Measured on this project's 2-core CPU host (shared, loaded), D=32, forward+backward:
+    B=256: all 161 ms, hard 3.7 ms, semi_hard 14 ms; B=1024: hard 25 ms, semi_hard 0.7 s.
+
     Returns:
       (sum of the per-triplet losses, count) as float scalars; (0, 0) if nothing qualifies.
     """
