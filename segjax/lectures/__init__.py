@@ -1,0 +1,192 @@
+"""The lecture decks' worked examples and figures, regenerated from segjax's own code.
+
+`write(out_dir)` (what `python -m experiments.lectures --out=DIR` runs) writes one PNG per
+figure, `numbers.json` (per figure number, the numbers the figure shows) and `index.md` (one line
+per figure on what it teaches). The data of each figure comes from `segjax.lectures.data` (or
+`fcn_demo` for figure 6), computed with segjax's operators, models and datasets; `draw` only
+draws it.
+
+Example:
+  >>> from segjax import lectures
+  >>> lectures.data.convolution()["conv"]          # [[122, 148], [126, 134]]
+  >>> lectures.write("/tmp/lectures", figures=[1, 5], skip_training=True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+from segjax.lectures import data, draw
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One lecture figure: `make()` computes its data, `numbers(data)` picks what numbers.json
+    stores, `draw(data, path)` writes the PNG."""
+
+    number: int
+    slug: str
+    title: str
+    teaches: str
+    make: Callable[[], dict]
+    draw: Callable[[dict, str], None]
+    numbers: Callable[[dict], dict]
+    needs_training: bool = False
+
+    @property
+    def png(self) -> str:
+        return f"fig{self.number}_{self.slug}.png"
+
+
+def _drop(*keys: str) -> Callable[[dict], dict]:
+    return lambda d: {k: v for k, v in d.items() if k not in keys}
+
+
+def _dilation_data() -> dict:
+    return {"receptive_field": data.dilation(), "deeplab": data.deeplab_heads()}
+
+
+def _dilation_numbers(d: dict) -> dict:
+    rf = d["receptive_field"]
+    return {"receptive_field": {"size": rf["size"], "constant": rf["constant"],
+                                "exponential": rf["exponential"]},
+            "deeplab": d["deeplab"]}
+
+
+def _fcn_data() -> dict:
+    from segjax.lectures import fcn_demo
+
+    start = time.perf_counter()
+    out = fcn_demo.fcn_skips()
+    out["recipe"]["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def _fcn_numbers(d: dict) -> dict:
+    return {"recipe": d["recipe"],
+            "models": {k: {n: v for n, v in m.items() if n != "prediction"}
+                       for k, m in d["models"].items()}}
+
+
+def _difficulty_numbers(d: dict) -> dict:
+    return {"index": d["index"], "split": d["split"], "class_counts": d["class_counts"],
+            "class_count_images": d["class_count_images"],
+            "factors": {k: {n: v for n, v in f.items() if n not in ("image", "label")}
+                        for k, f in d["factors"].items()}}
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure(1, "convolution", "The general convolution",
+           "a convolution is a matrix (conv_as_matrix) and its transpose is the transposed "
+           "convolution: the decks' 4x4 * 3x3 example, numbers from conv2d, conv_as_matrix and "
+           "conv_transpose2d.",
+           data.convolution, draw.draw_convolution, lambda d: d),
+    Figure(2, "interpolation", "Interpolation",
+           "nearest, linear and cubic interpolation through the same samples, and nearest / "
+           "bilinear / bicubic upsampling of a 4x4 image (resize); bicubic overshoots the data "
+           "range.",
+           data.interpolation, draw.draw_interpolation, lambda d: d),
+    Figure(3, "unpooling", "Unpooling",
+           "nearest, bed-of-nails and max-unpooling (with max_pool_with_argmax's switches) of "
+           "the same pooled 4x4 example.",
+           data.unpooling, draw.draw_unpooling, lambda d: d),
+    Figure(4, "fractionally_strided", "Transposed convolution as fractionally strided",
+           "a stride-2 transposed convolution equals a stride-1 convolution with the flipped "
+           "kernel over the input with zeros inserted (bed_of_nails_unpool) and padded.",
+           data.fractionally_strided, draw.draw_fractionally_strided, lambda d: d),
+    Figure(5, "dilation", "Dilated convolution and the DeepLab heads",
+           "the receptive field of stacked 3x3 atrous convolutions, from the gradient of one "
+           "output pixel: extent 1 + 2 * sum(rates), gridded at a constant rate; and the heads "
+           "of the registered DeepLab v1 -> v2 (ASPP) -> v3 -> v3+ models.",
+           _dilation_data, lambda d, p: draw.draw_dilation(d["receptive_field"], d["deeplab"], p),
+           _dilation_numbers),
+    Figure(6, "fcn_skips", "FCN-32s / 16s / 8s",
+           "skip connections from pool4 and pool3 sharpen a stride-32 prediction (same tiny "
+           "VGG, same short training, only the skips differ).",
+           _fcn_data, draw.draw_fcn, _fcn_numbers, needs_training=True),
+    Figure(7, "roi_align", "ROI Align",
+           "ROI Align averages bilinear samples at fractional positions inside each bin (no "
+           "rounding of the box); the drawn points reproduce roi_align's output.",
+           data.roi_align_sampling, draw.draw_roi_align, _drop("feature")),
+    Figure(8, "difficulty", "Why segmentation is difficult",
+           "one synthetic_shapes scene under each difficulty factor: illumination, occlusion, "
+           "overlap, shape variation, class imbalance, noise and ground-truth variance.",
+           data.difficulty, draw.draw_difficulty, _difficulty_numbers),
+    Figure(9, "metric_learning", "Triplet loss and class imbalance",
+           "the triplet loss is zero once the negative is a margin farther than the positive; a "
+           "classifier trained on imbalanced data moves its boundary into the minority class "
+           "(class weights move it back).",
+           data.metric_learning, draw.draw_metric_learning,
+           _drop("loss_map", "points", "labels", "grid")),
+)
+BY_NUMBER = {f.number: f for f in FIGURES}
+
+
+def skip_reason(figure: Figure, skip_training: bool) -> str | None:
+    """Why `figure` is not generated now, or None."""
+    if figure.needs_training and skip_training:
+        return "skipped (--skip_training): it trains three small models"
+    if figure.number == 9 and not data.has_triplet_loss():
+        return ("skipped: segjax.losses has no triplet_loss yet (the metric-learning losses "
+                "have not landed)")
+    return None
+
+
+def _index_line(figure: Figure, d: dict | None, reason: str | None) -> str:
+    if reason is not None:
+        return f"{figure.number}. **{figure.title}**: {reason}."
+    line = f"{figure.number}. [**{figure.title}**]({figure.png}): {figure.teaches}"
+    if figure.needs_training and d is not None:
+        r = d["recipe"]
+        line += (f" Trained here: {', '.join(r['models'])} with {r['overrides']} on "
+                 f"{r['dataset']}; {r['optimizer']}; loss {r['loss']}; "
+                 f"{r['seconds']} s for all three on this machine.")
+    return line
+
+
+def write(out_dir: str, figures: Sequence[int] | None = None, *, skip_training: bool = False,
+          log: Callable[[str], Any] | None = None) -> dict:
+    """Writes the PNGs, `numbers.json` and `index.md` of `figures` (all by default) to `out_dir`.
+
+    Returns {"pngs": {number: path}, "numbers": the dict written to numbers.json (keys are
+    figure numbers as strings), "skipped": {number: reason}, "seconds": {number: seconds}}.
+    """
+    numbers_wanted = sorted(BY_NUMBER) if figures is None else sorted(set(figures))
+    unknown = [n for n in numbers_wanted if n not in BY_NUMBER]
+    if unknown:
+        raise ValueError(f"unknown figure(s) {unknown}; figures are {sorted(BY_NUMBER)}")
+    os.makedirs(out_dir, exist_ok=True)
+    pngs, numbers, skipped, seconds, lines = {}, {}, {}, {}, []
+    for n in numbers_wanted:
+        figure = BY_NUMBER[n]
+        reason = skip_reason(figure, skip_training)
+        d = None
+        if reason is None:
+            start = time.perf_counter()
+            d = figure.make()
+            path = os.path.join(out_dir, figure.png)
+            figure.draw(d, path)
+            numbers[str(n)] = data.to_json(figure.numbers(d))
+            pngs[n] = path
+            seconds[n] = round(time.perf_counter() - start, 2)
+            if log:
+                log(f"figure {n} ({figure.slug}): {seconds[n]} s -> {path}")
+        else:
+            skipped[n] = reason
+            if log:
+                log(f"figure {n} ({figure.slug}): {reason}")
+        lines.append(_index_line(figure, d, reason))
+    with open(os.path.join(out_dir, "numbers.json"), "w") as f:
+        json.dump(numbers, f, indent=1)
+        f.write("\n")
+    header = ["# The lectures, regenerated by segjax", "",
+              "Each figure below was computed with segjax's own operators, models and datasets "
+              "by `python -m experiments.lectures --out=DIR`; the numbers each one shows are in "
+              "`numbers.json` under the figure's number.", ""]
+    with open(os.path.join(out_dir, "index.md"), "w") as f:
+        f.write("\n".join(header + lines) + "\n")
+    return {"pngs": pngs, "numbers": numbers, "skipped": skipped, "seconds": seconds}
