@@ -164,16 +164,24 @@ def test_scores_agree_with_a_direct_count(tiny_results):
 
 @pytest.mark.slow
 def test_experiments_classical_end_to_end(tmp_path):
+    # Two datasets (a study): each gets its own directory, plus the study table and figure.
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "experiments.classical", f"--workdir={workdir}",
-           "--dataset=synthetic_shapes/tiny", "--num_images=2", "--workers=2",
-           "--methods=otsu,slic,grabcut,random_walker"]
+           "--dataset=synthetic_shapes/tiny,synthetic_shapes/clean", "--num_images=2",
+           "--workers=2", "--methods=otsu,slic,grabcut,random_walker"]
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=240)
-    results = json.loads((workdir / "results.json").read_text())
-    assert set(results) == {"otsu", "slic", "grabcut", "random_walker"}
-    for r in results.values():
-        assert {"miou", "boundary_iou", "seconds_per_image", "inputs"} <= set(r)
-    assert results["grabcut"]["inputs"].startswith("ground-truth instance boxes")
-    assert "automatic" in results["otsu"]["inputs"]
-    assert (workdir / "figure.png").stat().st_size > 1000
-    assert "| random_walker |" in (workdir / "report.md").read_text()
+    for config in ("tiny", "clean"):
+        results = json.loads((workdir / config / "results.json").read_text())
+        assert list(results) == ["otsu", "slic", "grabcut", "random_walker"]
+        for r in results.values():
+            assert {"miou", "boundary_iou", "seconds_per_image", "inputs"} <= set(r)
+            assert 0.0 <= r["miou"] <= 1.0 and r["seconds_per_image"] > 0
+        assert results["grabcut"]["inputs"].startswith("ground-truth instance boxes")
+        assert results["random_walker"]["inputs"].startswith("ground-truth seeds")
+        assert "automatic" in results["otsu"]["inputs"]
+        assert "boundary_recall" in results["slic"] and "boundary_recall" not in results["otsu"]
+        assert (workdir / config / "figure.png").stat().st_size > 1000
+        assert "| random_walker |" in (workdir / config / "report.md").read_text()
+    study = (workdir / "study.md").read_text()
+    assert "| method | inputs | tiny | clean |" in study
+    assert (workdir / "study.png").stat().st_size > 1000
