@@ -42,9 +42,9 @@ def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
 
     from segjax import evaluate, visualize
     from segjax.data.pipeline import preprocess_image
-    from segjax.train import loop
+    from segjax.train import build
 
-    config, info, model, variables = loop.load_for_inference(workdir, checkpoint)
+    config, info, model, variables = build.load_for_inference(workdir, checkpoint)
     ev = config.eval
     apply_fn = evaluate.model_apply_fn(model)
 

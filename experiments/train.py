@@ -1,8 +1,84 @@
-"""Generic alias of `experiments.deeplab_voc` for any config: `python -m experiments.train ...`."""
+r"""The generic trainer: flags only, the loop is `segjax.train.loop.train_and_evaluate`.
 
-from absl import app
+    python -m experiments.train --workdir=/tmp/run \
+      --config=experiments/configs/FILE.py[:PRESET] [--config.KEY=VALUE ...]
 
-from experiments.deeplab_voc import _parse_flags, main
+`config.task` chooses what is learned (`segjax.tasks.TASKS`; "semantic" by default). Rerunning
+on the same --workdir resumes from its latest checkpoint. Exit status 0 on success, 1 with a
+one-line message on a known failure (bad config or unknown key, missing dataset, incompatible
+work dir, NaN loss), and a traceback for anything unexpected. `experiments.deeplab_voc` is this
+trainer with `experiments/configs/deeplab_voc.py` as the default config.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(default_config: str | None = None) -> None:
+    """Defines --workdir and --config (with `default_config` as the default config file)."""
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
+    flags.mark_flags_as_required(["workdir"])
+    config_flags.DEFINE_config_file("config", default_config, "Config file (path.py[:preset]).",
+                                    lock_config=True)
+
+
+def _unknown_override(argv: list[str], default_config: str | None) -> str | None:
+    """Message naming the first `--config.KEY=...` whose KEY the config file does not define."""
+    from segjax.train import config_utils
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), default_config)
+    if spec is None:
+        return None
+    overrides = [a for a in argv if a.startswith("--config.")]
+    keys = [a[len("--config."):].split("=", 1)[0] for a in overrides]
+    message = config_utils.unknown_key_message(config_utils.load_config_file(spec), keys)
+    if message is None:
+        return None
+    bad = next(a for a, k in zip(overrides, keys) if repr(k) in message)
+    return message.replace("; keys", f" (from {bad}); keys", 1)
+
+
+def parse_flags(argv: list[str], default_config: str | None = None) -> list[str]:
+    """absl flag parsing, with a one-line error for an unknown `--config.KEY` override."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        message = _unknown_override(argv, default_config) or f"{type(e).__name__}: {e}"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
+    from segjax.train import loop
+
+    try:
+        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except loop.KNOWN_ERRORS as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def run(default_config: str | None = None) -> None:
+    """Defines the flags and runs `main` (the entry point of this module and its aliases)."""
+    define_flags(default_config)
+    app.run(main, flags_parser=lambda argv: parse_flags(argv, default_config))
+
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    run()

@@ -13,9 +13,9 @@ the confusion matrix, so the metrics are those of the original-size images.
   border), logits averaged where tiles overlap; an image smaller than the window is predicted
   whole.
 
-The eval function runs under `jax.jit` over a 1-D device mesh ("batch"): variables replicated,
-the batch sharded along its first axis, the confusion matrix a global sum. It works the same
-whether training used pmap or a mesh (eval uses running BatchNorm statistics, no collectives).
+`evaluate` drives any task's compiled eval step (`segjax.train.parallel.Parallel.eval_step`, the
+same strategy, pmap or mesh, that trains) over the batches and returns the task's metrics; the
+semantic task's per-batch statistics use `predict_probs` below.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from segjax import metrics as metrics_lib
 from segjax.models.outputs import LOGITS
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (variables, images [N,h,w,3]) -> logits
@@ -125,121 +123,34 @@ def model_apply_fn(model) -> ApplyFn:
     return apply
 
 
-def make_eval_fn(model, *, num_classes: int, ignore_label: int, mesh: Mesh | None = None,
-                 scales: Sequence[float] = (1.0,), flip: bool = False,
-                 window: int | None = None, stride: int | None = None,
-                 boundary_iou: bool = False, boundary_dilation_ratio: float = 0.02):
-    """A jitted `eval_fn(variables, batch) -> (confusion int32 [K, K], pred int32 [B, H, W],
-    boundary)`, `boundary` being None or, with `boundary_iou`, the Boundary IoU counts
-    `(intersection, union)` int32 [K] of `segjax.metrics.boundary_iou_counts`.
-
-    `batch` holds "image" [B, H, W, 3], "label" [B, H, W] (ignore in padding) and "valid" bool
-    [B]; `variables` is {"params", "batch_stats"}. With a `mesh` (axis "batch") the variables are
-    expected replicated and the batch sharded over it (see `shard_eval_batch`); the confusion
-    matrix is the global sum either way.
-
-    Boundary IoU treats ignored pixels (padding, VOC's object outlines) like the outside of the
-    image in both the prediction and the labels, so padding cannot change it; its boundary width
-    is `boundary_dilation_ratio` times the diagonal of the padded batch. `eval_fn.trace_count()` counts compilations (one per
-    distinct input shape) for recompile guards.
-    """
-    apply_fn = model_apply_fn(model)
-    traces = [0]
-
-    def eval_fn(variables, batch):
-        traces[0] += 1
-        probs = predict_probs(apply_fn, variables, batch["image"], scales=tuple(scales), flip=flip,
-                              window=window, stride=stride)
-        pred = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-        conf = metrics_lib.confusion_matrix(pred, batch["label"], num_classes,
-                                            ignore_label=ignore_label,
-                                            valid_mask=batch.get("valid"))
-        boundary = None
-        if boundary_iou:
-            outside = batch["label"] == ignore_label
-            boundary = metrics_lib.boundary_iou_counts(
-                jnp.where(outside, -1, pred), batch["label"], num_classes,
-                ignore_label=ignore_label, dilation_ratio=boundary_dilation_ratio,
-                valid_mask=batch.get("valid"))
-        return conf, pred, boundary
-
-    if mesh is None:
-        jitted = jax.jit(eval_fn)
-    else:
-        replicated = NamedSharding(mesh, P())
-        jitted = jax.jit(eval_fn, out_shardings=(replicated, NamedSharding(mesh, P("batch")),
-                                                 replicated))
-    jitted.trace_count = lambda: traces[0]
-    return jitted
-
-
-def eval_mesh() -> Mesh:
-    """A 1-D mesh over every device (all processes), axis "batch"."""
-    return Mesh(np.asarray(jax.devices()), ("batch",))
-
-
-def shard_eval_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Global arrays from process-local eval batch arrays, sharded along the batch axis.
-
-    Only the keys the eval function reads are transferred ("image", "label", "valid").
-    """
-    sharding = NamedSharding(mesh, P("batch"))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k]))
-            for k in ("image", "label", "valid") if k in batch}
-
-
-def replicate_on(tree: Any, mesh: Mesh) -> Any:
-    """`tree` (host or device arrays, unreplicated) placed fully replicated on `mesh`."""
-    sharding = NamedSharding(mesh, P())
-    # From a callback, so that it also works when the mesh spans several processes.
-    return jax.tree.map(lambda x: jax.make_array_from_callback(
-        np.shape(x), sharding, lambda idx, x=np.asarray(x): x[idx]), tree)
-
-
-def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded array, in order (all rows on one process)."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    seen, rows = set(), []
-    for s in shards:
-        start = s.index[0].start or 0
-        if start not in seen:
-            seen.add(start)
-            rows.append(np.asarray(s.data))
-    return np.concatenate(rows)
-
-
-def evaluate(eval_fn, variables: Any, batches: Iterable[Mapping[str, np.ndarray]], *,
-             num_classes: int, mesh: Mesh,
-             on_batch: Callable[[Mapping[str, np.ndarray], Callable[[], np.ndarray]], None] | None = None,
-             ) -> dict[str, Any]:
-    """Runs `eval_fn` over `batches` and returns `metrics_from_confusion` of the int64 sum
-    (plus boundary_iou and boundary_iou_per_class when `eval_fn` computes them).
+def evaluate(par, eval_step, state: Any, task, batches: Iterable[Mapping[str, np.ndarray]], *,
+             on_batch: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None]
+             | None = None) -> dict[str, Any]:
+    """Runs a compiled eval step over `batches` and returns the task's metrics.
 
     Args:
-      eval_fn: from `make_eval_fn(..., mesh=mesh)`.
-      variables: replicated on `mesh` (`replicate_on`).
-      batches: process-local eval batches (`segjax.data.pipeline.eval_batches`).
-      num_classes: K.
-      mesh: the eval mesh.
-      on_batch: optional `(batch, get_pred)` callback, e.g. to save visualisations;
-        `get_pred()` fetches this process's predictions int32 [B_local, H, W].
+      par: the `segjax.train.parallel.Parallel` strategy the state lives in.
+      eval_step: `par.eval_step(task)`.
+      state: the device state (`par.replicate(host_state)`).
+      task: the `segjax.tasks.Task`.
+      batches: process-local eval batches, all of one shape (padded, with "valid").
+      on_batch: optional `(batch, per_example)` callback with this process's rows as numpy,
+        e.g. to write pictures.
 
-    Returns:
-      miou, pixel_accuracy, iou_per_class, ... (see `segjax.metrics.metrics_from_confusion`).
+    Raises:
+      RuntimeError: the step was traced more than once (batches of differing shapes).
     """
-    acc = metrics_lib.ConfusionAccumulator(num_classes)
-    traces_before = eval_fn.trace_count() if hasattr(eval_fn, "trace_count") else None
+    acc = task.new_accumulator()
+    traces_before = eval_step.trace_count()
     for batch in batches:
-        conf, pred, boundary = eval_fn(variables, shard_eval_batch(batch, mesh))
-        acc.update(np.asarray(conf))
-        if boundary is not None:
-            acc.update_boundary(*(np.asarray(c) for c in boundary))
+        sums, per_example = eval_step(state, par.shard_batch(
+            {k: batch[k] for k in batch if k in task.eval_keys or k == "valid"}))
+        rows = {k: par.local_rows(v) for k, v in per_example.items()}
+        acc.update(par.host_value(sums), rows, batch)
         if on_batch is not None:
-            on_batch(batch, lambda pred=pred: local_rows(pred))
-    if traces_before is not None and eval_fn.trace_count() > max(traces_before, 1):
+            on_batch(batch, rows)
+    if eval_step.trace_count() > max(traces_before, 1):
         # Static shapes are the contract: a retrace means batches of differing shapes.
-        raise RuntimeError(f"the eval function was traced {eval_fn.trace_count()} times; eval "
+        raise RuntimeError(f"the eval step was traced {eval_step.trace_count()} times; eval "
                            "batches must all have one shape (pad them with eval.pad_to)")
     return acc.result()

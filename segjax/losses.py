@@ -18,13 +18,12 @@ What the pair means per loss:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.models.outputs import AUX_LOGITS, LOGITS
 
 Pair = tuple[jax.Array, jax.Array]
 
@@ -127,12 +126,19 @@ def focal_loss(
     `cross_entropy` (number of counted pixels, or the sum of their class weights). gamma=0 is
     cross-entropy.
     """
+    if gamma < 0:
+        raise ValueError(f"focal_loss needs gamma >= 0, got {gamma}")
     log_p, onehot, safe, valid = _log_probs_and_targets(logits, labels, ignore_label, valid_mask)
     pixel_w = _pixel_weights(class_weights, safe, valid)
     log_py = jnp.sum(log_p * onehot, axis=-1)
-    py = jnp.exp(log_py)
-    # (1 - p)^gamma has an infinite derivative at p = 1 for gamma < 1; clip the base at 0.
-    modulator = jnp.power(jnp.maximum(1.0 - py, 0.0), gamma)
+    # 1 - p computed as -expm1(log p): exact where p is close to 1, and exactly 0 where p rounds
+    # to 1. There the derivative of base**gamma is infinite for gamma < 1 (and inf * 0 = NaN
+    # in the chain rule), so the power only sees positive bases and the modulator is the
+    # constant 0 (gamma > 0) or 1 (gamma = 0) at base 0: a finite, exactly zero gradient.
+    base = -jnp.expm1(log_py)
+    positive = base > 0
+    powered = jnp.power(jnp.where(positive, base, 1.0), gamma)
+    modulator = jnp.where(positive, powered, 1.0 if gamma == 0 else 0.0)
     return jnp.sum(-pixel_w * modulator * log_py), jnp.sum(pixel_w)
 
 
@@ -227,35 +233,43 @@ def ohem_cross_entropy(
     top_k: float | None = None,
     min_kept: int = 0,
     valid_mask: jax.Array | None = None,
+    gather: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Pair:
     """Online hard example mining cross-entropy as (sum, count) over the selected pixels.
 
-    Two selection rules (exactly one of `thresh`/`top_k` is used; `top_k` wins when given):
-      thresh: keep counted pixels whose probability of the true class is below
-        max(thresh, the (min_kept+1)-th smallest such probability) - the rule of PSPNet/mmseg's
-        OHEM sampler; at least `min_kept` of the hardest pixels are kept.
-      top_k: keep the max(ceil(top_k * n_counted), min(min_kept, n_counted)) pixels with the
-        highest loss ("bootstrapped" CE), top_k in (0, 1].
-    Selection is over the batch the function sees (per device under pmap, the global batch
-    under jit over a mesh) and is not differentiated; count = pixels kept.
+    Two selection rules (exactly one of `thresh`/`top_k` is used; `top_k` wins when given), over
+    the counted pixels of the whole batch, with `min_kept` counted per image as in
+    mmsegmentation's `OHEMPixelSampler` (the batch keeps at least `min_kept * N` pixels):
+      thresh: keep pixels whose probability of the true class is below max(thresh, the
+        (min_kept * N + 1)-th smallest such probability) - PSPNet's / mmseg's rule.
+      top_k: keep the pixels whose loss is at least the k-th largest, k = max(ceil(top_k *
+        n_counted), min(min_kept * N, n_counted)) ("bootstrapped" CE), top_k in (0, 1]; pixels
+        tied with the k-th are all kept.
+    `gather` (e.g. `StepContext.all_gather`) maps this device's per-image arrays to the global
+    batch's, so that under data parallelism the thresholds are those of the global batch and
+    1 or N devices select the same pixels; None means this call sees the whole batch. Selection
+    is not differentiated; count = pixels kept (of this call's share).
     """
+    gather = gather or (lambda x: x)
     log_p, onehot, _, valid = _log_probs_and_targets(logits, labels, ignore_label, valid_mask)
-    nll = -jnp.sum(log_p * onehot, axis=-1).reshape(-1)
-    valid = valid.reshape(-1)
-    n_valid = jnp.sum(valid)
+    nll = -jnp.sum(log_p * onehot, axis=-1)
     sg_nll = jax.lax.stop_gradient(nll)
+    all_nll = gather(jnp.where(valid, sg_nll, -jnp.inf)).reshape(-1)  # the global batch
+    n_images = all_nll.shape[0] // max(1, int(np.prod(nll.shape[1:])))
+    n_valid = jnp.sum(all_nll > -jnp.inf)
+    batch_kept = min_kept * n_images
     if top_k is not None:
         if not 0.0 < top_k <= 1.0:
             raise ValueError(f"top_k must be a fraction in (0, 1], got {top_k}")
-        k = jnp.maximum(jnp.ceil(top_k * n_valid).astype(jnp.int32), jnp.minimum(min_kept, n_valid))
-        # Rank pixels by loss, hardest first; uncounted pixels rank last.
-        order = jnp.argsort(-jnp.where(valid, sg_nll, -jnp.inf))
-        ranks = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
-        keep = valid & (ranks < k)
+        k = jnp.maximum(jnp.ceil(top_k * n_valid).astype(jnp.int32),
+                        jnp.minimum(batch_kept, n_valid))
+        ranked = jnp.sort(all_nll)[::-1]  # hardest first; uncounted pixels (-inf) last
+        kth = ranked[jnp.clip(k - 1, 0, ranked.shape[0] - 1)]
+        keep = valid & (sg_nll >= kth) & (k > 0)
     elif thresh is not None:
         prob = jnp.exp(-sg_nll)
-        sorted_prob = jnp.sort(jnp.where(valid, prob, jnp.inf))
-        idx = jnp.clip(jnp.minimum(min_kept, n_valid - 1), 0, None)
+        sorted_prob = jnp.sort(jnp.exp(-all_nll))  # uncounted pixels: exp(inf) = inf, last
+        idx = jnp.clip(jnp.minimum(batch_kept, n_valid - 1), 0, None)
         min_threshold = jnp.where(n_valid > 0, sorted_prob[idx], 0.0)
         threshold = jnp.maximum(min_threshold, thresh)
         keep = valid & (prob < threshold)
@@ -271,39 +285,6 @@ LOSSES = {
     "lovasz": lovasz_softmax,
     "ohem": ohem_cross_entropy,
 }
-
-
-def segmentation_loss(
-    outputs: Mapping[str, jax.Array],
-    labels: jax.Array,
-    *,
-    kind: str = "ce",
-    ignore_label: int,
-    aux_weight: float = 0.4,
-    **kwargs: Any,
-) -> Pair:
-    """The training loss of a model's output dict as (sum, count).
-
-    Applies the loss `kind` (one of `LOSSES`: ce, focal, dice, lovasz, ohem; `kwargs` go to it,
-    e.g. class_weights, label_smoothing, gamma, thresh, top_k, min_kept, valid_mask) to
-    `outputs["logits"]` and, when present and `aux_weight` > 0, to `outputs["aux_logits"]`:
-      loss = main_sum / count + aux_weight * aux_sum / aux_count.
-    The pair returned is (main_sum + aux_weight * aux_sum * count / aux_count, count). Main and
-    aux counts are the same for every kind except ohem (its selection depends on the head), so
-    the aux term is normalised exactly like the main one; for ohem it is normalised per device.
-    """
-    if kind not in LOSSES:
-        raise ValueError(f"unknown loss kind {kind!r}; choose one of {sorted(LOSSES)}")
-    if LOGITS not in outputs:
-        raise ValueError(f"outputs must contain {LOGITS!r}, got keys {sorted(outputs)}")
-    fn = LOSSES[kind]
-    total, count = fn(outputs[LOGITS], labels, ignore_label=ignore_label, **kwargs)
-    if aux_weight and outputs.get(AUX_LOGITS) is not None:
-        aux_sum, aux_count = fn(outputs[AUX_LOGITS], labels, ignore_label=ignore_label, **kwargs)
-        if kind == "ohem":
-            aux_sum = aux_sum * count / jnp.maximum(aux_count, 1.0)
-        total = total + aux_weight * aux_sum
-    return total, count
 
 
 from segjax.embedding_losses import contrastive_loss, discriminative_loss, pair_contrastive_loss, triplet_loss  # noqa: E402,F401

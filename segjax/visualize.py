@@ -104,6 +104,50 @@ def side_by_side(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def legend(class_names, palette: np.ndarray, *, height: int, width: int = 120,
+           present=None) -> np.ndarray:
+    """uint8 [height, width, 3]: a colour swatch and the name of each class, top to bottom.
+
+    `present` (optional bool [K]) lists only those classes (e.g. those in the panel). Text is
+    drawn with PIL's built-in bitmap font; rows shrink to fit `height`.
+    """
+    from PIL import Image, ImageDraw
+
+    palette = _check_palette(palette)
+    ids = [k for k in range(len(class_names)) if present is None or present[k]]
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    row = max(1, min(14, height // max(1, len(ids))))
+    for i, k in enumerate(ids):
+        y = i * row
+        draw.rectangle([2, y + 1, 2 + row - 3, y + row - 2], fill=tuple(int(c) for c in palette[k]))
+        if row >= 9:
+            draw.text((row + 4, y), str(class_names[k]), fill=(0, 0, 0))
+    return np.asarray(canvas, np.uint8)
+
+
+def comparison_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, *,
+                     palette: np.ndarray, class_names, ignore_label: int | None = None,
+                     min_height: int = 128) -> np.ndarray:
+    """One picture of an example: image | ground truth | prediction | legend (uint8 [H', W', 3]).
+
+    Masks are colour-coded with `palette` (ignored pixels white); the legend lists the classes
+    present in the ground truth or the prediction. Small images are enlarged (nearest) to
+    `min_height` rows so that the legend's text fits.
+    """
+    image, label, pred = np.asarray(image), np.asarray(label), np.asarray(pred)
+    k = len(class_names)
+    panels = [image, colorize(label, palette, ignore_label=ignore_label), colorize(pred, palette)]
+    scale = max(1, -(-min_height // image.shape[0]))
+    panels = [np.repeat(np.repeat(p, scale, 0), scale, 1) for p in panels]
+    present = np.zeros(k, bool)
+    for m in (label, pred):
+        ids = m[(m >= 0) & (m < k)]
+        present[np.unique(ids)] = True
+    panels.append(legend(class_names, palette, height=panels[0].shape[0], present=present))
+    return side_by_side(*panels)
+
+
 def save_png(path: str, image: np.ndarray) -> None:
     """Writes a uint8 [H, W, 3] (or [H, W]) image as PNG, creating the directory."""
     from PIL import Image

@@ -10,7 +10,8 @@ from experiments import ablations
 from experiments.ablations import runner
 from segjax import ablation
 from segjax.models import create_model
-from segjax.train import config_utils, loop
+from segjax.tasks import semantic
+from segjax.train import build, config_utils
 
 
 @pytest.mark.parametrize("name", ablations.STUDIES)
@@ -30,11 +31,11 @@ def test_every_cell_of_every_study_builds_a_valid_config_and_model(name):
         for cell in cells:
             config = ablation.make_config(base, cell, part.seeds[0], resolve=resolve)
             config_utils.check_config(config)
-            info = loop.dataset_info(config)
+            info = build.dataset_info(config)
             assert info.name.startswith("synthetic_shapes")
             create_model(config.model.name, num_classes=info.num_classes,
                          **config_utils.model_overrides(config.model))
-            loop.loss_kwargs(config)
+            semantic.loss_kwargs(config)
         for metric in part.metrics:  # every metric name parses against a plausible eval record
             record = {"val": {"miou": 0.5, "boundary_iou": 0.4, "pixel_accuracy": 0.9,
                               "mean_accuracy": 0.6, "iou_per_class": [0.1] * 6}}

@@ -10,9 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from segjax import losses
+from segjax.tasks.base import StepContext
+from segjax.tasks.semantic import SemanticTask
 
 IGNORE = 255
 K = 4
+
+
+CTX = StepContext(rng=jax.random.key(0))  # one device: sums and gathers are the identity
 
 
 def make(np_rng, n=2, h=5, w=7, k=K, ignore_frac=0.3):
@@ -89,8 +94,10 @@ def test_all_ignored_batch_gives_zero_count_and_finite_grads(np_rng, kind):
     logits, labels = make(np_rng)
     labels[:] = IGNORE
 
+    task = SemanticTask(num_classes=K, ignore_label=IGNORE, loss_kind=kind)
+
     def normalised(x):
-        s, c = losses.segmentation_loss({"logits": x}, jnp.asarray(labels), kind=kind, ignore_label=IGNORE)
+        s, c = task.loss({"logits": x}, {"label": jnp.asarray(labels)}, CTX)
         return s / jnp.maximum(c, 1.0), (s, c)
 
     grad, (s, c) = jax.jit(jax.grad(normalised, has_aux=True))(jnp.asarray(logits))
@@ -204,7 +211,9 @@ def test_lovasz_of_a_perfect_prediction_is_zero(np_rng):
 
 
 def ohem_reference(logits, labels, thresh=None, top_k=None, min_kept=0):
-    """Mask of the pixels OHEM keeps, written with numpy sorting."""
+    """Mask of the pixels OHEM keeps, written with numpy sorting: mmsegmentation's
+    OHEMPixelSampler, whose batch keeps at least min_kept pixels per image."""
+    min_kept = min_kept * labels.shape[0]
     flat = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
     lab = labels.reshape(-1)
     valid = lab != IGNORE
@@ -214,7 +223,8 @@ def ohem_reference(logits, labels, thresh=None, top_k=None, min_kept=0):
     keep = np.zeros(len(lab), bool)
     if top_k is not None:
         k = max(int(np.ceil(top_k * len(idx))), min(min_kept, len(idx)))
-        keep[idx[np.argsort(-nll[idx], kind="stable")[:k]]] = True
+        kth = np.sort(nll[idx])[::-1][k - 1]
+        keep[idx[nll[idx] >= kth]] = True  # ties with the k-th hardest are kept too
     else:
         prob = np.exp(-nll[idx])
         sorted_prob = np.sort(prob)
@@ -224,7 +234,7 @@ def ohem_reference(logits, labels, thresh=None, top_k=None, min_kept=0):
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(thresh=0.7), dict(thresh=0.3, min_kept=40), dict(top_k=0.25), dict(top_k=0.1, min_kept=30)]
+    "kw", [dict(thresh=0.7), dict(thresh=0.3, min_kept=20), dict(top_k=0.25), dict(top_k=0.1, min_kept=15)]
 )
 def test_ohem_matches_numpy_selection(np_rng, kw):
     logits, labels = make(np_rng)
@@ -239,25 +249,56 @@ def test_ohem_matches_numpy_selection(np_rng, kw):
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-8)
 
 
-def test_segmentation_loss_adds_weighted_aux(np_rng):
+def test_semantic_task_adds_weighted_aux(np_rng):
     logits, labels = make(np_rng)
     aux = np_rng.normal(size=logits.shape).astype(np.float32)
+
+    def task_loss(kind, aux_weight=0.4, **kw):
+        task = SemanticTask(num_classes=K, ignore_label=IGNORE, loss_kind=kind, loss_kwargs=kw,
+                            aux_weight=aux_weight)
+        return task.loss({"logits": logits, "aux_logits": aux}, {"label": labels}, CTX)
+
     for kind in ("ce", "focal", "dice", "lovasz"):
-        s, c = losses.segmentation_loss({"logits": logits, "aux_logits": aux}, labels, kind=kind, ignore_label=IGNORE)
+        s, c = task_loss(kind)
         fn = losses.LOSSES[kind]
         ms, mc = fn(logits, labels, ignore_label=IGNORE)
         as_, ac = fn(aux, labels, ignore_label=IGNORE)
         np.testing.assert_allclose(float(s / c), float(ms / mc + 0.4 * as_ / ac), rtol=1e-5)
-    s, c = losses.segmentation_loss({"logits": logits, "aux_logits": aux}, labels, ignore_label=IGNORE, aux_weight=0.0)
+    s, c = task_loss("ce", aux_weight=0.0)
     np.testing.assert_allclose(np.array([s, c]), np.array(losses.cross_entropy(logits, labels, ignore_label=IGNORE)))
     # OHEM: main and aux select different pixels; each is normalised by its own count.
-    s, c = losses.segmentation_loss(
-        {"logits": logits, "aux_logits": aux}, labels, kind="ohem", ignore_label=IGNORE, thresh=0.5
-    )
+    s, c = task_loss("ohem", thresh=0.5)
     ms, mc = losses.ohem_cross_entropy(logits, labels, ignore_label=IGNORE, thresh=0.5)
     as_, ac = losses.ohem_cross_entropy(aux, labels, ignore_label=IGNORE, thresh=0.5)
     assert float(mc) != float(ac)
     np.testing.assert_allclose(float(s / c), float(ms / mc + 0.4 * as_ / ac), rtol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 0.99, 2.0])
+def test_focal_is_finite_with_confident_pixels(np_rng, gamma):
+    """In float32 1 - p rounds to 0 at a logit margin of ~17; the derivative of (1 - p)^gamma
+    there is infinite for gamma < 1. The loss and its gradient must stay finite, and a pixel
+    with p = 1 must contribute exactly zero gradient (gamma > 0)."""
+    logits, labels = make(np_rng)
+    safe = np.where(labels == IGNORE, 0, labels)
+    logits = logits + 40.0 * np.eye(K, dtype=np.float32)[safe] * (np.arange(logits.shape[2]) < 3)[:, None]
+    value, grad = mean_and_grad(losses.focal_loss, logits, labels, gamma=gamma)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    confident = (np.arange(logits.shape[2]) < 3)[None, None, :] & (labels != IGNORE)
+    if gamma > 0:
+        assert np.all(grad[confident] == 0.0)
+    # Elsewhere it is torch's value (the reference of test_focal_matches_torch_reference).
+    far = ~confident & (labels != IGNORE)
+    x = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(x, -1)
+    lab = torch.tensor(safe, dtype=torch.long)
+    logpy = logp.gather(-1, lab[..., None])[..., 0]
+    per = -((1 - logpy.exp()).clamp(min=0) ** gamma) * logpy
+    per = per * torch.tensor(labels != IGNORE)
+    (per.sum() / float((labels != IGNORE).sum())).backward()
+    np.testing.assert_allclose(grad[far], x.grad.numpy()[far], rtol=2e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="gamma"):
+        losses.focal_loss(logits, labels, ignore_label=IGNORE, gamma=-1.0)
 
 
 def test_bad_inputs_raise_value_error(np_rng):
@@ -271,6 +312,6 @@ def test_bad_inputs_raise_value_error(np_rng):
     with pytest.raises(ValueError, match="valid_mask"):
         losses.cross_entropy(logits, labels, ignore_label=IGNORE, valid_mask=np.ones(5, bool))
     with pytest.raises(ValueError, match="unknown loss kind"):
-        losses.segmentation_loss({"logits": logits}, labels, kind="hinge", ignore_label=IGNORE)
+        SemanticTask(num_classes=K, ignore_label=IGNORE, loss_kind="hinge")
     with pytest.raises(ValueError, match="top_k"):
         losses.ohem_cross_entropy(logits, labels, ignore_label=IGNORE, top_k=1.5)

@@ -9,23 +9,15 @@ import shlex
 import time
 
 from experiments import ablations
+from segjax.train import config_utils
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PART_REF = re.compile(r"\{part:([A-Za-z0-9_]+)\}")
 
 
 def load_base(spec: str):
-    """The config of `path.py[:preset]` (path relative to the repository root or the cwd)."""
-    import importlib.util
-
-    path, _, preset = spec.partition(":")
-    full = path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO_ROOT, path)
-    module_spec = importlib.util.spec_from_file_location("_ablation_base_config", full)
-    if module_spec is None or not os.path.exists(full):
-        raise ValueError(f"base config {path!r} not found")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(preset)
+    """The config of `path.py[:preset]` (path relative to the cwd or the repository root)."""
+    return config_utils.load_config_file(spec, root=REPO_ROOT)
 
 
 def part_command(part: ablations.Part, part_dir: str, metric: str) -> str:

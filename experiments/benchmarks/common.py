@@ -39,6 +39,14 @@ def synthetic_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> d
     return {"image": image, "label": label}
 
 
+def semantic_task(num_classes: int):
+    """The benchmarks' task: per-pixel cross-entropy with ignore label 255, no Boundary IoU."""
+    from segjax.tasks.semantic import SemanticTask
+
+    return SemanticTask(num_classes=num_classes, ignore_label=IGNORE_LABEL, loss_kind="ce",
+                        boundary_iou=False)
+
+
 def block(tree: Any) -> Any:
     """Waits for every array in `tree` (JAX dispatch is asynchronous)."""
     return jax.block_until_ready(tree)

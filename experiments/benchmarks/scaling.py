@@ -30,14 +30,12 @@ _OVERRIDES = flags.DEFINE_string("overrides", "{}", "JSON dict of model override
 
 
 def _worker(n: int) -> dict:
-    import functools
     import time
 
     import jax
     import numpy as np
 
     from experiments.benchmarks import common
-    from segjax import losses
     from segjax.models import create_model
     from segjax.train import optim, parallel, state as state_lib
 
@@ -49,8 +47,7 @@ def _worker(n: int) -> dict:
     variables = state_lib.init_variables(model, jax.random.key(0), shape)
     tx, _ = optim.create_optimizer(variables["params"], base_lr=1e-3, num_steps=1000, momentum=0.9)
     state = par.replicate(state_lib.create_train_state(model, None, shape, tx, variables=variables))
-    loss_fn = functools.partial(losses.segmentation_loss, kind="ce", ignore_label=common.IGNORE_LABEL)
-    step = par.train_step(loss_fn)
+    step = par.train_step(common.semantic_task(21))
     batch = par.shard_batch(common.synthetic_batch(n * _PER_DEVICE.value, _SIZE.value, 21))
     rng = jax.random.key(1)
     t0 = time.perf_counter()

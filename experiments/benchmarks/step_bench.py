@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments.benchmarks import common
-from segjax import losses
 from segjax.models import create_model
 from segjax.train import optim, state as state_lib, steps
 
@@ -29,8 +28,8 @@ def _segjax_train(model, batch, with_hlo: bool = False):
     tx, _ = optim.create_optimizer(variables["params"], base_lr=1e-3, num_steps=10_000,
                                    momentum=0.9, weight_decay=1e-4)
     state = state_lib.create_train_state(model, None, init_shape, tx, variables=variables)
-    loss_fn = functools.partial(losses.segmentation_loss, kind="ce", ignore_label=common.IGNORE_LABEL)
-    step_fn = functools.partial(steps.train_step, loss_fn=loss_fn)
+    task = common.semantic_task(model.num_classes)
+    step_fn = functools.partial(steps.train_step, task=task)
     step = jax.jit(step_fn, donate_argnums=(0,))
     dev_batch = jax.device_put(batch)
     rng = jax.random.key(1)

@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Returns the base config (DeepLab v3+ R101 on VOC train_aug; files override fields)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # fixes parameter init, dropout and every random augmentation
+    c.task = "semantic"  # a name in segjax.tasks.TASKS: what is learned and how it is scored
     c.parallelism = "pmap"  # "pmap" (sync BN via axis_name) or "mesh" (jit over a device Mesh)
     c.batch_size = 16  # global batch (all devices, all processes)
     c.num_train_steps = 30_000

@@ -14,6 +14,7 @@ import numpy as np
 
 from segjax.data._tf import tf
 from segjax.data.datasets import DatasetInfo
+from segjax.data.records import checked, decode_fn, open_split
 
 
 def class_pixel_counts(info: DatasetInfo, data_dir, split: str) -> np.ndarray:
@@ -22,15 +23,14 @@ def class_pixel_counts(info: DatasetInfo, data_dir, split: str) -> np.ndarray:
     Decodes every mask once; the result is cached as a `.npy` beside the TFDS files when that
     directory is writable.
     """
-    from segjax.data.pipeline import _checked, _decode_fn, _open
-    builder, records = _open(info, data_dir, split)
+    builder, records = open_split(info, data_dir, split)
     n, k = len(records), info.num_classes
     cache = os.path.join(os.fspath(builder.data_dir), f"segjax_class_pixels_{split}_{k}.npy")
     if os.path.isfile(cache):
         counts = np.load(cache)
         if counts.shape == (n, k):
             return counts
-    decode = _decode_fn(info, builder)
+    decode = decode_fn(info, builder)
 
     @tf.autograph.experimental.do_not_convert
     def count(serialized, index):
@@ -42,7 +42,7 @@ def class_pixel_counts(info: DatasetInfo, data_dir, split: str) -> np.ndarray:
         lambda: ((records[i], i) for i in range(n)),
         output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)))
     ds = ds.map(count, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(256)
-    counts = np.concatenate(list(_checked(ds, f"{info.name} split {split!r}")) or
+    counts = np.concatenate(list(checked(ds, f"{info.name} split {split!r}")) or
                             [np.zeros((0, k), np.int64)]).astype(np.int64)
     try:
         np.save(cache, counts)

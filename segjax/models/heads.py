@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from segjax.models.layers import AtrousConv, square_conv
+from segjax.models.layers import AtrousConv, Dropout, square_conv
 from segjax.models.norm import BatchNorm
 from segjax.ops import resize
 
@@ -72,7 +72,7 @@ class FCNHead(nn.Module):
         channels = self.channels or x.shape[-1] // 4
         x = _conv(channels, 3, dtype=self.dtype, name="conv")(x)
         x = nn.relu(BatchNorm(not train, self.axis_name, dtype=self.dtype, name="bn")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, self.axis_name)(x, not train)
         x = _conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name="cls")(x)
         return x.astype(jnp.float32)
 
@@ -169,7 +169,7 @@ class ASPP(nn.Module):
             pooled = ConvBNReLU(self.channels, 1, name="pooling", **kw)(pooled, train)
             branches.append(jnp.broadcast_to(pooled, branches[0].shape))
         y = ConvBNReLU(self.channels, 1, name="project", **kw)(jnp.concatenate(branches, -1), train)
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        return Dropout(self.dropout_rate, self.axis_name)(y, not train)
 
 
 class DeepLabV3Head(nn.Module):
@@ -279,5 +279,5 @@ class PyramidPoolingHead(nn.Module):
             y = ConvBNReLU(reduced, 1, name=f"pool_{i}", **kw)(adaptive_avg_pool(x, b), train)
             maps.append(resize(y, x.shape[1:3], "bilinear", align_corners=self.align_corners))
         x = ConvBNReLU(self.channels, 3, name="bottleneck", **kw)(jnp.concatenate(maps, -1), train)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, self.axis_name)(x, not train)
         return _conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name="cls")(x).astype(jnp.float32)

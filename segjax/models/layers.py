@@ -6,6 +6,9 @@
   is stored `[kh, kw, features, in_features]`: the HWIO kernel of the *forward* conv whose adjoint
   this layer is (features -> in_features). A torch `ConvTranspose2d.weight` `[in, out, kh, kw]`
   converts with `weight.transpose(2, 3, 1, 0)`.
+* `Dropout`: dropout whose mask of each example is drawn from the dropout key folded with the
+  example's *global* position in the batch, so 1 device and N devices (pmap or mesh) drop the
+  same units.
 * `bilinear_upsample_kernel` / `bilinear_init`: the FCN paper's fixed bilinear interpolation kernel
   for a transposed conv with kernel 2f - f % 2, stride f, padding f // 2 (output exactly f x the
   input; equal to `resize(..., "bilinear", align_corners=False)` away from the border).
@@ -19,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from segjax.ops import atrous_conv2d, conv_transpose2d
 from segjax.ops._args import positive_pair
@@ -91,6 +95,41 @@ def square_conv(
         kernel_init=kernel_init,
         name=name,
     )
+
+
+class Dropout(nn.Module):
+    """Inverted dropout keyed by each example's global position in the batch.
+
+    `flax.linen.Dropout` draws one mask for the array it sees, so under pmap each device's
+    mask depends on how the batch was split (and on the device index when the key is folded
+    with it). Here row `i` of the leading (batch) axis uses `fold_in(key, offset + i)`, where
+    `key` is this layer's "dropout" key (the same on every device) and `offset` the global
+    position of this device's first example: `axis_index(axis_name) * rows` under pmap, 0
+    under jit (the batch is then global). The result is the same on any device count.
+
+    Attributes:
+      rate: probability of dropping a unit.
+      axis_name: the pmap axis the batch is split over (the model's BatchNorm axis), or None.
+
+    `__call__(x [B, ...], deterministic)` -> x with dropped units zeroed and the kept ones
+    scaled by 1 / (1 - rate).
+    """
+
+    rate: float
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        key = self.make_rng("dropout")
+        rows = x.shape[0]
+        offset = 0 if self.axis_name is None else lax.axis_index(self.axis_name) * rows
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(rows))
+        keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - self.rate, x.shape[1:]))(keys)
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
 
 def bilinear_upsample_kernel(factor, channels: int) -> np.ndarray:

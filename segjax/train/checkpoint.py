@@ -29,7 +29,7 @@ from orbax.checkpoint import checkpoint_managers as ocp_policies
 
 log = logging.getLogger(__name__)
 
-BEST_METRIC = "miou"  # checkpoints saved with eval metrics are ranked by this key (higher wins)
+BEST_METRIC = "miou"  # the default key that ranks checkpoints saved with eval metrics (higher wins)
 
 
 def abstract_like(tree: Any) -> Any:
@@ -57,19 +57,22 @@ class Checkpointer:
     Args:
       directory: checkpoint root (created if missing).
       keep: how many of the most recent steps to keep (>= 1).
-      keep_best: also keep the step with the highest `metrics["miou"]` among steps saved with
+      keep_best: also keep the step with the highest `metrics[best_metric]` among steps saved with
         metrics.
       async_save: write in a background thread (`wait()` or `close()` before relying on files).
       read_only: for readers (prediction): never writes, moves or deletes anything.
+      best_metric: the key of `metrics` that ranks steps (the task's best metric, e.g. "miou").
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: bool = True,
-                 async_save: bool = True, read_only: bool = False):
+                 async_save: bool = True, read_only: bool = False,
+                 best_metric: str = BEST_METRIC):
         if keep < 1:
             raise ValueError(f"keep (keep_checkpoints) must be >= 1, got {keep}")
         self.directory = os.path.abspath(os.fspath(directory))
         self._keep = keep
         self._keep_best = keep_best
+        self._best_metric = best_metric
         self._async = async_save
         self._read_only = read_only
         self._manager = None
@@ -99,15 +102,16 @@ class Checkpointer:
         return bad
 
     def _new_manager(self) -> ocp.CheckpointManager:
+        best = self._best_metric
         policies = [ocp_policies.LatestN(n=self._keep)]
         if self._keep_best:
             policies.append(ocp_policies.BestN(
-                get_metric_fn=lambda m: float(m[BEST_METRIC]), n=1,
+                get_metric_fn=lambda m: float(m[best]), n=1,
                 keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             # best_fn only makes orbax write each step's metrics to disk (so keep-best survives
             # restarts); which steps are kept is decided by the preservation policy alone.
-            best_fn=(lambda m: float(m[BEST_METRIC])) if self._keep_best else None,
+            best_fn=(lambda m: float(m[best])) if self._keep_best else None,
             best_mode="max",
             preservation_policy=ocp_policies.AnyPreservationPolicy(policies),
             enable_async_checkpointing=self._async,
@@ -135,8 +139,8 @@ class Checkpointer:
                 metrics = self._manager.metrics(step)
             except Exception:  # noqa: BLE001 - a damaged step has no readable metrics
                 metrics = None
-            if metrics and BEST_METRIC in metrics and float(metrics[BEST_METRIC]) > best_value:
-                best, best_value = step, float(metrics[BEST_METRIC])
+            if metrics and self._best_metric in metrics and float(metrics[self._best_metric]) > best_value:
+                best, best_value = step, float(metrics[self._best_metric])
         return best
 
     def save(self, step: int, state: Any, *, metrics: dict[str, float] | None = None) -> None:

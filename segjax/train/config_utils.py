@@ -5,18 +5,19 @@ Only `segjax.train.loop` and the experiment scripts read configs; layers never d
 
 from __future__ import annotations
 
+import importlib.util
 import math
-from typing import Any, Mapping
+import os
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-PARALLELISMS = ("pmap", "mesh")
-LOSS_KINDS = ("ce", "focal", "dice", "lovasz", "ohem")
-
 # Keys that may differ between a run and the run that resumes it: they change how long or how
 # often things happen, or where data lives, not what is trained.
+# `num_train_steps`/`_epochs` are not among them: the poly schedule is a function of the run's
+# length, so changing it mid-run would silently rescale the learning rate from the resume on.
 RESUME_MAY_DIFFER = (
-    "num_train_steps", "num_train_epochs", "log_every_steps", "log_every_epochs",
+    "log_every_steps", "log_every_epochs",
     "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps", "checkpoint_every_epochs",
     "keep_checkpoints", "init_from", "eval.", "distributed.", "dataset.data_dir",
 )
@@ -102,14 +103,57 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     missing = [k for k in required if k not in flat]
     if missing:
         raise ValueError(f"config is missing required key(s) {missing}")
+    # The same tables the code dispatches on: adding a name in one place is enough.
+    from segjax.losses import LOSSES
+    from segjax.tasks import TASKS
+    from segjax.train.parallel import PARALLELISMS
+
     if config.parallelism not in PARALLELISMS:
-        raise ValueError(f"config.parallelism must be one of {PARALLELISMS}, "
+        raise ValueError(f"config.parallelism must be one of {sorted(PARALLELISMS)}, "
                          f"got {config.parallelism!r}")
-    if config.loss.kind not in LOSS_KINDS:
-        raise ValueError(f"config.loss.kind must be one of {LOSS_KINDS}, got {config.loss.kind!r}")
+    if config.get("task", "semantic") not in TASKS:
+        raise ValueError(f"config.task must be one of {sorted(TASKS)}, got {config.task!r}")
+    if config.get("task", "semantic") == "semantic" and config.loss.kind not in LOSSES:
+        raise ValueError(f"config.loss.kind must be one of {sorted(LOSSES)}, "
+                         f"got {config.loss.kind!r}")
     for key in ("batch_size", "keep_checkpoints"):
         if not isinstance(flat[key], int) or flat[key] < 1:
             raise ValueError(f"config.{key} must be a positive int, got {flat[key]!r}")
     if config.eval.sliding_window and config.eval.stride > config.eval.window:
         raise ValueError(f"config.eval.stride ({config.eval.stride}) must be <= config.eval.window "
                          f"({config.eval.window}) or windows leave gaps")
+
+
+def load_config_file(spec: str, *, root: str | None = None) -> ml_collections.ConfigDict:
+    """The config of `path.py[:preset]` (`get_config(preset)`; no preset: `get_config()`).
+
+    A relative `path` is looked up in the current directory, then under `root` (e.g. the
+    repository root, so that specs written in study files work from anywhere).
+
+    Raises:
+      ValueError: the file does not exist.
+    """
+    path, _, preset = spec.partition(":")
+    full = path
+    if not os.path.isabs(path) and not os.path.exists(path) and root is not None:
+        full = os.path.join(root, path)
+    if not os.path.isfile(full):
+        raise ValueError(f"config file {path!r} not found (from {spec!r})")
+    module_spec = importlib.util.spec_from_file_location("_segjax_config", full)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, keys: Sequence[str]) -> str | None:
+    """A message naming the first dotted key of `keys` that `config` does not define, and the
+    keys it has at that level; None when all exist."""
+    for key in keys:
+        node = config
+        for i, part in enumerate(key.split(".")):
+            if not hasattr(node, "keys") or part not in node.keys():
+                parent = ".".join(key.split(".")[:i]) or "<top level>"
+                known = sorted(node.keys()) if hasattr(node, "keys") else []
+                return f"unknown config key {key!r}; keys under {parent}: {', '.join(known)}"
+            node = node[part]
+    return None

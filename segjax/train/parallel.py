@@ -10,10 +10,13 @@ Both modes take the same process-local batches (`[B_local, ...]` per leaf) and t
     global array sharded on its first axis (`P("batch")`) built with
     `jax.make_array_from_process_local_data`; plain `jax.jit` with axis_name=None.
 
+Evaluation runs through the same class (`eval_step`), so the code proven equal under pmap and
+mesh is the code that runs.
+
 Example:
-  par = Parallel(config.parallelism)
+  par = Parallel(config.parallelism)    # PmapParallel or MeshParallel
   state = par.replicate(state)          # host TrainState -> device layout
-  step = par.train_step(loss_fn, learning_rate_fn=schedule)
+  step = par.train_step(task, learning_rate_fn=schedule)
   state, metrics = step(state, par.shard_batch(batch), rng)
   host_state = par.unreplicate(state)   # numpy leaves, e.g. for a checkpoint
 """
@@ -29,11 +32,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from segjax.tasks.base import Task
 from segjax.train import steps
 from segjax.train.state import TrainState
 
 AXIS = "batch"
-PARALLELISMS = ("pmap", "mesh")
 
 
 def _with_axis(state: TrainState, axis_name: str | None) -> TrainState:
@@ -53,8 +56,50 @@ def _first_replica(x: Any) -> np.ndarray:
     return np.asarray(x.addressable_shards[0].data) if isinstance(x, jax.Array) else np.asarray(x)
 
 
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in order."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    seen, rows = set(), []
+    for s in shards:
+        start = s.index[0].start or 0
+        if start not in seen:
+            seen.add(start)
+            rows.append(np.asarray(s.data))
+    return np.concatenate(rows)
+
+
+class Compiled:
+    """A compiled step and how many times it was traced (for recompile guards)."""
+
+    def __init__(self, fn: Callable, compile_fn: Callable[[Callable], Callable]):
+        self._traces = 0
+
+        def counted(*args, **kwargs):
+            self._traces += 1
+            return fn(*args, **kwargs)
+
+        self._compiled = compile_fn(counted)
+
+    def __call__(self, *args):
+        return self._compiled(*args)
+
+    def trace_count(self) -> int:
+        """Times the step was traced (one per distinct input shape)."""
+        return self._traces
+
+    def lower(self, *args):
+        """`jax.jit(...).lower` / `jax.pmap(...).lower` of the step (for HLO inspection)."""
+        return self._compiled.lower(*args)
+
+
 class Parallel:
-    """Runs `segjax.train.steps` data-parallel with `parallelism` "pmap" or "mesh".
+    """Runs `segjax.train.steps` data-parallel; `Parallel("pmap")` or `Parallel("mesh")`.
+
+    The constructor returns the strategy named (`PARALLELISMS`): `PmapParallel` or
+    `MeshParallel`. Both take host `TrainState`s and process-local batches, compile the same
+    pure steps, and give the same results (tests/train/test_parallel.py).
 
     Attributes:
       parallelism: "pmap" or "mesh".
@@ -63,19 +108,31 @@ class Parallel:
       mesh: the 1-D mesh with axis "batch" (over local devices in pmap mode).
     """
 
-    def __init__(self, parallelism: str, *, devices: Sequence[jax.Device] | None = None):
-        if parallelism not in PARALLELISMS:
-            raise ValueError(f"parallelism must be one of {PARALLELISMS}, got {parallelism!r}")
-        self.parallelism = parallelism
+    parallelism = ""
+    axis_name: str | None = None  # the axis the steps reduce over (None: jit over a mesh)
+
+    def __new__(cls, parallelism: str | None = None, **kwargs):
+        if cls is Parallel:
+            if parallelism not in PARALLELISMS:
+                raise ValueError(f"parallelism must be one of {tuple(PARALLELISMS)}, got "
+                                 f"{parallelism!r}")
+            cls = PARALLELISMS[parallelism]
+        return super().__new__(cls)
+
+    def __init__(self, parallelism: str | None = None, *,
+                 devices: Sequence[jax.Device] | None = None):
+        del parallelism  # chose the class in __new__
         self._explicit_devices = devices is not None
         self.devices = list(devices) if devices is not None else jax.devices()
         self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
         if not self.local_devices:
             raise ValueError("none of the given devices belongs to this process")
-        mesh_devices = self.local_devices if parallelism == "pmap" else self.devices
-        self.mesh = Mesh(np.array(mesh_devices), (AXIS,))
+        self.mesh = Mesh(np.array(self._mesh_devices()), (AXIS,))
         self._replicated = NamedSharding(self.mesh, P())
         self._sharded = NamedSharding(self.mesh, P(AXIS))
+
+    def _mesh_devices(self) -> list:
+        return self.devices
 
     @property
     def num_devices(self) -> int:
@@ -87,92 +144,136 @@ class Parallel:
         """Devices of this process (a process-local batch must be divisible by this)."""
         return len(self.local_devices)
 
-    # ------------------------------------------------------------------ state and batches
+    def _check_rows(self, key: str, value: np.ndarray) -> None:
+        if value.ndim == 0 or value.shape[0] % self.local_device_count:
+            raise ValueError(
+                f"batch[{key!r}] has shape {value.shape}: its leading (per-process batch) size "
+                f"must be divisible by the {self.local_device_count} local devices")
+
+    # The interface of a strategy -----------------------------------------------------------
 
     def replicate(self, state: TrainState) -> TrainState:
-        """Host `TrainState` -> the device layout of this mode (and the model's axis_name set)."""
-        if self.parallelism == "pmap":
-            state = _with_axis(state, AXIS)
-            n = self.local_device_count
-            return jax.tree.map(
-                lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), self._sharded),
-                state,
-            )
-        state = _with_axis(state, None)
-        return jax.tree.map(
-            lambda x: jax.make_array_from_callback(np.shape(x), self._replicated, lambda idx, x=np.asarray(x): x[idx]),
-            state,
-        )
+        """Host `TrainState` -> the device layout of this strategy (and the model's axis)."""
+        raise NotImplementedError
 
     def unreplicate(self, state: TrainState) -> TrainState:
-        """Device state -> host `TrainState` with numpy leaves (one replica) and axis_name=None."""
-        if self.parallelism == "pmap":
-            state = jax.tree.map(lambda x: _first_replica(x)[0], state)
-        else:
-            state = jax.tree.map(_first_replica, state)
-        return _with_axis(state, None)
+        """Device state -> host `TrainState` with numpy leaves (one replica), axis_name=None."""
+        raise NotImplementedError
 
     def shard_batch(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
-        """Process-local batch (leaves [B_local, ...]) -> this mode's device layout.
+        """Process-local batch (leaves [B_local, ...]) -> this strategy's device layout."""
+        raise NotImplementedError
 
-        pmap: [n_local, B_local / n_local, ...] on the local devices; mesh: a global array
-        [B_local * process_count, ...] sharded over "batch". B_local must be divisible by the
-        number of local devices.
-        """
+    def host_value(self, tree: Any) -> Any:
+        """A replicated output of a compiled step (e.g. eval sums) as numpy, one replica."""
+        return jax.tree.map(_first_replica, tree)
+
+    def local_rows(self, x: Any) -> np.ndarray:
+        """Per-example outputs of a compiled step -> this process's rows [B_local, ...]."""
+        raise NotImplementedError
+
+    def _compile(self, fn: Callable, *, in_roles: tuple, out_roles: tuple, donate: tuple):
+        """`fn` (with `axis_name=self.axis_name` bound) compiled for this strategy. Roles are
+        per argument/output: "state" (the device state), "batch" (split over devices by
+        rows) or "replicated" (the same everywhere: keys, metrics, sums)."""
+        raise NotImplementedError
+
+    # Compiled steps ------------------------------------------------------------------------
+
+    def train_step(self, task: Task, *, learning_rate_fn: Callable[[Any], Any] | None = None,
+                   donate: bool = True):
+        """Compiled `(state, sharded batch, rng) -> (state, metrics)` of `steps.train_step`;
+        metrics are global scalars."""
+        fn = functools.partial(steps.train_step, task=task, axis_name=self.axis_name,
+                               learning_rate_fn=learning_rate_fn)
+        return self._compile(fn, in_roles=("state", "batch", "replicated"),
+                             out_roles=("state", "replicated"), donate=(0,) if donate else ())
+
+    def eval_step(self, task: Task):
+        """Compiled `(state, sharded batch) -> (sums, per_example)` of `steps.eval_step`:
+        `sums` summed over all devices, `per_example` by rows (see `local_rows`)."""
+        fn = functools.partial(steps.eval_step, task=task, axis_name=self.axis_name)
+        return self._compile(fn, in_roles=("state", "batch"), out_roles=("replicated", "batch"),
+                             donate=())
+
+
+class PmapParallel(Parallel):
+    """`jax.pmap` over the local devices (of every process) with the "batch" axis: state
+    stacked [n_local, ...], batches reshaped to [n_local, B_local / n_local, ...], the steps
+    reduce (and BatchNorm synchronises) over the axis."""
+
+    parallelism = "pmap"
+    axis_name = AXIS
+
+    def _mesh_devices(self) -> list:
+        return self.local_devices
+
+    def replicate(self, state: TrainState) -> TrainState:
+        state = _with_axis(state, AXIS)
         n = self.local_device_count
+        return jax.tree.map(lambda x: jax.device_put(
+            np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), self._sharded), state)
+
+    def unreplicate(self, state: TrainState) -> TrainState:
+        return _with_axis(jax.tree.map(lambda x: _first_replica(x)[0], state), None)
+
+    def shard_batch(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
         out = {}
         for key, value in batch.items():
             value = np.asarray(value)
-            if value.ndim == 0 or value.shape[0] % n:
-                raise ValueError(
-                    f"batch[{key!r}] has shape {value.shape}: its leading (per-process batch) size "
-                    f"must be divisible by the {n} local devices"
-                )
-            if self.parallelism == "pmap":
-                out[key] = jax.device_put(value.reshape((n, -1) + value.shape[1:]), self._sharded)
-            else:
-                out[key] = jax.make_array_from_process_local_data(self._sharded, value)
+            self._check_rows(key, value)
+            out[key] = jax.device_put(
+                value.reshape((self.local_device_count, -1) + value.shape[1:]), self._sharded)
         return out
 
-    # ------------------------------------------------------------------ compiled steps
+    def local_rows(self, x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        return x.reshape((-1,) + x.shape[2:])
 
-    def _pmap_kwargs(self) -> dict[str, Any]:
-        return {"devices": self.devices} if self._explicit_devices else {}
+    def _compile(self, fn, *, in_roles, out_roles, donate):
+        kwargs = {"devices": self.devices} if self._explicit_devices else {}
+        axis = {"state": 0, "batch": 0, "replicated": None}
+        return Compiled(fn, lambda f: jax.pmap(
+            f, axis_name=AXIS, in_axes=tuple(axis[r] for r in in_roles),
+            out_axes=tuple(axis[r] for r in out_roles), donate_argnums=donate, **kwargs))
 
-    def train_step(
-        self, loss_fn: steps.LossFn, *, learning_rate_fn: Callable[[Any], Any] | None = None, donate: bool = True
-    ) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-        """Compiled `(state, sharded batch, rng) -> (state, metrics)`; metrics are global scalars."""
-        donate_argnums = (0,) if donate else ()
-        if self.parallelism == "pmap":
-            fn = functools.partial(
-                steps.train_step, loss_fn=loss_fn, axis_name=AXIS, learning_rate_fn=learning_rate_fn
-            )
-            return jax.pmap(
-                fn, axis_name=AXIS, in_axes=(0, 0, None), out_axes=(0, None),
-                donate_argnums=donate_argnums, **self._pmap_kwargs(),
-            )
-        fn = functools.partial(
-            steps.train_step, loss_fn=loss_fn, axis_name=None, learning_rate_fn=learning_rate_fn
-        )
-        return jax.jit(
-            fn,
-            in_shardings=(self._replicated, self._sharded, self._replicated),
-            out_shardings=(self._replicated, self._replicated),
-            donate_argnums=donate_argnums,
-        )
 
-    def eval_step(
-        self, *, num_classes: int, ignore_label: int
-    ) -> Callable[[TrainState, Mapping[str, jax.Array]], jax.Array]:
-        """Compiled `(state, sharded batch) -> confusion int32 [K, K]` summed over all devices."""
-        pmap = self.parallelism == "pmap"
-        fn = functools.partial(
-            steps.eval_step, num_classes=num_classes, ignore_label=ignore_label, axis_name=AXIS if pmap else None
-        )
-        if pmap:
-            return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0), out_axes=None, **self._pmap_kwargs())
-        return jax.jit(fn, in_shardings=(self._replicated, self._sharded), out_shardings=self._replicated)
+class MeshParallel(Parallel):
+    """`jax.jit` over a 1-D `Mesh` of all devices with axis "batch": state replicated (`P()`),
+    the batch one global array sharded on its first axis (`P("batch")`, built with
+    `jax.make_array_from_process_local_data`); the steps run with axis_name=None and their
+    plain sums are global."""
+
+    parallelism = "mesh"
+    axis_name = None
+
+    def replicate(self, state: TrainState) -> TrainState:
+        state = _with_axis(state, None)
+        return jax.tree.map(lambda x: jax.make_array_from_callback(
+            np.shape(x), self._replicated, lambda idx, x=np.asarray(x): x[idx]), state)
+
+    def unreplicate(self, state: TrainState) -> TrainState:
+        return _with_axis(jax.tree.map(_first_replica, state), None)
+
+    def shard_batch(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+        out = {}
+        for key, value in batch.items():
+            value = np.asarray(value)
+            self._check_rows(key, value)
+            out[key] = jax.make_array_from_process_local_data(self._sharded, value)
+        return out
+
+    def local_rows(self, x: Any) -> np.ndarray:
+        return _local_rows(x)
+
+    def _compile(self, fn, *, in_roles, out_roles, donate):
+        spec = lambda role: self._sharded if role == "batch" else self._replicated  # noqa: E731
+        return Compiled(fn, lambda f: jax.jit(
+            f, in_shardings=tuple(spec(r) for r in in_roles),
+            out_shardings=tuple(spec(r) for r in out_roles), donate_argnums=donate))
+
+
+PARALLELISMS = {"pmap": PmapParallel, "mesh": MeshParallel}
 
 
 def _config_get(config: Any, key: str) -> Any:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax.train import loop
+from segjax.tasks import semantic
+from segjax.train import build, loop, pretrained
 from segjax.train.checkpoint import Checkpointer
 from segjax.train.metric_writers import read_metrics
 from segjax.train.state import TrainState
@@ -90,45 +91,54 @@ def cli_env(cache_dir=None):
 
 
 def host_params(workdir, checkpoint="latest"):
-    _, _, _, variables = loop.load_for_inference(str(workdir), checkpoint)
+    _, _, _, variables = build.load_for_inference(str(workdir), checkpoint)
     return jax.tree.map(np.asarray, variables)
 
 
 def test_train_eval_checkpoint_resume_predict(tmp_path, data_dir, capsys):
     workdir = tmp_path / "run"
-    config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2, parallelism="pmap")
+    config = tiny_config(data_dir, num_train_steps=3, eval_every_steps=2, parallelism="pmap")
     result = loop.train_and_evaluate(config, str(workdir))
+    out = capsys.readouterr().out
+    assert "done: metrics in" in out and "best by miou" in out  # where the results are
 
     # Work dir contents.
-    assert json.load(open(workdir / "config.json"))["model"]["name"] == "unet"
+    recorded = json.load(open(workdir / "config.json"))
+    assert recorded["model"]["name"] == "unet" and recorded["task"] == "semantic"
+    assert set(recorded["numerics_env"]) == {"SEGJAX_WINOGRAD", "SEGJAX_CONV_IMPL"}
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     records = read_metrics(str(workdir))
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "validation"]
-    assert [r["step"] for r in train] == [1, 2]
+    assert [r["step"] for r in train] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
-    assert [r["step"] for r in evals] == [2]
+    assert [r["step"] for r in evals] == [2, 3]
     assert len(evals[0]["iou_per_class"]) == 6
     assert 0 <= evals[0]["miou"] <= 1 and 0 <= evals[0]["pixel_accuracy"] <= 1
-    assert evals[0]["miou"] == pytest.approx(result["miou"])
+    assert evals[-1]["miou"] == pytest.approx(result["miou"])
+    # One panel per example (image | ground truth | prediction | legend), cropped to 48x48
+    # and enlarged to 144 rows for the legend's text.
     pred_dir = workdir / "predictions" / "step_0000002"
     names = sorted(os.listdir(pred_dir))
-    assert len(names) == 6 and {n.split("_")[1] for n in names} == {
-        "gt.png", "pred.png", "overlay.png"}
-    assert Checkpointer(workdir / "checkpoints").all_steps() == [2]
+    assert names == ["00000.png", "00001.png"]
+    assert np.asarray(Image.open(pred_dir / names[0])).shape[0] == 144
+    assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 3]
 
-    # Independent re-evaluation of the checkpoint with D1's eval_step (no TTA, jit, one device).
+    # Independent re-evaluation of checkpoint 2 with the pure eval_step (no TTA, jit, one
+    # device, other batch size) against the loop's eval line at step 2.
     from segjax.data import pipeline
     from segjax.metrics import ConfusionAccumulator
-    from segjax.train import steps
+    from segjax.tasks.semantic import SemanticTask
+    from segjax.train import build, steps
 
-    cfg, info, model, variables = loop.load_for_inference(str(workdir))
+    cfg, info, model, variables = build.load_for_inference(str(workdir), "2")
+    task = SemanticTask(num_classes=info.num_classes, ignore_label=info.ignore_label,
+                        boundary_iou=False)
     acc = ConfusionAccumulator(info.num_classes)
     state = TrainState(step=0, apply_fn=model.apply, params=variables["params"], tx=None,
                        opt_state=None, batch_stats=variables["batch_stats"])
     eval_step = jax.jit(lambda params, stats, batch: steps.eval_step(
-        state.replace(params=params, batch_stats=stats), batch, num_classes=info.num_classes,
-        ignore_label=info.ignore_label))
+        state.replace(params=params, batch_stats=stats), batch, task=task)[0]["confusion"])
     for batch in pipeline.eval_batches("synthetic_shapes/tiny", split="validation",
                                        batch_size=5, pad_to=48, data_dir=data_dir):
         acc.update(eval_step(state.params, state.batch_stats,
@@ -137,25 +147,27 @@ def test_train_eval_checkpoint_resume_predict(tmp_path, data_dir, capsys):
     assert again["num_pixels"] == 16 * 48 * 48
     np.testing.assert_allclose(again["iou_per_class"], evals[0]["iou_per_class"], rtol=1e-6)
 
-    # Resume: a third step continues from checkpoint 2.
-    capsys.readouterr()
-    config3 = tiny_config(data_dir, num_train_steps=3, eval_every_steps=3, parallelism="pmap")
-    loop.train_and_evaluate(config3, str(workdir))
-    assert "resuming from checkpoint step 2" in capsys.readouterr().out
-    records = read_metrics(str(workdir))
-    assert [(r["step"], r["split"]) for r in records] == [
-        (1, "train"), (2, "train"), (2, "validation"), (3, "train"), (3, "validation")]
+    # Resume: without checkpoint 3 the rerun continues from checkpoint 2 and redoes step 3
+    # exactly; a finished run rerun adds nothing.
+    import shutil
 
-    # Incompatible resume: refused, naming the key; the checkpoints are untouched.
-    bad = tiny_config(data_dir, num_train_steps=3, parallelism="pmap",
-                      **{"optimizer.base_lr": 0.5})
-    with pytest.raises(loop.IncompatibleWorkdirError, match="optimizer.base_lr"):
-        loop.train_and_evaluate(bad, str(workdir))
+    shutil.rmtree(workdir / "checkpoints" / "3")
+    capsys.readouterr()
+    loop.train_and_evaluate(config, str(workdir))
+    assert "resuming from checkpoint step 2" in capsys.readouterr().out
+    assert read_metrics(str(workdir)) == records
+    loop.train_and_evaluate(config, str(workdir))
+    assert read_metrics(str(workdir)) == records
+
+    # Incompatible resumes: refused, naming the key; the checkpoints are untouched. The run's
+    # length is one of them (the poly schedule depends on it).
+    for key, value in (("optimizer.base_lr", 0.5), ("num_train_steps", 4)):
+        bad = tiny_config(data_dir, eval_every_steps=2, parallelism="pmap",
+                          **{"num_train_steps": 3, key: value})
+        with pytest.raises(loop.IncompatibleWorkdirError, match=key):
+            loop.train_and_evaluate(bad, str(workdir))
     assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 3]
     assert json.load(open(workdir / "config.json"))["num_train_steps"] == 3  # not overwritten
-    with pytest.raises(ValueError, match="checkpoint is at step 3, beyond"):
-        loop.train_and_evaluate(tiny_config(data_dir, num_train_steps=2, parallelism="pmap"),
-                                str(workdir))
 
     # A damaged latest step (3): the rerun falls back to step 2, says so, and redoes step 3
     # exactly (same train line); eval options may change on resume (here: TTA).
@@ -165,7 +177,7 @@ def test_train_eval_checkpoint_resume_predict(tmp_path, data_dir, capsys):
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
     capsys.readouterr()
-    config_tta = tiny_config(data_dir, num_train_steps=3, eval_every_steps=3, parallelism="pmap",
+    config_tta = tiny_config(data_dir, num_train_steps=3, eval_every_steps=2, parallelism="pmap",
                              **{"eval.tta": True, "eval.tta_scales": (0.75, 1.0)})
     tta = loop.train_and_evaluate(config_tta, str(workdir))
     out = capsys.readouterr().out
@@ -200,7 +212,24 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, data_dir):
     assert e.value.step == 2
     ckpt = Checkpointer(workdir / "checkpoints")
     assert ckpt.all_steps() == [1]
-    assert host_params(workdir) is not None  # step 1 restores
+    ckpt.close()
+    # The checkpoint named is the one saved, and it is finite (its update was checked).
+    leaves = jax.tree.leaves(host_params(workdir))
+    assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
+
+
+def test_non_finite_update_is_never_checkpointed(tmp_path, data_dir):
+    """A finite loss whose update is not (an infinite learning rate): the step is refused
+    before its state is saved, although its loss was fine."""
+    workdir = tmp_path / "inf"
+    config = tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=1,
+                         **{"optimizer.base_lr": float("inf")})
+    with pytest.raises(loop.NonFiniteLossError,
+                       match=r"updated parameter is not finite .*at step 1\b.*No checkpoint") as e:
+        loop.train_and_evaluate(config, str(workdir))
+    assert e.value.step == 1
+    ckpt = Checkpointer(workdir / "checkpoints")
+    assert ckpt.all_steps() == []
     ckpt.close()
 
 
@@ -269,6 +298,10 @@ def test_kfold_run_evaluates_the_held_out_fold(tmp_path, data_dir):
     evals = [r for r in read_metrics(str(tmp_path)) if r["split"] != "train"]
     assert [r["split"] for r in evals] == ["train/fold1of4"]
     assert evals[0]["num_pixels"] == 8 * 48 * 48
+    # Rerunning the finished fold reports its eval and writes nothing new.
+    before = read_metrics(str(tmp_path))
+    again = loop.train_and_evaluate(config, str(tmp_path))
+    assert read_metrics(str(tmp_path)) == before and again["miou"] == evals[0]["miou"]
 
 
 def test_leave_p_out_run_evaluates_the_held_out_pair(tmp_path, data_dir):
@@ -298,23 +331,23 @@ def test_init_from_a_training_run_class_weights_and_a_training_subset(tmp_path, 
     target = tiny_config(data_dir, num_train_steps=1, init_from=str(source),
                          **{"loss.class_weights": "median_frequency",
                             "dataset.num_train_examples": 8})
-    info = loop.dataset_info(target)
-    model = loop.build_model(target, info.num_classes)
-    state, _ = loop.create_state(target, model, 1)
+    info = build.dataset_info(target)
+    model = build.build_model(target, info.num_classes)
+    state, _ = build.create_state(target, model, 1)
     want = host_params(source)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), want["params"])
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats),
                  want["batch_stats"])
     assert "newest checkpoint of the training run" in capsys.readouterr().out
 
-    weights = loop.resolve_class_weights(target, info, data_dir)
+    weights = semantic.resolve_class_weights(target, info, data_dir)
     counts = balance.class_pixel_counts(info, data_dir, "train")[:8]
     np.testing.assert_allclose(weights, balance.loss_class_weights(counts, "median_frequency"))
-    assert loop.loss_kwargs(target, weights)["class_weights"] == weights
+    assert semantic.loss_kwargs(target, weights)["class_weights"] == weights
     target.loss.class_weights = "1,2,3"
     with pytest.raises(ValueError, match="6 non-negative"):
-        loop.resolve_class_weights(target, info, data_dir)
+        semantic.resolve_class_weights(target, info, data_dir)
     target.loss.class_weights = "0,1,1,1,1,2.5"
-    assert loop.resolve_class_weights(target, info, data_dir) == (0, 1, 1, 1, 1, 2.5)
+    assert semantic.resolve_class_weights(target, info, data_dir) == (0, 1, 1, 1, 1, 2.5)
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        loop.load_pretrained(str(tmp_path / "missing"))
+        pretrained.load_pretrained(str(tmp_path / "missing"))

@@ -20,8 +20,6 @@ if __name__ == "__main__":
     os.environ["JAX_NUM_CPU_DEVICES"] = "2"
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-import functools  # noqa: E402
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -30,13 +28,17 @@ NUM_CLASSES = 3
 
 
 def run(mode: str) -> dict[str, np.ndarray]:
-    """Trains 3 steps with `Parallel(mode)`; returns flat params, batch stats, losses, confusion."""
-    from segjax import losses
+    """Trains 3 steps with `Parallel(mode)`; returns flat params, batch stats, losses, confusion.
+
+    The model has dropout and an aux head and the loss is OHEM with `min_kept`, so the dropout
+    masks and the hard-pixel selection must be those of the global batch in every process.
+    """
     from segjax.train import optim, parallel
     from segjax.train.state import create_train_state, init_variables
-    from tests.train.tiny import IGNORE, TinySegNet, make_batch
+    from tests.train.tiny import TinySegNet, make_batch, make_task
 
-    model = TinySegNet(num_classes=NUM_CLASSES)
+    model = TinySegNet(num_classes=NUM_CLASSES, dropout=0.5, aux=True)
+    task = make_task(NUM_CLASSES, loss_kind="ohem", loss_kwargs={"thresh": 0.6, "min_kept": 20})
     variables = init_variables(model, jax.random.key(0), (1, 9, 11, 3))
     tx, _ = optim.create_optimizer(
         variables["params"], base_lr=0.1, num_steps=10, weight_decay=1e-3, momentum=0.9, backbone_lr_mult=0.5
@@ -51,15 +53,15 @@ def run(mode: str) -> dict[str, np.ndarray]:
     def local(batch):
         return {k: v[lo : lo + per_process] for k, v in batch.items()}
 
-    step = par.train_step(functools.partial(losses.segmentation_loss, ignore_label=IGNORE))
+    step = par.train_step(task)
     dstate = par.replicate(state)
     out = {}
     for i, batch in enumerate(batches):
         dstate, metrics = step(dstate, par.shard_batch(local(batch)), jax.random.key(7))
         out[f"loss{i}"] = np.asarray(jax.device_get(metrics["loss"]))
     eval_batch = dict(batches[0], valid=np.arange(GLOBAL_BATCH) % 3 != 2)
-    conf = par.eval_step(num_classes=NUM_CLASSES, ignore_label=IGNORE)(dstate, par.shard_batch(local(eval_batch)))
-    out["confusion"] = np.asarray(conf.addressable_shards[0].data)
+    sums, _ = par.eval_step(task)(dstate, par.shard_batch(local(eval_batch)))
+    out["confusion"] = par.host_value(sums)["confusion"]
     host = par.unreplicate(dstate)
     for path, leaf in jax.tree_util.tree_flatten_with_path({"params": host.params, "batch_stats": host.batch_stats})[0]:
         out[jax.tree_util.keystr(path)] = np.asarray(leaf)

@@ -7,7 +7,9 @@ import torch
 import torchvision
 
 from segjax.models import create_model, torchvision_import
-from segjax.train import loop
+from segjax.data import splits
+from segjax.tasks import semantic
+from segjax.train import build, pretrained
 
 
 def _zeros_like_init(model, shape=(1, 33, 33, 3)):
@@ -29,7 +31,7 @@ def test_init_from_places_converted_resnet_under_backbone(tmp_path):
                                       {"model": "resnet18", "backbone_only": True})
     model = create_model("deeplabv3plus_resnet18", num_classes=5, head_channels=16)
     fresh = _zeros_like_init(model)
-    merged = loop._merge_pretrained(fresh, torchvision_import.load_converted(str(tmp_path / "r18")))
+    merged = pretrained.merge_pretrained(fresh, torchvision_import.load_converted(str(tmp_path / "r18")))
 
     # The stem kernel is torch's conv1.weight in HWIO layout; a BN running mean is copied too.
     stem = [v for p, v in jax.tree_util.tree_flatten_with_path(merged["params"]["backbone"])[0]
@@ -57,14 +59,14 @@ def test_init_from_with_nothing_matching_raises():
     model = create_model("unet", num_classes=3, base_features=4, depth=2)
     fresh = _zeros_like_init(model, (1, 16, 16, 3))
     with pytest.raises(ValueError, match="does not match the model.*unexpected.*other/w"):
-        loop._merge_pretrained(fresh, {"params": {"other": {"w": np.zeros(3)}}})
+        pretrained.merge_pretrained(fresh, {"params": {"other": {"w": np.zeros(3)}}})
 
 
 def test_init_from_whole_model_reinitialises_only_class_layers(capsys):
     src_model = create_model("unet", num_classes=5, base_features=4, depth=2)
     converted = jax.tree.map(lambda x: np.full(x.shape, 7.0, x.dtype), _zeros_like_init(src_model, (1, 16, 16, 3)))
     fresh = _zeros_like_init(create_model("unet", num_classes=3, base_features=4, depth=2), (1, 16, 16, 3))
-    merged = loop._merge_pretrained(fresh, converted, num_classes=3)
+    merged = pretrained.merge_pretrained(fresh, converted, num_classes=3)
     flat_m = jax.tree_util.tree_flatten_with_path(merged["params"])[0]
     changed = [jax.tree_util.keystr(p) for p, v in flat_m if v.shape[-1] == 3 and not np.any(v)]
     assert changed, "the 3-class output layer keeps its fresh values"
@@ -72,29 +74,29 @@ def test_init_from_whole_model_reinitialises_only_class_layers(capsys):
     assert "re-initialised for 3 classes" in capsys.readouterr().out
     # Without num_classes nothing may differ in shape: a mismatch is an error, not a skip.
     with pytest.raises(ValueError, match="shape mismatches"):
-        loop._merge_pretrained(fresh, converted)
+        pretrained.merge_pretrained(fresh, converted)
 
 
 def test_init_from_backbone_of_another_depth_raises(tmp_path):
     sd = {k: v.numpy() for k, v in torchvision.models.resnet34(weights=None).state_dict().items()}
     model = create_model("deeplabv3plus_resnet18", num_classes=5, head_channels=16)
     with pytest.raises(ValueError, match="do not match"):
-        loop._merge_pretrained(_zeros_like_init(model), torchvision_import.convert("resnet34", sd))
+        pretrained.merge_pretrained(_zeros_like_init(model), torchvision_import.convert("resnet34", sd))
 
 
 def test_optimizer_and_loss_kwargs_from_config():
     from experiments.configs import deeplab_voc
 
     c = deeplab_voc.get_config("deeplabv3_r50")
-    kw = loop.optimizer_kwargs(c)
+    kw = build.optimizer_kwargs(c)
     assert kw["end_lr"] == 1e-4 and kw["weight_decay"] == 5e-4 and kw["base_lr"] == 0.01
     c.optimizer.lr = 3.0  # unlocked here: an unknown optimizer key must not be dropped silently
     with pytest.raises(ValueError, match="config.optimizer.lr"):
-        loop.optimizer_kwargs(c)
+        build.optimizer_kwargs(c)
     c = deeplab_voc.get_config("demo")
     c.loss.kind = "ohem"
     c.loss.thresh = 0.6
-    assert loop.loss_kwargs(c) == {"kind": "ohem", "aux_weight": 0.4, "thresh": 0.6}
+    assert semantic.loss_kwargs(c) == {"kind": "ohem", "aux_weight": 0.4, "thresh": 0.6}
 
 
 def test_kfold_splits_train_and_evaluate_disjoint_parts_of_the_train_split():
@@ -103,9 +105,9 @@ def test_kfold_splits_train_and_evaluate_disjoint_parts_of_the_train_split():
     from segjax.data import pipeline
 
     c = deeplab_voc.get_config("demo")
-    assert loop.data_splits(c.dataset) == ({}, c.dataset.eval_split, {}, c.dataset.eval_split)
+    assert splits.data_splits(c.dataset) == ({}, c.dataset.eval_split, {}, c.dataset.eval_split)
     c = ablation.make_config(c, (("dataset.fold", 2),), seed=0)  # as a sweep sets it
-    train_kw, eval_split, eval_kw, label = loop.data_splits(c.dataset)
+    train_kw, eval_split, eval_kw, label = splits.data_splits(c.dataset)
     assert eval_split == c.dataset.train_split and train_kw == eval_kw
     assert label == f"{c.dataset.train_split}/fold2of5"
     # The pipeline's parts for these kwargs: disjoint, together the whole split.
@@ -114,7 +116,7 @@ def test_kfold_splits_train_and_evaluate_disjoint_parts_of_the_train_split():
     assert not set(train_idx) & set(val_idx) and len(train_idx) + len(val_idx) == 103
     c.dataset.fold = 5
     with pytest.raises(ValueError, match="config.dataset.fold=5"):
-        loop.data_splits(c.dataset)
+        splits.data_splits(c.dataset)
 
 
 def test_leave_p_out_splits_are_labelled_and_checked():
@@ -123,10 +125,10 @@ def test_leave_p_out_splits_are_labelled_and_checked():
 
     c = deeplab_voc.get_config("demo")
     c = ablation.make_config(c, (("dataset.fold", 7), ("dataset.leave_out", 2)), seed=0)
-    train_kw, eval_split, eval_kw, label = loop.data_splits(c.dataset)
+    train_kw, eval_split, eval_kw, label = splits.data_splits(c.dataset)
     assert train_kw == eval_kw and train_kw["leave_out"] == 2 and train_kw["fold"] == 7
     assert eval_split == c.dataset.train_split
     assert label == f"{c.dataset.train_split}/leave2out/fold7"
     c.dataset.leave_out = 0
     with pytest.raises(ValueError, match="config.dataset.leave_out=0"):
-        loop.data_splits(c.dataset)
+        splits.data_splits(c.dataset)

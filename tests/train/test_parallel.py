@@ -12,13 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import losses
+from segjax.tasks.semantic import SemanticTask
 from segjax.train import optim, parallel, steps
 from segjax.train.state import create_train_state, init_variables
-from tests.train.tiny import IGNORE, TinySegNet, make_batch
+from tests.train.tiny import IGNORE, TinySegNet, make_batch, make_task
 
 K = 3
-LOSS_FN = functools.partial(losses.segmentation_loss, ignore_label=IGNORE)
+TASK = make_task(K)
 RNG = jax.random.key(11)
 
 
@@ -43,7 +43,7 @@ def setup():
     batches = [make_batch(data, n=8, k=K) for _ in range(3)]
     valid_counts = [(b["label"].reshape(4, -1) != IGNORE).sum(1) for b in batches]
     assert max(c.max() / c.min() for c in valid_counts) > 5  # very uneven per device
-    ref_step = jax.jit(functools.partial(steps.train_step, loss_fn=LOSS_FN, learning_rate_fn=sched))
+    ref_step = jax.jit(functools.partial(steps.train_step, task=TASK, learning_rate_fn=sched))
     ref, ref_metrics = state, []
     for b in batches:
         ref, m = ref_step(ref, b, RNG)
@@ -51,11 +51,11 @@ def setup():
     return dict(state=state, sched=sched, batches=batches, ref=ref, ref_metrics=ref_metrics)
 
 
-def run(par, state, batches, loss_fn=LOSS_FN, sched=None, tweak=None):
+def run(par, state, batches, task=TASK, sched=None, tweak=None):
     dstate = par.replicate(state)
     if tweak is not None:
         dstate = tweak(dstate)
-    step = par.train_step(loss_fn, learning_rate_fn=sched)
+    step = par.train_step(task, learning_rate_fn=sched)
     history = []
     with jax.log_compiles(True):
         for b in batches:
@@ -87,11 +87,13 @@ def test_four_devices_equal_one_device(setup, mode, caplog):
 def test_per_device_mean_loss_would_not_match(setup):
     """Negative control: a mean of per-device means (each device normalises by its own count)."""
 
-    def per_device_mean(outputs, labels):
-        s, c = LOSS_FN(outputs, labels)
-        return s / c, 1.0
+    class PerDeviceMean(SemanticTask):
+        def loss(self, outputs, batch, ctx):
+            s, c = super().loss(outputs, batch, ctx)
+            return s / c, 1.0
 
-    host, _ = run(parallel.Parallel("pmap"), setup["state"], setup["batches"], loss_fn=per_device_mean)
+    task = PerDeviceMean(num_classes=K, ignore_label=IGNORE, boundary_iou=False)
+    host, _ = run(parallel.Parallel("pmap"), setup["state"], setup["batches"], task=task)
     assert rel_diff(host.params, setup["ref"].params) > 1e-3
 
 
@@ -113,14 +115,18 @@ def test_recompile_guard_catches_flax_replicate(setup, caplog):
     assert sum(r.getMessage().startswith("Compiling ") for r in caplog.records) == 2
 
 
-def test_eval_step_sums_confusion_over_devices(setup):
+def test_eval_step_sums_over_devices_and_returns_rows_in_order(setup):
     batch = dict(setup["batches"][0], valid=np.array([True, False, True, True, True, True, False, True]))
-    want = jax.jit(functools.partial(steps.eval_step, num_classes=K, ignore_label=IGNORE))(setup["ref"], batch)
+    task = make_task(K, boundary_iou=True)
+    want_sums, want_rows = jax.jit(functools.partial(steps.eval_step, task=task))(setup["ref"], batch)
     for mode in ("pmap", "mesh"):
         par = parallel.Parallel(mode)
-        conf = par.eval_step(num_classes=K, ignore_label=IGNORE)(par.replicate(setup["ref"]), par.shard_batch(batch))
-        np.testing.assert_array_equal(np.asarray(conf), np.asarray(want))
-        assert np.asarray(conf).dtype == np.int32
+        sums, rows = par.eval_step(task)(par.replicate(setup["ref"]), par.shard_batch(batch))
+        sums = par.host_value(sums)
+        for key in ("confusion", "boundary_intersection", "boundary_union"):
+            np.testing.assert_array_equal(sums[key], np.asarray(want_sums[key]))
+            assert sums[key].dtype == np.int32
+        np.testing.assert_array_equal(par.local_rows(rows["pred"]), np.asarray(want_rows["pred"]))
 
 
 @pytest.mark.parametrize("mode", ["pmap", "mesh"])

@@ -10,13 +10,18 @@ import optax
 import pytest
 
 from segjax import losses, metrics
+from segjax.tasks.base import StepContext
 from segjax.train import optim, steps
 from segjax.train.state import create_train_state
-from tests.train.tiny import IGNORE, TinySegNet, make_batch
+from tests.train.tiny import IGNORE, TinySegNet, make_batch, make_task
 
 K = 3
 SHAPE = (1, 9, 11, 3)
-LOSS_FN = functools.partial(losses.segmentation_loss, ignore_label=IGNORE)
+TASK = make_task(K)
+
+
+def LOSS_FN(outputs, labels):  # noqa: N802 - the task's loss on one device
+    return TASK.loss(outputs, {"label": labels}, StepContext(rng=jax.random.key(0)))
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +29,7 @@ def setup():
     model = TinySegNet(num_classes=K, features=4)
     state = create_train_state(model, jax.random.key(0), SHAPE, optax.sgd(0.05, momentum=0.9))
     sched = optim.poly_schedule(0.05, 10)
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=LOSS_FN, learning_rate_fn=sched))
+    step = jax.jit(functools.partial(steps.train_step, task=TASK, learning_rate_fn=sched))
     return model, state, step
 
 
@@ -87,7 +92,7 @@ def test_dropout_key_is_folded_with_the_step(np_rng):
     model = TinySegNet(num_classes=K, features=4, dropout=0.5)
     state = create_train_state(model, jax.random.key(0), SHAPE, optax.sgd(0.1))
     batch = make_batch(np_rng, n=2, k=K)
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=LOSS_FN))
+    step = jax.jit(functools.partial(steps.train_step, task=TASK))
     loss_a = float(step(state, batch, jax.random.key(5))[1]["loss"])
     assert float(step(state, batch, jax.random.key(5))[1]["loss"]) == loss_a  # deterministic
     assert float(step(state.replace(step=1), batch, jax.random.key(5))[1]["loss"]) != loss_a
@@ -98,7 +103,8 @@ def test_eval_step_confusion(setup, np_rng):
     model, state, _ = setup
     batch = make_batch(np_rng, n=4, k=K)
     batch["valid"] = np.array([True, True, False, True])
-    conf = jax.jit(functools.partial(steps.eval_step, num_classes=K, ignore_label=IGNORE))(state, batch)
+    sums, per_example = jax.jit(functools.partial(steps.eval_step, task=TASK))(state, batch)
+    conf = sums["confusion"]
     logits = jax.jit(model.apply)({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])["logits"]
     pred = np.argmax(np.asarray(logits), -1)
     want = np.zeros((K, K), np.int64)
@@ -110,15 +116,16 @@ def test_eval_step_confusion(setup, np_rng):
     np.testing.assert_array_equal(
         conf, metrics.confusion_matrix(pred, batch["label"], K, ignore_label=IGNORE, valid_mask=batch["valid"])
     )
+    np.testing.assert_array_equal(per_example["pred"], pred)
 
 
 def test_axis_name_under_plain_jit_raises(setup, np_rng):
     _, state, _ = setup
     batch = make_batch(np_rng, n=2, k=K)
     with pytest.raises(ValueError, match="axis_name='batch' is not bound"):
-        jax.jit(functools.partial(steps.train_step, loss_fn=LOSS_FN, axis_name="batch"))(state, batch, jax.random.key(0))
+        jax.jit(functools.partial(steps.train_step, task=TASK, axis_name="batch"))(state, batch, jax.random.key(0))
     with pytest.raises(ValueError, match="is not bound"):
-        jax.jit(functools.partial(steps.eval_step, num_classes=K, ignore_label=IGNORE, axis_name="batch"))(state, batch)
+        jax.jit(functools.partial(steps.eval_step, task=TASK, axis_name="batch"))(state, batch)
 
 
 def test_bad_batch_raises(setup, np_rng):

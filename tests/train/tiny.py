@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.models.layers import Dropout
 from segjax.models.norm import BatchNorm
 
 IGNORE = 255
@@ -40,7 +41,7 @@ class TinySegNet(nn.Module):
     @nn.compact
     def __call__(self, images, train: bool = False):
         x = Block(self.features, self.axis_name, name="backbone")(images, train)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x
+        x = Dropout(self.dropout, self.axis_name)(x, not train) if self.dropout else x
         out = {"logits": nn.Conv(self.num_classes, (1, 1), name="head")(x)}
         if self.aux:
             out["aux_logits"] = nn.Conv(self.num_classes, (1, 1), name="aux_head")(x)
@@ -59,3 +60,11 @@ def make_batch(rng: np.random.Generator, n: int = 8, h: int = 9, w: int = 11, k:
         frac = [0.05, 0.9, 0.3, 0.6][(i // 2) % 4]
         labels[i][rng.random((h, w)) < frac] = IGNORE
     return {"image": images, "label": labels}
+
+
+def make_task(k: int = 3, **kwargs):
+    """The semantic task the training tests use (ignore label `IGNORE`, no Boundary IoU)."""
+    from segjax.tasks.semantic import SemanticTask
+
+    kwargs.setdefault("boundary_iou", False)
+    return SemanticTask(num_classes=k, ignore_label=IGNORE, **kwargs)

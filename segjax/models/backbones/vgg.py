@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.models.layers import check_images, conv_impl_kwargs
+from segjax.models.layers import Dropout, check_images, conv_impl_kwargs
 from segjax.models.norm import BatchNorm
 from segjax.ops.pool import max_pool
 
@@ -204,7 +204,7 @@ class VGG16(nn.Module):
                     kernel_dilation=(dil, dil), dtype=self.dtype, param_dtype=jnp.float32, name=name,
                     **conv_impl_kwargs(),
                 )(x)
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+                x = Dropout(self.dropout_rate, self.axis_name)(nn.relu(x), not train)
             out["fc7"] = x
         return out
 

@@ -1,0 +1,155 @@
+"""What a task is: the seam between the task-agnostic trainer and what is being learned.
+
+The loop (`segjax.train.loop`), the steps (`segjax.train.steps`), the parallel layer
+(`segjax.train.parallel`), checkpointing and the ablation runner know nothing about semantic
+segmentation, instances, mask quality or embeddings. A `Task` knows:
+
+* what a batch holds (`train_keys`, `eval_keys`) and how the model is called on it
+  (`model_inputs`);
+* the loss of a batch as a `(sum, count)` pair from the model outputs, the whole batch and a
+  `StepContext` (PRNG key, global sums and gathers over the data axis);
+* what evaluation computes on device (`eval_outputs`: statistics that sum over devices, plus
+  per-example outputs), and how the host turns them into metrics (`Accumulator`);
+* which metric ranks checkpoints (`best_metric`), the console line of an evaluation, and the
+  example images to write (`save_examples`).
+
+Adding a task is one file under `segjax/tasks/` whose `build(config, info, data_dir)` returns a
+`Task`, plus its name in `segjax.tasks.TASKS` and a config (see docs/extending.md).
+
+The sharded-batch rules every task follows (DESIGN §4):
+* `loss` sees this device's share of the batch (pmap) or the global batch (jit over a mesh) and
+  returns this share's `(sum, count)`; the step divides the global sum by the global count.
+  A term normalised by another count (an aux head, a second loss) is rescaled with
+  `ctx.global_sum` so that the division stays global.
+* Anything that ranks or pairs examples (hard-example mining, triplets) sees the whole batch:
+  `ctx.all_gather` the inputs, compute on the global batch, and count only this share's rows
+  (`ctx.example_offset`).
+* Randomness comes from `ctx.rng` folded with the example's global position
+  (`ctx.example_keys`), never the device index, so 1 and N devices draw the same numbers.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Pair = tuple[jax.Array, jax.Array]
+Batch = Mapping[str, jax.Array]
+ApplyFn = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What a loss may need beyond outputs and batch, valid inside one (compiled) step.
+
+    Attributes:
+      rng: the step's PRNG key, the same on every device (already folded with the step).
+      axis_name: the pmap axis, or None under jit over a mesh (the batch is then one global
+        array and every reduction is already global).
+    """
+
+    rng: jax.Array
+    axis_name: str | None = None
+
+    def global_sum(self, x: Any) -> Any:
+        """`x` summed over the data axis (identity under jit over a mesh)."""
+        return x if self.axis_name is None else lax.psum(x, self.axis_name)
+
+    def all_gather(self, x: Any) -> Any:
+        """The global batch of per-example leaves `[B_local, ...]` -> `[B_global, ...]`, in
+        global example order (identity under jit over a mesh)."""
+        if self.axis_name is None:
+            return x
+        return jax.tree.map(lambda v: lax.all_gather(v, self.axis_name, tiled=True), x)
+
+    def example_offset(self, local_batch: int) -> jax.Array:
+        """Global position of this share's first example (0 under jit over a mesh)."""
+        if self.axis_name is None:
+            return jnp.zeros((), jnp.int32)
+        return lax.axis_index(self.axis_name) * local_batch
+
+    def example_keys(self, local_batch: int) -> jax.Array:
+        """One key per example of this share: `fold_in(rng, global position)`."""
+        positions = self.example_offset(local_batch) + jnp.arange(local_batch)
+        return jax.vmap(lambda i: jax.random.fold_in(self.rng, i))(positions)
+
+
+class Accumulator(abc.ABC):
+    """Host-side accumulation of evaluation outputs over batches."""
+
+    @abc.abstractmethod
+    def update(self, sums: Mapping[str, Any], per_example: Mapping[str, Any],
+               batch: Mapping[str, Any]) -> None:
+        """Adds one batch: `sums` are global (summed over devices), `per_example` and `batch`
+        this process's rows (numpy)."""
+
+    @abc.abstractmethod
+    def result(self) -> dict[str, Any]:
+        """The metrics of everything added (JSON-serialisable values)."""
+
+
+class Task(abc.ABC):
+    """A learning problem the trainer can run (see the module docstring).
+
+    Subclasses set `name`, `best_metric`, `train_keys`, `eval_keys` and implement the abstract
+    methods. Instances are built once per run by the task module's `build` and are immutable.
+    """
+
+    name: str = ""
+    best_metric: str = ""  # ranks checkpoints; higher is better
+    train_keys: tuple[str, ...] = ("image",)
+    eval_keys: tuple[str, ...] = ("image",)
+
+    def check_batch(self, batch: Batch, keys: tuple[str, ...]) -> None:
+        """Raises ValueError naming the missing keys."""
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"{self.name} batch is missing key(s) {missing}; it has "
+                             f"{sorted(batch)}")
+
+    def model_inputs(self, batch: Batch, *, train: bool) -> tuple[tuple, dict]:
+        """`(args, kwargs)` of `model.apply(variables, *args, train=..., **kwargs)`."""
+        del train
+        return (batch["image"],), {}
+
+    def init_inputs(self, image_shape: tuple[int, ...]) -> tuple[tuple, dict]:
+        """Dummy `(args, kwargs)` to initialise the model for images of `image_shape`."""
+        return (jnp.zeros(image_shape, jnp.float32),), {}
+
+    @abc.abstractmethod
+    def loss(self, outputs: Mapping[str, jax.Array], batch: Batch, ctx: StepContext) -> Pair:
+        """This share's `(sum, count)`; loss = global sum / global count."""
+
+    @abc.abstractmethod
+    def eval_outputs(self, apply_fn: ApplyFn, variables: Any, batch: Batch,
+                     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """`(sums, per_example)` of one eval batch on device.
+
+        `apply_fn(variables, *args, train=False, **kwargs)` is the model. `sums` are summed over
+        devices by the parallel layer (integer counts stay int32 per batch); `per_example`
+        leaves have the batch as their first axis and come back to the host by rows.
+        """
+
+    @abc.abstractmethod
+    def new_accumulator(self) -> Accumulator:
+        """A fresh host accumulator for one evaluation."""
+
+    def summary_line(self, metrics: Mapping[str, Any]) -> str:
+        """The console summary of an evaluation."""
+        value = metrics.get(self.best_metric)
+        return f"{self.best_metric} {value:.4f}" if value is not None else ""
+
+    def logged_metrics(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """What of `metrics` goes into metrics.jsonl (default: everything)."""
+        return dict(metrics)
+
+    def save_examples(self, out_dir: str, step: int, batch: Mapping[str, Any],
+                      per_example: Mapping[str, Any], *, limit: int, writer=None) -> int:
+        """Writes up to `limit` example pictures of valid rows to `out_dir`; returns how many."""
+        del out_dir, step, batch, per_example, limit, writer
+        return 0

@@ -1,0 +1,126 @@
+"""Same seed => the same training run on 1 device and on 4 (pmap and mesh), for every loss kind,
+with an aux head, class weights and dropout (DESIGN §4).
+
+The tiny model has an aux head and dropout 0.5, and the batch's ignored pixels are spread very
+unevenly over the devices, so any per-device normalisation, per-device OHEM selection or
+device-dependent dropout mask shows up far above the 1e-5 tolerance (the negative controls
+below measure how far).
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from segjax.models.layers import Dropout
+from segjax.tasks.base import StepContext
+from segjax.tasks.semantic import SemanticTask
+from segjax.train import optim, parallel, steps
+from segjax.train.state import create_train_state, init_variables
+from tests.train.test_parallel import rel_diff
+from tests.train.tiny import IGNORE, TinySegNet, make_batch, make_task
+
+K = 3
+RNG = jax.random.key(3)
+LOSSES = {
+    "ce": dict(loss_kind="ce"),
+    "ce_weighted": dict(loss_kind="ce", loss_kwargs={"class_weights": (0.5, 1.0, 2.0),
+                                                     "label_smoothing": 0.1}),
+    "focal": dict(loss_kind="focal", loss_kwargs={"gamma": 0.5}),
+    "dice": dict(loss_kind="dice"),
+    "lovasz": dict(loss_kind="lovasz"),
+    "ohem_min_kept": dict(loss_kind="ohem", loss_kwargs={"thresh": 0.5, "min_kept": 40}),
+    "ohem_top_k": dict(loss_kind="ohem", loss_kwargs={"thresh": None, "top_k": 0.3,
+                                                      "min_kept": 10}),
+}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = TinySegNet(num_classes=K, features=4, dropout=0.5, aux=True)
+    variables = init_variables(model, jax.random.key(0), (1, 9, 11, 3))
+    tx, _ = optim.create_optimizer(variables["params"], base_lr=0.3, num_steps=10, momentum=0.9)
+    state = create_train_state(model, None, (1, 9, 11, 3), tx, variables=variables)
+    data = np.random.default_rng(5)
+    batches = [make_batch(data, n=8, k=K) for _ in range(2)]
+    return state, batches
+
+
+def one_device(state, batches, task):
+    step = jax.jit(functools.partial(steps.train_step, task=task))
+    history = []
+    for b in batches:
+        state, m = step(state, b, RNG)
+        history.append(jax.device_get(m))
+    return state, history
+
+
+def devices(mode, state, batches, task):
+    par = parallel.Parallel(mode)
+    dstate = par.replicate(state)
+    step = par.train_step(task)
+    history = []
+    for b in batches:
+        dstate, m = step(dstate, par.shard_batch(b), RNG)
+        history.append(jax.device_get(m))
+    return par.unreplicate(dstate), history
+
+
+def assert_same_run(got, want):
+    (state, history), (ref, ref_history) = got, want
+    for m, r in zip(history, ref_history):
+        for key in ("loss", "grad_norm", "valid_pixels"):
+            np.testing.assert_allclose(m[key], r[key], rtol=1e-5, atol=1e-7)
+    assert rel_diff(state.params, ref.params) <= 1e-5
+    assert rel_diff(state.batch_stats, ref.batch_stats) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_pmap_on_four_devices_equals_one_device(setup, kind):
+    state, batches = setup
+    task = make_task(K, aux_weight=0.4, **LOSSES[kind])
+    ref = one_device(state, batches, task)
+    assert rel_diff(ref[0].params, state.params) > 1e-3  # it trained
+    assert_same_run(devices("pmap", state, batches, task), ref)
+
+
+@pytest.mark.parametrize("kind", ["ce_weighted", "ohem_min_kept"])
+def test_mesh_on_four_devices_equals_one_device(setup, kind):
+    state, batches = setup
+    task = make_task(K, aux_weight=0.4, **LOSSES[kind])
+    assert_same_run(devices("mesh", state, batches, task), one_device(state, batches, task))
+
+
+def test_ohem_selecting_per_device_would_not_match(setup):
+    """Negative control: OHEM's min_kept threshold from each device's share alone."""
+    state, batches = setup
+    task = make_task(K, aux_weight=0.4, **LOSSES["ohem_min_kept"])
+
+    class NoGather(SemanticTask):
+        def _head_loss(self, logits, labels, ctx):
+            return super()._head_loss(logits, labels, StepContext(rng=ctx.rng))  # local only
+
+    per_device = NoGather(num_classes=K, ignore_label=IGNORE, boundary_iou=False,
+                          aux_weight=0.4, **LOSSES["ohem_min_kept"])
+    _, history = devices("pmap", state, batches[:1], per_device)
+    _, ref = one_device(state, batches[:1], task)
+    assert abs(history[0]["loss"] - ref[0]["loss"]) > 1e-3 * abs(ref[0]["loss"])
+
+
+def test_dropout_masks_depend_on_the_global_position_only(np_rng):
+    """The layer alone: rows of a batch split over 4 pmap devices get the masks they get
+    unsplit, and flax's Dropout (one mask per device's array) does not."""
+    x = np.ones((8, 5, 3), np.float32)
+    key = jax.random.key(9)
+    layer = Dropout(0.5, axis_name=None)
+    whole = layer.apply({}, x, False, rngs={"dropout": key})
+    split = jax.pmap(lambda v: Dropout(0.5, axis_name="b").apply({}, v, False, rngs={"dropout": key}),
+                     axis_name="b")(x.reshape(4, 2, 5, 3))
+    np.testing.assert_array_equal(np.asarray(split).reshape(whole.shape), whole)
+    assert 0.3 < float(np.mean(np.asarray(whole) == 0)) < 0.7
+    import flax.linen as nn
+
+    flax_split = jax.pmap(lambda v: nn.Dropout(0.5).apply({}, v, False, rngs={"dropout": key}),
+                          axis_name="b")(x.reshape(4, 2, 5, 3))
+    assert not np.array_equal(np.asarray(flax_split).reshape(whole.shape), whole)
