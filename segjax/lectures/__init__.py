@@ -142,9 +142,11 @@ def _index_line(figure: Figure, d: dict | None, reason: str | None) -> str:
     line = f"{figure.number}. [**{figure.title}**]({figure.png}): {figure.teaches}"
     if figure.needs_training and d is not None:
         r = d["recipe"]
-        line += (f" Trained here: {', '.join(r['models'])} with {r['overrides']} on "
-                 f"{r['dataset']}; {r['optimizer']}; loss {r['loss']}; "
-                 f"{r['seconds']} s for all three on this machine.")
+        overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        mious = ", ".join(f"{k} {m['miou']:.3f}" for k, m in d["models"].items())
+        line += (f" Trained here: {', '.join(r['models'])} ({overrides}) on {r['dataset']}; "
+                 f"{r['optimizer']}; loss {r['loss']}; {r['seconds']} s for all three on this "
+                 f"machine. Validation mIoU: {mious}.")
     return line
 
 
