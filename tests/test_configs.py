@@ -10,6 +10,7 @@ import glob
 import importlib
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import pytest
@@ -136,3 +137,16 @@ def test_poly_floor_matches_mmseg_formula():
     for t in (0, 37, 100, 150):
         want = (0.01 - 1e-4) * (1 - min(t, 100) / 100) ** 0.9 + 1e-4
         assert abs(float(schedule(t)) - want) < 1e-9
+
+
+@pytest.mark.parametrize("spec", ["deeplab_voc.py:deeplabv3_r50", "fcn_voc.py:fcn_r50",
+                                  "pspnet_voc.py:", "pspnet_voc.py:r101"])
+def test_mmseg_presets_decay_what_mmseg_decays(spec):
+    """mmsegmentation's (and torchvision's reference) SGD decays every parameter, BatchNorm
+    scales and biases included; the recipes that claim mmseg's must too."""
+    name, _, preset = spec.partition(":")
+    config = config_utils.load_config_file(os.path.join(CONFIG_DIR, name) + (f":{preset}" if preset else ""))
+    params = {"backbone": {"conv": {"kernel": jnp.zeros((3, 3, 1, 2))}, "bn": {"scale": jnp.ones(2)}},
+              "head": {"bias": jnp.zeros(2)}}
+    kw = build.optimizer_kwargs(config)
+    assert all(jax.tree.leaves(optim.decay_mask(params, kw["decay_norm_and_bias"])))

@@ -58,6 +58,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.model.aux_loss = True
         c.batch_size = 16
         c.num_train_steps = 20_000
+        c.optimizer.decay_norm_and_bias = True  # mmseg's SGD decays every parameter
         c.optimizer.base_lr = 0.01
         c.optimizer.power = 0.9
         c.optimizer.end_lr = 1e-4

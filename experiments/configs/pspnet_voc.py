@@ -40,6 +40,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer.base_lr = 0.01
     c.optimizer.end_lr = 1e-4
     c.optimizer.weight_decay = 5e-4
+    c.optimizer.decay_norm_and_bias = True  # mmseg's SGD decays every parameter
     c.loss.aux_weight = 0.4
     c.eval.window = 512
     c.eval.stride = 341
