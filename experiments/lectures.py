@@ -33,6 +33,10 @@ def main(argv: list[str]) -> None:
         figures = None if FLAGS.figures is None else [int(f) for f in FLAGS.figures]
     except ValueError:
         raise app.UsageError(f"--figures must be comma-separated numbers, got {FLAGS.figures}")
+    unknown = sorted(set(figures or ()) - set(lectures.BY_NUMBER))
+    if unknown:
+        raise app.UsageError(f"--figures: unknown figure(s) {unknown}; figures are "
+                             f"{sorted(lectures.BY_NUMBER)}")
     result = lectures.write(FLAGS.out, figures, skip_training=FLAGS.skip_training,
                             log=logging.info)
     print(f"wrote {len(result['pngs'])} figure(s), numbers.json and index.md to {FLAGS.out}"

@@ -262,15 +262,16 @@ def conv_layers(model, image_size: int = 64) -> list[dict]:
     """Every convolution `model` applies to one `image_size` image, in call order.
 
     Found by intercepting the `__call__` of each conv module while `jax.eval_shape` traces
-    `model.init` (no compute). Each entry: `path` ("classifier/aspp/atrous_0/conv"), `kernel`,
-    `dilation`, `features`, `input_stride` (image size / input map size) and `input` (the traced
-    input, to tell parallel branches, which read the same tensor, from sequential layers).
+    `model.init` (no compute). Each entry: `path` ("classifier/aspp/atrous_0/conv"), `type`,
+    `kernel`, `dilation`, `features`, `in_channels`, `input_hw`, `input_stride` (image size /
+    input map size) and `input_id` (equal for convs that read the very same tensor: parallel
+    branches, as opposed to sequential layers).
     """
     import flax.linen as nn
 
     from segjax.models.layers import AtrousConv, ConvTranspose
 
-    layers = []
+    layers, inputs = [], []  # `inputs` keeps the traced inputs alive, so `is` is meaningful
 
     def record(next_fun, args, kwargs, context):
         m = context.module
@@ -282,16 +283,20 @@ def conv_layers(model, image_size: int = 64) -> list[dict]:
                 kernel, dil = m.kernel_size, m.rate if isinstance(m, AtrousConv) else m.dilation
             kernel = kernel[0] if isinstance(kernel, (tuple, list)) else kernel
             dil = dil[0] if isinstance(dil, (tuple, list)) else dil
-            layers.append({"path": "/".join(m.scope.path), "kernel": int(kernel),
-                           "dilation": int(dil), "features": int(m.features),
-                           "in_channels": int(x.shape[-1]),
-                           "input_stride": image_size / x.shape[1], "input": x,
-                           "type": type(m).__name__})
+            input_id = next((i for i, seen in enumerate(inputs) if seen is x), len(inputs))
+            if input_id == len(inputs):
+                inputs.append(x)
+            layers.append({"path": "/".join(m.scope.path), "type": type(m).__name__,
+                           "kernel": int(kernel), "dilation": int(dil),
+                           "features": int(m.features), "in_channels": int(x.shape[-1]),
+                           "input_hw": tuple(x.shape[1:3]),
+                           "input_stride": image_size / x.shape[1], "input_id": input_id})
         return next_fun(*args, **kwargs)
 
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     with nn.intercept_methods(record):
         jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+    inputs.clear()
     return layers
 
 
@@ -322,13 +327,14 @@ def deeplab_heads(image_size: int = 64) -> dict:
         stages: list[list[dict]] = []
         stage_input = None
         for layer in head:
-            x = layer["input"]
-            pooled_branch = x.shape[1:3] == (1, 1) and stages and len(stages[-1]) > 1
-            if stages and (x is stage_input or pooled_branch):
+            # A conv on a 1x1 (globally pooled) map next to parallel branches is the image-level
+            # pooling branch: it reads the mean of the branches' input.
+            pooled_branch = layer["input_hw"] == (1, 1) and stages and len(stages[-1]) > 1
+            if stages and (layer["input_id"] == stage_input or pooled_branch):
                 stages[-1].append(layer)
             else:
                 stages.append([layer])
-                stage_input = x
+                stage_input = layer["input_id"]
         merges = []  # how each stage's branches are combined: by the next conv's input width
         for i, stage in enumerate(stages):
             width = sum(layer["features"] for layer in stage)
