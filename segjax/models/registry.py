@@ -28,6 +28,7 @@ _MODEL_MODULES = (
     "segjax.models.deconvnet",
     "segjax.models.deeplab",
     "segjax.models.pspnet",
+    "segjax.models.maskrcnn",
 )
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}

@@ -3,7 +3,9 @@
 `convert(name, state_dict)` maps the weights of torchvision's `resnet18/34/50/101/152` (the
 ImageNet classifiers, for transfer learning: `fc.*` is dropped), `vgg16`/`vgg16_bn` (onto
 `backbones.vgg.VGG16` with fc6/fc7 as convs; `classifier.6` is dropped), `fcn_resnet50/101` and
-`deeplabv3_resnet50/101` (with or without `aux_classifier`) onto the same-named segjax model.
+`deeplabv3_resnet50/101` (with or without `aux_classifier`) onto the same-named segjax model, and
+`maskrcnn_resnet50_fpn` (torchvision's Mask R-CNN; `maskrcnn_resnet101_fpn` for the same layout on
+ResNet-101) onto `segjax.models.maskrcnn` (see `map_maskrcnn`).
 Every torchvision key must land on a segjax leaf of the same shape and every segjax leaf must
 receive a value: anything else raises ValueError listing the offending keys.
 
@@ -37,7 +39,8 @@ from segjax.models.registry import create_model
 _CLASSIFIERS = {f"resnet{d}": d for d in (18, 34, 50, 101, 152)}
 _VGG = {"vgg16": False, "vgg16_bn": True}  # name -> batch_norm
 _SEGMENTATION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
-SUPPORTED = tuple(_CLASSIFIERS) + tuple(_VGG) + _SEGMENTATION
+_MASKRCNN = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet101_fpn")
+SUPPORTED = tuple(_CLASSIFIERS) + tuple(_VGG) + _SEGMENTATION + _MASKRCNN
 # torchvision VGG keys: conv/BN layers of `features`, fc6/fc7 (`classifier.0/3`) and the
 # ImageNet classifier `classifier.6` (dropped).
 _VGG_KEY = re.compile(r"features\.\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -78,6 +81,33 @@ def map_deeplab_head(parts: list[str], num_rates: int) -> list[str] | None:
     return None
 
 
+def map_maskrcnn(parts: list[str]) -> list[str] | None:
+    """torchvision MaskRCNN keys -> segjax `MaskRCNN` paths (None when unmapped).
+
+    backbone.body.* -> backbone.* (ResNet names as torchvision's), backbone.fpn.{inner,layer}_blocks.i.0
+    -> fpn.{inner,layer}_i, rpn.head.conv.0.0 -> rpn_head.conv, rpn.head.{cls_logits,bbox_pred} ->
+    rpn_head.*, roi_heads.{box_head,box_predictor,mask_predictor}.* -> the same names, and
+    roi_heads.mask_head.i.0 -> mask_head.mask_fcn{i+1}.
+    """
+    key = ".".join(parts)
+    if key.startswith("backbone.body."):
+        return ["backbone", *parts[2:]]
+    m = re.fullmatch(r"backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.0\.(weight|bias)", key)
+    if m:
+        return ["fpn", f"{m[1]}_{m[2]}", m[3]]
+    m = re.fullmatch(r"rpn\.head\.(conv\.0\.0|cls_logits|bbox_pred)\.(weight|bias)", key)
+    if m:
+        return ["rpn_head", m[1].split(".")[0], m[2]]
+    m = re.fullmatch(r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", key)
+    if m:
+        return ["mask_head", f"mask_fcn{int(m[1]) + 1}", m[2]]
+    m = re.fullmatch(r"roi_heads\.(box_head\.fc[67]|box_predictor\.(?:cls_score|bbox_pred)"
+                     r"|mask_predictor\.(?:conv5_mask|mask_fcn_logits))\.(weight|bias)", key)
+    if m:
+        return [*m[1].split("."), m[2]]
+    return None
+
+
 def _leaf(parts: list[str], value: np.ndarray) -> tuple[str, tuple[str, ...], np.ndarray] | None:
     """Torch leaf -> (collection, segjax path, value in segjax layout); None for ignored leaves."""
     *path, leaf = parts
@@ -85,6 +115,8 @@ def _leaf(parts: list[str], value: np.ndarray) -> tuple[str, tuple[str, ...], np
         return None
     if leaf == "weight" and value.ndim == 4:
         return "params", (*path, "kernel"), value.transpose(2, 3, 1, 0)
+    if leaf == "weight" and value.ndim == 2:  # nn.Linear [out, in] -> nn.Dense kernel [in, out]
+        return "params", (*path, "kernel"), value.T
     if leaf == "weight" and value.ndim == 1:
         return "params", (*path, "scale"), value
     if leaf == "bias":
@@ -100,6 +132,8 @@ def _path_mapper(name: str) -> Callable[[list[str]], list[str] | None]:
     """A function mapping a torch key (split on '.') to a segjax path, or None when unmapped."""
     if name in _CLASSIFIERS:
         return lambda parts: parts
+    if name in _MASKRCNN:
+        return map_maskrcnn
     head = map_fcn_head if name.startswith("fcn_") else (lambda p: map_deeplab_head(p, 3))
 
     def mapper(parts: list[str]) -> list[str] | None:
@@ -121,6 +155,11 @@ def _target(name: str, state_dict: Mapping[str, np.ndarray]):
     """The segjax module matching `name` and the state dict's classes/aux head."""
     if name in _CLASSIFIERS:
         return ResNet(depth=_CLASSIFIERS[name])
+    if name in _MASKRCNN:
+        cls_key = "roi_heads.box_predictor.cls_score.weight"
+        if cls_key not in state_dict:
+            raise ValueError(f"state dict for {name!r} lacks {cls_key!r} (its box classifier); is it a Mask R-CNN?")
+        return create_model(name, num_classes=int(np.shape(state_dict[cls_key])[0]))
     cls_key = "classifier.4.weight"
     if cls_key not in state_dict:
         raise ValueError(f"state dict for {name!r} lacks {cls_key!r} (its classifier); is it a {name}?")
@@ -235,9 +274,24 @@ def convert(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     if name in _VGG:
         return _convert_vgg(name, state_dict)
     model = _target(name, state_dict)
+    if name in _MASKRCNN:
+        state_dict = _maskrcnn_fc6_to_nhwc(state_dict, model)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 3))))
     skip = (lambda key: key.split(".")[0] == "fc") if name in _CLASSIFIERS else (lambda key: False)
     return convert_state_dict(state_dict, shapes, _path_mapper(name), skip=skip, what=repr(name))
+
+
+def _maskrcnn_fc6_to_nhwc(state_dict: Mapping[str, Any], model) -> dict[str, Any]:
+    """fc6 reads the 7x7 pooled features flattened (C, y, x) in torch, (y, x, C) in segjax."""
+    key = "roi_heads.box_head.fc6.weight"
+    out = dict(state_dict)
+    if key in out:
+        w = _as_numpy(out[key])
+        c = model.fpn_channels
+        if w.ndim != 2 or w.shape[1] != c * 49:
+            raise ValueError(f"{key} has shape {w.shape}; expected [representation, {c} * 7 * 7]")
+        out[key] = w.reshape(w.shape[0], c, 7, 7).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    return out
 
 
 def model_config(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -247,6 +301,8 @@ def model_config(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     if name in _VGG:
         return {"model": name, "backbone_only": True, "batch_norm": _VGG[name]}
     model = _target(name, state_dict)
+    if name in _MASKRCNN:
+        return {"model": name, "num_classes": model.num_classes}
     return {"model": name, "num_classes": model.num_classes, "aux_loss": bool(model.aux_loss)}
 
 

@@ -1,0 +1,245 @@
+"""Mask R-CNN (He et al. 2017) on a ResNet-FPN: torchvision's `maskrcnn_resnet50_fpn`, inference.
+
+Pipeline (one jit per input size, static shapes throughout):
+  images [N, H, W, 3] (ImageNet-normalised) -> zero-padded bottom/right to a multiple of 32 ->
+  ResNet (`backbone`, BatchNorm frozen: always its running statistics, as torchvision's
+  FrozenBatchNorm2d) -> FPN (`fpn`, P2-P6) -> RPN (`rpn_head`, anchors 32-512 x ratios 0.5/1/2;
+  per-level top-k, decode, clip, small-box removal, NMS 0.7, post-NMS top-k: `rpn.filter_proposals`)
+  -> multi-scale ROI Align 7x7 on P2-P5 -> `box_head` (fc6, fc7) -> `box_predictor` -> softmax,
+  per-class decoding (weights 10, 10, 5, 5), score > 0.05, NMS 0.5 per class, 100 detections
+  (`roi_heads.postprocess_detections`) -> ROI Align 14x14 of the detected boxes -> `mask_head`
+  (4 x 3x3 conv) -> `mask_predictor` (2x2 transposed conv, 1x1 conv to K) -> sigmoid of the
+  detected class's 28x28 mask.
+
+`model.apply(variables, images)` returns a dict (keys below): `boxes` [N, D, 4] (x1, y1, x2, y2,
+input pixels), `scores` [N, D], `classes` int32 [N, D] (1..K-1), `num_detections` int32 [N]
+(valid slots first; the others hold zeros), `mask_probs` [N, D, 28, 28]. Paste the masks into the
+image with `segjax.ops.paste_masks(mask_probs, boxes, (H, W))`.
+
+The stages are methods too (`model.apply(variables, ..., method=MaskRCNN.<name>)`), used by the
+torchvision parity tests and by training code: `pad`, `features`, `rpn_outputs`, `anchors`,
+`proposals`, `box_outputs`, `detect`, `mask_logits`.
+
+The thresholds are overrides with torchvision's names and defaults. Training (`train=True`:
+anchor/ROI matching, sampling, losses) is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segjax.models.backbones.resnet import ResNet
+from segjax.models.detection import anchors as anchor_lib
+from segjax.models.detection.poolers import multiscale_roi_align
+from segjax.models.detection.roi_heads import (FastRCNNPredictor, MaskHead, MaskPredictor, TwoMLPHead,
+                                               postprocess_detections)
+from segjax.models.detection.rpn import RPNHead, filter_proposals
+from segjax.models.fpn import FPN
+from segjax.models.layers import check_images
+from segjax.models.registry import register
+
+# Output keys (shared constants).
+BOXES = "boxes"
+SCORES = "scores"
+CLASSES = "classes"
+NUM_DETECTIONS = "num_detections"
+MASK_PROBS = "mask_probs"
+
+ROI_LEVELS = ("p2", "p3", "p4", "p5")  # pooled by the ROI heads (torchvision's "0".."3")
+RPN_LEVELS = ROI_LEVELS + ("p6",)  # seen by the RPN (+ "pool")
+ROI_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
+
+class MaskRCNN(nn.Module):
+    """Mask R-CNN with a ResNet-FPN backbone (see the module docstring).
+
+    Attributes:
+      num_classes: K, counting the background (91 for COCO, as torchvision).
+      depth, backbone_width: the ResNet (50 / 101 at width 64 for torchvision's models).
+      fpn_channels: channels of every pyramid level (256).
+      representation_size: fc6/fc7 width of the box head (1024).
+      mask_layers, mask_dim_reduced: mask head conv widths and the transposed conv's (256s).
+      rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test, rpn_nms_thresh, rpn_score_thresh,
+      box_score_thresh, box_nms_thresh, box_detections_per_img: torchvision's inference settings.
+      anchor_sizes, aspect_ratios: per RPN level (torchvision's defaults).
+      size_divisible: images are zero-padded bottom/right to a multiple of this.
+      dtype: compute dtype of the convolutions and MLPs (boxes, scores and masks are float32).
+      axis_name: unused (the backbone's BatchNorm is frozen); kept for the model contract.
+      in_channels: channels of the input images.
+    """
+
+    num_classes: int
+    depth: int = 50
+    backbone_width: int = 64
+    fpn_channels: int = 256
+    representation_size: int = 1024
+    mask_layers: Sequence[int] = (256, 256, 256, 256)
+    mask_dim_reduced: int = 256
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_score_thresh: float = 0.0
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    anchor_sizes: Sequence[Sequence[int]] = anchor_lib.DEFAULT_SIZES
+    aspect_ratios: Sequence[Sequence[float]] = anchor_lib.DEFAULT_ASPECT_RATIOS
+    size_divisible: int = 32
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+    in_channels: int = 3
+
+    def setup(self):
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"Mask R-CNN needs num_classes >= 2 (background included), got {self.num_classes!r}")
+        if len(self.anchor_sizes) != len(RPN_LEVELS) or len(self.aspect_ratios) != len(RPN_LEVELS):
+            raise ValueError(f"anchor_sizes and aspect_ratios need one entry per RPN level {RPN_LEVELS}")
+        counts = set(anchor_lib.num_anchors_per_location(self.anchor_sizes, self.aspect_ratios))
+        if len(counts) != 1:
+            raise ValueError(f"the shared RPN head needs the same number of anchors on every level, got {counts}")
+        self.backbone = ResNet(depth=self.depth, width=self.backbone_width, dtype=self.dtype,
+                               in_channels=self.in_channels)
+        self.fpn = FPN(out_names=ROI_LEVELS, out_channels=self.fpn_channels, extra_name="p6", dtype=self.dtype)
+        self.rpn_head = RPNHead(num_anchors=counts.pop(), dtype=self.dtype)
+        self.box_head = TwoMLPHead(self.representation_size, dtype=self.dtype)
+        self.box_predictor = FastRCNNPredictor(self.num_classes, dtype=self.dtype)
+        self.mask_head = MaskHead(tuple(self.mask_layers), dtype=self.dtype)
+        self.mask_predictor = MaskPredictor(self.num_classes, self.mask_dim_reduced, dtype=self.dtype)
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def pad(self, images: jax.Array) -> jax.Array:
+        """Zero-pads [N, H, W, C] bottom/right to multiples of `size_divisible` (torchvision's batching)."""
+        check_images(images, self.in_channels, "MaskRCNN")
+        n, h, w, _ = images.shape
+        s = self.size_divisible
+        hp, wp = -(-h // s) * s, -(-w // s) * s
+        return jnp.pad(images, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+
+    def features(self, images: jax.Array) -> dict[str, jax.Array]:
+        """FPN maps `p2..p6` [N, Hp / s, Wp / s, fpn_channels] of the padded images."""
+        padded = self.pad(images)
+        c = self.backbone(padded, train=False)  # frozen BatchNorm
+        return self.fpn(c)
+
+    def rpn_outputs(self, features: dict[str, jax.Array]):
+        """(objectness per level [N, H_l * W_l * A], deltas per level [N, H_l * W_l * A, 4])."""
+        return self.rpn_head([features[k] for k in RPN_LEVELS])
+
+    def anchors(self, padded_size: Sequence[int], features: dict[str, jax.Array]) -> list[np.ndarray]:
+        """Anchors per RPN level [H_l * W_l * A, 4] (numpy constants; torchvision's order)."""
+        sizes = [features[k].shape[1:3] for k in RPN_LEVELS]
+        return anchor_lib.anchors_for(padded_size, sizes, self.anchor_sizes, self.aspect_ratios)
+
+    def proposals(self, images: jax.Array, features: dict[str, jax.Array] | None = None):
+        """RPN proposals: (boxes [N, P, 4], scores [N, P], valid [N, P]); valid slots first."""
+        if features is None:
+            features = self.features(images)
+        padded = (features["p2"].shape[1] * 4, features["p2"].shape[2] * 4)
+        objectness, deltas = self.rpn_outputs(features)
+        anchors = self.anchors(padded, features)
+        filt = functools.partial(
+            filter_proposals, anchors=anchors, image_size=images.shape[1:3],
+            pre_nms_top_n=self.rpn_pre_nms_top_n_test, post_nms_top_n=self.rpn_post_nms_top_n_test,
+            nms_thresh=self.rpn_nms_thresh, score_thresh=self.rpn_score_thresh)
+        return jax.vmap(lambda o, d: filt(o, d))(objectness, deltas)
+
+    def _pool(self, features: dict[str, jax.Array], boxes: jax.Array, output_size: int) -> jax.Array:
+        """ROI Align of boxes [N, K, 4] on P2-P5 -> [N, K, s, s, C]."""
+        levels = [features[k] for k in ROI_LEVELS]
+        return jax.vmap(lambda fs, b: multiscale_roi_align(fs, b, output_size, scales=ROI_SCALES))(levels, boxes)
+
+    def box_outputs(self, features: dict[str, jax.Array], boxes: jax.Array):
+        """Box head on boxes [N, K, 4]: (class logits [N, K, num_classes], deltas [N, K, 4 num_classes])."""
+        n, k = boxes.shape[:2]
+        pooled = self._pool(features, boxes, 7)
+        x = self.box_head(pooled.reshape(n * k, *pooled.shape[2:]))
+        logits, deltas = self.box_predictor(x)
+        return logits.reshape(n, k, -1), deltas.reshape(n, k, -1)
+
+    def detect(self, images: jax.Array, features: dict[str, jax.Array] | None = None):
+        """Detections without masks: dict of boxes, scores, classes, valid (each [N, D, ...])."""
+        if features is None:
+            features = self.features(images)
+        boxes, _, valid = self.proposals(images, features)
+        logits, deltas = self.box_outputs(features, boxes)
+        post = functools.partial(
+            postprocess_detections, image_size=images.shape[1:3], score_thresh=self.box_score_thresh,
+            nms_thresh=self.box_nms_thresh, detections_per_img=self.box_detections_per_img,
+            weights=BOX_CODER_WEIGHTS)
+        return jax.vmap(lambda lg, dl, b, v: post(lg, dl, b, v))(logits, deltas, boxes, valid)
+
+    def mask_logits(self, features: dict[str, jax.Array], boxes: jax.Array) -> jax.Array:
+        """Mask logits [N, K, 28, 28, num_classes] of boxes [N, K, 4]."""
+        n, k = boxes.shape[:2]
+        pooled = self._pool(features, boxes, 14)
+        x = self.mask_head(pooled.reshape(n * k, *pooled.shape[2:]))
+        logits = self.mask_predictor(x)
+        return logits.reshape(n, k, *logits.shape[1:])
+
+    # -- the model ----------------------------------------------------------------------------
+
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        if train:
+            raise NotImplementedError("Mask R-CNN training (anchor/ROI matching, sampling, losses) is not "
+                                      "implemented yet; call with train=False for inference")
+        features = self.features(images)
+        if self.is_initializing():
+            # Every parameter is created by the heads on any boxes: skip the proposal filtering and
+            # NMS loops, which would only make `init` slower to trace and compile.
+            boxes = jnp.zeros((images.shape[0], 1, 4), jnp.float32).at[..., 2:].set(1.0)
+            self.rpn_outputs(features)
+            self.box_outputs(features, boxes)
+            det = {"boxes": boxes, "scores": jnp.zeros(boxes.shape[:2]),
+                   "classes": jnp.ones(boxes.shape[:2], jnp.int32), "valid": jnp.ones(boxes.shape[:2], bool)}
+        else:
+            det = self.detect(images, features)
+        logits = self.mask_logits(features, det["boxes"])  # [N, D, 28, 28, K]
+        probs = jax.nn.sigmoid(jnp.take_along_axis(logits, det["classes"][:, :, None, None, None], axis=-1)[..., 0])
+        valid = det["valid"]
+        return {
+            BOXES: det["boxes"],
+            SCORES: det["scores"],
+            CLASSES: det["classes"],
+            NUM_DETECTIONS: jnp.sum(valid, axis=1, dtype=jnp.int32),
+            MASK_PROBS: jnp.where(valid[:, :, None, None], probs, 0.0),
+        }
+
+
+def _factory(depth: int, width: int, fpn_channels: int, representation_size: int, mask_channels: int):
+    """A registry factory whose keyword defaults are this variant's sizes and torchvision's settings."""
+
+    def factory(*, num_classes: int, backbone_width: int = width, fpn_channels: int = fpn_channels,
+                representation_size: int = representation_size, mask_channels: int = mask_channels,
+                rpn_pre_nms_top_n_test: int = 1000, rpn_post_nms_top_n_test: int = 1000,
+                rpn_nms_thresh: float = 0.7, rpn_score_thresh: float = 0.0, box_score_thresh: float = 0.05,
+                box_nms_thresh: float = 0.5, box_detections_per_img: int = 100,
+                dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3) -> MaskRCNN:
+        return MaskRCNN(
+            num_classes=num_classes, depth=depth, backbone_width=backbone_width, fpn_channels=fpn_channels,
+            representation_size=representation_size, mask_layers=(mask_channels,) * 4,
+            mask_dim_reduced=mask_channels, rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test, rpn_nms_thresh=rpn_nms_thresh,
+            rpn_score_thresh=rpn_score_thresh, box_score_thresh=box_score_thresh,
+            box_nms_thresh=box_nms_thresh, box_detections_per_img=box_detections_per_img, dtype=dtype,
+            axis_name=axis_name, in_channels=in_channels)
+
+    factory.__doc__ = (f"Mask R-CNN, ResNet-{depth}-FPN (backbone width {width}, FPN {fpn_channels}, box head "
+                       f"{representation_size}, mask head {mask_channels}); thresholds as torchvision.")
+    return factory
+
+
+maskrcnn_resnet50_fpn = register("maskrcnn_resnet50_fpn")(_factory(50, 64, 256, 1024, 256))
+maskrcnn_resnet101_fpn = register("maskrcnn_resnet101_fpn")(_factory(101, 64, 256, 1024, 256))
+# A CPU-sized variant: ResNet-18 at half width, narrow FPN and heads.
+maskrcnn_resnet18_fpn = register("maskrcnn_resnet18_fpn")(_factory(18, 32, 64, 256, 64))
+
+__all__ = ["BOXES", "CLASSES", "MASK_PROBS", "MaskRCNN", "NUM_DETECTIONS", "SCORES", "maskrcnn_resnet101_fpn",
+           "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"]
