@@ -12,6 +12,10 @@ between two implementations would reorder top-k cut-offs and NMS winners. The te
 scales the RPN's `cls_logits` and the box predictor's `cls_score` weights up (logits spread over
 several units, gaps far above rounding noise), randomises the BatchNorm statistics (so frozen BN
 is exercised), and compares proposals as sets and detections by (class, IoU).
+
+To keep the file fast both models keep 500 proposals and 50 detections per image (torchvision's
+override names; the defaults are 1000 and 100), and the one jitted function computing every stage
+is compiled at XLA backend optimisation level 0 (about half the compile time).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from segjax.models.torchvision_import import convert
 from segjax.ops import box_iou, paste_masks
 
 K = 4  # classes including background
+SETTINGS = dict(rpn_post_nms_top_n_test=500, box_detections_per_img=50)
 H, W = 120, 100
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -46,7 +51,7 @@ def run():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=K, min_size=100, max_size=120).eval()
+        weights=None, weights_backbone=None, num_classes=K, min_size=100, max_size=120, **SETTINGS).eval()
     with torch.no_grad():
         for m in tv.backbone.body.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -74,7 +79,7 @@ def run():
         final = tv.transform.postprocess(dets, sizes, [(H, W)] * 2)
 
     variables = convert("maskrcnn_resnet50_fpn", tv.state_dict())
-    model = create_model("maskrcnn_resnet50_fpn", num_classes=K)
+    model = create_model("maskrcnn_resnet50_fpn", num_classes=K, **SETTINGS)
     images = (images01 - MEAN) / STD
     n_props = max(len(p) for p in proposals)
     tv_props = np.zeros((2, n_props, 4), np.float32)
@@ -92,8 +97,10 @@ def run():
                     box=module.box_outputs(features, props), masks=module.mask_logits(features, det_boxes),
                     out=module(images))
 
-    fn = jax.jit(lambda v, *a: model.apply(v, *a, method=stages))
-    ours = jax.tree.map(np.asarray, fn(variables, images, tv_props, tv_dets))
+    args = (variables, images, tv_props, tv_dets)
+    fn = jax.jit(lambda v, *a: model.apply(v, *a, method=stages)).lower(*args).compile(
+        compiler_options={"xla_backend_optimization_level": 0})
+    ours = jax.tree.map(np.asarray, fn(*args))
     tv_out = dict(features=feats, rpn=(rpn_obj, rpn_deltas), proposals=proposals,
                   box=(class_logits, box_regression), dets=dets, mask_logits=mask_logits, final=final)
     return ours, tv_out
@@ -157,6 +164,7 @@ def test_final_detections_and_pasted_masks(run):
         n = int(out["num_detections"][i])
         rb, rs, rl = ref["boxes"].numpy(), ref["scores"].numpy(), ref["labels"].numpy()
         assert abs(n - len(rb)) <= 1 and n > 10
+        assert len(rb) == SETTINGS["box_detections_per_img"]  # the cap is reached: top-k is tested
         assert (out["scores"][i, n:] == 0).all() and (out["classes"][i, n:] == 0).all()
         assert ((out["classes"][i, :n] >= 1) & (out["classes"][i, :n] < K)).all()
         iou = np.array(box_iou(rb, out["boxes"][i, :n]))
