@@ -32,9 +32,10 @@ import jax.numpy as jnp
 
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.backbones.vgg import VGG16
-from segjax.models.heads import DeepLabV2ASPP, DeepLabV3Head, DeepLabV3PlusHead, FCNHead
+from segjax.models.compose import resnet_segmenter
+from segjax.models.heads import DeepLabV2ASPP, DeepLabV3Head, DeepLabV3PlusHead
 from segjax.models.layers import check_images
-from segjax.models.outputs import AUX_LOGITS, LOGITS
+from segjax.models.outputs import LOGITS
 from segjax.models.registry import register
 from segjax.ops import resize
 
@@ -106,28 +107,23 @@ class DeepLab(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         rates = self.rates()
-        check_images(images, self.in_channels, f"deeplab{self.version}_resnet{self.backbone_depth}")
-        feats = ResNet(
-            depth=self.backbone_depth, output_stride=self.output_stride, multi_grid=self.multi_grid,
-            width=self.backbone_width, dtype=self.dtype, axis_name=self.axis_name,
-            in_channels=self.in_channels, name="backbone",
-        )(images, train)
         kw = dict(dtype=self.dtype, axis_name=self.axis_name)
-        if self.version == "v2":
-            logits = DeepLabV2ASPP(self.num_classes, rates, dtype=self.dtype, name="classifier")(feats["layer4"])
-        elif self.version == "v3":
-            logits = DeepLabV3Head(self.num_classes, rates, self.image_pooling, self.head_channels,
-                                   name="classifier", **kw)(feats["layer4"], train)
-        else:
-            logits = DeepLabV3PlusHead(self.num_classes, rates, self.image_pooling, self.head_channels,
-                                       separable=self.separable, name="classifier", **kw)(
-                feats["layer4"], feats["layer1"], train)
-        size = images.shape[1:3]
-        out = {LOGITS: resize(logits.astype(jnp.float32), size)}
-        if self.aux_loss:
-            aux = FCNHead(self.num_classes, name="aux_classifier", **kw)(feats["layer3"], train)
-            out[AUX_LOGITS] = resize(aux.astype(jnp.float32), size)
-        return out
+
+        def head(feats, train):
+            if self.version == "v2":
+                return DeepLabV2ASPP(self.num_classes, rates, dtype=self.dtype,
+                                     name="classifier")(feats["layer4"])
+            if self.version == "v3":
+                return DeepLabV3Head(self.num_classes, rates, self.image_pooling,
+                                     self.head_channels, name="classifier", **kw)(
+                    feats["layer4"], train)
+            return DeepLabV3PlusHead(self.num_classes, rates, self.image_pooling,
+                                     self.head_channels, separable=self.separable,
+                                     name="classifier", **kw)(feats["layer4"], feats["layer1"], train)
+
+        return resnet_segmenter(self, images, train, head, depth=self.backbone_depth,
+                                multi_grid=self.multi_grid,
+                                label=f"deeplab{self.version}_resnet{self.backbone_depth}")
 
 
 class DeepLabV1(nn.Module):

@@ -32,9 +32,10 @@ import jax.numpy as jnp
 from segjax import ops
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.backbones.vgg import VGG16
+from segjax.models.compose import resnet_segmenter
 from segjax.models.heads import FCNHead
 from segjax.models.layers import ConvTranspose, bilinear_init, check_images
-from segjax.models.outputs import AUX_LOGITS, LOGITS
+from segjax.models.outputs import LOGITS
 from segjax.models.registry import register
 
 _FINAL_STRIDES = (32, 16, 8)
@@ -153,16 +154,12 @@ class FCNResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        check_images(images, self.in_channels, f"fcn_resnet{self.depth}")
-        feats = self._backbone(name="backbone")(images, train)
-        size = images.shape[1:3]
-        head = functools.partial(FCNHead, self.num_classes, dtype=self.dtype, axis_name=self.axis_name)
-        logits = head(name="classifier")(feats["layer4"], train)
-        out = {LOGITS: ops.resize(logits.astype(jnp.float32), size)}
-        if self.aux_loss:
-            aux = head(name="aux_classifier")(feats["layer3"], train)
-            out[AUX_LOGITS] = ops.resize(aux.astype(jnp.float32), size)
-        return out
+        def head(feats, train):
+            return FCNHead(self.num_classes, dtype=self.dtype, axis_name=self.axis_name,
+                           name="classifier")(feats["layer4"], train)
+
+        return resnet_segmenter(self, images, train, head, depth=self.depth,
+                                label=f"fcn_resnet{self.depth}")
 
 
 def _fcn_vgg16_factory(final_stride: int):

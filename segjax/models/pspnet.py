@@ -16,11 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.resnet import ResNet
-from segjax.models.heads import FCNHead, PyramidPoolingHead
-from segjax.models.layers import check_images
-from segjax.models.outputs import AUX_LOGITS, LOGITS
+from segjax.models.compose import resnet_segmenter
+from segjax.models.heads import PyramidPoolingHead
 from segjax.models.registry import register
-from segjax.ops import resize
 
 
 class PSPNet(nn.Module):
@@ -52,21 +50,14 @@ class PSPNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        check_images(images, self.in_channels, f"pspnet_resnet{self.backbone_depth}")
-        feats = ResNet(
-            depth=self.backbone_depth, output_stride=self.output_stride, multi_grid=self.multi_grid,
-            width=self.backbone_width, dtype=self.dtype, axis_name=self.axis_name,
-            in_channels=self.in_channels, name="backbone",
-        )(images, train)
-        kw = dict(dtype=self.dtype, axis_name=self.axis_name)
-        logits = PyramidPoolingHead(self.num_classes, tuple(self.bins), self.head_channels,
-                                    name="classifier", **kw)(feats["layer4"], train)
-        size = images.shape[1:3]
-        out = {LOGITS: resize(logits.astype(jnp.float32), size)}
-        if self.aux_loss:
-            aux = FCNHead(self.num_classes, name="aux_classifier", **kw)(feats["layer3"], train)
-            out[AUX_LOGITS] = resize(aux.astype(jnp.float32), size)
-        return out
+        def head(feats, train):
+            return PyramidPoolingHead(self.num_classes, tuple(self.bins), self.head_channels,
+                                      dtype=self.dtype, axis_name=self.axis_name,
+                                      name="classifier")(feats["layer4"], train)
+
+        return resnet_segmenter(self, images, train, head, depth=self.backbone_depth,
+                                multi_grid=self.multi_grid,
+                                label=f"pspnet_resnet{self.backbone_depth}")
 
 
 def _pspnet_factory(depth: int):
