@@ -4,4 +4,5 @@
 * `rpn` — the RPN head and static-shaped proposal filtering.
 * `poolers` — multi-scale ROI Align with the FPN level mapper.
 * `roi_heads` — box head, predictor, detection post-processing, mask head.
+* `targets` — training targets: Matcher, anchor / proposal / mask targets, balanced sampling.
 """

@@ -8,6 +8,8 @@
   matched ground-truth box per anchor (Matcher 0.7 / 0.3 with low-quality matches).
 * `proposal_targets`: the ROI heads' `assign_targets_to_proposals` — class label per proposal
   (0 background, -1 ignored) and the matched ground-truth index (Matcher 0.5 / 0.5).
+* `mask_targets`: `project_masks_on_boxes` — each proposal's matched ground-truth mask ROI-Aligned
+  to M x M (aligned=False, torchvision's adaptive sampling ratio ceil(box size / M)).
 * `sample_balanced`: `BalancedPositiveNegativeSampler` — at most `batch_size * positive_fraction`
   positives drawn uniformly without replacement, negatives filling the rest — keyed by a PRNG
   key argument (derive it from the step key and the example's global position for
@@ -126,5 +128,57 @@ def sample_balanced(key: jax.Array, labels: jax.Array, batch_size_per_image: int
     return choose(k_pos, positive, num_pos), choose(k_neg, negative, num_neg)
 
 
-__all__ = ["BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "anchor_targets", "match", "proposal_targets",
-           "sample_balanced"]
+def _adaptive_axis_weights(start, end, out: int, size: int, max_grid: int) -> jax.Array:
+    """[K, out, size]: row p averages the bilinear weights of bin p's ceil(extent / out) samples."""
+    k = start.shape[0]
+    extent = jnp.maximum(end - start, 1.0)
+    bin_size = extent / out
+    grid = jnp.clip(jnp.ceil(extent / out).astype(jnp.int32), 1, max_grid)
+    p = jnp.arange(out, dtype=jnp.float32)[None, :, None]
+    i = jnp.arange(max_grid, dtype=jnp.float32)[None, None, :]
+    g = grid.astype(jnp.float32)[:, None, None]
+    pos = start[:, None, None] + p * bin_size[:, None, None] + ((i + 0.5) * bin_size[:, None, None]) / g
+    used = (i < g) & (pos >= -1.0) & (pos <= size)
+    pos = jnp.maximum(pos, 0.0)
+    low = jnp.floor(pos).astype(jnp.int32)
+    at_end = low >= size - 1
+    low = jnp.where(at_end, size - 1, low)
+    high = jnp.where(at_end, size - 1, low + 1)
+    frac = jnp.where(at_end, 0.0, pos - low.astype(jnp.float32))
+    w = jnp.where(used, 1.0, 0.0) / g
+    rows = jnp.broadcast_to(jnp.arange(k)[:, None, None], low.shape)
+    bins = jnp.broadcast_to(jnp.arange(out)[None, :, None], low.shape)
+    weights = jnp.zeros((k, out, size), jnp.float32)
+    weights = weights.at[rows, bins, low].add(w * (1.0 - frac))
+    return weights.at[rows, bins, high].add(w * frac)
+
+
+def mask_targets(gt_masks: jax.Array, boxes: jax.Array, matched: jax.Array, size: int = 28) -> jax.Array:
+    """Mask targets [P, size, size] float32: gt mask `matched[p]` ROI-Aligned on box p.
+
+    Equal to torchvision's `project_masks_on_boxes(gt_masks, boxes, matched, size)`, i.e.
+    `roi_align(gt_masks[:, None], [matched, boxes], (size, size), 1.0)` with `aligned=False`
+    and the adaptive sampling ratio `ceil(box extent / size)` per box and axis (capped at
+    `ceil(max(H, W) / size)`, which any box inside the image satisfies). The averaged bilinear
+    weights of each box are separable, so a target is `Wy @ mask @ Wx^T`; boxes are processed
+    sequentially in groups (`lax.map`) so no [P, H, W] copy of the masks is made.
+
+    Args:
+      gt_masks: [M, H, W] binary (or soft) masks, any real or bool dtype.
+      boxes: [P, 4] proposals in mask pixels; matched: [P] int indices into gt_masks.
+    """
+    m, h, w = gt_masks.shape
+    max_grid = -(-max(h, w) // size)
+    wy = _adaptive_axis_weights(boxes[:, 1], boxes[:, 3], size, h, max_grid)
+    wx = _adaptive_axis_weights(boxes[:, 0], boxes[:, 2], size, w, max_grid)
+
+    def one(args):
+        a, b, idx = args
+        mask = gt_masks[idx].astype(jnp.float32)
+        return jnp.einsum("ph,hw,qw->pq", a, mask, b, precision=lax.Precision.HIGHEST)
+
+    return lax.map(one, (wy, wx, matched.astype(jnp.int32)), batch_size=16)
+
+
+__all__ = ["BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "anchor_targets", "mask_targets", "match",
+           "proposal_targets", "sample_balanced"]

@@ -9,7 +9,8 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler,
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from segjax.models.detection.targets import anchor_targets, match, proposal_targets, sample_balanced
+from segjax.models.detection.targets import (anchor_targets, mask_targets, match, proposal_targets,
+                                             sample_balanced)
 
 
 def _boxes(np_rng, k, extent=80.0):
@@ -93,3 +94,19 @@ def test_sample_balanced_semantics(np_rng):
     # Many positives: capped at 128.
     pos, neg = sample_balanced(jax.random.key(2), np.ones(500, int), 256, 0.5)
     assert int(pos.sum()) == 128 and int(neg.sum()) == 0
+
+
+def test_mask_targets_equal_project_masks_on_boxes(np_rng):
+    from torchvision.models.detection.roi_heads import project_masks_on_boxes
+
+    h, w = 90, 70
+    yy, xx = np.mgrid[:h, :w]
+    masks = np.stack([((yy - cy) ** 2 / ry ** 2 + (xx - cx) ** 2 / rx ** 2) < 1
+                      for cy, cx, ry, rx in [(30, 20, 15, 10), (60, 50, 25, 15), (45, 35, 40, 30)]])
+    boxes = _boxes(np_rng, 25, extent=60.0)
+    boxes = np.concatenate([boxes, [[0, 0, w, h], [10, 10, 10.5, 10.2], [5, 80, 65, 90]]]).astype(np.float32)
+    matched = np_rng.integers(0, 3, len(boxes))
+    ref = project_masks_on_boxes(torch.tensor(masks), torch.tensor(boxes), torch.tensor(matched), 28).numpy()
+    got = jax.jit(mask_targets)(masks, boxes, matched)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert ref.max() == 1.0 and (ref > 0).mean() > 0.2  # non-trivial targets
