@@ -13,6 +13,7 @@ The last tests run the pipelines under `tfds.testing.mock_data`, TFDS's way to t
 without data.
 """
 import collections
+import os
 
 import jax
 import numpy as np
@@ -254,9 +255,12 @@ def test_pipelines_under_tfds_mock_data(cityscapes, monkeypatch):
     cityscapes is the registry dataset the mock can feed: its features have fixed sizes, while
     the mock draws every other image feature's size independently (see the pet test below).
     """
-    from tensorflow_datasets.testing.mocking import RandomFakeGenerator
+    from tensorflow_datasets.testing import mocking
 
     info, table = cityscapes.info, cityscapes.info.lookup_table()
+    # Where the mock points builders without metadata files; preparing would write a lock there.
+    mock_dir = os.path.join(os.path.dirname(mocking.__file__), "metadata")
+    existed = os.path.exists(mock_dir)
     # The mock draws and PNG-encodes a 1024x2048 example on every read (~1 s): read one batch.
     monkeypatch.setattr(records, "_CHUNK_BATCHES", 1)
     with tfds.testing.mock_data(num_examples=2):
@@ -268,12 +272,13 @@ def test_pipelines_under_tfds_mock_data(cityscapes, monkeypatch):
     assert batch["image"].shape == (2,) + CITYSCAPES_HW + (3,)
     assert batch["valid"].all() and batch["index"].tolist() == [0, 1]
     for i in range(2):
-        raw = RandomFakeGenerator(features, 2)[i][info.label_key][..., 0]
+        raw = mocking.RandomFakeGenerator(features, 2)[i][info.label_key][..., 0]
         np.testing.assert_array_equal(batch["label"][i], table[raw])
     assert train["image"].shape == (1, 32, 64, 3) and train["label"].shape == (1, 32, 64)
     for labels in (batch["label"], train["label"]):
         assert set(np.unique(labels).tolist()) <= set(range(19)) | {255}
     assert len(np.unique(batch["label"])) > 10  # the mock's values reach many classes
+    assert os.path.exists(mock_dir) == existed  # nothing prepared or written
 
     (after,) = eval_batches(info, split="validation", batch_size=2, pad_to=CITYSCAPES_HW,
                             data_dir=cityscapes.data_dir)
