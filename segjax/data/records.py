@@ -7,6 +7,10 @@ memory); `decode_fn` decodes one example into (image, label, id) and checks it (
 labels inside the classes after the dataset's label map); `chunked` runs Python-read records
 through a deterministic tf.data map in chunks; `checked` turns the checks' TensorFlow errors into
 a ValueError naming the example. The two streams over these are in `segjax.data.pipeline`.
+
+Inside `tfds.testing.mock_data` (TFDS's way to test a pipeline without data) nothing is
+prepared, written or cached: `open_split` serves the mock's random examples for any split name
+when the mock knows no splits (no metadata files), and checks the name when it does.
 """
 from __future__ import annotations
 
@@ -73,11 +77,12 @@ def prepare(dataset: str | DatasetInfo, data_dir: str | None = None, *,
 
     Synthetic datasets are generated; VOC is built from `manual_dir` (default
     `<data_dir>/downloads/manual`) or, with `download=True`, downloaded. Missing manual data
-    fails at once with instructions (no 200 s of download retries).
+    fails at once with instructions (no 200 s of download retries). Under
+    `tfds.testing.mock_data` the builder is returned as it is (nothing to build).
     """
     info = resolve(dataset)
     builder = _builder(info, data_dir)
-    if builder.is_prepared():
+    if builder.is_prepared() or _tfds_mocked():
         return builder
     check = getattr(builder, "check_source_data", None)
     if check is not None:  # our VOC builder: fail fast when the raw files are missing
@@ -103,11 +108,21 @@ def prepare(dataset: str | DatasetInfo, data_dir: str | None = None, *,
     return builder
 
 
+def _tfds_mocked() -> bool:
+    """True inside `tfds.testing.mock_data`, which makes `download_and_prepare` a no-op and
+    serves random examples from `as_data_source`: nothing is built, written or read."""
+    return (getattr(tfds.core.DatasetBuilder.download_and_prepare, "__module__", None)
+            == "tensorflow_datasets.testing.mocking")
+
+
 class _Records:
     """Random access to the serialized examples of one split, `records[i] -> bytes`."""
 
     def __init__(self, builder, split: str):
-        if split not in builder.info.splits:
+        splits = builder.info.splits
+        # Under `tfds.testing.mock_data` without metadata files no split is known, and any
+        # split name is served.
+        if split not in splits and (splits or not _tfds_mocked()):
             raise ValueError(f"split {split!r} not in {builder.info.full_name}; available: "
                              f"{sorted(builder.info.splits)}")
         try:
@@ -134,6 +149,9 @@ _OPENED: dict = {}
 
 def open_split(info: DatasetInfo, data_dir, split: str) -> tuple:
     """(builder, records) of a split, prepared on first use and cached per process."""
+    if _tfds_mocked():  # the mock's examples live only inside its context: never cached
+        builder = prepare(info, data_dir)
+        return builder, _Records(builder, split)
     key = (info.tfds_name, repr(sorted(info.builder_kwargs.items())), str(data_dir), split)
     if key not in _OPENED:
         builder = prepare(info, data_dir)
