@@ -21,7 +21,6 @@ is compiled at XLA backend optimisation level 0 (about half the compile time).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Target assignment and sampling vs torchvision's Matcher, RPN/ROI assignment and sampler."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
