@@ -67,6 +67,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.kind = "ce"  # "ce", "focal", "dice", "lovasz", "ohem"
     c.loss.aux_weight = 0.4  # weight of "aux_logits" when the model has them
     c.loss.label_smoothing = 0.0  # ce/ohem only
+    # Options of one loss kind (None: the loss's default); a set field the kind does not take
+    # fails naming it.
+    c.loss.gamma = placeholder(float)  # focal: (1 - p)^gamma (default 2)
+    c.loss.thresh = placeholder(float)  # ohem: keep pixels with p(true class) < thresh (0.7)
+    c.loss.top_k = placeholder(float)  # ohem: keep this fraction of the hardest pixels instead
+    c.loss.min_kept = placeholder(int)  # ohem: at least this many pixels per image (mmseg)
     # "" (none), "median_frequency" or "inverse_frequency" (from the training split's pixel
     # counts, segjax.data.balance.loss_class_weights), or K comma-separated weights.
     c.loss.class_weights = ""
