@@ -20,6 +20,10 @@ The stages are methods too (`model.apply(variables, ..., method=MaskRCNN.<name>)
 torchvision parity tests and by training code: `pad`, `features`, `rpn_outputs`, `anchors`,
 `proposals`, `box_outputs`, `detect`, `mask_logits`.
 
+The ROI poolers use the exact level scales 1/4 ... 1/32 of the padded maps. torchvision infers
+them from the *unpadded* image height (`2 ** round(log2(map height / image height))`), which is the
+same unless padding grows the height by more than sqrt(2) (images under ~80 pixels).
+
 The thresholds are overrides with torchvision's names and defaults. Training (`train=True`:
 anchor/ROI matching, sampling, losses) is not implemented yet.
 """
