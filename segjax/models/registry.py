@@ -32,16 +32,24 @@ _MODEL_MODULES = (
 )
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# What each model's output dict is for: "semantic" (dense "logits" at the input resolution) or
+# "instance" (boxes, scores, classes, num_detections, mask_probs). Tasks and tests pick by it.
+_OUTPUT_KIND: dict[str, str] = {}
+OUTPUT_KINDS = ("semantic", "instance")
 _loaded = False
 
 
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering `factory` under `name`; names must be unique."""
+def register(name: str, *, output: str = "semantic"
+             ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering `factory` under `name` (unique) with its output kind."""
+    if output not in OUTPUT_KINDS:
+        raise ValueError(f"output={output!r} must be one of {OUTPUT_KINDS}")
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = factory
+        _OUTPUT_KIND[name] = output
         return factory
 
     return decorator
@@ -55,10 +63,18 @@ def _load_all() -> None:
         _loaded = True
 
 
-def available_models() -> list[str]:
-    """Sorted names accepted by `create_model`."""
+def available_models(output: str | None = None) -> list[str]:
+    """Sorted names accepted by `create_model` (only those of one `output` kind if given)."""
     _load_all()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if output is None or _OUTPUT_KIND[n] == output)
+
+
+def model_output(name: str) -> str:
+    """The output kind of model `name`: "semantic" or "instance"."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    return _OUTPUT_KIND[name]
 
 
 def _accepted_overrides(factory: Callable[..., Any]) -> set[str] | None:

@@ -121,6 +121,20 @@ class Task(abc.ABC):
         """Dummy `(args, kwargs)` to initialise the model for images of `image_shape`."""
         return (jnp.zeros(image_shape, jnp.float32),), {}
 
+    def train_batches(self, data, *, batch_size: int, seed: int, start_step: int):
+        """This process's training batches (`data`: `segjax.data.pipeline.DataStreams`).
+
+        The default is the dataset's segmentation stream; a task whose batches hold something
+        else (degraded masks and their quality, episodes, instances) derives them here, on the
+        host, deterministically from `(seed, step, example index)` so that resuming at
+        `start_step` reproduces the stream.
+        """
+        return data.train(batch_size=batch_size, seed=seed, start_step=start_step)
+
+    def eval_batches(self, data, *, batch_size: int, pad_to):
+        """This process's evaluation batches, all of one shape, with a `"valid"` flag."""
+        return data.eval(batch_size=batch_size, pad_to=pad_to)
+
     @abc.abstractmethod
     def loss(self, outputs: Mapping[str, jax.Array], batch: Batch, ctx: StepContext) -> Pair:
         """This share's `(sum, count)`; loss = global sum / global count."""

@@ -51,14 +51,19 @@ def _init_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
     return (1, crop, crop, 3)
 
 
-def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: int):
+def _init_inputs(task, shape):
+    return None if task is None else task.init_inputs(shape)
+
+
+def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: int, task=None):
     """(TrainState of ShapeDtypeStructs on the first device, lr schedule) without running init.
 
     The restore template: tracing only, so resuming skips the compilation of the model's init.
+    `task` (optional) supplies the model's init inputs (`Task.init_inputs`).
     """
     shape = _init_shape(config)
-    variables = jax.eval_shape(
-        lambda: state_lib.init_variables(model, jax.random.key(config.seed), shape))
+    variables = jax.eval_shape(lambda: state_lib.init_variables(
+        model, jax.random.key(config.seed), shape, inputs=_init_inputs(task, shape)))
     tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
                                           **optimizer_kwargs(config))
     abstract = jax.eval_shape(
@@ -69,13 +74,16 @@ def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: in
     return abstract, schedule
 
 
-def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int):
-    """Fresh host `TrainState` (step 0) and the lr schedule; `config.init_from` merged in."""
+def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int, task=None):
+    """Fresh host `TrainState` (step 0) and the lr schedule; `config.init_from` merged in.
+
+    `task` (optional) supplies the model's init inputs (`Task.init_inputs`)."""
     from segjax.train import pretrained
 
     rng = jax.random.key(config.seed)
     shape = _init_shape(config)
-    variables = state_lib.init_variables(model, rng, shape)
+    variables = state_lib.init_variables(model, rng, shape,
+                                         inputs=_init_inputs(task, shape))
     if config.init_from:
         variables = pretrained.merge_pretrained(
             variables, pretrained.load_pretrained(config.init_from), num_classes=model.num_classes)

@@ -112,10 +112,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         state, start_step = None, None
         if ckpt.all_steps():
-            template, schedule = build.abstract_state(config, model, steps["num_train"])
+            template, schedule = build.abstract_state(config, model, steps["num_train"], task)
             state, start_step = ckpt.restore_latest(template)
         if state is None:
-            state, schedule = build.create_state(config, model, steps["num_train"])
+            state, schedule = build.create_state(config, model, steps["num_train"], task)
         else:
             log.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)
             print(f"resuming from checkpoint step {start_step}", flush=True)
@@ -151,8 +151,8 @@ class _Run:
                     out_dir, step, batch, per_example, limit=remaining[0], writer=self.writer)
 
         t0 = time.perf_counter()
-        batches = self.data.eval(batch_size=self.local_eval_batch,
-                                 pad_to=self.config.eval.pad_to)
+        batches = self.task.eval_batches(self.data, batch_size=self.local_eval_batch,
+                                         pad_to=self.config.eval.pad_to)
         result = eval_lib.evaluate(self.par, self.eval_step, device_state, self.task, batches,
                                    on_batch=on_batch)
         self.writer.write(step, self.data.eval_label, self.task.logged_metrics(result),
@@ -177,8 +177,8 @@ class _Run:
         rng = jax.random.fold_in(jax.random.key(config.seed), 1)  # 0 was used for init
         device_state = self.par.replicate(state)
         del state
-        train_iter = self.data.train(batch_size=self.local_batch, seed=config.seed,
-                                     start_step=start_step)
+        train_iter = self.task.train_batches(self.data, batch_size=self.local_batch,
+                                             seed=config.seed, start_step=start_step)
         progress = Progress(num_steps, config.batch_size, first_step=start_step,
                             enabled=writer.enabled)
         pending: list[tuple[int, dict]] = []  # device metrics of steps not yet checked/logged

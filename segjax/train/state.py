@@ -17,21 +17,23 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
-def init_variables(model: nn.Module, rng: jax.Array, input_shape: Sequence[int]) -> dict[str, Any]:
+def init_variables(model: nn.Module, rng: jax.Array, input_shape: Sequence[int], *,
+                   inputs: tuple[tuple, dict] | None = None) -> dict[str, Any]:
     """Initial variables {"params", "batch_stats"} of `model` for float32 images `input_shape` [N, H, W, C].
 
     `rng` seeds the parameters (and a dropout key split from it). `batch_stats` is {} for models
-    without BatchNorm.
+    without BatchNorm. `inputs` = `(args, kwargs)` replaces the zero images for models that take
+    more (a task's `init_inputs`).
     """
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be [N, H, W, C], got {tuple(input_shape)}")
     params_rng, dropout_rng = jax.random.split(rng)
+    args, kwargs = inputs if inputs is not None else ((jnp.zeros(input_shape, jnp.float32),), {})
 
     @jax.jit
     def init(params_rng, dropout_rng):
-        return model.init(
-            {"params": params_rng, "dropout": dropout_rng}, jnp.zeros(input_shape, jnp.float32), train=False
-        )
+        return model.init({"params": params_rng, "dropout": dropout_rng}, *args, train=False,
+                          **kwargs)
 
     variables = init(params_rng, dropout_rng)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}

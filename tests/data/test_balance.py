@@ -8,7 +8,8 @@ from segjax.data import get_dataset_info, train_batches
 from segjax.data.balance import (balanced_weights, class_pixel_counts, class_presence,
                                  loss_class_weights)
 from segjax.data.builders.synthetic_shapes import SyntheticShapesConfig, generate
-from segjax.data.pipeline import _builder, train_positions
+from segjax.data.pipeline import train_positions
+from segjax.data.records import _builder
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def _train(info, data_dir, **kw):
 
 
 def _example_ids(info, data_dir, split):
-    from segjax.data.pipeline import _builder
+    from segjax.data.records import _builder
     source = _builder(info, data_dir).as_data_source(split)
     return [source[i]["image_id"].decode() for i in range(len(source))]
 
@@ -262,7 +262,7 @@ def test_tfrecord_prepared_dataset_reads_the_same(shapes_info, shapes_dir, tmp_p
     """A dataset prepared earlier as TFRecord (e.g. by tfds.load) gives the same batches."""
     import tensorflow_datasets as tfds
 
-    from segjax.data.pipeline import _builder
+    from segjax.data.records import _builder
     builder = tfds.builder("synthetic_shapes", data_dir=str(tmp_path),
                            **shapes_info.builder_kwargs)
     builder.download_and_prepare()

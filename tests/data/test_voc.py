@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segjax.data import eval_batches, get_dataset_info, num_examples, prepare
-from segjax.data.pipeline import _builder
+from segjax.data.records import _builder
 from tests.data import fake_voc
 
 

@@ -73,7 +73,7 @@ def test_contract_names_are_registered():
     assert not missing, f"not registered: {missing}"
 
 
-@pytest.mark.parametrize("name", _slow_if_resnet101(available_models()))
+@pytest.mark.parametrize("name", _slow_if_resnet101(available_models("semantic")))
 def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
     overrides = small_overrides(name)
     model = create_model(name, num_classes=NUM_CLASSES, **overrides)
@@ -130,7 +130,7 @@ def _os_cases(slow):
     every line but the block count, and ResNet-50 dilation is compared with torch in test_resnet.py).
     Architectures registered only at depth 101 (DeepLab v2) run in the slow pass."""
     families = {}
-    for name in available_models():
+    for name in available_models("semantic"):
         if _has_output_stride(name):
             family = name.rsplit("_resnet", 1)[0]
             depth = int(name.rsplit("_resnet", 1)[1]) if "_resnet" in name else 0
@@ -226,3 +226,14 @@ def test_model_table_counts_segnet_exactly():
     valid_taps = sum(2 * (3 * s - 2) ** 2 * ci * co for s, ci, co in convs)  # XLA skips taps on padding
     assert valid_taps <= row["flops"] <= 1.01 * valid_taps
     assert "| segnet | 29.46 | 1.0 |" in markdown([row], 32)
+
+
+def test_output_kinds_partition_the_registry():
+    from segjax.models.registry import model_output
+
+    semantic, instance = available_models("semantic"), available_models("instance")
+    assert sorted(semantic + instance) == available_models()
+    assert "deeplabv3_resnet50" in semantic and "maskrcnn_resnet50_fpn" in instance
+    assert model_output("maskrcnn_resnet18_fpn") == "instance"
+    with pytest.raises(ValueError, match="unknown model"):
+        model_output("nope")

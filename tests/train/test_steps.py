@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from segjax import losses, metrics
+from segjax import metrics
 from segjax.tasks.base import StepContext
 from segjax.train import optim, steps
 from segjax.train.state import create_train_state
