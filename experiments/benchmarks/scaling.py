@@ -24,8 +24,8 @@ predicts images/s and efficiency at --predict_devices:
 Without --step_time_s the single-device step is timed here (on a CPU that is a CPU's time:
 give an accelerator's measured or assumed time instead). The byte count compiles with direct
 convolutions (SEGJAX_WINOGRAD=0, what accelerators in bfloat16 run) unless --winograd: under
-mesh, GSPMD all-reduces a Winograd conv's kernel gradient in the transformed domain, 16/9 x
-its bytes. The parallelism defaults to mesh when measuring and pmap when modelling. The last
+mesh, GSPMD all-reduces a Winograd conv's kernel gradient in the transformed domain, 4 x
+its bytes (36 frequencies for 9 taps). The parallelism defaults to mesh when measuring and pmap when modelling. The last
 line with --json is one JSON object: `collective_bytes_per_step` (bytes each device puts into
 collectives per step), `param_bytes`, `predicted` ([{"devices", "img_per_s", "efficiency",
 ...}] for 1 and --predict_devices, with the chosen --algorithm/--overlap) and `variants` (ring /

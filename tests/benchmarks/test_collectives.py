@@ -38,6 +38,21 @@ class Net(nn.Module):
         return {"logits": nn.Conv(K, (1, 1), name="head")(x)}
 
 
+class Residual(nn.Module):
+    """conv-BN on the main path plus a 1x1 conv-BN shortcut, added: a ResNet downsampling block."""
+
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        def bn(name):
+            return BatchNorm(use_running_average=not train, axis_name=self.axis_name, name=name)
+
+        main = bn("bn")(nn.Conv(5, (3, 3), use_bias=False, name="conv")(x))
+        short = bn("down_bn")(nn.Conv(5, (1, 1), use_bias=False, name="down")(x))
+        return {"logits": nn.Conv(K, (1, 1), name="head")(nn.relu(main + short))}
+
+
 def _count(norm=True, parallelism="pmap", size=(H, W), task=None):
     return collectives.step_collectives(
         Net(norm=norm), per_device_batch=B, size=size[0], parallelism=parallelism,
@@ -117,6 +132,17 @@ def test_sync_batchnorm_adds_what_its_statistics_weigh(counts, mode):
     assert extra - _scalar_bytes(with_bn) == 2 * with_bn.batch_stats_bytes
     split = with_bn.split_all_reduce()
     assert split["other_bytes"] == 2 * with_bn.batch_stats_bytes + _scalar_bytes(with_bn)
+
+
+def test_residual_branches_share_one_bias_gradient_sum():
+    # The add hands the same cotangent g to both branches' BatchNorm, so their bias gradients
+    # (and the sum(g) of their backward passes) are the same sum: XLA computes and all-reduces
+    # it once. ResNet: C floats fewer per downsampling block (R101: 3840 = 256+512+1024+2048).
+    acc = collectives.step_collectives(Residual(), per_device_batch=B, size=H,
+                                       parallelism="pmap", num_devices=N, num_classes=K)
+    assert acc.batch_stats_bytes == 2 * 2 * 5 * 4
+    expected = acc.param_bytes + 2 * acc.batch_stats_bytes + 2 * 4 - 5 * 4
+    assert acc.by_kind()["all-reduce"]["bytes"] == expected
 
 
 def test_pmap_and_mesh_move_the_same_bytes(counts):
