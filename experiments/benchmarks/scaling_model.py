@@ -62,7 +62,8 @@ class Link:
 # --- Links -----------------------------------------------------------------------------------
 # NCCL's own cost model (NVIDIA/nccl, src/graph/tuning.cc, tables `baseLat` and `hwLat`): a
 # ring collective with the LL protocol (what small messages use) costs a base latency of
-# 6.6 us plus 0.47 us per step over NVLink and 2.7 us per step over the network.
+# 6.6 us (3.6 us in older releases' table) plus 0.47 us per step over NVLink and 2.7 us per
+# step over the network.
 _NCCL_BASE = 6.6 * US
 _NCCL_NVLINK_HOP = 0.47 * US
 _NCCL_NET_HOP = 2.7 * US

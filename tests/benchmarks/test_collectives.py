@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.benchmarks import collectives
+from experiments.benchmarks import collectives, common
+from segjax import ops
 from segjax.models.norm import BatchNorm
 from tests.train.tiny import make_task
 
@@ -149,6 +150,34 @@ def test_pmap_and_mesh_move_the_same_bytes(counts):
     pmap, mesh = counts[(True, "pmap")].by_kind(), counts[(True, "mesh")].by_kind()
     assert {k: d["bytes"] for k, d in pmap.items()} == {k: d["bytes"] for k, d in mesh.items()}
     # (The op counts may differ: GSPMD and the explicit psums are combined differently.)
+
+
+class WinogradNet(nn.Module):
+    """A 3x3 16 -> 16 conv through segjax's conv routing, big enough (2 x 105² per device,
+    >= 1e8 FLOPs) to take the Winograd F(4x4, 3x3) path on CPU."""
+
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(16, (3, 3), name="stem")(x))
+        x = nn.relu(nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), name="wino",
+                            conv_general_dilated=ops.conv_general_dilated)(x))
+        return {"logits": nn.Conv(K, (1, 1), name="head")(x)}
+
+
+def test_mesh_all_reduces_a_winograd_kernel_gradient_in_the_transformed_domain():
+    # GSPMD reduces over the batch where the batch sum happens: on the 6x6 = 36 Winograd
+    # frequencies of the kernel gradient, before the (linear) map back to its 3x3 = 9 taps.
+    # pmap's explicit psum is on the parameter-shaped gradient. Direct convolutions: equal.
+    def count(mode):
+        return collectives.step_collectives(WinogradNet(), per_device_batch=2, size=105,
+                                            parallelism=mode, num_devices=N, num_classes=K)
+
+    pmap = count("pmap").by_kind()["all-reduce"]["bytes"]
+    assert count("mesh").by_kind()["all-reduce"]["bytes"] == pmap + (36 - 9) * 16 * 16 * 4
+    with common.direct_convolutions():
+        assert count("mesh").by_kind()["all-reduce"]["bytes"] == pmap
 
 
 def test_all_reduce_bytes_do_not_depend_on_the_image_size(counts):
