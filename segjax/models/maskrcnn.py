@@ -37,9 +37,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.detection import anchors as anchor_lib
+from segjax.models.detection import losses as loss_lib
+from segjax.models.detection import targets as target_lib
 from segjax.models.detection.poolers import multiscale_roi_align
 from segjax.models.detection.roi_heads import (FastRCNNPredictor, MaskHead, MaskPredictor, TwoMLPHead,
                                                postprocess_detections)
@@ -47,6 +50,7 @@ from segjax.models.detection.rpn import RPNHead, filter_proposals
 from segjax.models.fpn import FPN
 from segjax.models.layers import check_images
 from segjax.models.registry import register
+from segjax.ops.boxes import encode_boxes
 
 # Output keys (shared constants).
 BOXES = "boxes"
@@ -54,6 +58,10 @@ SCORES = "scores"
 CLASSES = "classes"
 NUM_DETECTIONS = "num_detections"
 MASK_PROBS = "mask_probs"
+
+# Train mode: the target keys and the returned loss names ({name: (sum [N], count [N])}).
+TARGET_KEYS = ("boxes", "classes", "masks", "num_instances")
+TRAIN_LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
 ROI_LEVELS = ("p2", "p3", "p4", "p5")  # pooled by the ROI heads (torchvision's "0".."3")
 RPN_LEVELS = ROI_LEVELS + ("p6",)  # seen by the RPN (+ "pool")
@@ -72,10 +80,14 @@ class MaskRCNN(nn.Module):
       mask_layers, mask_dim_reduced: mask head conv widths and the transposed conv's (256s).
       rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test, rpn_nms_thresh, rpn_score_thresh,
       box_score_thresh, box_nms_thresh, box_detections_per_img: torchvision's inference settings.
+      rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_fg_iou_thresh, rpn_bg_iou_thresh,
+      rpn_batch_size_per_image, rpn_positive_fraction, box_fg_iou_thresh, box_bg_iou_thresh,
+      box_batch_size_per_image, box_positive_fraction: torchvision's training settings.
       anchor_sizes, aspect_ratios: per RPN level (torchvision's defaults).
       size_divisible: images are zero-padded bottom/right to a multiple of this.
       dtype: compute dtype of the convolutions and MLPs (boxes, scores and masks are float32).
-      axis_name: unused (the backbone's BatchNorm is frozen); kept for the model contract.
+      axis_name: the pmap axis the batch is split over, or None. Training folds each image's
+        global position (`axis_index * N + i`) into its sampling key; BatchNorm is frozen.
       in_channels: channels of the input images.
     """
 
@@ -93,6 +105,16 @@ class MaskRCNN(nn.Module):
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
     anchor_sizes: Sequence[Sequence[int]] = anchor_lib.DEFAULT_SIZES
     aspect_ratios: Sequence[Sequence[float]] = anchor_lib.DEFAULT_ASPECT_RATIOS
     size_divisible: int = 32
@@ -142,16 +164,23 @@ class MaskRCNN(nn.Module):
         sizes = [features[k].shape[1:3] for k in RPN_LEVELS]
         return anchor_lib.anchors_for(padded_size, sizes, self.anchor_sizes, self.aspect_ratios)
 
-    def proposals(self, images: jax.Array, features: dict[str, jax.Array] | None = None):
-        """RPN proposals: (boxes [N, P, 4], scores [N, P], valid [N, P]); valid slots first."""
+    def proposals(self, images: jax.Array, features: dict[str, jax.Array] | None = None,
+                  rpn: tuple | None = None, train: bool = False):
+        """RPN proposals: (boxes [N, P, 4], scores [N, P], valid [N, P]); valid slots first.
+
+        `rpn` reuses already computed `rpn_outputs`; `train` selects the `*_train` top-n settings.
+        No gradient flows into the proposals (torchvision detaches them).
+        """
         if features is None:
             features = self.features(images)
         padded = (features["p2"].shape[1] * 4, features["p2"].shape[2] * 4)
-        objectness, deltas = self.rpn_outputs(features)
+        objectness, deltas = self.rpn_outputs(features) if rpn is None else rpn
+        objectness, deltas = jax.lax.stop_gradient((objectness, deltas))
         anchors = self.anchors(padded, features)
         filt = functools.partial(
             filter_proposals, anchors=anchors, image_size=images.shape[1:3],
-            pre_nms_top_n=self.rpn_pre_nms_top_n_test, post_nms_top_n=self.rpn_post_nms_top_n_test,
+            pre_nms_top_n=self.rpn_pre_nms_top_n_train if train else self.rpn_pre_nms_top_n_test,
+            post_nms_top_n=self.rpn_post_nms_top_n_train if train else self.rpn_post_nms_top_n_test,
             nms_thresh=self.rpn_nms_thresh, score_thresh=self.rpn_score_thresh)
         return jax.vmap(lambda o, d: filt(o, d))(objectness, deltas)
 
@@ -188,12 +217,117 @@ class MaskRCNN(nn.Module):
         logits = self.mask_predictor(x)
         return logits.reshape(n, k, *logits.shape[1:])
 
+    # -- training -----------------------------------------------------------------------------
+
+    def _sampling_keys(self, n: int) -> jax.Array:
+        """One key per image: the "dropout" key folded with the image's global batch position."""
+        if not self.has_rng("dropout"):
+            raise ValueError("Mask R-CNN training samples anchors and proposals with the 'dropout' rng: call "
+                             "model.apply(variables, images, train=True, targets=..., rngs={'dropout': key})")
+        key = self.make_rng("dropout")
+        offset = 0 if self.axis_name is None else lax.axis_index(self.axis_name) * n
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(n))
+
+    def train_outputs(self, images: jax.Array, targets: dict[str, jax.Array]):
+        """Training losses and the samples behind them: (losses, samples).
+
+        `losses` is what `__call__(train=True)` returns (see `TRAIN_LOSSES`). `samples` (for tests
+        and analysis), per image: `anchor_labels` [N, A] (1 / 0 / -1), `anchor_positive`,
+        `anchor_negative` bool [N, A] (the sampled anchors, torchvision's anchor order);
+        `proposals` [N, P, 4], `proposal_valid` [N, P] (train-mode RPN proposals); over the ROI
+        candidates (the P proposal slots, then the M ground-truth slots): `roi_labels` int32
+        [N, P + M] (class, 0 background, -1 ignored), `roi_matched` [N, P + M], `roi_positive`,
+        `roi_negative` bool [N, P + M]; the box head's slots: `roi_index` int32 [N, S] (into the
+        candidates; positives first, then negatives, then unsampled slots), `roi_sampled` [N, S].
+        """
+        boxes, classes, masks, num = _check_targets(targets, images.shape)
+        n, m = classes.shape
+        gt_valid = (jnp.arange(m)[None, :] < num[:, None]) & (classes > 0)
+        features = self.features(images)
+        rpn = self.rpn_outputs(features)
+        objectness = jnp.concatenate(rpn[0], axis=1)
+        deltas = jnp.concatenate(rpn[1], axis=1)
+        padded = (features["p2"].shape[1] * 4, features["p2"].shape[2] * 4)
+        anchors = jnp.asarray(np.concatenate(self.anchors(padded, features)))
+        keys = self._sampling_keys(n)
+        rpn_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+        roi_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+
+        # RPN: match anchors (0.7 / 0.3, low-quality matches), sample 256 (half positive), losses.
+        def rpn_targets(key, gt_boxes, valid):
+            labels, matched = target_lib.anchor_targets(anchors, gt_boxes, valid,
+                                                        fg_iou_thresh=self.rpn_fg_iou_thresh,
+                                                        bg_iou_thresh=self.rpn_bg_iou_thresh)
+            pos, neg = target_lib.sample_balanced(key, labels, self.rpn_batch_size_per_image,
+                                                  self.rpn_positive_fraction)
+            reference = jnp.where(pos[:, None], matched, anchors)  # finite targets where unused
+            return labels, encode_boxes(reference, anchors), pos, neg
+
+        rpn_labels, rpn_reg, rpn_pos, rpn_neg = jax.vmap(rpn_targets)(rpn_keys, boxes, gt_valid)
+        losses = jax.vmap(loss_lib.rpn_losses)(objectness, deltas, rpn_labels, rpn_reg, rpn_pos, rpn_neg)
+
+        # ROI heads: proposals (no gradient) + ground truth, match at 0.5, sample 512 (a quarter positive).
+        props, _, prop_valid = self.proposals(images, features, rpn=rpn, train=True)
+        p = props.shape[1]
+        cand = jnp.concatenate([props, boxes], axis=1)
+        cand_valid = jnp.concatenate([prop_valid, gt_valid], axis=1)
+        s = min(self.box_batch_size_per_image, p + m)
+        q = min(int(self.box_batch_size_per_image * self.box_positive_fraction), s)
+        safe = jnp.array([0.0, 0.0, 1.0, 1.0], jnp.float32)
+
+        def roi_targets(key, cand, cand_valid, gt_boxes, gt_classes, valid):
+            labels, matched = target_lib.proposal_targets(cand, cand_valid, gt_boxes, gt_classes, valid,
+                                                          fg_iou_thresh=self.box_fg_iou_thresh,
+                                                          bg_iou_thresh=self.box_bg_iou_thresh)
+            # The ground-truth slots draw their noise from their own slot's key, so padding slots
+            # (never sampled) leave every other draw unchanged.
+            k_prop_pos, k_prop_neg, k_gt_pos, k_gt_neg = jax.random.split(key, 4)
+            gt_noise = lambda k: jax.vmap(lambda j: jax.random.uniform(jax.random.fold_in(k, j)))(  # noqa: E731
+                jnp.arange(m))
+            noise_pos = jnp.concatenate([jax.random.uniform(k_prop_pos, (p,)), gt_noise(k_gt_pos)])
+            noise_neg = jnp.concatenate([jax.random.uniform(k_prop_neg, (p,)), gt_noise(k_gt_neg)])
+            pos, neg = target_lib.sample_balanced_by_noise(noise_pos, noise_neg, labels,
+                                                           self.box_batch_size_per_image,
+                                                           self.box_positive_fraction)
+            _, _, order = lax.sort((~pos, ~neg, jnp.arange(p + m, dtype=jnp.int32)), num_keys=3)
+            idx = order[:s]
+            sampled = (pos | neg)[idx]
+            positive = pos[idx]
+            sboxes = jnp.where(sampled[:, None], cand[idx], safe)
+            slabels = jnp.where(sampled, labels[idx], 0)
+            smatched = matched[idx]
+            reference = jnp.where(positive[:, None], gt_boxes[smatched], safe)
+            reg = encode_boxes(reference, jnp.where(positive[:, None], sboxes, safe), BOX_CODER_WEIGHTS)
+            return dict(roi_labels=labels, roi_matched=matched, roi_positive=pos, roi_negative=neg, roi_index=idx,
+                        roi_sampled=sampled, positive=positive, boxes=sboxes, labels=slabels, matched=smatched,
+                        reg=reg)
+
+        roi = jax.vmap(roi_targets)(roi_keys, cand, cand_valid, boxes, classes, gt_valid)
+        class_logits, box_regression = self.box_outputs(features, roi["boxes"])
+        losses.update(jax.vmap(loss_lib.fast_rcnn_losses)(class_logits, box_regression, roi["labels"], roi["reg"],
+                                                          roi["roi_sampled"]))
+
+        # Masks on the positives (the first q slots hold every sampled positive).
+        mboxes, mpos = roi["boxes"][:, :q], roi["positive"][:, :q]
+        mask_logits = self.mask_logits(features, mboxes)
+        mtargets = jax.vmap(lambda mk, b, j: target_lib.mask_targets(mk, b, j, mask_logits.shape[2]))(
+            masks, mboxes, roi["matched"][:, :q])
+        losses.update(jax.vmap(loss_lib.mask_loss)(mask_logits, roi["labels"][:, :q], mtargets, mpos))
+
+        samples = dict(anchor_labels=rpn_labels, anchor_positive=rpn_pos, anchor_negative=rpn_neg, proposals=props,
+                       proposal_valid=prop_valid,
+                       **{k: roi[k] for k in ("roi_labels", "roi_matched", "roi_positive", "roi_negative",
+                                              "roi_index", "roi_sampled")})
+        return losses, samples
+
     # -- the model ----------------------------------------------------------------------------
 
-    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(self, images: jax.Array, train: bool = False, targets: dict[str, jax.Array] | None = None):
         if train:
-            raise NotImplementedError("Mask R-CNN training (anchor/ROI matching, sampling, losses) is not "
-                                      "implemented yet; call with train=False for inference")
+            if targets is None:
+                raise ValueError("Mask R-CNN with train=True needs targets={'boxes', 'classes', 'masks', "
+                                 "'num_instances'} (see the MaskRCNN docstring)")
+            return self.train_outputs(images, targets)[0]
         features = self.features(images)
         if self.is_initializing():
             # Every parameter is created by the heads on any boxes: skip the proposal filtering and
@@ -217,6 +351,23 @@ class MaskRCNN(nn.Module):
         }
 
 
+def _check_targets(targets, image_shape):
+    """(boxes float32 [N, M, 4], classes int32 [N, M], masks [N, M, H, W], num_instances int32 [N])."""
+    if not isinstance(targets, dict) or any(k not in targets for k in TARGET_KEYS):
+        got = sorted(targets) if isinstance(targets, dict) else type(targets).__name__
+        raise ValueError(f"Mask R-CNN targets must be a dict with keys {TARGET_KEYS}, got {got}")
+    n, h, w = image_shape[0], image_shape[1], image_shape[2]
+    boxes, classes = jnp.asarray(targets["boxes"], jnp.float32), jnp.asarray(targets["classes"])
+    masks, num = jnp.asarray(targets["masks"]), jnp.asarray(targets["num_instances"])
+    m = classes.shape[-1] if classes.ndim == 2 else None
+    expected = {"boxes": (n, m, 4), "classes": (n, m), "masks": (n, m, h, w), "num_instances": (n,)}
+    for key, arr in zip(TARGET_KEYS, (boxes, classes, masks, num)):
+        if tuple(arr.shape) != expected[key]:
+            raise ValueError(f"Mask R-CNN targets[{key!r}] must have shape {expected[key]} (N, M = max instances, "
+                             f"H, W of the images), got {tuple(arr.shape)}")
+    return boxes, classes.astype(jnp.int32), masks, num.astype(jnp.int32)
+
+
 def _factory(depth: int, width: int, fpn_channels: int, representation_size: int, mask_channels: int):
     """A registry factory whose keyword defaults are this variant's sizes and torchvision's settings."""
 
@@ -225,6 +376,11 @@ def _factory(depth: int, width: int, fpn_channels: int, representation_size: int
                 rpn_pre_nms_top_n_test: int = 1000, rpn_post_nms_top_n_test: int = 1000,
                 rpn_nms_thresh: float = 0.7, rpn_score_thresh: float = 0.0, box_score_thresh: float = 0.05,
                 box_nms_thresh: float = 0.5, box_detections_per_img: int = 100,
+                rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
+                rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3,
+                rpn_batch_size_per_image: int = 256, rpn_positive_fraction: float = 0.5,
+                box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
+                box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
                 dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3) -> MaskRCNN:
         return MaskRCNN(
             num_classes=num_classes, depth=depth, backbone_width=backbone_width, fpn_channels=fpn_channels,
@@ -232,7 +388,13 @@ def _factory(depth: int, width: int, fpn_channels: int, representation_size: int
             mask_dim_reduced=mask_channels, rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
             rpn_post_nms_top_n_test=rpn_post_nms_top_n_test, rpn_nms_thresh=rpn_nms_thresh,
             rpn_score_thresh=rpn_score_thresh, box_score_thresh=box_score_thresh,
-            box_nms_thresh=box_nms_thresh, box_detections_per_img=box_detections_per_img, dtype=dtype,
+            box_nms_thresh=box_nms_thresh, box_detections_per_img=box_detections_per_img,
+            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+            rpn_fg_iou_thresh=rpn_fg_iou_thresh, rpn_bg_iou_thresh=rpn_bg_iou_thresh,
+            rpn_batch_size_per_image=rpn_batch_size_per_image, rpn_positive_fraction=rpn_positive_fraction,
+            box_fg_iou_thresh=box_fg_iou_thresh, box_bg_iou_thresh=box_bg_iou_thresh,
+            box_batch_size_per_image=box_batch_size_per_image, box_positive_fraction=box_positive_fraction,
+            dtype=dtype,
             axis_name=axis_name, in_channels=in_channels)
 
     factory.__doc__ = (f"Mask R-CNN, ResNet-{depth}-FPN (backbone width {width}, FPN {fpn_channels}, box head "
@@ -245,5 +407,5 @@ maskrcnn_resnet101_fpn = register("maskrcnn_resnet101_fpn", output="instance")(_
 # A CPU-sized variant: ResNet-18 at half width, narrow FPN and heads.
 maskrcnn_resnet18_fpn = register("maskrcnn_resnet18_fpn", output="instance")(_factory(18, 32, 64, 256, 64))
 
-__all__ = ["BOXES", "CLASSES", "MASK_PROBS", "MaskRCNN", "NUM_DETECTIONS", "SCORES", "maskrcnn_resnet101_fpn",
-           "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"]
+__all__ = ["BOXES", "CLASSES", "MASK_PROBS", "MaskRCNN", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS", "TRAIN_LOSSES",
+           "maskrcnn_resnet101_fpn", "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"]

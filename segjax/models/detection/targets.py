@@ -112,20 +112,32 @@ def sample_balanced(key: jax.Array, labels: jax.Array, batch_size_per_image: int
       random subset (without replacement) of its kind.
     """
     n = labels.shape[0]
+    k_pos, k_neg = jax.random.split(key)
+    return sample_balanced_by_noise(jax.random.uniform(k_pos, (n,)), jax.random.uniform(k_neg, (n,)), labels,
+                                    batch_size_per_image, positive_fraction)
+
+
+def sample_balanced_by_noise(noise_pos: jax.Array, noise_neg: jax.Array, labels: jax.Array,
+                             batch_size_per_image: int, positive_fraction: float):
+    """`sample_balanced` given its random draws: iid uniform [0, 1) `noise_pos`, `noise_neg` [N].
+
+    The positives (negatives) with the smallest `noise_pos` (`noise_neg`) are chosen (ties by
+    index). Drawing the noise per element from keys that depend only on the element's identity
+    (e.g. `fold_in(key, id)`) makes the sample independent of how many padding elements there are.
+    """
+    n = labels.shape[0]
     positive = labels >= 1
     negative = labels == 0
     num_pos = jnp.minimum(jnp.sum(positive), int(batch_size_per_image * positive_fraction))
     num_neg = jnp.minimum(jnp.sum(negative), batch_size_per_image - num_pos)
-    k_pos, k_neg = jax.random.split(key)
 
-    def choose(k, members, count):
+    def choose(u, members, count):
         # Rank members by an iid uniform key: the first `count` form a uniform random subset.
-        u = jax.random.uniform(k, (n,))
         _, order = lax.sort((jnp.where(members, u, 2.0), jnp.arange(n)), num_keys=1)
         rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
         return members & (rank < count)
 
-    return choose(k_pos, positive, num_pos), choose(k_neg, negative, num_neg)
+    return choose(noise_pos, positive, num_pos), choose(noise_neg, negative, num_neg)
 
 
 def _adaptive_axis_weights(start, end, out: int, size: int, max_grid: int) -> jax.Array:
@@ -181,4 +193,4 @@ def mask_targets(gt_masks: jax.Array, boxes: jax.Array, matched: jax.Array, size
 
 
 __all__ = ["BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "anchor_targets", "mask_targets", "match",
-           "proposal_targets", "sample_balanced"]
+           "proposal_targets", "sample_balanced", "sample_balanced_by_noise"]
