@@ -148,6 +148,38 @@ def comparison_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, *,
     return side_by_side(*panels)
 
 
+def draw_instances(image: np.ndarray, masks, boxes, classes, *, palette: np.ndarray,
+                   class_names, scores=None, alpha: float = 0.5,
+                   min_height: int = 128) -> np.ndarray:
+    """uint8 [H', W', 3]: instance masks blended over `image` in their class colour, with box
+    outlines and "name score" labels (PIL's bitmap font).
+
+    Args:
+      image: uint8 [H, W, 3].
+      masks: bool [D, H, W]; boxes [D, 4] (x1, y1, x2, y2 pixels); classes int [D].
+      scores: optional [D], printed after the names.
+      min_height: small images are enlarged (nearest) to at least this many rows first.
+    """
+    from PIL import Image, ImageDraw
+
+    palette = _check_palette(palette)
+    image = np.asarray(image, np.float32)
+    for m, c in zip(masks, classes):
+        image[m] = (1 - alpha) * image[m] + alpha * palette[int(c)]
+    scale = max(1, -(-min_height // image.shape[0]))
+    big = np.repeat(np.repeat(np.clip(np.rint(image), 0, 255).astype(np.uint8), scale, 0),
+                    scale, 1)
+    canvas = Image.fromarray(big)
+    draw = ImageDraw.Draw(canvas)
+    for k, (box, c) in enumerate(zip(boxes, classes)):
+        colour = tuple(int(v) for v in palette[int(c)])
+        x1, y1, x2, y2 = (float(v) * scale for v in box)
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour)
+        text = str(class_names[int(c)]) + (f" {float(scores[k]):.2f}" if scores is not None else "")
+        draw.text((x1 + 1, y1 + 1), text, fill=(255, 255, 255))
+    return np.asarray(canvas, np.uint8)
+
+
 def save_png(path: str, image: np.ndarray) -> None:
     """Writes a uint8 [H, W, 3] (or [H, W]) image as PNG, creating the directory."""
     from PIL import Image

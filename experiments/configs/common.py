@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.class_balanced = False
     # Train on only the first N examples of train_split (after the fold); None = all of them.
     c.dataset.num_train_examples = placeholder(int)
+    # Instance tasks: ground-truth slots per image (an image with more fails, naming the key).
+    c.dataset.max_instances = placeholder(int)
     # k-fold cross-validation (ablations: --sweep=dataset.fold=0,1,2,3,4): when set, train on the
     # other folds of train_split and evaluate on this one (eval_split is then unused). The
     # partition depends only on fold_seed, so runs with different seeds share it.

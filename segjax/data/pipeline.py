@@ -23,7 +23,7 @@ from segjax.data.balance import class_balanced_weights
 from segjax.data.datasets import DatasetInfo
 from segjax.data.records import (IMAGE_MEAN, IMAGE_STD, ERROR_TAG, chunked, decode_fn,
                                  denormalize, hw, num_examples, open_split, prepare,
-                                 preprocess_image, resolve)
+                                 preprocess_image, resolve, split_instances)
 from segjax.data.splits import data_splits, fold_indices, fold_subset, train_subset
 
 __all__ = ["DataStreams", "IMAGE_MEAN", "IMAGE_STD", "denormalize", "epoch_order", "eval_batches",
@@ -77,7 +77,8 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
                   class_balanced: bool = False, shuffle: bool = True, fold: int | None = None,
                   num_folds: int = 5, fold_seed: int = 0, leave_out: int | None = None,
                   num_threads: int | None = None, image_resize: str = "bilinear",
-                  max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  max_examples: int | None = None,
+                  with_instances: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Endless augmented training batches for this process.
 
     Args:
@@ -100,7 +101,9 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
         fold selection), e.g. for data-size and augmentation ablations; None: all of them.
 
     Yields:
-      `{"image": float32 [B, h, w, 3] normalised, "label": int32 [B, h, w]}`.
+      `{"image": float32 [B, h, w, 3] normalised, "label": int32 [B, h, w]}`, and with
+      `with_instances` `"instance"` int32 [B, h, w] (the dataset's instance ids, 0 = none),
+      augmented together with the label, and `"index"` int32 [B] (the example's index).
     """
     info = resolve(dataset)
     if not 0 <= process_index < process_count:
@@ -130,7 +133,7 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
             index = int(subset[position])
             yield records[index], index, epoch
 
-    decode = decode_fn(info, builder)
+    decode = decode_fn(info, builder, with_instances=with_instances)
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops; no Python control flow to convert
     def process(serialized, index, epoch):
@@ -139,7 +142,10 @@ def train_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, cr
             image, label, augment.example_seed(seed, epoch, index), crop_size=crop,
             min_scale=min_scale, max_scale=max_scale, hflip=hflip, photometric=photometric,
             ignore_label=info.ignore_label, fill=IMAGE_MEAN.tolist(), image_resize=image_resize)
-        return {"image": (image - IMAGE_MEAN) / IMAGE_STD, "label": label}
+        example = {"image": (image - IMAGE_MEAN) / IMAGE_STD, "label": label}
+        if with_instances:  # instance tasks name the image when it has too many instances
+            example["index"] = tf.cast(index, tf.int32)
+        return _with_instances(example, with_instances)
 
     signature = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64),
                  tf.TensorSpec([], tf.int64))
@@ -151,7 +157,8 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
                  data_dir: str | None = None, process_index: int = 0, process_count: int = 1,
                  fold: int | None = None, num_folds: int = 5, fold_seed: int = 0,
                  leave_out: int | None = None,
-                 num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 num_threads: int | None = None,
+                 with_instances: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """One pass over `split` in index order, in fixed-shape batches.
 
     Global batch `k` holds positions `[k*G, (k+1)*G)` (G = batch_size * process_count), process
@@ -167,7 +174,8 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
     Yields:
       `{"image": float32 [B, H, W, 3] normalised (0 in padding), "label": int32 [B, H, W]
       (ignore label in padding and fillers), "valid": bool [B], "height", "width": int32 [B]
-      original size (0 for fillers), "index": int32 [B] example index (-1 for fillers)}`.
+      original size (0 for fillers), "index": int32 [B] example index (-1 for fillers)}`, and
+      with `with_instances` `"instance"` int32 [B, H, W] (0 in padding and fillers).
     """
     info = resolve(dataset)
     if not 0 <= process_index < process_count:
@@ -183,7 +191,7 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
     mine = [subset[q] for k in range(num_batches)
             for q in range(k * global_batch + process_index * batch_size,
                            k * global_batch + (process_index + 1) * batch_size) if q < n]
-    decode = decode_fn(info, builder)
+    decode = decode_fn(info, builder, with_instances=with_instances)
 
     @tf.autograph.experimental.do_not_convert
     def process(serialized, index):
@@ -196,23 +204,35 @@ def eval_batches(dataset: str | DatasetInfo, *, split: str, batch_size: int, pad
             image, label = augment.pad_to_size(
                 tf.cast(image, tf.float32), label, pad_h, pad_w, fill=IMAGE_MEAN.tolist(),
                 ignore_label=info.ignore_label)
-        return {"image": tf.ensure_shape((image - IMAGE_MEAN) / IMAGE_STD, [pad_h, pad_w, 3]),
-                "label": tf.ensure_shape(label, [pad_h, pad_w]), "valid": True,
-                "height": height, "width": width, "index": tf.cast(index, tf.int32)}
+        return _with_instances(
+            {"image": tf.ensure_shape((image - IMAGE_MEAN) / IMAGE_STD, [pad_h, pad_w, 3]),
+             "label": tf.ensure_shape(label, [pad_h, pad_w]), "valid": True,
+             "height": height, "width": width, "index": tf.cast(index, tf.int32)},
+            with_instances)
 
     batches = chunked(((records[int(i)], int(i)) for i in mine), process,
                        (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)), batch_size,
                        drop_remainder=False, num_threads=num_threads,
                        context=f"{info.name} split {split!r}")
-    return (_fill_batch(next(batches, None), batch_size, pad_h, pad_w, info.ignore_label)
-            for _ in range(num_batches))
+    return (_fill_batch(next(batches, None), batch_size, pad_h, pad_w, info.ignore_label,
+                        with_instances) for _ in range(num_batches))
 
 
-def _fill_batch(batch, batch_size: int, pad_h: int, pad_w: int, ignore: int) -> dict:
+def _with_instances(example: dict, with_instances: bool) -> dict:
+    """Splits a combined label (`records.decode_fn(with_instances=True)`) into label/instance."""
+    if with_instances:
+        example["label"], example["instance"] = split_instances(example["label"])
+    return example
+
+
+def _fill_batch(batch, batch_size: int, pad_h: int, pad_w: int, ignore: int,
+                with_instances: bool = False) -> dict:
     """Pads a (possibly missing or short) eval batch to `batch_size` with filler examples."""
     filler = {"image": np.zeros((pad_h, pad_w, 3), np.float32),
               "label": np.full((pad_h, pad_w), ignore, np.int32), "valid": False,
               "height": 0, "width": 0, "index": -1}
+    if with_instances:
+        filler["instance"] = np.zeros((pad_h, pad_w), np.int32)
     have = 0 if batch is None else len(batch["valid"])
     if have == batch_size:
         return batch
@@ -247,7 +267,8 @@ class DataStreams:
         self.num_train_examples = len(train_subset(ds, n))
         num_examples(self.info, self.eval_split, self.data_dir)
 
-    def train(self, *, batch_size: int, seed: int, start_step: int = 0):
+    def train(self, *, batch_size: int, seed: int, start_step: int = 0,
+              with_instances: bool = False):
         """`train_batches` of this process (`batch_size` per process) from `start_step` on."""
         ds = self._ds
         return train_batches(
@@ -255,13 +276,13 @@ class DataStreams:
             seed=seed, data_dir=self.data_dir, start_step=start_step, min_scale=ds.min_scale,
             max_scale=ds.max_scale, hflip=ds.hflip, photometric=ds.photometric,
             class_balanced=ds.class_balanced, max_examples=ds.num_train_examples,
-            **self._process, **self._train_fold)
+            with_instances=with_instances, **self._process, **self._train_fold)
 
-    def eval(self, *, batch_size: int, pad_to):
+    def eval(self, *, batch_size: int, pad_to, with_instances: bool = False):
         """`eval_batches` of this process over the eval split (or held-out fold)."""
         return eval_batches(self.info, split=self.eval_split, batch_size=batch_size,
-                            pad_to=pad_to, data_dir=self.data_dir, **self._process,
-                            **self._eval_fold)
+                            pad_to=pad_to, data_dir=self.data_dir, with_instances=with_instances,
+                            **self._process, **self._eval_fold)
 
 
 def from_config(ds, *, process_index: int = 0, process_count: int = 1) -> DataStreams:

@@ -164,10 +164,32 @@ def num_examples(dataset: str | DatasetInfo, split: str, data_dir: str | None = 
     return len(open_split(resolve(dataset), data_dir, split)[1])
 
 
-def decode_fn(info: DatasetInfo, builder):
-    """serialized -> (image uint8 [H, W, 3], label int32 [H, W], example id string)."""
+# With instances, the label map carries `class + INSTANCE_STRIDE * instance id`, so that every
+# label transform (nearest resizing, padding with the ignore label, crops, flips) moves both
+# together; `split_instances` takes them apart. Padding (the ignore label) has instance 0.
+INSTANCE_STRIDE = 256
+
+
+def split_instances(combined):
+    """(class ids, instance ids) of a label map decoded `with_instances` (numpy or tf)."""
+    return combined % INSTANCE_STRIDE, combined // INSTANCE_STRIDE
+
+
+def decode_fn(info: DatasetInfo, builder, *, with_instances: bool = False):
+    """serialized -> (image uint8 [H, W, 3], label int32 [H, W], example id string).
+
+    `with_instances`: the label is `class + INSTANCE_STRIDE * instance id` (0 = no instance),
+    from the dataset's `instance_key` feature.
+    """
+    if with_instances and not info.instance_key:
+        raise ValueError(f"dataset {info.name!r} has no instance ids (DatasetInfo.instance_key); "
+                         "it cannot feed an instance-segmentation task")
+    if info.ignore_label >= INSTANCE_STRIDE:
+        raise ValueError(f"ignore_label {info.ignore_label} must be < {INSTANCE_STRIDE}")
     features = builder.info.features
     keep = {info.image_key, info.label_key} | ({info.id_key} if info.id_key else set())
+    if with_instances:
+        keep.add(info.instance_key)
     decoders = {k: tfds.decode.SkipDecoding() for k in features.keys() if k not in keep}
     table = tf.constant(info.lookup_table())
     num_classes, ignore = info.num_classes, info.ignore_label
@@ -191,6 +213,13 @@ def decode_fn(info: DatasetInfo, builder):
                 f"(after the dataset's label map): example", name, "raw values",
                 tf.unique(tf.boolean_mask(raw, label < 0))[0][:8]]),
         ]
+        if with_instances:
+            instances = tf.cast(ex[info.instance_key], tf.int32)
+            instances = instances[..., 0] if instances.shape.rank == 3 else instances
+            checks.append(tf.debugging.Assert(
+                tf.reduce_all(tf.equal(tf.shape(instances), tf.shape(label))), [
+                    f"{ERROR_TAG} instance map size differs from the mask: example", name]))
+            label = label + INSTANCE_STRIDE * tf.where(label == ignore, 0, instances)
         with tf.control_dependencies(checks):
             return tf.identity(image), tf.identity(label), name
 

@@ -1,0 +1,219 @@
+"""Instance segmentation: boxes, classes and masks per object, scored by COCO mask AP.
+
+Batches (derived on the host from the dataset's segmentation stream with instance ids, so every
+augmentation moves image, masks and boxes together and an instance cropped away disappears):
+  train: `{"image" [B, H, W, 3], "boxes" [B, M, 4] (x1, y1, x2, y2 pixels), "classes" [B, M]
+  int32 (0 = padding slot), "masks" [B, M, H, W] float32, "num_instances" [B]}`, M =
+  `config.dataset.max_instances`; an image with more instances fails naming it and the key;
+  eval: the padded segmentation batch (`"label"`, `"instance"`, `"valid"`, original size).
+Loss: the model's train-mode output maps loss names to `(sum, count)` pairs (RPN objectness and
+box regression, classifier, box regression, mask); the task adds them, each normalised by its own
+*global* count. Evaluation: detections per image come back to the host, masks are pasted at the
+image size (`segjax.ops.paste_masks`, threshold 0.5) and scored with pycocotools' COCOeval
+(`segjax.coco`); checkpoints are ranked by `mask_ap`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from segjax import coco, visualize
+from segjax.tasks.base import Accumulator, StepContext, Task
+
+BEST_METRIC = "mask_ap"
+LOGGED = ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75",
+          "mask_ap_small", "mask_ap_medium", "mask_ap_large", "num_instances", "num_detections")
+
+
+def instance_targets(label: np.ndarray, instance: np.ndarray, *, max_instances: int,
+                     ignore_label: int, indices: Sequence[int] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Padded per-image targets of a batch of class maps and instance-id maps [B, H, W].
+
+    Returns boxes float32 [B, M, 4] (mask extents, x1 y1 x2 y2 pixel edges), classes int32
+    [B, M] (0 = padding), masks float32 [B, M, H, W], num_instances int32 [B].
+
+    Raises:
+      ValueError: an image has more than `max_instances` instances (naming it by `indices`).
+    """
+    b, h, w = label.shape
+    out = {"boxes": np.zeros((b, max_instances, 4), np.float32),
+           "classes": np.zeros((b, max_instances), np.int32),
+           "masks": np.zeros((b, max_instances, h, w), np.float32),
+           "num_instances": np.zeros((b,), np.int32)}
+    for i in range(b):
+        classes, masks = coco.instances_from_maps(label[i], instance[i], ignore_label=ignore_label)
+        n = len(classes)
+        if n > max_instances:
+            name = f"example index {indices[i]}" if indices is not None else f"batch row {i}"
+            raise ValueError(f"{name} has {n} instances, more than "
+                             f"config.dataset.max_instances={max_instances}: raise it (instances "
+                             "are never silently dropped)")
+        out["classes"][i, :n] = classes
+        out["masks"][i, :n] = masks
+        out["boxes"][i, :n] = [coco.mask_box(m) for m in masks]
+        out["num_instances"][i] = n
+    return out
+
+
+class InstanceAccumulator(Accumulator):
+    """Pastes each valid image's detections and feeds them, with its ground truth, to COCOeval."""
+
+    def __init__(self, num_classes: int, ignore_label: int, mask_threshold: float = 0.5):
+        from segjax.ops import paste_masks
+
+        self._coco = coco.CocoAccumulator(num_classes)
+        self._ignore = ignore_label
+        self._threshold = mask_threshold
+        self._paste = jax.jit(paste_masks, static_argnums=2)
+
+    def update(self, sums, per_example, batch) -> None:
+        del sums
+        canvas = tuple(np.shape(batch["label"])[1:3])
+        probs = np.asarray(self._paste(per_example["mask_probs"], per_example["boxes"], canvas))
+        for i in range(len(batch["valid"])):
+            if not bool(batch["valid"][i]):
+                continue
+            h, w = int(batch["height"][i]), int(batch["width"][i])
+            gt_classes, gt_masks = coco.instances_from_maps(
+                batch["label"][i, :h, :w], batch["instance"][i, :h, :w],
+                ignore_label=self._ignore)
+            d = int(per_example["num_detections"][i])
+            self._coco.add_image(
+                gt_classes=gt_classes, gt_masks=gt_masks,
+                det_boxes=per_example["boxes"][i, :d], det_scores=per_example["scores"][i, :d],
+                det_classes=per_example["classes"][i, :d],
+                det_masks=probs[i, :d, :h, :w] >= self._threshold)
+
+    def result(self) -> dict[str, Any]:
+        return self._coco.result()
+
+
+class InstanceTask(Task):
+    """Mask R-CNN-style instance segmentation with `num_classes` classes counting background 0.
+
+    Args:
+      num_classes: K, with 0 the background (torchvision's convention).
+      ignore_label: the dataset's.
+      max_instances: M, the padded number of ground-truth slots per image.
+      class_names, palette: for the pictures.
+    """
+
+    name = "instance"
+    best_metric = BEST_METRIC
+    train_keys = ("image", "boxes", "classes", "masks", "num_instances")
+    eval_keys = ("image",)
+
+    def __init__(self, *, num_classes: int, ignore_label: int, max_instances: int,
+                 class_names: Sequence[str] | None = None, palette: np.ndarray | None = None):
+        if max_instances is None or max_instances < 1:
+            raise ValueError(f"config.dataset.max_instances={max_instances} must be a positive "
+                             "int for the instance task")
+        self.num_classes, self.ignore_label = num_classes, ignore_label
+        self.max_instances = max_instances
+        self.class_names = tuple(class_names or (str(k) for k in range(num_classes)))
+        self.palette = palette
+
+    # -------------------------------------------------------------------------------- data
+
+    def train_batches(self, data, *, batch_size, seed, start_step) -> Iterator[dict]:
+        for batch in data.train(batch_size=batch_size, seed=seed, start_step=start_step,
+                                with_instances=True):
+            targets = instance_targets(batch["label"], batch["instance"],
+                                       max_instances=self.max_instances,
+                                       ignore_label=self.ignore_label, indices=batch["index"])
+            yield {"image": batch["image"], **targets}
+
+    def eval_batches(self, data, *, batch_size, pad_to):
+        return data.eval(batch_size=batch_size, pad_to=pad_to, with_instances=True)
+
+    # ---------------------------------------------------------------------------- training
+
+    def model_inputs(self, batch, *, train):
+        if not train:
+            return (batch["image"],), {}
+        targets = {k: batch[k] for k in ("boxes", "classes", "masks", "num_instances")}
+        return (batch["image"],), {"targets": targets}
+
+    def loss(self, outputs, batch, ctx: StepContext):
+        """`(sum, count)` with count = this share's images, such that the global loss is the sum
+        over the model's loss terms of (global term sum / global term count)."""
+        images = jnp.float32(batch["image"].shape[0])
+        global_images = ctx.global_sum(images)
+        total = jnp.float32(0.0)
+        for name in sorted(outputs):
+            value = outputs[name]
+            if not (isinstance(value, tuple) and len(value) == 2):
+                continue
+            term_sum, term_count = value
+            scale = global_images / jnp.maximum(ctx.global_sum(term_count), 1e-12)
+            total = total + term_sum * jax.lax.stop_gradient(scale)
+        return total, images
+
+    # -------------------------------------------------------------------------- evaluation
+
+    def eval_outputs(self, apply_fn, variables, batch):
+        out = apply_fn(variables, batch["image"], train=False)
+        keep = ("boxes", "scores", "classes", "num_detections", "mask_probs")
+        return {}, {k: out[k] for k in keep}
+
+    def new_accumulator(self) -> InstanceAccumulator:
+        return InstanceAccumulator(self.num_classes, self.ignore_label)
+
+    def logged_metrics(self, metrics):
+        return {k: metrics[k] for k in LOGGED if k in metrics}
+
+    def summary_line(self, metrics):
+        return (f"mask_ap {metrics['mask_ap']:.4f}  mask_ap50 {metrics['mask_ap50']:.4f}  "
+                f"box_ap {metrics['box_ap']:.4f}")
+
+    def save_examples(self, out_dir, step, batch, per_example, *, limit, writer=None) -> int:
+        """One picture per valid example: detections (score >= 0.5) drawn over the image next
+        to the ground-truth instances."""
+        from segjax.data.datasets import voc_palette
+        from segjax.data.pipeline import denormalize
+        from segjax.ops import paste_masks
+
+        palette = voc_palette(self.num_classes) if self.palette is None else self.palette
+        canvas = tuple(np.shape(batch["label"])[1:3])
+        probs = np.asarray(jax.jit(paste_masks, static_argnums=2)(
+            per_example["mask_probs"], per_example["boxes"], canvas))
+        written = 0
+        for i in range(len(batch["valid"])):
+            if written >= limit or not bool(batch["valid"][i]):
+                continue
+            h, w = int(batch["height"][i]), int(batch["width"][i])
+            image = denormalize(np.asarray(batch["image"][i, :h, :w]))
+            gt_classes, gt_masks = coco.instances_from_maps(
+                batch["label"][i, :h, :w], batch["instance"][i, :h, :w],
+                ignore_label=self.ignore_label)
+            d = int(per_example["num_detections"][i])
+            keep = per_example["scores"][i, :d] >= 0.5
+            gt = visualize.draw_instances(
+                image, gt_masks, [coco.mask_box(m) for m in gt_masks], gt_classes,
+                palette=palette, class_names=self.class_names)
+            pred = visualize.draw_instances(
+                image, probs[i, :d, :h, :w][keep] >= 0.5, per_example["boxes"][i, :d][keep],
+                per_example["classes"][i, :d][keep], palette=palette,
+                class_names=self.class_names, scores=per_example["scores"][i, :d][keep])
+            panel = visualize.side_by_side(gt, pred)
+            index = int(batch["index"][i]) if "index" in batch else i
+            visualize.save_png(os.path.join(out_dir, f"{index:05d}.png"), panel)
+            if writer is not None:
+                writer.write_images(step, {f"predictions/{index:05d}": panel})
+            written += 1
+        return written
+
+
+def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> InstanceTask:
+    """The instance task of a run: `config.dataset.max_instances` ground-truth slots."""
+    del data_dir
+    return InstanceTask(num_classes=info.num_classes, ignore_label=info.ignore_label,
+                        max_instances=config.dataset.get("max_instances"),
+                        class_names=info.class_names, palette=info.palette)
