@@ -47,7 +47,7 @@ def test_preset_resolves_every_name(module, preset):
     config_utils.check_config(config)
     # Docstring: the command that runs it and what it should reach (big_vision style).
     assert "python -m experiments." in module.__doc__
-    assert "mIoU" in module.__doc__ or "not measured" in module.__doc__
+    assert "mIoU" in module.__doc__ or "AP" in module.__doc__ or "not measured" in module.__doc__
 
     info = datasets.get_dataset_info(config.dataset.name)
     splits = {info.train_split, info.eval_split, "train", "train_aug"}
@@ -58,8 +58,17 @@ def test_preset_resolves_every_name(module, preset):
                          **config_utils.model_overrides(config.model))
     assert model.axis_name is None
 
-    kw = semantic.loss_kwargs(config)
-    assert kw["kind"] in losses.LOSSES
+    # The task the config names, built as the trainer builds it (models of the task's kind).
+    from segjax.models.registry import model_output
+    from segjax.tasks import TASKS
+
+    assert config.task in TASKS
+    if config.task == "semantic":
+        kw = semantic.loss_kwargs(config)
+        assert kw["kind"] in losses.LOSSES
+    else:
+        importlib.import_module(TASKS[config.task]).build(config, info, None)
+    assert model_output(config.model.name) == {"instance": "instance"}.get(config.task, "semantic")
     num_steps = config_utils.get_steps(config, "num_train", batch_size=config.batch_size,
                                        num_examples=100)
     for name in ("log_every", "eval_every", "checkpoint_every"):

@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.base_lr = 0.007
+    c.optimizer.schedule = "poly"  # or "step": x decay_factor at each of boundaries (detection)
+    c.optimizer.boundaries = ()  # steps of the "step" schedule, e.g. (60_000, 80_000)
+    c.optimizer.decay_factor = 0.1
     c.optimizer.warmup_steps = 0
     c.optimizer.power = 0.9  # poly decay: lr = base_lr * (1 - step / num_steps) ** power
     c.optimizer.end_lr = 0.0  # poly floor (mmsegmentation: min_lr)

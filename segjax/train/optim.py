@@ -39,6 +39,26 @@ def poly_schedule(base_lr: float, num_steps: int, warmup_steps: int = 0, power: 
     return optax.join_schedules([warmup, poly], [warmup_steps])
 
 
+def step_schedule(base_lr: float, boundaries, decay_factor: float = 0.1,
+                  warmup_steps: int = 0) -> optax.Schedule:
+    """Detectron's / torchvision's detection schedule: `base_lr`, multiplied by `decay_factor` at
+    each of `boundaries` (steps), after a linear warm-up from 0 over `warmup_steps`.
+
+    Example: `step_schedule(0.02, (60_000, 80_000), 0.1, 1000)` is the Mask R-CNN 1x recipe
+    (Detectron warms up from 0.001 x base_lr rather than 0: the same within its 1000 steps).
+    """
+    boundaries = tuple(int(b) for b in boundaries)
+    if list(boundaries) != sorted(set(boundaries)) or any(b <= warmup_steps for b in boundaries):
+        raise ValueError(f"boundaries {boundaries} must increase and lie after warmup_steps "
+                         f"({warmup_steps})")
+    steps = optax.piecewise_constant_schedule(
+        base_lr, {b - warmup_steps: decay_factor for b in boundaries})
+    if warmup_steps == 0:
+        return steps
+    return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup_steps), steps],
+                                [warmup_steps])
+
+
 def is_backbone(path: tuple[Any, ...]) -> bool:
     """Whether a parameter path (from `jax.tree_util.tree_flatten_with_path`) is in the backbone."""
     return bool(path) and getattr(path[0], "key", None) == BACKBONE
@@ -72,6 +92,9 @@ def create_optimizer(
     backbone_lr_mult: float = 1.0,
     freeze_backbone: bool = False,
     end_lr: float = 0.0,
+    schedule: str = "poly",
+    boundaries: tuple[int, ...] = (),
+    decay_factor: float = 0.1,
 ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
     """The training optimiser and its (head) learning-rate schedule.
 
@@ -85,6 +108,8 @@ def create_optimizer(
       backbone_lr_mult: learning-rate multiplier of the "backbone" subtree (e.g. 0.1).
       freeze_backbone: keep the backbone parameters fixed (no update, no momentum state).
       end_lr: floor of the poly decay (mmsegmentation's min_lr; 0 = decay to zero).
+      schedule: "poly" (`poly_schedule`) or "step" (`step_schedule` with `boundaries` and
+        `decay_factor`: the detection recipes).
 
     Returns:
       (tx, schedule): `schedule(step)` is the head learning rate at optimiser step `step`.
@@ -97,7 +122,12 @@ def create_optimizer(
         )
     if weight_decay < 0 or momentum < 0:
         raise ValueError(f"weight_decay ({weight_decay}) and momentum ({momentum}) must be >= 0")
-    schedule = poly_schedule(base_lr, num_steps, warmup_steps, power, end_lr)
+    if schedule == "poly":
+        schedule = poly_schedule(base_lr, num_steps, warmup_steps, power, end_lr)
+    elif schedule == "step":
+        schedule = step_schedule(base_lr, boundaries, decay_factor, warmup_steps)
+    else:
+        raise ValueError(f"schedule={schedule!r} must be 'poly' or 'step'")
     parts = []
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(params, decay_norm_and_bias)))

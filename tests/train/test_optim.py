@@ -123,3 +123,20 @@ def test_backbone_options_need_a_backbone_key(np_rng):
         optim.create_optimizer(params, base_lr=0.1, num_steps=10, backbone_lr_mult=0.1)
     with pytest.raises(ValueError, match="weight_decay"):
         optim.create_optimizer(params, base_lr=0.1, num_steps=10, weight_decay=-1.0)
+
+
+def test_step_schedule_is_the_detection_recipe():
+    """Mask R-CNN 1x: 0.02, x0.1 at 60k and 80k, linear warm-up over 1000 steps."""
+    sched = optim.step_schedule(0.02, (60_000, 80_000), 0.1, 1000)
+    want = {0: 0.0, 500: 0.01, 1000: 0.02, 59_999: 0.02, 60_000: 0.002, 79_999: 0.002,
+            80_000: 0.0002, 89_999: 0.0002}
+    for step, lr in want.items():
+        np.testing.assert_allclose(float(sched(step)), lr, rtol=1e-6, atol=1e-12)
+    params = {"w": jnp.ones((2, 2))}
+    _, s2 = optim.create_optimizer(params, base_lr=0.02, num_steps=90_000, schedule="step",
+                                   boundaries=(60_000, 80_000), warmup_steps=1000)
+    assert float(s2(70_000)) == pytest.approx(0.002)
+    with pytest.raises(ValueError, match="boundaries"):
+        optim.step_schedule(0.1, (50, 10))
+    with pytest.raises(ValueError, match="schedule"):
+        optim.create_optimizer(params, base_lr=0.1, num_steps=10, schedule="cosine")
