@@ -3,15 +3,17 @@ r"""Writes colour-coded masks and overlays for images, using a trained work dire
     python -m experiments.predict --workdir=/tmp/demo --images='/data/*.jpg' --out=/tmp/preds \
       [--checkpoint=latest|best|STEP]
 
-For each image `NAME.ext` it writes `NAME_mask.png` (colours = the dataset palette),
-`NAME_overlay.png` (mask blended over the image) and `NAME_labels.png` (class ids as grey
-values). The model, dataset palette and eval options (TTA, sliding window) come from the work
+For each image `NAME.ext` a semantic model writes `NAME_mask.png` (colours = the dataset
+palette), `NAME_overlay.png` (mask blended over the image) and `NAME_labels.png` (class ids as
+grey values); an instance model (Mask R-CNN) writes `NAME_instances.png` (masks, boxes, class
+names and scores of the detections scoring >= `--score_thresh`) and `NAME_instances.json`. The model, dataset palette and eval options (TTA, sliding window) come from the work
 dir's config.json; images are normalised by `segjax.data.pipeline.preprocess_image`.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 
@@ -25,11 +27,27 @@ flags.DEFINE_string("images", None, "Glob of input images (any format Pillow rea
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
 flags.DEFINE_float("alpha", 0.5, "Mask opacity of the overlays.")
+flags.DEFINE_float("score_thresh", 0.5, "Instance models: detections drawn and listed.")
 flags.mark_flags_as_required(["workdir", "images", "out"])
 
 
+def _instances(apply_fn, variables, x, h, w, score_thresh):
+    """(masks bool [D, h, w], boxes [D, 4], classes [D], scores [D]) of one padded image."""
+    import numpy as np
+
+    from segjax.ops import paste_masks
+
+    out = apply_fn(variables, x)
+    d = int(out["num_detections"][0])
+    boxes, scores = np.asarray(out["boxes"][0, :d]), np.asarray(out["scores"][0, :d])
+    keep = scores >= score_thresh
+    probs = np.asarray(paste_masks(out["mask_probs"][0, :d], out["boxes"][0, :d], x.shape[1:3]))
+    return (probs[keep, :h, :w] >= 0.5, boxes[keep], np.asarray(out["classes"][0, :d])[keep],
+            scores[keep])
+
+
 def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: str = "latest",
-                  alpha: float = 0.5) -> list[str]:
+                  alpha: float = 0.5, score_thresh: float = 0.5) -> list[str]:
     """Predicts every image in `paths` and writes its PNGs to `out_dir`; returns written paths.
 
     Images are padded bottom/right to a multiple of 32 (with the mean pixel, i.e. 0 after
@@ -42,9 +60,11 @@ def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
 
     from segjax import evaluate, visualize
     from segjax.data.pipeline import preprocess_image
+    from segjax.models.registry import model_output
     from segjax.train import build
 
     config, info, model, variables = build.load_for_inference(workdir, checkpoint)
+    instance = model_output(config.model.name) == "instance"
     ev = config.eval
     apply_fn = evaluate.model_apply_fn(model)
 
@@ -57,6 +77,7 @@ def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
             stride=ev.stride if ev.sliding_window else None)
         return jnp.argmax(probs, -1)
 
+    detect = jax.jit(lambda v, x: model.apply(v, x, train=False))
     written = []
     for path in paths:
         try:
@@ -67,8 +88,22 @@ def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
         x = np.zeros((1, ph, pw, 3), np.float32)
         x[0, :h, :w] = preprocess_image(image)
-        pred = np.asarray(predict(variables, x))[0, :h, :w]
         stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+        if instance:
+            masks, boxes, classes, scores = _instances(detect, variables, x, h, w, score_thresh)
+            visualize.save_png(f"{stem}_instances.png", visualize.draw_instances(
+                image, masks, boxes, classes, palette=info.palette,
+                class_names=info.class_names, scores=scores, alpha=alpha))
+            with open(f"{stem}_instances.json", "w") as f:
+                json.dump([{"class": info.class_names[int(c)], "class_id": int(c),
+                            "score": float(sc), "box": [float(v) for v in b],
+                            "area": int(m.sum())} for m, b, c, sc in
+                           zip(masks, boxes, classes, scores)], f, indent=1)
+            written += [f"{stem}_instances.png", f"{stem}_instances.json"]
+            print(f"{path} -> {stem}_instances.{{png,json}} ({len(scores)} instances)",
+                  flush=True)
+            continue
+        pred = np.asarray(predict(variables, x))[0, :h, :w]
         outputs = {
             f"{stem}_mask.png": visualize.colorize(pred, info.palette),
             f"{stem}_overlay.png": visualize.overlay(image, pred, info.palette, alpha=alpha),
@@ -92,7 +127,7 @@ def main(argv):
         sys.exit(1)
     try:
         predict_files(FLAGS.workdir, paths, FLAGS.out, checkpoint=FLAGS.checkpoint,
-                      alpha=FLAGS.alpha)
+                      alpha=FLAGS.alpha, score_thresh=FLAGS.score_thresh)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
