@@ -3,7 +3,9 @@
 `get_dataset_info("voc2012")` returns a `DatasetInfo`: the TFDS name, class names and colours,
 the ignore label, which feature holds the image and the mask, and how raw mask values map to
 training class ids. Names: `voc2012` (splits `train`, `val`, `train_aug`), `synthetic_shapes`
-and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `scene_parse150`.
+and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `scene_parse150`, `coco2017`
+(manual directory, splits `train`/`validation`, 91 classes) and `coco_instances` (the
+COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any other).
 """
 from __future__ import annotations
 
@@ -138,6 +140,68 @@ def _synthetic(config: str | None) -> DatasetInfo:
         notes="Generated from a seed; no download.")
 
 
+COCO_ROOT_ENV = "SEGJAX_COCO_ROOT"
+_COCO_NOTES = ("Class ids are category ids (0 = background); crowd regions (iscrowd=1) are the "
+               "ignore label 255 with instance 0; instance ids 1..n in annotation order, later "
+               "annotations drawn over earlier ones (overlapped pixels go to the later one).")
+
+
+def _coco2017() -> DatasetInfo:
+    from segjax.data.builders.coco_instances import COCO2017_CLASS_NAMES  # numpy + tfds only
+    return DatasetInfo(
+        name="coco2017", tfds_name="coco_instances/coco2017", num_classes=91, ignore_label=255,
+        class_names=COCO2017_CLASS_NAMES, palette=voc_palette(91), id_key="file_name",
+        instance_key="instance_mask",
+        notes="COCO 2017 instances from the manual directory; original category ids 1..90, "
+              "torchvision's 91 classes ('N/A' for the unused ids). " + _COCO_NOTES)
+
+
+def _coco_root_from_env() -> str:
+    import os
+    root = os.environ.get(COCO_ROOT_ENV)
+    if not root:
+        raise ValueError(
+            f"dataset 'coco_instances' reads a COCO-format tree from ${COCO_ROOT_ENV}, which is "
+            f"not set: export {COCO_ROOT_ENV}=ROOT with ROOT/annotations/instances_train.json + "
+            "ROOT/train/ and ROOT/annotations/instances_val.json + ROOT/val/ (or call "
+            "segjax.data.datasets.coco_instances_info(root, splits=...) for another layout)")
+    return root
+
+
+def coco_instances_info(root: str, *, splits: tuple | None = None,
+                        name: str | None = None, polygon_tolerance: float = 1.0
+                        ) -> DatasetInfo:
+    """The `DatasetInfo` of a COCO-format tree under `root` (category ids as given, 1..254).
+
+    `splits`: `((split, annotation JSON, image dir), ...)` relative to `root`; default
+    `annotations/instances_{train,val}.json` + `{train,val}/` as splits `train`/`validation`.
+    Class names and `num_classes` (= the largest category id + 1) come from the first split's
+    JSON. The TFDS config is named `name` or, by default, after a hash of the absolute root, so
+    different trees never share prepared files. Pass the result to `prepare`/the pipelines.
+    """
+    import hashlib
+    import os
+
+    from segjax.data.builders import coco_instances as coco
+
+    root = os.path.abspath(root)
+    splits = tuple(tuple(s) for s in (splits or coco.CUSTOM_SPLITS))
+    first_json = os.path.join(root, splits[0][1])
+    cats = coco.categories(coco.read_json(first_json), first_json, coco2017=False)
+    names = coco.class_names(cats)
+    config_name = name or "custom_" + hashlib.sha256(root.encode()).hexdigest()[:10]
+    config = coco.CocoInstancesConfig(name=config_name, root=root, splits=splits,
+                                      polygon_tolerance=polygon_tolerance,
+                                      description=f"COCO-format tree {root}")
+    split_names = [s[0] for s in splits]
+    return DatasetInfo(
+        name=f"coco_instances/{config_name}", tfds_name=f"coco_instances/{config_name}",
+        num_classes=len(names), ignore_label=255, class_names=names,
+        palette=voc_palette(len(names)), id_key="file_name", instance_key="instance_mask",
+        train_split=split_names[0], eval_split=split_names[-1],
+        builder_kwargs={"config": config}, notes=f"COCO-format tree {root}. " + _COCO_NOTES)
+
+
 def _make_registry() -> dict[str, Any]:
     pet_notes = ("Trimap 1 (pet) -> class 1 'pet', 2 (background) -> class 0, 3 (border, "
                  "'not classified') -> ignore 255; any other value is invalid.")
@@ -148,6 +212,8 @@ def _make_registry() -> dict[str, Any]:
             eval_split="val",
             notes="Palette-PNG ids kept as is; 255 marks boundaries/difficult pixels. SBD "
                   "masks (train_aug only) have no 255 boundary band."),
+        "coco2017": lambda: _coco2017(),
+        "coco_instances": lambda: coco_instances_info(_coco_root_from_env()),
         "synthetic_shapes": lambda: _synthetic(None),
         **{f"synthetic_shapes/{c}": (lambda c=c: _synthetic(c)) for c in _SYNTHETIC_CONFIGS},
         "oxford_iiit_pet": lambda: DatasetInfo(
