@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from segjax import evaluate
+from segjax.tasks.semantic import SemanticTask
+from segjax.train import parallel
+from segjax.train.state import TrainState
 
 K = 3
 
@@ -90,11 +93,30 @@ def test_plain_prediction_is_softmax(np_rng, conv_vars):
 
 
 class _ConvModel:
-    """Duck-typed stand-in for a flax model: `apply(variables, images, train)` -> dict."""
+    """Duck-typed stand-in for a segjax model: `apply(variables, images, train)` -> dict, and
+    the `axis_name` / `clone` the parallel layer sets (no BatchNorm, so nothing to sync)."""
+
+    def __init__(self, axis_name=None):
+        self.axis_name = axis_name
+
+    def clone(self, axis_name=None):
+        return _ConvModel(axis_name)
 
     def apply(self, variables, images, train=False):
         assert train is False
-        return {"logits": conv_apply(variables, images)}
+        return {"logits": conv_apply(variables["params"], images)}
+
+
+def _run(parallelism, conv_vars, batches, *, on_batch=None, **task_kwargs):
+    """(metrics, eval step) of `evaluate.evaluate` through `Parallel(parallelism)`."""
+    par = parallel.Parallel(parallelism)
+    task = SemanticTask(num_classes=K, ignore_label=255, **task_kwargs)
+    state = TrainState(step=0, apply_fn=_ConvModel().apply, params=conv_vars, tx=None,
+                       opt_state=None, batch_stats={})
+    eval_step = par.eval_step(task)
+    result = evaluate.evaluate(par, eval_step, par.replicate(state), task, batches,
+                               on_batch=on_batch)
+    return result, eval_step
 
 
 def _numpy_confusion(pred, label, valid, heights, widths, k, ignore):
@@ -109,15 +131,15 @@ def _numpy_confusion(pred, label, valid, heights, widths, k, ignore):
     return conf
 
 
-@pytest.mark.parametrize("mode", ["plain", "tta", "sliding"])
-def test_evaluate_confusion_over_mesh_and_no_recompile(np_rng, conv_vars, mode):
-    """Padded batches on a 4-device mesh: exact int64 confusion, one trace for all batches."""
+@pytest.mark.parametrize("mode,parallelism", [("plain", "mesh"), ("plain", "pmap"),
+                                              ("tta", "mesh"), ("sliding", "pmap")])
+def test_evaluate_confusion_on_four_devices_and_no_recompile(np_rng, conv_vars, mode,
+                                                             parallelism):
+    """Padded batches on 4 devices (mesh or pmap: the strategies that train): exact int64
+    confusion, per-example predictions back in order, one trace for all batches."""
     ignore, pad = 255, 12
     kwargs = {"plain": {}, "tta": {"scales": (0.5, 1.0), "flip": True},
               "sliding": {"window": 8, "stride": 5}}[mode]
-    mesh = evaluate.eval_mesh()
-    eval_fn = evaluate.make_eval_fn(_ConvModel(), num_classes=K, ignore_label=ignore, mesh=mesh,
-                                    **kwargs)
     batches, ref = [], np.zeros((K, K), np.int64)
     seen_preds = []
     for _ in range(3):
@@ -137,10 +159,9 @@ def test_evaluate_confusion_over_mesh_and_no_recompile(np_rng, conv_vars, mode):
         pred = np.asarray(jnp.argmax(probs, -1))
         ref += _numpy_confusion(pred, label, valid, heights, widths, K, ignore)
         seen_preds.append(pred)
-    variables = evaluate.replicate_on(conv_vars, mesh)
     got_preds = []
-    result = evaluate.evaluate(eval_fn, variables, batches, num_classes=K, mesh=mesh,
-                               on_batch=lambda batch, get: got_preds.append(get()))
+    result, eval_fn = _run(parallelism, conv_vars, batches, boundary_iou=False,
+                           on_batch=lambda batch, rows: got_preds.append(rows["pred"]), **kwargs)
     tp, gt, pr = np.diag(ref), ref.sum(1), ref.sum(0)
     np.testing.assert_allclose(result["iou_per_class"], tp / (gt + pr - tp))
     assert result["num_pixels"] == ref.sum()
@@ -149,17 +170,13 @@ def test_evaluate_confusion_over_mesh_and_no_recompile(np_rng, conv_vars, mode):
 
 
 def test_recompile_guard_raises_on_a_second_shape(conv_vars):
-    mesh = evaluate.eval_mesh()
-    eval_fn = evaluate.make_eval_fn(_ConvModel(), num_classes=K, ignore_label=255, mesh=mesh)
-    variables = evaluate.replicate_on(conv_vars, mesh)
-
     def batch(size):
         return {"image": np.zeros((4, size, size, 2), np.float32),
                 "label": np.zeros((4, size, size), np.int32), "valid": np.ones(4, bool)}
 
-    evaluate.evaluate(eval_fn, variables, [batch(8), batch(8)], num_classes=K, mesh=mesh)
+    _run("mesh", conv_vars, [batch(8), batch(8)])
     with pytest.raises(RuntimeError, match="traced 2 times"):
-        evaluate.evaluate(eval_fn, variables, [batch(8), batch(6)], num_classes=K, mesh=mesh)
+        _run("mesh", conv_vars, [batch(8), batch(6)])
 
 
 def test_boundary_iou_over_mesh_equals_numpy_on_the_unpadded_images(np_rng, conv_vars):
@@ -168,9 +185,6 @@ def test_boundary_iou_over_mesh_equals_numpy_on_the_unpadded_images(np_rng, conv
     from tests.test_metrics import boundary_reference
 
     ignore, pad, ratio = 255, 12, 0.1  # boundary width round(0.1 * 12 * sqrt(2)) = 2 pixels
-    mesh = evaluate.eval_mesh()
-    eval_fn = evaluate.make_eval_fn(_ConvModel(), num_classes=K, ignore_label=ignore, mesh=mesh,
-                                    boundary_iou=True, boundary_dilation_ratio=ratio)
     inter, union = np.zeros(K, np.int64), np.zeros(K, np.int64)
     batches = []
     for _ in range(2):
@@ -200,8 +214,8 @@ def test_boundary_iou_over_mesh_equals_numpy_on_the_unpadded_images(np_rng, conv
                 pb = boundary_reference(p == c, 2).astype(bool) & counted
                 inter[c] += (gb & pb).sum()
                 union[c] += (gb | pb).sum()
-    result = evaluate.evaluate(eval_fn, evaluate.replicate_on(conv_vars, mesh), batches,
-                               num_classes=K, mesh=mesh)
+    result, _ = _run("mesh", conv_vars, batches, boundary_iou=True,
+                     boundary_dilation_ratio=ratio)
     assert union.min() > 0 and 0 < inter.sum() < union.sum()  # a non-trivial case
     np.testing.assert_allclose(result["boundary_iou_per_class"], inter / union)
     np.testing.assert_allclose(result["boundary_iou"], np.mean(inter / union))

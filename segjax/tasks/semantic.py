@@ -57,7 +57,8 @@ class SemanticTask(Task):
       loss_kwargs: keyword arguments of that loss (class_weights, gamma, thresh, ...).
       aux_weight: weight of the loss on "aux_logits" (0 disables it).
       scales, flip, window, stride: evaluation (see `segjax.evaluate.predict_probs`).
-      boundary_iou: also count Boundary IoU at evaluation.
+      boundary_iou: also count Boundary IoU at evaluation, with a boundary width of
+        `boundary_dilation_ratio` times the padded batch's diagonal (Cheng et al.: 2%).
       class_names, palette: for the pictures (default: the ids and VOC's colour map).
     """
 
@@ -70,6 +71,7 @@ class SemanticTask(Task):
                  loss_kwargs: Mapping[str, Any] | None = None, aux_weight: float = 0.4,
                  scales: Sequence[float] = (1.0,), flip: bool = False, window: int | None = None,
                  stride: int | None = None, boundary_iou: bool = True,
+                 boundary_dilation_ratio: float = 0.02,
                  class_names: Sequence[str] | None = None, palette: np.ndarray | None = None):
         if loss_kind not in losses.LOSSES:
             raise ValueError(f"unknown loss kind {loss_kind!r}; choose one of "
@@ -82,6 +84,7 @@ class SemanticTask(Task):
         self.scales, self.flip = tuple(scales), flip
         self.window, self.stride = window, stride
         self.boundary_iou = boundary_iou
+        self.boundary_dilation_ratio = boundary_dilation_ratio
         self.class_names = tuple(class_names or (str(k) for k in range(num_classes)))
         self.palette = palette
 
@@ -137,7 +140,8 @@ class SemanticTask(Task):
             outside = batch["label"] == self.ignore_label
             inter, union = metrics_lib.boundary_iou_counts(
                 jnp.where(outside, -1, pred), batch["label"], self.num_classes,
-                ignore_label=self.ignore_label, valid_mask=valid)
+                ignore_label=self.ignore_label, valid_mask=valid,
+                dilation_ratio=self.boundary_dilation_ratio)
             sums.update(boundary_intersection=inter, boundary_union=union)
         return sums, {"pred": pred}
 
