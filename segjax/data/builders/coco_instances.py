@@ -263,19 +263,19 @@ def decode_segmentation(ann: dict, hw: tuple[int, int], *, tolerance: float,
     return mask.astype(bool)
 
 
-def paint(annotations: list, hw: tuple[int, int], *, tolerance: float,
+def paint(anns: list, hw: tuple[int, int], *, tolerance: float,
           where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(class ids uint8 [H, W], instance ids uint16 [H, W]) of one image's annotations.
+    """(class ids uint8 [H, W], instance ids uint16 [H, W]) of one image's annotations `anns`.
 
     Crowd regions first (ignore label, instance 0), then the non-crowd annotations in order,
     numbered 1..n, each drawn over the earlier ones.
     """
     label = np.zeros(hw, np.uint8)
     instances = np.zeros(hw, np.uint16)
-    crowd = [a for a in annotations if a.get("iscrowd", 0)]
-    things = [a for a in annotations if not a.get("iscrowd", 0)]
+    crowd = [a for a in anns if a.get("iscrowd", 0)]
+    things = [a for a in anns if not a.get("iscrowd", 0)]
     if len(things) > np.iinfo(np.uint16).max:
-        raise ValueError(f"{where}: image id {annotations[0]['image_id']} has {len(things)} "
+        raise ValueError(f"{where}: image id {anns[0]['image_id']} has {len(things)} "
                          "instances, more than a uint16 instance map holds")
     for ann in crowd:
         label[decode_segmentation(ann, hw, tolerance=tolerance, where=where)] = IGNORE
@@ -326,9 +326,9 @@ class CocoInstances(LocalCodePath, tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, examples, where: str):
         tolerance = self.builder_config.polygon_tolerance
-        for entry, path, annotations in examples:
+        for entry, path, anns in examples:
             image, hw = read_image(path, entry)
-            label, instances = paint(annotations, hw, tolerance=tolerance, where=where)
+            label, instances = paint(anns, hw, tolerance=tolerance, where=where)
             yield int(entry["id"]), {
                 "image": image, "segmentation_mask": label[..., None],
                 "instance_mask": instances[..., None], "image_id": int(entry["id"]),
