@@ -12,6 +12,7 @@ from segjax.tasks.base import Accumulator, StepContext, Task
 
 TASKS = {
     "semantic": "segjax.tasks.semantic",
+    "quality": "segjax.tasks.quality",
     "instance": "segjax.tasks.instance",
 }
 

@@ -1,0 +1,125 @@
+"""The quality task: examples derived deterministically with their true Dice, the rank metrics
+against a hand computation, its loss on 4 host devices (pmap and mesh) equal to 1 device, and a
+2-step run of the generic trainer on synthetic_shapes/tiny."""
+
+import jax
+import numpy as np
+import pytest
+
+from segjax.data import degrade
+from segjax.models import create_model
+from segjax.tasks import build_task, quality
+from segjax.train import optim
+from segjax.train.state import create_train_state, init_variables
+from tests.integration.test_train_loop import data_dir, tiny_overrides  # noqa: F401 (fixture)
+from tests.train.test_device_invariance import assert_same_run, devices, one_device
+
+IGNORE = 255
+
+
+def _labels(rng, n=4, h=16, w=16):
+    labels = np.zeros((n, h, w), np.int32)
+    for i in range(n):
+        labels[i, 2:9, 3:11] = 1 + i % 3
+        labels[i, 10:14, 1:5] = 2
+    labels[0, :, -2:] = IGNORE
+    return labels
+
+
+def test_degraded_examples_are_deterministic_with_their_dice(np_rng):
+    labels = _labels(np_rng)
+    images = np_rng.standard_normal(labels.shape + (3,)).astype(np.float32)
+    probs = np.ones(len(degrade.BINS))
+    a = quality.degraded_examples(images, labels, seed=1, stream=0, position=3, probs=probs,
+                                  ignore_label=IGNORE)
+    b = quality.degraded_examples(images, labels, seed=1, stream=0, position=3, probs=probs,
+                                  ignore_label=IGNORE)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    c = quality.degraded_examples(images, labels, seed=1, stream=0, position=4, probs=probs,
+                                  ignore_label=IGNORE)
+    assert not np.array_equal(a["mask"], c["mask"])
+    for i in range(len(labels)):
+        cls = a["class_id"][i]
+        assert cls in (1, 2, 3) and np.any(labels[i] == cls)  # a present foreground class
+        np.testing.assert_array_equal(a["truth"][i], labels[i] == cls)
+        m, t, valid = a["mask"][i] > 0.5, a["truth"][i], labels[i] != IGNORE
+        assert not np.any(m & ~valid)
+        want = 2 * np.sum(m & t & valid) / (np.sum(m & valid) + np.sum(t & valid))
+        assert a["quality"][i] == pytest.approx(want, abs=1e-6)
+    # Row i of a batch starting at global offset 2 is row i + 2 of the whole batch.
+    d = quality.degraded_examples(images[2:], labels[2:], seed=1, stream=0, position=3,
+                                  probs=probs, ignore_label=IGNORE, offset=2)
+    np.testing.assert_array_equal(d["mask"], a["mask"][2:])
+
+
+def test_metrics_by_hand():
+    pred = np.array([0.1, 0.4, 0.35, 0.8, 0.9])
+    true = np.array([0.0, 0.5, 0.2, 0.7, 1.0])
+    got = quality.quality_metrics(pred, true)
+    rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # no ties
+    d = rank(pred) - rank(true)
+    assert got["spearman"] == pytest.approx(1 - 6 * np.sum(d ** 2) / (5 * (25 - 1)))
+    assert got["mae"] == pytest.approx(np.mean(np.abs(pred - true)))
+    assert got["num_examples"] == 5
+    assert quality.quality_metrics(np.full(3, 0.5), true[:3])["spearman"] == 0.0
+    acc = quality.QualityAccumulator()
+    acc.update({}, {"pred": pred[:3]}, {"valid": np.array([1, 1, 0], bool), "quality": true[:3]})
+    acc.update({}, {"pred": pred[3:]}, {"valid": np.array([1, 1], bool), "quality": true[3:]})
+    assert acc.result()["num_examples"] == 4
+
+
+@pytest.fixture(scope="module")
+def oracle_state():
+    model = create_model("oracle_gossip", num_classes=1, base_features=4, depth=2, hidden=8,
+                         dropout=0.5)
+    task = quality.QualityTask(ignore_label=IGNORE)
+    variables = init_variables(model, jax.random.key(0), (1, 12, 12, 3),
+                               inputs=task.init_inputs((1, 12, 12, 3)))
+    tx, _ = optim.create_optimizer(variables["params"], base_lr=0.3, num_steps=10, momentum=0.9)
+    state = create_train_state(model, None, (1, 12, 12, 3), tx, variables=variables)
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(2):
+        labels = _labels(rng, n=8, h=12, w=12)
+        images = rng.standard_normal(labels.shape + (3,)).astype(np.float32)
+        ex = quality.degraded_examples(images, labels, seed=0, stream=0, position=0,
+                                       probs=None, ignore_label=IGNORE)
+        batches.append({k: ex[k] for k in ("image", "mask", "quality")})
+    return task, state, batches
+
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_loss_on_four_devices_equals_one_device(oracle_state, mode):
+    """Dropout and BatchNorm inside, 2 SGD steps: loss, gradient norm, parameters and batch
+    statistics on 4 host devices equal 1 device."""
+    task, state, batches = oracle_state
+    ref = one_device(state, batches, task)
+    assert_same_run(devices(mode, state, batches, task), ref)
+
+
+def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
+    from segjax.train import loop
+    from segjax.train.metric_writers import read_metrics
+    from experiments.configs import oracle
+
+    config = oracle.get_config("demo")
+    config.lock()
+    overrides = tiny_overrides(data_dir, num_train_steps=2, eval_every_steps=2,
+                               checkpoint_every_steps=2, **{"model.hidden": 8,
+                               "quality.calibration_masks": 8, "dataset.min_scale": 0.75})
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    task = build_task(config, type("I", (), {"ignore_label": IGNORE})(), None)
+    assert isinstance(task, quality.QualityTask)
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    records = read_metrics(str(tmp_path / "run"))
+    train = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in train] == [1, 2] and all(np.isfinite(r["loss"]) for r in train)
+    assert evals[-1]["num_examples"] == 16 * 2  # 16 val images x 2 degradations
+    assert -1 <= result["spearman"] <= 1 and result["mae"] >= 0
