@@ -68,7 +68,8 @@ def test_preset_resolves_every_name(module, preset):
         assert kw["kind"] in losses.LOSSES
     else:
         importlib.import_module(TASKS[config.task]).build(config, info, None)
-    assert model_output(config.model.name) == {"instance": "instance"}.get(config.task, "semantic")
+    assert model_output(config.model.name) == {"instance": "instance", "quality": "quality"}.get(
+        config.task, "semantic")
     num_steps = config_utils.get_steps(config, "num_train", batch_size=config.batch_size,
                                        num_examples=100)
     for name in ("log_every", "eval_every", "checkpoint_every"):
