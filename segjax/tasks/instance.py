@@ -57,7 +57,7 @@ def instance_targets(label: np.ndarray, instance: np.ndarray, *, max_instances: 
                              "are never silently dropped)")
         out["classes"][i, :n] = classes
         out["masks"][i, :n] = masks
-        out["boxes"][i, :n] = [coco.mask_box(m) for m in masks]
+        out["boxes"][i, :n] = np.reshape([coco.mask_box(m) for m in masks], (n, 4))
         out["num_instances"][i] = n
     return out
 

@@ -42,6 +42,10 @@ def test_instance_targets_match_a_loop(np_rng):
             np.testing.assert_array_equal(t["masks"][i, slot], m)
             assert t["classes"][i, slot] == np.bincount(label[i][m]).argmax()
         assert np.all(t["classes"][i, len(ids):] == 0) and not t["masks"][i, len(ids):].any()
+    # An image without instances (eval fillers, crops that cut every instance away).
+    empty = instance_targets(np.zeros((1, 5, 6), np.int32), np.zeros((1, 5, 6), np.int32),
+                             max_instances=3, ignore_label=IGNORE)
+    assert empty["num_instances"][0] == 0 and not empty["boxes"].any()
     with pytest.raises(ValueError, match=r"example index 17 has \d+ instances.*max_instances=1"):
         instance_targets(label, instance, max_instances=1, ignore_label=IGNORE,
                          indices=[17, 18, 19])
