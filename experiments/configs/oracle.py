@@ -13,7 +13,7 @@ Presets:
   (point `dataset.name` at another registered dataset to train on it), 20k steps of batch 32.
   Not measured.
 * `demo`: a small gossip oracle (base_features 8, depth 4) on synthetic_shapes, 128x128, batch
-  16, 1500 steps: minutes on a CPU. Measured in docs/oracle.md (Spearman on held-out degraded
+  16, 600 steps: ~15 minutes on 2 shared CPU cores. Measured in docs/oracle.md (Spearman on held-out degraded
   masks).
 """
 
@@ -57,8 +57,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.model.base_features = 8
         c.batch_size = 16
         c.eval.batch_size = 16
-        c.num_train_steps = 1_500
+        c.num_train_steps = 600
         c.log_every_steps = 50
-        c.eval_every_steps = 500
-        c.checkpoint_every_steps = 500
+        c.eval_every_steps = 200
+        c.checkpoint_every_steps = 200
     return c
