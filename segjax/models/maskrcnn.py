@@ -243,13 +243,13 @@ class MaskRCNN(nn.Module):
         boxes, classes, masks, num = _check_targets(targets, images.shape)
         n, m = classes.shape
         gt_valid = (jnp.arange(m)[None, :] < num[:, None]) & (classes > 0)
+        keys = self._sampling_keys(n)
         features = self.features(images)
         rpn = self.rpn_outputs(features)
         objectness = jnp.concatenate(rpn[0], axis=1)
         deltas = jnp.concatenate(rpn[1], axis=1)
         padded = (features["p2"].shape[1] * 4, features["p2"].shape[2] * 4)
         anchors = jnp.asarray(np.concatenate(self.anchors(padded, features)))
-        keys = self._sampling_keys(n)
         rpn_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
         roi_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
 

@@ -1,0 +1,262 @@
+"""Mask R-CNN training mode (segjax.models.maskrcnn, train=True) vs torchvision, and its invariances.
+
+Parity: torchvision's `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=K,
+min_size=S, max_size=S)` in train mode, converted to segjax. Both sides sample anchors and
+proposals at random, so torchvision is fed segjax's samples: its RPN and ROI heads run their own
+matching, box encoding, mask projection and losses, but their `fg_bg_sampler` is replaced by one
+returning the anchors / proposals segjax sampled (checking on the way that torchvision's labels
+equal segjax's), and the ROI heads get segjax's train-mode proposals. Without pretrained weights
+torchvision builds its backbone with plain BatchNorm2d; those layers are put in eval mode so
+they use running statistics, as FrozenBatchNorm2d (and segjax) do.
+
+The invariances run on the small `maskrcnn_resnet18_fpn` (64 x 64 images, 4 per batch, three
+ground-truth slots with padding): gradients reach every head, the sampling key decides the
+sample, an extra padding slot changes nothing, and `jax.pmap` over 4 devices gives the same
+per-image sums and counts as one device. Every function is compiled once, at XLA backend
+optimisation level 0 (compile time dominates this file).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from segjax.models import create_model
+from segjax.models.detection.losses import normalize
+from segjax.models.maskrcnn import TRAIN_LOSSES, MaskRCNN
+from segjax.models.torchvision_import import convert
+
+K = 4
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+FAST = {"xla_backend_optimization_level": 0}
+
+
+def _instances(rng, n, m, size, counts):
+    """Padded targets: `counts[i]` ellipses per image with their boxes; padding slots zero."""
+    boxes = np.zeros((n, m, 4), np.float32)
+    classes = np.zeros((n, m), np.int32)
+    masks = np.zeros((n, m, size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    for i in range(n):
+        for j in range(counts[i]):
+            cx, cy = rng.uniform(0.25 * size, 0.75 * size, 2)
+            rx, ry = rng.uniform(0.08 * size, 0.3 * size, 2)
+            mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
+            ys, xs = np.nonzero(mask)
+            masks[i, j] = mask
+            boxes[i, j] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            classes[i, j] = rng.integers(1, K)
+    return {"boxes": boxes, "classes": classes, "masks": masks, "num_instances": np.asarray(counts, np.int32)}
+
+
+def _compile(fn, *args):
+    return jax.jit(fn).lower(*args).compile(compiler_options=FAST)
+
+
+# -- parity with torchvision -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def parity():
+    s, n = 96, 2
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=K, min_size=s, max_size=s)
+    with torch.no_grad():
+        for mod in tv.backbone.body.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.uniform_(0.3, 0.8)
+                mod.bias.normal_(0.0, 0.1)
+                mod.running_mean.normal_(0.0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+    tv.train()
+    for mod in tv.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()  # running statistics: torchvision's FrozenBatchNorm2d, segjax's frozen BN
+    images01 = rng.uniform(size=(n, s, s, 3)).astype(np.float32)
+    targets = _instances(rng, n, 4, s, [3, 2])
+
+    variables = convert("maskrcnn_resnet50_fpn", tv.state_dict())
+    model = create_model("maskrcnn_resnet50_fpn", num_classes=K)
+    images = (images01 - MEAN) / STD
+    fn = _compile(lambda v, im, t, k: model.apply(v, im, t, method=MaskRCNN.train_outputs, rngs={"dropout": k}),
+                  variables, images, targets, jax.random.key(3))
+    losses, samples = jax.tree.map(np.asarray, fn(variables, images, targets, jax.random.key(3)))
+    means = {k: float(v) for k, v in normalize(losses).items()}
+
+    seen = {}
+    p = samples["proposals"].shape[1]
+    n_valid = samples["proposal_valid"].sum(1)
+
+    def rpn_sampler(labels):
+        seen["anchor_labels"] = [lab.numpy() for lab in labels]
+        return ([torch.tensor(samples["anchor_positive"][i]) for i in range(n)],
+                [torch.tensor(samples["anchor_negative"][i]) for i in range(n)])
+
+    def roi_sampler(labels):
+        seen["roi_labels"] = [lab.numpy() for lab in labels]
+        out = []
+        for key in ("roi_positive", "roi_negative"):
+            out.append([torch.tensor(np.concatenate([samples[key][i, :n_valid[i]],
+                                                     samples[key][i, p:p + targets["num_instances"][i]]]))
+                        for i in range(n)])
+        return tuple(out)
+
+    tv.rpn.fg_bg_sampler = rpn_sampler
+    tv.roi_heads.fg_bg_sampler = roi_sampler
+    ttargets = [{"boxes": torch.tensor(targets["boxes"][i, :c]),
+                 "labels": torch.tensor(targets["classes"][i, :c], dtype=torch.int64),
+                 "masks": torch.tensor(targets["masks"][i, :c])}
+                for i, c in enumerate(targets["num_instances"])]
+    timages = [torch.tensor(im).permute(2, 0, 1) for im in images01]
+    with torch.no_grad():
+        ilist, ttargets = tv.transform(timages, ttargets)
+        assert tuple(ilist.tensors.shape[-2:]) == (s, s) and ilist.image_sizes == [(s, s)] * n  # no resizing
+        feats = tv.backbone(ilist.tensors)
+        _, tv_losses = tv.rpn(ilist, feats, ttargets)
+        proposals = [torch.tensor(samples["proposals"][i, :n_valid[i]]) for i in range(n)]
+        _, roi_losses = tv.roi_heads(feats, proposals, ilist.image_sizes, ttargets)
+    tv_losses.update(roi_losses)
+    return dict(means=means, losses=losses, samples=samples, seen=seen, n_valid=n_valid, p=p, targets=targets,
+                tv={k: float(v) for k, v in tv_losses.items()})
+
+
+def test_losses_equal_torchvision_given_the_same_samples(parity):
+    means, tv = parity["means"], parity["tv"]
+    assert set(means) == set(tv) == set(TRAIN_LOSSES)
+    for name in TRAIN_LOSSES:
+        assert means[name] > 0
+        np.testing.assert_allclose(means[name], tv[name], rtol=1e-4, err_msg=name)
+
+
+def test_matching_and_sampling_as_torchvision(parity):
+    smp, seen, p, n_valid = parity["samples"], parity["seen"], parity["p"], parity["n_valid"]
+    num = parity["targets"]["num_instances"]
+    for i in range(len(num)):
+        # torchvision's anchor and proposal labels (its Matcher on the same boxes) equal segjax's.
+        np.testing.assert_array_equal(seen["anchor_labels"][i], smp["anchor_labels"][i])
+        ours = np.concatenate([smp["roi_labels"][i, :n_valid[i]], smp["roi_labels"][i, p:p + num[i]]])
+        np.testing.assert_array_equal(seen["roi_labels"][i], ours)
+        assert not smp["proposal_valid"][i, n_valid[i]:].any()  # valid proposals come first
+        # Balanced samples: 256 anchors at most half positive; 512 proposals at most a quarter.
+        pos, neg = smp["anchor_positive"][i], smp["anchor_negative"][i]
+        assert pos.sum() > 0 and pos.sum() <= 128 and pos.sum() + neg.sum() == 256
+        assert (smp["anchor_labels"][i][pos] == 1).all() and (smp["anchor_labels"][i][neg] == 0).all()
+        rpos, rneg = smp["roi_positive"][i], smp["roi_negative"][i]
+        assert 0 < rpos.sum() <= 128 and rpos.sum() + rneg.sum() <= 512
+        assert rpos[p:p + num[i]].all()  # every ground-truth box is a positive candidate (IoU 1)
+        assert not (rpos | rneg)[p + num[i]:].any() and not (rpos | rneg)[n_valid[i]:p].any()
+        assert smp["roi_sampled"][i].sum() == rpos.sum() + rneg.sum()
+    assert n_valid.max() > 512  # the proposals outnumber the 512 slots: ROI sampling is exercised
+
+
+# -- invariances on the small model -------------------------------------------------------------
+
+S, N, M = 64, 4, 3
+
+
+def _total(losses):
+    return sum(normalize(losses).values())
+
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(1)
+    # Smaller train-mode settings than torchvision's (2000 proposals, 512 ROIs), so that the ROI
+    # sample is a strict subset of the candidates at 64 x 64 and the file stays fast.
+    model = create_model("maskrcnn_resnet18_fpn", num_classes=K, rpn_pre_nms_top_n_train=200,
+                         rpn_post_nms_top_n_train=200, box_batch_size_per_image=32)
+    images = rng.normal(size=(N, S, S, 3)).astype(np.float32)
+    variables = _compile(model.init, jax.random.key(0), images)(jax.random.key(0), images)  # eager init: 30 s
+    targets = _instances(rng, N, M, S, [2, 1, 3, 0])
+
+    def loss_and_grad(v, im, t, key):
+        def f(params):
+            out, _ = model.apply({**v, "params": params}, im, train=True, targets=t, rngs={"dropout": key},
+                                 mutable=["batch_stats"])
+            return _total(out), out
+
+        (_, out), grads = jax.value_and_grad(f, has_aux=True)(v["params"])
+        return out, grads
+
+    fn = _compile(loss_and_grad, variables, images, targets, jax.random.key(1))
+    run = lambda key: jax.tree.map(np.asarray, fn(variables, images, targets, key))  # noqa: E731
+    return dict(model=model, images=images, variables=variables, targets=targets, run=run,
+                ref=run(jax.random.key(1)))
+
+
+def test_gradients_reach_every_head(small):
+    out, grads = small["ref"]
+    assert set(out) == set(TRAIN_LOSSES)
+    for name in TRAIN_LOSSES:
+        s, c = out[name]
+        assert s.shape == c.shape == (N,) and c.dtype == np.int32 and np.isfinite(s).all()
+    assert out["loss_mask"][1][3] == 0 and out["loss_mask"][1][:3].min() > 0  # image 3 has no instance
+    for part in ("backbone", "fpn", "rpn_head", "box_head", "box_predictor", "mask_head", "mask_predictor"):
+        leaves = jax.tree.leaves(grads[part])
+        assert all(np.isfinite(g).all() for g in leaves), part
+        assert max(np.abs(g).max() for g in leaves) > 0, part
+
+
+def test_same_key_same_losses_other_key_other_losses(small):
+    a = small["ref"][0]
+    b = small["run"](jax.random.key(1))[0]
+    c = small["run"](jax.random.key(2))[0]
+    for name in TRAIN_LOSSES:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+        np.testing.assert_array_equal(a[name][1], b[name][1])
+    assert not np.array_equal(a["loss_objectness"][0], c["loss_objectness"][0])
+    assert not np.array_equal(a["loss_classifier"][0], c["loss_classifier"][0])  # ROI sample too
+
+
+def test_padding_slots_change_nothing(small):
+    model, v, t = small["model"], small["variables"], small["targets"]
+    ref = small["ref"][0]
+    # One more slot, filled with junk that only padding may hold (class 0, beyond num_instances).
+    padded = {k: np.concatenate([x, np.ones_like(x[:, :1])], axis=1) if x.ndim > 1 else x for k, x in t.items()}
+    padded["classes"][:, -1] = 0
+    padded["boxes"][:, -1] = [5.0, 5.0, 40.0, 40.0]
+    fn = _compile(lambda v, im, t, k: model.apply(v, im, train=True, targets=t, rngs={"dropout": k}),
+                  v, small["images"], padded, jax.random.key(1))
+    got = jax.tree.map(np.asarray, fn(v, small["images"], padded, jax.random.key(1)))
+    for name in TRAIN_LOSSES:
+        np.testing.assert_array_equal(got[name][1], ref[name][1], err_msg=name)
+        np.testing.assert_allclose(got[name][0], ref[name][0], rtol=1e-5, err_msg=name)
+
+
+def test_pmap_equals_one_device(small):
+    devices = jax.devices()[:4]
+    assert len(devices) == 4
+    model = small["model"].clone(axis_name="batch")
+    ref = small["ref"][0]
+
+    def step(v, im, t, key):
+        out = model.apply(v, im, train=True, targets=t, rngs={"dropout": key})
+        return out, normalize(out, axis_name="batch")
+
+    split = lambda x: x.reshape(4, -1, *x.shape[1:])  # noqa: E731
+    pm = jax.pmap(step, axis_name="batch", in_axes=(None, 0, 0, None), devices=devices)
+    out, means = pm(small["variables"], split(small["images"]), jax.tree.map(split, small["targets"]),
+                    jax.random.key(1))
+    ref_means = normalize(ref)
+    for name in TRAIN_LOSSES:
+        s, c = (np.asarray(x).reshape(N) for x in out[name])
+        np.testing.assert_array_equal(c, ref[name][1], err_msg=name)
+        np.testing.assert_allclose(s, ref[name][0], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(np.asarray(means[name]), float(ref_means[name]), rtol=1e-5, err_msg=name)
+
+
+def test_train_mode_errors(small):
+    model, v, im = small["model"], small["variables"], small["images"]
+    with pytest.raises(ValueError, match="needs targets"):
+        model.apply(v, im, train=True)
+    with pytest.raises(ValueError, match="'dropout' rng"):
+        model.apply(v, im, train=True, targets=small["targets"])
+    bad = dict(small["targets"], masks=np.zeros((N, M, S // 2, S // 2), np.uint8))
+    with pytest.raises(ValueError, match=r"targets\['masks'\]"):
+        model.apply(v, im, train=True, targets=bad, rngs={"dropout": jax.random.key(0)})
