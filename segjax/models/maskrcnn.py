@@ -24,8 +24,55 @@ The ROI poolers use the exact level scales 1/4 ... 1/32 of the padded maps. torc
 them from the *unpadded* image height (`2 ** round(log2(map height / image height))`), which is the
 same unless padding grows the height by more than sqrt(2) (images under ~80 pixels).
 
-The thresholds are overrides with torchvision's names and defaults. Training (`train=True`:
-anchor/ROI matching, sampling, losses) is not implemented yet.
+The thresholds are overrides with torchvision's names and defaults.
+
+Training: `model.apply(variables, images, train=True, targets=targets, rngs={"dropout": key},
+mutable=["batch_stats"])` (the `mutable` is accepted and returns `batch_stats` unchanged) with
+
+  targets = {"boxes": [N, M, 4] float (x1, y1, x2, y2, input pixels), "classes": [N, M] int
+             (1..K-1; 0 marks a padding slot), "masks": [N, M, H, W] binary full-image masks (any
+             real/bool/uint8 dtype, H, W of `images`), "num_instances": [N] int}
+
+(M static; slot j of image i is ground truth iff `j < num_instances[i]` and `classes[i, j] > 0`;
+boxes must have positive width and height, as torchvision requires). It returns
+`{name: (sum float32 [N], count int32 [N])}` per image for the five `TRAIN_LOSSES`:
+
+  loss_objectness   sum: BCE-with-logits of the sampled anchors' objectness vs 1 / 0;
+                    count: sampled anchors (256 per image unless fewer are labelled).
+  loss_rpn_box_reg  sum: smooth-L1 (beta 1/9), summed over the 4 coordinates, of the positive
+                    sampled anchors' deltas vs `encode_boxes(matched gt, anchor)` (weights 1);
+                    count: sampled anchors (positives and negatives, as torchvision divides).
+  loss_classifier   sum: cross-entropy of the sampled ROIs' class logits vs their labels
+                    (0 = background); count: sampled ROIs (512 per image unless fewer exist).
+  loss_box_reg      sum: smooth-L1 (beta 1/9), summed over 4 coordinates, of the positive
+                    sampled ROIs' deltas *of their label's class* vs the box-coder targets
+                    (weights 10, 10, 5, 5); count: sampled ROIs.
+  loss_mask         sum: BCE-with-logits of the positive ROIs' 28 x 28 logits of their label's
+                    class vs the matched gt mask ROI-Aligned on the ROI (`mask_targets`), over
+                    ROIs and pixels; count: positive ROIs x 28 x 28.
+
+Summing every sum and every count over the images (and devices: `lax.psum`) and dividing gives
+exactly torchvision's batch losses (`segjax.models.detection.losses.normalize(losses,
+axis_name)` does it, returning 0 for a zero count as torchvision's empty mask loss); so a
+data-parallel caller gets the single-device loss on any device count. The total loss is the sum
+of the five means (torchvision's `sum(loss_dict.values())`).
+
+What happens (torchvision's GeneralizedRCNN in train mode, static shapes): anchors matched to
+the ground truth at 0.7 / 0.3 with low-quality matches, 256 sampled per image at most half
+positive (`rpn_batch_size_per_image`, `rpn_positive_fraction`); proposals from the RPN outputs
+with `stop_gradient` (torchvision detaches them) and `rpn_pre/post_nms_top_n_train` = 2000 /
+2000; the ground-truth boxes appended as candidates; candidates matched at
+`box_fg_iou_thresh` / `box_bg_iou_thresh` = 0.5 / 0.5 and 512 sampled at most a quarter
+positive (`box_batch_size_per_image`, `box_positive_fraction`) into fixed slots (positives first)
+fed to the box head; the first `int(512 * 0.25)` slots (every positive) to the mask head. The
+backbone's BatchNorm uses its running statistics (frozen, as torchvision's FrozenBatchNorm2d; its
+scale and offset are still parameters: freeze them in the optimizer, see `frozen_parameters`).
+
+Randomness: image i's anchor and ROI samples come from `fold_in(make_rng("dropout"), g)` with g
+its global batch position (`axis_index(axis_name) * N + i` under pmap with `axis_name` set, else
+i), so 1 and N devices draw the same samples for the same key; the ROI noise of ground-truth slot
+j is drawn from its own key, so padding slots change no sample. `train_outputs` returns the
+losses together with the samples (tests compare them with torchvision's).
 """
 
 from __future__ import annotations
@@ -351,6 +398,36 @@ class MaskRCNN(nn.Module):
         }
 
 
+BACKBONE_STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # torchvision's unfreezing order
+
+
+def frozen_parameters(params, trainable_backbone_layers: int = 3):
+    """Bool pytree shaped like `params`: True where torchvision's Mask R-CNN trains nothing.
+
+    With a pretrained backbone torchvision makes every backbone BatchNorm a FrozenBatchNorm2d
+    (scale and offset are constants, not parameters) and trains only the last
+    `trainable_backbone_layers` (0-5) of `layer4, layer3, layer2, layer1, conv1` (3 by default:
+    `conv1` and `layer1` stay fixed). segjax keeps those as parameters (the model uses the
+    running statistics either way); mask them in the optimizer, e.g.
+    `optax.multi_transform({False: tx, True: optax.set_to_zero()}, frozen_parameters(params))`.
+    """
+    from flax import traverse_util
+
+    if not 0 <= trainable_backbone_layers <= len(BACKBONE_STAGES):
+        raise ValueError(f"trainable_backbone_layers must be in 0..5, got {trainable_backbone_layers}")
+    trained = BACKBONE_STAGES[:trainable_backbone_layers]
+    flat = traverse_util.flatten_dict(params)
+    out = {}
+    for path in flat:
+        if path[0] != "backbone":
+            out[path] = False
+            continue
+        stage = path[1] if path[1].startswith("layer") else "conv1"  # conv1 / bn1: the stem
+        is_bn = any(p.startswith("bn") for p in path[1:-1]) or "downsample" in path and path[-2] == "1"
+        out[path] = is_bn or stage not in trained
+    return traverse_util.unflatten_dict(out)
+
+
 def _check_targets(targets, image_shape):
     """(boxes float32 [N, M, 4], classes int32 [N, M], masks [N, M, H, W], num_instances int32 [N])."""
     if not isinstance(targets, dict) or any(k not in targets for k in TARGET_KEYS):
@@ -407,5 +484,5 @@ maskrcnn_resnet101_fpn = register("maskrcnn_resnet101_fpn", output="instance")(_
 # A CPU-sized variant: ResNet-18 at half width, narrow FPN and heads.
 maskrcnn_resnet18_fpn = register("maskrcnn_resnet18_fpn", output="instance")(_factory(18, 32, 64, 256, 64))
 
-__all__ = ["BOXES", "CLASSES", "MASK_PROBS", "MaskRCNN", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS", "TRAIN_LOSSES",
+__all__ = ["BACKBONE_STAGES", "BOXES", "frozen_parameters", "CLASSES", "MASK_PROBS", "MaskRCNN", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS", "TRAIN_LOSSES",
            "maskrcnn_resnet101_fpn", "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"]

@@ -240,9 +240,9 @@ def test_pmap_equals_one_device(small):
         return out, normalize(out, axis_name="batch")
 
     split = lambda x: x.reshape(4, -1, *x.shape[1:])  # noqa: E731
+    args = (small["variables"], split(small["images"]), jax.tree.map(split, small["targets"]), jax.random.key(1))
     pm = jax.pmap(step, axis_name="batch", in_axes=(None, 0, 0, None), devices=devices)
-    out, means = pm(small["variables"], split(small["images"]), jax.tree.map(split, small["targets"]),
-                    jax.random.key(1))
+    out, means = pm.lower(*args).compile(compiler_options=FAST)(*args)
     ref_means = normalize(ref)
     for name in TRAIN_LOSSES:
         s, c = (np.asarray(x).reshape(N) for x in out[name])
@@ -260,3 +260,23 @@ def test_train_mode_errors(small):
     bad = dict(small["targets"], masks=np.zeros((N, M, S // 2, S // 2), np.uint8))
     with pytest.raises(ValueError, match=r"targets\['masks'\]"):
         model.apply(v, im, train=True, targets=bad, rngs={"dropout": jax.random.key(0)})
+
+
+@pytest.mark.parametrize("layers", [3, 5])
+def test_frozen_parameters_as_torchvision(layers):
+    from flax.traverse_util import flatten_dict
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from segjax.models.maskrcnn import frozen_parameters
+
+    # torchvision's pretrained-backbone set-up: FrozenBatchNorm2d (no parameters) and requires_grad
+    # only in the last `layers` stages.
+    body = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d), layers).body
+    trained_tv = {name for name, p in body.named_parameters() if p.requires_grad}
+    model = create_model("maskrcnn_resnet50_fpn", num_classes=K)
+    params = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))["params"]
+    flat = flatten_dict(frozen_parameters(params, layers))
+    trained = {".".join(k[1:-1]) + ".weight" for k, frozen in flat.items() if k[0] == "backbone" and not frozen}
+    assert trained == trained_tv
+    assert not any(frozen for k, frozen in flat.items() if k[0] != "backbone")  # FPN and heads all train
