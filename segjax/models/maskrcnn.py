@@ -484,5 +484,6 @@ maskrcnn_resnet101_fpn = register("maskrcnn_resnet101_fpn", output="instance")(_
 # A CPU-sized variant: ResNet-18 at half width, narrow FPN and heads.
 maskrcnn_resnet18_fpn = register("maskrcnn_resnet18_fpn", output="instance")(_factory(18, 32, 64, 256, 64))
 
-__all__ = ["BACKBONE_STAGES", "BOXES", "frozen_parameters", "CLASSES", "MASK_PROBS", "MaskRCNN", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS", "TRAIN_LOSSES",
-           "maskrcnn_resnet101_fpn", "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"]
+__all__ = ["BACKBONE_STAGES", "BOXES", "CLASSES", "MASK_PROBS", "MaskRCNN", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS",
+           "TRAIN_LOSSES", "frozen_parameters", "maskrcnn_resnet101_fpn", "maskrcnn_resnet18_fpn",
+           "maskrcnn_resnet50_fpn"]
