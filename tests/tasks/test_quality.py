@@ -2,6 +2,8 @@
 against a hand computation, its loss on 4 host devices (pmap and mesh) equal to 1 device, and a
 2-step run of the generic trainer on synthetic_shapes/tiny."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -123,3 +125,23 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     assert [r["step"] for r in train] == [1, 2] and all(np.isfinite(r["loss"]) for r in train)
     assert evals[-1]["num_examples"] == 16 * 2  # 16 val images x 2 degradations
     assert -1 <= result["spearman"] <= 1 and result["mae"] >= 0
+    # The refinement command on that run: report.json as DESIGN section 3 says.
+    import json
+
+    from absl import flags
+
+    from experiments import oracle_refine
+
+    out = tmp_path / "refine"
+    flags.FLAGS(["oracle_refine", f"--oracle={tmp_path / 'run'}", f"--workdir={out}",
+                 "--num_images=4", "--steps=2", "--batch=4", "--num_overlays=1"])
+    try:
+        oracle_refine.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
+    report = json.load(open(out / "report.json"))
+    entry = report["zeros"]
+    assert {"dice_before", "dice_after", "steps", "spearman"} <= set(entry)
+    assert 0 <= entry["steps"] <= 2 and entry["dice_before"] == 0.0  # empty vs present class
+    assert os.path.exists(out / "report.md") and os.path.exists(out / "dice_vs_step.png")
+    assert len(os.listdir(out / "overlays")) == 1
