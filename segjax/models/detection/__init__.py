@@ -5,4 +5,5 @@
 * `poolers` — multi-scale ROI Align with the FPN level mapper.
 * `roi_heads` — box head, predictor, detection post-processing, mask head.
 * `targets` — training targets: Matcher, anchor / proposal / mask targets, balanced sampling.
+* `losses` — the training losses as per-image (sum, count) pairs and their global normalisation.
 """
