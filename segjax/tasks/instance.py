@@ -151,7 +151,7 @@ class InstanceTask(Task):
             value = outputs[name]
             if not (isinstance(value, tuple) and len(value) == 2):
                 continue
-            term_sum, term_count = value
+            term_sum, term_count = jnp.sum(value[0]), jnp.sum(value[1])  # per image or total
             scale = global_images / jnp.maximum(ctx.global_sum(term_count), 1e-12)
             total = total + term_sum * jax.lax.stop_gradient(scale)
         return total, images
