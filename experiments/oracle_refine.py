@@ -40,6 +40,8 @@ flags.DEFINE_enum("update", "paper", ["paper", "plain"], "Ascent update (segjax.
 flags.DEFINE_integer("batch", 16, "Images per ascent batch.")
 flags.DEFINE_integer("seed", 0, "Target classes and the held-out degraded masks.")
 flags.DEFINE_integer("num_overlays", 4, "Test images drawn per starting point.")
+flags.DEFINE_integer("heldout_copies", 2, "Degradations per eval image for the oracle's "
+                     "held-out Spearman (drawn with --seed + 1000, never seen in training).")
 flags.mark_flags_as_required(["oracle", "workdir"])
 
 
@@ -80,21 +82,19 @@ def _oracle_quality(model, variables, image, mask):
     return model.apply(variables, image, mask, train=False)["quality"]
 
 
-def heldout_spearman(model, variables, task_cls, config, data, *, seed: int, max_batches: int):
-    """The oracle's metrics on degraded eval masks drawn with a seed it never saw."""
+def heldout_spearman(model, variables, task_cls, config, data, *, seed: int, copies: int):
+    """The oracle's metrics on `copies` degraded masks of every eval image, drawn with a seed
+    it never saw (training evaluated, and picked its checkpoint, on the run's seed)."""
     import jax
     import numpy as np
 
     from segjax.tasks import quality
 
     task = task_cls(ignore_label=data.info.ignore_label, seed=seed,
-                    calibration_masks=int(config.quality.calibration_masks), eval_copies=1)
+                    calibration_masks=int(config.quality.calibration_masks), eval_copies=copies)
     apply = jax.jit(functools.partial(_oracle_quality, model))
     acc = quality.QualityAccumulator()
-    for k, batch in enumerate(task.eval_batches(data, batch_size=FLAGS.batch,
-                                                pad_to=config.eval.pad_to)):
-        if k >= max_batches:
-            break
+    for batch in task.eval_batches(data, batch_size=FLAGS.batch, pad_to=config.eval.pad_to):
         pred = np.asarray(apply(variables, batch["image"], batch["mask"]))
         acc.update({}, {"pred": pred}, batch)
     return acc.result()
@@ -127,7 +127,7 @@ def main(argv):
     config, info, model, variables, _ = load_oracle(FLAGS.oracle, FLAGS.checkpoint)
     data = pipeline.from_config(config.dataset)
     held = heldout_spearman(model, variables, quality.QualityTask, config, data,
-                            seed=FLAGS.seed + 1000, max_batches=max(1, FLAGS.num_images // FLAGS.batch))
+                            seed=FLAGS.seed + 1000, copies=FLAGS.heldout_copies)
     print(f"oracle on held-out degraded masks: spearman {held['spearman']:.4f} mae "
           f"{held['mae']:.4f} ({held['num_examples']} masks)", flush=True)
 
