@@ -126,19 +126,20 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     assert evals[-1]["num_examples"] == 16 * 2  # 16 val images x 2 degradations
     assert -1 <= result["spearman"] <= 1 and result["mae"] >= 0
     # The refinement command on that run: report.json as DESIGN section 3 says.
+    # In its own process: absl flags are process-global, and other experiments modules imported
+    # by the test session (predict) define --workdir too.
     import json
+    import subprocess
+    import sys
 
-    from absl import flags
-
-    from experiments import oracle_refine
-
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = tmp_path / "refine"
-    flags.FLAGS(["oracle_refine", f"--oracle={tmp_path / 'run'}", f"--workdir={out}",
-                 "--num_images=4", "--steps=2", "--batch=4", "--num_overlays=1"])
-    try:
-        oracle_refine.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.oracle_refine", f"--oracle={tmp_path / 'run'}",
+         f"--workdir={out}", "--num_images=4", "--steps=2", "--batch=4", "--num_overlays=1"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.load(open(out / "report.json"))
     entry = report["zeros"]
     assert {"dice_before", "dice_after", "steps", "spearman"} <= set(entry)
