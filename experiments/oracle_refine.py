@@ -46,36 +46,16 @@ flags.mark_flags_as_required(["oracle", "workdir"])
 
 
 def load_oracle(workdir: str, checkpoint: str = "best"):
-    """(config, info, model, variables, task) of an oracle run.
-
-    `segjax.train.build.load_for_inference` initialises the abstract state from images alone,
-    which an oracle (image and mask) cannot take, so this builds it with the task's
-    `init_inputs` (`build.abstract_state(..., task)`) and restores like it."""
-    from segjax.tasks import build_task, best_metric
+    """(config, info, model, variables, task) of an oracle run: `build.load_for_inference` with
+    the task, whose `init_inputs` (image and mask) shape the restore template."""
+    from segjax.tasks import build_task
     from segjax.train import build
-    from segjax.train.checkpoint import Checkpointer
-    from segjax.train.workdir import CHECKPOINT_DIR, load_config
+    from segjax.train.workdir import load_config
 
     config = load_config(workdir)
-    info = build.dataset_info(config)
-    model = build.build_model(config, info.num_classes)
-    task = build_task(config, info, config.dataset.data_dir or None)
-    abstract, _ = build.abstract_state(config, model, 1, task)
-    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True,
-                        best_metric=best_metric(config.task))
-    try:
-        if checkpoint == "latest":
-            state, _ = ckpt.restore_latest(abstract, quarantine=False)
-        else:
-            step = ckpt.best_step() if checkpoint == "best" else int(checkpoint)
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint with eval metrics under {ckpt.directory}")
-            state = ckpt.restore(step, abstract)
-    finally:
-        ckpt.close()
-    if state is None:
-        raise FileNotFoundError(f"no restorable checkpoint under {workdir}")
-    return config, info, model, {"params": state.params, "batch_stats": state.batch_stats}, task
+    task = build_task(config, build.dataset_info(config), config.dataset.data_dir or None)
+    config, info, model, variables = build.load_for_inference(workdir, checkpoint, task=task)
+    return config, info, model, variables, task
 
 
 def _oracle_quality(model, variables, image, mask):

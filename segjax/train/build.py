@@ -93,13 +93,15 @@ def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int,
     return state, schedule
 
 
-def load_for_inference(workdir: str, checkpoint: str = "latest"):
+def load_for_inference(workdir: str, checkpoint: str = "latest", *, task=None):
     """(config, dataset info, model, variables) of a trained run, for prediction.
 
     Args:
       workdir: a work directory of `segjax.train.loop.train_and_evaluate`.
       checkpoint: "latest" (newest step that restores), "best" (highest value of the task's
         best metric) or a step.
+      task: the run's `Task`, for models whose inputs are not images alone (its `init_inputs`
+        shape the restore template); None: images.
 
     Nothing in the work dir is modified.
     """
@@ -108,7 +110,7 @@ def load_for_inference(workdir: str, checkpoint: str = "latest"):
     config = load_config(workdir)
     info = dataset_info(config)
     model = build_model(config, info.num_classes)
-    abstract, _ = abstract_state(config, model, 1)
+    abstract, _ = abstract_state(config, model, 1, task)
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True,
                         best_metric=best_metric(config.get("task", "semantic")))
     try:
