@@ -9,9 +9,10 @@ Presets (`--config=experiments/configs/maskrcnn.py:PRESET`); `config.task = "ins
   a manual directory). Published: torchvision 37.9 box AP / 34.6 mask AP, Detectron2 38.6 / 35.2
   (COCO val2017). Deviations: images are randomly rescaled by 1.0-1.67 and cropped to 800x800
   (segjax's pipelines scale relative to the image; COCO's ~640x480 images then have their shorter
-  side between about 480 and 800, where the recipe resizes it to exactly 800), and the backbone's
-  BatchNorm is frozen (running statistics) but its scale/offset are trained. Needs accelerators;
-  not measured here.
+  side between about 480 and 800, where the recipe resizes it to exactly 800). As torchvision with
+  a pretrained backbone (`model.trainable_backbone_layers=3`): the backbone's BatchNorm is frozen
+  (running statistics, fixed scale/offset), conv1 and layer1 are fixed and get no gradient.
+  Needs accelerators; not measured here.
 
       python -m experiments.train --workdir=/tmp/maskrcnn_coco \
         --config=experiments/configs/maskrcnn.py --config.init_from=/tmp/r50
@@ -39,6 +40,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c = base_config()
     c.task = "instance"
     c.model.name = "maskrcnn_resnet50_fpn"
+    c.model.trainable_backbone_layers = 3  # torchvision's default with a pretrained backbone
     c.dataset.name = "coco2017"
     c.dataset.train_split = "train"
     c.dataset.eval_split = "validation"
@@ -63,6 +65,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         use_synthetic_shapes(c, crop_size=128)
         c.dataset.max_instances = 8
         c.model.name = "maskrcnn_resnet18_fpn"
+        c.model.trainable_backbone_layers = None  # from scratch: everything trains
+        # A 2-core CPU budget: at most 8 objects per 128x128 image need neither torchvision's
+        # 2000 proposals nor 512 sampled ROIs (128 of them mask-head slots) per image.
+        c.model.rpn_pre_nms_top_n_train = c.model.rpn_post_nms_top_n_train = 1000
+        c.model.rpn_pre_nms_top_n_test = c.model.rpn_post_nms_top_n_test = 500
+        c.model.box_batch_size_per_image = 128
+        c.model.box_detections_per_img = 30
         c.batch_size = 8
         c.num_train_steps = 600
         c.log_every_steps = 25

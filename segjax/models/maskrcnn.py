@@ -136,6 +136,11 @@ class MaskRCNN(nn.Module):
       axis_name: the pmap axis the batch is split over, or None. Training folds each image's
         global position (`axis_index * N + i`) into its sampling key; BatchNorm is frozen.
       in_channels: channels of the input images.
+      trainable_backbone_layers: None (every parameter trains: training from scratch) or k in
+        0..5, torchvision's pretrained-backbone setting: only the last k of layer4, layer3,
+        layer2, layer1, conv1 train (3 in its recipe), no gradient flows below them, and the
+        backbone's BatchNorm scale/offset stay fixed (FrozenBatchNorm2d). The trainer keeps
+        `frozen_parameters(params)` out of the optimizer.
     """
 
     num_classes: int
@@ -168,6 +173,13 @@ class MaskRCNN(nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
     in_channels: int = 3
+    trainable_backbone_layers: int | None = None
+
+    def frozen_parameters(self, params):
+        """Bool pytree like `params` (True = never updated), or None when everything trains."""
+        if self.trainable_backbone_layers is None:
+            return None
+        return frozen_parameters(params, self.trainable_backbone_layers)
 
     def setup(self):
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
@@ -177,8 +189,12 @@ class MaskRCNN(nn.Module):
         counts = set(anchor_lib.num_anchors_per_location(self.anchor_sizes, self.aspect_ratios))
         if len(counts) != 1:
             raise ValueError(f"the shared RPN head needs the same number of anchors on every level, got {counts}")
+        k = self.trainable_backbone_layers
+        if k is not None and k not in range(len(BACKBONE_STAGES) + 1):
+            raise ValueError(f"trainable_backbone_layers must be None or in 0..5, got {k!r}")
         self.backbone = ResNet(depth=self.depth, width=self.backbone_width, dtype=self.dtype,
-                               in_channels=self.in_channels)
+                               in_channels=self.in_channels,
+                               frozen_stages=0 if k is None else len(BACKBONE_STAGES) - k)
         self.fpn = FPN(out_names=ROI_LEVELS, out_channels=self.fpn_channels, extra_name="p6", dtype=self.dtype)
         self.rpn_head = RPNHead(num_anchors=counts.pop(), dtype=self.dtype)
         self.box_head = TwoMLPHead(self.representation_size, dtype=self.dtype)
@@ -458,7 +474,8 @@ def _factory(depth: int, width: int, fpn_channels: int, representation_size: int
                 rpn_batch_size_per_image: int = 256, rpn_positive_fraction: float = 0.5,
                 box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
                 box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
-                dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3) -> MaskRCNN:
+                dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
+                trainable_backbone_layers: int | None = None) -> MaskRCNN:
         return MaskRCNN(
             num_classes=num_classes, depth=depth, backbone_width=backbone_width, fpn_channels=fpn_channels,
             representation_size=representation_size, mask_layers=(mask_channels,) * 4,
@@ -471,8 +488,8 @@ def _factory(depth: int, width: int, fpn_channels: int, representation_size: int
             rpn_batch_size_per_image=rpn_batch_size_per_image, rpn_positive_fraction=rpn_positive_fraction,
             box_fg_iou_thresh=box_fg_iou_thresh, box_bg_iou_thresh=box_bg_iou_thresh,
             box_batch_size_per_image=box_batch_size_per_image, box_positive_fraction=box_positive_fraction,
-            dtype=dtype,
-            axis_name=axis_name, in_channels=in_channels)
+            dtype=dtype, axis_name=axis_name, in_channels=in_channels,
+            trainable_backbone_layers=trainable_backbone_layers)
 
     factory.__doc__ = (f"Mask R-CNN, ResNet-{depth}-FPN (backbone width {width}, FPN {fpn_channels}, box head "
                        f"{representation_size}, mask head {mask_channels}); thresholds as torchvision.")

@@ -38,12 +38,19 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
 def optimizer_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """`create_optimizer` keyword arguments from `config.optimizer` (unsupported keys fail)."""
     kwargs = config.optimizer.to_dict()
-    accepted = inspect.signature(optim.create_optimizer).parameters
-    unknown = sorted(set(kwargs) - set(accepted))
+    accepted = set(inspect.signature(optim.create_optimizer).parameters) - {"params", "frozen"}
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ValueError(f"config.optimizer.{unknown[0]} is not an argument of "
                          "segjax.train.optim.create_optimizer")
     return kwargs
+
+
+def frozen_parameters(model, params):
+    """The parameters `model` keeps fixed (a bool pytree, e.g. Mask R-CNN's torchvision freezing:
+    `model.frozen_parameters(params)`), or None: models without that method train everything."""
+    method = getattr(model, "frozen_parameters", None)
+    return None if method is None else method(params)
 
 
 def _init_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
@@ -65,6 +72,7 @@ def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: in
     variables = jax.eval_shape(lambda: state_lib.init_variables(
         model, jax.random.key(config.seed), shape, inputs=_init_inputs(task, shape)))
     tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
+                                          frozen=frozen_parameters(model, variables["params"]),
                                           **optimizer_kwargs(config))
     abstract = jax.eval_shape(
         lambda v: state_lib.create_train_state(model, None, shape, tx, variables=v), variables)
@@ -88,6 +96,7 @@ def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int,
         variables = pretrained.merge_pretrained(
             variables, pretrained.load_pretrained(config.init_from), num_classes=model.num_classes)
     tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
+                                          frozen=frozen_parameters(model, variables["params"]),
                                           **optimizer_kwargs(config))
     state = state_lib.create_train_state(model, rng, shape, tx, variables=variables)
     return state, schedule

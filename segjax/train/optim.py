@@ -95,6 +95,7 @@ def create_optimizer(
     schedule: str = "poly",
     boundaries: tuple[int, ...] = (),
     decay_factor: float = 0.1,
+    frozen: Any = None,
 ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
     """The training optimiser and its (head) learning-rate schedule.
 
@@ -110,6 +111,9 @@ def create_optimizer(
       end_lr: floor of the poly decay (mmsegmentation's min_lr; 0 = decay to zero).
       schedule: "poly" (`poly_schedule`) or "step" (`step_schedule` with `boundaries` and
         `decay_factor`: the detection recipes).
+      frozen: None or a bool pytree like `params`: True leaves are never updated (no decay, no
+        momentum state), e.g. a model's `frozen_parameters(params)` (Mask R-CNN's torchvision
+        freezing). The trainer passes the model's; it is not a config key.
 
     Returns:
       (tx, schedule): `schedule(step)` is the head learning rate at optimiser step `step`.
@@ -137,7 +141,10 @@ def create_optimizer(
     if backbone_lr_mult != 1.0 and not freeze_backbone:
         parts.append(optax.masked(optax.scale(backbone_lr_mult), backbone_mask(params)))
     tx = optax.chain(*parts)
-    if freeze_backbone:
-        labels = jax.tree.map(lambda b: "frozen" if b else "train", backbone_mask(params))
+    fixed = backbone_mask(params) if freeze_backbone else None
+    if frozen is not None:
+        fixed = frozen if fixed is None else jax.tree.map(lambda a, b: bool(a) or bool(b), fixed, frozen)
+    if fixed is not None:
+        labels = jax.tree.map(lambda b: "frozen" if b else "train", fixed)
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     return tx, schedule

@@ -280,3 +280,30 @@ def test_frozen_parameters_as_torchvision(layers):
     trained = {".".join(k[1:-1]) + ".weight" for k, frozen in flat.items() if k[0] == "backbone" and not frozen}
     assert trained == trained_tv
     assert not any(frozen for k, frozen in flat.items() if k[0] != "backbone")  # FPN and heads all train
+
+
+def test_trainable_backbone_layers_reach_the_trainer():
+    """`trainable_backbone_layers=k` freezes the backbone's first 5 - k stages (no gradient) and
+    the trainer's optimizer gets `frozen_parameters(params, k)`; None (training from scratch)
+    freezes nothing. The COCO recipe uses torchvision's 3."""
+    from experiments.configs import maskrcnn as recipes
+    from flax.traverse_util import flatten_dict
+
+    from segjax.models.maskrcnn import frozen_parameters
+    from segjax.train import build
+
+    images = np.zeros((1, 64, 64, 3), np.float32)
+    for k, stages in ((3, 2), (5, 0), (0, 5)):
+        model = create_model("maskrcnn_resnet18_fpn", num_classes=K, trainable_backbone_layers=k)
+        params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+        got = flatten_dict(build.frozen_parameters(model, params))
+        assert got == flatten_dict(frozen_parameters(params, k))
+        bound = model.bind({"params": params})
+        assert bound.backbone.frozen_stages == stages
+    scratch = create_model("maskrcnn_resnet18_fpn", num_classes=K)
+    assert build.frozen_parameters(scratch, {}) is None
+    assert recipes.get_config().model.trainable_backbone_layers == 3
+    assert recipes.get_config("demo").model.trainable_backbone_layers is None
+    with pytest.raises(ValueError, match="trainable_backbone_layers"):
+        create_model("maskrcnn_resnet18_fpn", num_classes=K, trainable_backbone_layers=6).init(
+            jax.random.key(0), images)

@@ -174,6 +174,53 @@ def test_gradients_match_torch(resnet18_pair, np_rng, conv_path):
     assert rel_err(g_params["layer4"]["1"]["bn2"]["scale"], net.layer4[1].bn2.weight.grad.numpy()) <= 1e-4
 
 
+@pytest.mark.parametrize("frozen", [2, 4])
+def test_frozen_stages_as_torch_requires_grad(resnet18_pair, np_rng, frozen):
+    """frozen_stages=f: torch with requires_grad=False on the first f of (stem, layer1..4) gives
+    the same gradients for every other parameter and none for these (segjax: exact zeros), and
+    the features are unchanged. The loss reads every stage, frozen ones included (the FPN does)."""
+    net, variables = copy.deepcopy(resnet18_pair[0]), resnet18_pair[1]
+    x = np_rng.standard_normal((1, 40, 36, 3)).astype(np.float32)
+    shapes = jax.eval_shape(ResNet(depth=18).apply, variables, x)
+    weights = {k: np_rng.standard_normal(v.shape).astype(np.float32) for k, v in shapes.items()}
+
+    def loss(params, model):
+        out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x)
+        return sum(jnp.sum(out[k] * weights[k]) for k in NAMES)
+
+    grads = jax.grad(loss)(variables["params"], ResNet(depth=18, frozen_stages=frozen))
+    torch_stages = [("conv1", "bn1")] + [(f"layer{k}",) for k in range(1, 5)]
+    for names in torch_stages[:frozen]:
+        for name in names:
+            getattr(net, name).requires_grad_(False)
+    net.zero_grad()
+    y = {}
+    h = net.maxpool(net.relu(net.bn1(net.conv1(nchw(x)))))
+    y["stem"] = h
+    for k in range(1, 5):
+        h = getattr(net, f"layer{k}")(h)
+        y[f"layer{k}"] = h
+    sum((torch.from_numpy(weights[k].transpose(0, 3, 1, 2)) * y[k]).sum() for k in NAMES).backward()
+    frozen_names = {n for names in torch_stages[:frozen] for n in names}
+    for name, p in net.named_parameters():
+        top = name.split(".")[0]
+        if top == "fc":
+            continue
+        path = name.split(".")[:-1]
+        leaf = {"weight": "kernel" if p.ndim == 4 else "scale", "bias": "bias"}[name.split(".")[-1]]
+        g = grads
+        for part in path:
+            g = g[part]
+        g = np.asarray(g[leaf])
+        if top in frozen_names:
+            assert p.grad is None and not g.any(), name
+        else:
+            ref = p.grad.numpy().transpose(2, 3, 1, 0) if p.ndim == 4 else p.grad.numpy()
+            assert rel_err(g, ref) <= 1e-4, name
+    with pytest.raises(ValueError, match="frozen_stages"):
+        ResNet(depth=18, frozen_stages=6).apply(variables, x)
+
+
 def resnet_features_torch(net, x):
     y = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     return net.layer4(net.layer3(net.layer2(net.layer1(y))))

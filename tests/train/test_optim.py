@@ -115,6 +115,29 @@ def test_frozen_backbone_stays_fixed(np_rng):
         assert np.all(np.abs(leaf) > 0)
 
 
+def test_frozen_mask_keeps_exactly_those_leaves_fixed(np_rng):
+    """`frozen` (a model's frozen_parameters): True leaves get no update, no decay and no
+    momentum state; the rest are updated as without it; it combines with freeze_backbone."""
+    params = params_tree(np_rng)
+    grads = jax.tree.map(lambda x: np_rng.normal(size=x.shape).astype(np.float32), params)
+    frozen = jax.tree.map(lambda _: False, params)
+    frozen["backbone"]["bn"] = {"scale": True, "bias": True}
+    frozen["head"]["bias"] = True
+    kw = dict(base_lr=0.1, num_steps=10, weight_decay=0.1)
+    delta = one_update(optim.create_optimizer(params, frozen=frozen, **kw)[0], params, grads, steps=3)
+    plain = one_update(optim.create_optimizer(params, **kw)[0], params, grads, steps=3)
+    for (path, d), p, f in zip(jax.tree_util.tree_flatten_with_path(delta)[0],
+                               jax.tree.leaves(plain), jax.tree.leaves(frozen)):
+        if f:
+            assert np.all(d == 0), path
+        else:
+            np.testing.assert_array_equal(d, p, err_msg=str(path))
+    both = one_update(optim.create_optimizer(params, frozen=frozen, freeze_backbone=True, **kw)[0],
+                      params, grads, steps=3)
+    assert all(np.all(x == 0) for x in jax.tree.leaves(both["backbone"]) + [both["head"]["bias"]])
+    np.testing.assert_array_equal(both["head"]["kernel"], plain["head"]["kernel"])
+
+
 def test_backbone_options_need_a_backbone_key(np_rng):
     params = {"head": {"kernel": np.ones((2, 2), np.float32)}}
     with pytest.raises(ValueError, match="backbone"):

@@ -153,6 +153,10 @@ class ResNet(nn.Module):
       dtype: compute dtype; parameters are float32.
       axis_name: pmap axis for synchronised BatchNorm.
       in_channels: channels of the input images.
+      frozen_stages: how many leading stages of (stem, layer1, ..., layer4) get no gradient
+        (0-5; their outputs pass through `stop_gradient`, so backpropagation stops there and no
+        input gradient is computed below them, as torchvision's `requires_grad=False` layers).
+        Their parameters must also be kept out of the optimizer (`frozen_parameters`).
 
     `__call__(x [N, H, W, in_channels], train)` returns `{"stem", "layer1", ..., "layer4"}`
     feature maps `[N, ceil(H / s), ceil(W / s), C]` with `s, C` from `feature_strides` and
@@ -166,6 +170,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
     in_channels: int = 3
+    frozen_stages: int = 0
 
     def validate(self) -> None:
         """Raises ValueError naming an unsupported depth, output_stride, width or multi_grid."""
@@ -177,6 +182,8 @@ class ResNet(nn.Module):
             )
         if not isinstance(self.width, int) or self.width <= 0:
             raise ValueError(f"width must be a positive int, got {self.width!r}")
+        if self.frozen_stages not in range(6):
+            raise ValueError(f"frozen_stages must be in 0..5 (stem, layer1..layer4), got {self.frozen_stages!r}")
         if self.multi_grid is not None:
             n4 = _DEPTHS[self.depth][1][3]
             mg = tuple(self.multi_grid)
@@ -229,6 +236,8 @@ class ResNet(nn.Module):
         x = BatchNorm(not train, self.axis_name, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
         x = max_pool(x, 3, 2, 1)
+        if self.frozen_stages >= 1:
+            x = jax.lax.stop_gradient(x)
         features = {"stem": x}
         dilate = (False, False) + _DILATE[self.output_stride]
         in_ch = self.width
@@ -245,6 +254,8 @@ class ResNet(nn.Module):
                 axis_name=self.axis_name,
                 name=f"layer{k + 1}",
             )(x, train)
+            if self.frozen_stages >= k + 2:
+                x = jax.lax.stop_gradient(x)
             in_ch = planes * block.expansion
             features[f"layer{k + 1}"] = x
         return features
