@@ -80,3 +80,33 @@ def test_learned_oracle_and_kept_masks(np_rng):
 
 def _quality(model, variables, image, mask):
     return model.apply(variables, image, mask, train=False)["quality"]
+
+
+def test_oracle_seeds_table_by_hand(tmp_path):
+    """experiments.oracle_seeds: per-seed rows, the mean over seeds with its t-interval and the
+    paired gain, and a refusal to pool reports over different images."""
+    import json
+
+    from scipy import stats as st
+
+    from experiments import oracle_seeds
+
+    def report(d, before, after, step, spearman, seed=0):
+        e = {"dice_before": before, "dice_after": after, "steps": step, "spearman": spearman,
+             "dice_last_step": after - 0.1}
+        r = {"num_images": 8, "num_select": 4, "num_test": 4, "max_steps": 20, "update": "paper",
+             "seed": seed, "segmenter": e}
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "report.json").write_text(json.dumps(r))
+        return str(tmp_path / d)
+
+    dirs = [report("a", 0.6, 0.7, 3, 0.8), report("b", 0.5, 0.55, 5, 0.9), report("c", 0.7, 0.65, 2, 0.85)]
+    text = oracle_seeds.markdown(oracle_seeds.load(dirs), ["a", "b", "c"])
+    assert "**from zeros**" not in text
+    assert "| b | 0.900 | 0.500 | 0.550 | 5 | +0.050 | 0.450 |" in text
+    gains = np.array([0.1, 0.05, -0.05])
+    half = st.t.ppf(0.975, 2) * gains.std(ddof=1) / np.sqrt(3)
+    p = st.ttest_rel([0.7, 0.55, 0.65], [0.6, 0.5, 0.7]).pvalue
+    assert f"| 3, 5, 2 | {gains.mean():.3f} ± {half:.3f} (p = {p:.2g}) |" in text
+    with pytest.raises(ValueError, match="different images"):
+        oracle_seeds.load(dirs + [report("d", 0.1, 0.2, 1, 0.5, seed=1)])

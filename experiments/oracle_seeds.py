@@ -1,0 +1,83 @@
+r"""The oracle refinement study over oracle seeds: one table from several `oracle_refine` reports.
+
+    python -m experiments.oracle_seeds /tmp/refine_s0 /tmp/refine_s1 /tmp/refine_s2 \
+      [--out=/tmp/refine_seeds.md]
+
+Each argument is an `experiments.oracle_refine` work dir (its `report.json`), one per oracle
+training seed, all refining the same images (same `--num_images` and `--seed`). Per starting
+point (`zeros`, `segmenter`) it prints each seed's row (oracle Spearman, Dice before, Dice after
+at the step chosen on the select half, that step, gain) and the mean with a 95 % Student-t
+interval over seeds (`segjax.stats`), plus the paired seed-by-seed gain's p-value: the
+seed-to-seed spread, which a single run's interval over images does not show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from segjax import stats
+
+STARTS = ("zeros", "segmenter")
+
+
+def load(dirs):
+    reports = []
+    for d in dirs:
+        path = os.path.join(d, "report.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist: pass experiments.oracle_refine work dirs")
+        reports.append(json.load(open(path)))
+    keys = {(r["num_images"], r["seed"], r["max_steps"]) for r in reports}
+    if len(keys) != 1:
+        raise ValueError("the reports refine different images or step budgets "
+                         f"((num_images, seed, max_steps) = {sorted(keys)}): rerun them alike")
+    return reports
+
+
+def _fmt(s: stats.Summary) -> str:
+    return f"{s.mean:.3f} ± {s.ci_half_width:.3f}" if s.n > 1 else f"{s.mean:.3f}"
+
+
+def markdown(reports, names) -> str:
+    r0 = reports[0]
+    lines = [f"{len(reports)} oracle seeds; {r0['num_test']} test images (the step is chosen on "
+             f"{r0['num_select']} others), up to {r0['max_steps']} steps, update {r0['update']!r}; "
+             "mean ± 95 % t-interval over seeds.", ""]
+    for start in STARTS:
+        rows = [(n, r[start]) for n, r in zip(names, reports) if start in r]
+        if not rows:
+            continue
+        lines += [f"**from {start}**", "",
+                  "| oracle | Spearman | Dice before | Dice after | step | gain | Dice at last step |",
+                  "|---|---|---|---|---|---|---|"]
+        for n, e in rows:
+            lines.append(f"| {n} | {e['spearman']:.3f} | {e['dice_before']:.3f} | {e['dice_after']:.3f} | "
+                         f"{e['steps']} | {e['dice_after'] - e['dice_before']:+.3f} | {e['dice_last_step']:.3f} |")
+        col = {k: [e[k] for _, e in rows] for k in ("spearman", "dice_before", "dice_after", "dice_last_step")}
+        diff = stats.paired_difference(col["dice_after"], col["dice_before"])
+        lines.append(f"| **mean** | {_fmt(stats.summarize(col['spearman']))} | "
+                     f"{_fmt(stats.summarize(col['dice_before']))} | {_fmt(stats.summarize(col['dice_after']))} | "
+                     f"{', '.join(str(e['steps']) for _, e in rows)} | {_fmt(diff.summary)} "
+                     f"(p = {diff.p_value:.2g}) | {_fmt(stats.summarize(col['dice_last_step']))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv) -> int:
+    dirs = [a for a in argv if not a.startswith("--")]
+    out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None)
+    if not dirs:
+        print(__doc__)
+        return 2
+    text = markdown(load(dirs), [os.path.basename(os.path.normpath(d)) for d in dirs])
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
