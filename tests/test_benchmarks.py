@@ -80,6 +80,42 @@ def test_torchvision_twin_runs_in_its_own_process_and_reports_steady_steps():
         torch_twin.TwinProcess("no_such_model", 3, 1, 32, "float32", train=False)
 
 
+def test_maskrcnn_benchmark_twins_train_the_same_parameters():
+    """The instance benchmark's two sides: the same architecture (parameter count, torch's
+    FrozenBatchNorm2d buffers excluded) and the same trained subset (torch's requires_grad vs
+    segjax's model minus its frozen_parameters); the synthetic boxes are their masks' extents."""
+    import jax
+    import numpy as np
+    from flax.traverse_util import flatten_dict
+
+    from experiments.benchmarks import torch_twin
+    from segjax.models import create_model
+    from segjax.train import build
+
+    tv = torch_twin.detection_model("maskrcnn_resnet50_fpn", 91, 64)
+    model = create_model("maskrcnn_resnet50_fpn", num_classes=91,
+                         trainable_backbone_layers=common.TRAINABLE_BACKBONE_LAYERS,
+                         box_score_thresh=common.BENCH_BOX_SCORE_THRESH)
+    params = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))["params"]
+    frozen = flatten_dict(build.frozen_parameters(model, params))
+    sizes = {k: int(np.prod(v.shape)) for k, v in flatten_dict(params).items()}
+    bn_affine = sum(m.weight.numel() * 2 for m in tv.backbone.body.modules()
+                    if type(m).__name__ == "FrozenBatchNorm2d")
+    assert sum(sizes.values()) == sum(p.numel() for p in tv.parameters()) + bn_affine
+    assert sum(n for k, n in sizes.items() if not frozen[k]) == sum(
+        p.numel() for p in tv.parameters() if p.requires_grad)
+    assert tv.roi_heads.score_thresh == model.box_score_thresh == 0.0
+    data = common.synthetic_instances(3, 40, 5, max_instances=4)
+    for i in range(3):
+        for j in range(4):
+            ys, xs = np.nonzero(data["masks"][i, j])
+            if j < data["num_instances"][i]:
+                np.testing.assert_array_equal(data["boxes"][i, j], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                assert 1 <= data["classes"][i, j] < 5
+            else:
+                assert len(ys) == 0 and data["classes"][i, j] == 0
+
+
 def test_gpu_suite_script_records_one_json_line_per_configuration(tmp_path):
     """The prepared GPU run (issue 6) on a CPU with a tiny model: one JSON line per config, with
     its command, and the summary table."""

@@ -29,6 +29,43 @@ TORCHVISION_TWINS = {
     "deeplabv3_resnet101": "deeplabv3_resnet101",
 }
 
+# segjax instance model -> torchvision.models.detection constructor (same architecture).
+TORCHVISION_DETECTION_TWINS = {"maskrcnn_resnet50_fpn": "maskrcnn_resnet50_fpn"}
+# The instance benchmarks run the COCO recipe's setting on both sides: torchvision's
+# pretrained-backbone freezing (FrozenBatchNorm2d, conv1 + layer1 fixed), and an eval score
+# threshold of 0 so that both sides run the mask head on 100 detections per image (random
+# weights score every class ~1/K, below torchvision's 0.05, and torchvision would skip it).
+TRAINABLE_BACKBONE_LAYERS = 3
+BENCH_BOX_SCORE_THRESH = 0.0
+MAX_INSTANCES = 8
+
+
+def is_instance_model(name: str) -> bool:
+    from segjax.models.registry import model_output
+
+    return model_output(name) == "instance"
+
+
+def synthetic_instances(batch: int, size: int, num_classes: int, seed: int = 0,
+                        max_instances: int = MAX_INSTANCES) -> dict[str, np.ndarray]:
+    """A fixed random instance batch: images [B,S,S,3], 1..max_instances rectangles per image:
+    boxes [B,M,4] (x1 y1 x2 y2), classes [B,M] (0 = padding), masks uint8 [B,M,S,S],
+    num_instances [B]."""
+    rng = np.random.default_rng(seed)
+    out = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+           "boxes": np.zeros((batch, max_instances, 4), np.float32),
+           "classes": np.zeros((batch, max_instances), np.int32),
+           "masks": np.zeros((batch, max_instances, size, size), np.uint8),
+           "num_instances": rng.integers(1, max_instances + 1, batch).astype(np.int32)}
+    for i in range(batch):
+        for j in range(out["num_instances"][i]):
+            h, w = rng.integers(size // 10, size // 2, 2)
+            y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+            out["boxes"][i, j] = [x, y, x + w, y + h]
+            out["classes"][i, j] = rng.integers(1, num_classes)
+            out["masks"][i, j, y:y + h, x:x + w] = 1
+    return out
+
 
 def synthetic_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A fixed random batch: images [B,S,S,3] float32, labels [B,S,S] int32 with ~5% ignore."""

@@ -1,5 +1,12 @@
 """Times segjax's compiled train or eval step (and torchvision's twin) on a synthetic batch.
 
+Semantic models: per-pixel cross-entropy; the eval step is a forward pass + argmax. Instance
+models (Mask R-CNN): the instance task's loss on random rectangles (`common.synthetic_instances`);
+the eval step is the whole detector (boxes, scores, classes, 28x28 masks); torchvision's twin runs
+at `min_size=max_size=size`; both sides freeze as the COCO recipe
+(`common.TRAINABLE_BACKBONE_LAYERS`) and evaluate with a score threshold of 0
+(`common.BENCH_BOX_SCORE_THRESH`, so both run the mask head on every detection slot).
+
 Used by `train_step.py` and `eval_step.py`, which only define flags. One device, plain `jax.jit`,
 the global batch on that device; `scaling.py` covers several devices. The twin runs in a child
 process on the same batch, the two alternating rounds (see `torch_twin.TwinProcess`).
@@ -17,18 +24,28 @@ from absl import app, flags
 
 from experiments.benchmarks import common
 from segjax.models import create_model
-from segjax.train import optim, state as state_lib, steps
+from segjax.train import build, optim, state as state_lib, steps
+
+
+def _task(model, batch):
+    if "boxes" in batch:
+        from segjax.tasks.instance import InstanceTask
+
+        return InstanceTask(num_classes=model.num_classes, ignore_label=common.IGNORE_LABEL,
+                            max_instances=batch["boxes"].shape[1])
+    return common.semantic_task(model.num_classes)
 
 
 def _segjax_train(model, batch, with_hlo: bool = False):
     """(step_fn, compile_s, flops[, compiled HLO text]) for segjax's train_step (SGD momentum,
-    wd 1e-4, CE)."""
+    wd 1e-4; CE, or the instance task's five Mask R-CNN losses)."""
     init_shape = (1,) + batch["image"].shape[1:]
     variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
     tx, _ = optim.create_optimizer(variables["params"], base_lr=1e-3, num_steps=10_000,
-                                   momentum=0.9, weight_decay=1e-4)
+                                   momentum=0.9, weight_decay=1e-4,
+                                   frozen=build.frozen_parameters(model, variables["params"]))
     state = state_lib.create_train_state(model, None, init_shape, tx, variables=variables)
-    task = common.semantic_task(model.num_classes)
+    task = _task(model, batch)
     step_fn = functools.partial(steps.train_step, task=task)
     step = jax.jit(step_fn, donate_argnums=(0,))
     dev_batch = jax.device_put(batch)
@@ -56,7 +73,8 @@ def _segjax_eval(model, batch, with_hlo: bool = False):
     variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
 
     def predict(variables, images):
-        return jnp.argmax(model.apply(variables, images, train=False)["logits"], axis=-1)
+        out = model.apply(variables, images, train=False)
+        return out if "logits" not in out else jnp.argmax(out["logits"], axis=-1)
 
     images = jax.device_put(batch["image"])
     flops = common.model_flops(predict, variables, images)
@@ -74,21 +92,34 @@ def _segjax_eval(model, batch, with_hlo: bool = False):
 
 
 def run(*, mode: str, model_name: str, batch: int, size: int, dtype: str, compare: str | None,
-        num_classes: int = 21, steps_per_round: int = 3, rounds: int = 3) -> common.Result:
-    """Benchmarks `mode` ("train" or "eval") and returns the Result (print `.table()`)."""
+        num_classes: int | None = None, steps_per_round: int = 3, rounds: int = 3) -> common.Result:
+    """Benchmarks `mode` ("train" or "eval") and returns the Result (print `.table()`).
+
+    `num_classes` defaults to 21 (VOC) for semantic models and 91 (COCO) for instance models."""
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
     if compare not in (None, "", "torchvision"):
         raise ValueError(f"--compare must be 'torchvision' or empty, got {compare!r}")
-    data = common.synthetic_batch(batch, size, num_classes)
-    model = create_model(model_name, num_classes=num_classes, dtype=dtype)
-    build = _segjax_train if mode == "train" else _segjax_eval
-    jax_fn, compile_s, flops = build(model, data)
+    instance = common.is_instance_model(model_name)
+    if num_classes is None:
+        num_classes = 91 if instance else 21
+    if instance:
+        data = common.synthetic_instances(batch, size, num_classes)
+        model = create_model(model_name, num_classes=num_classes, dtype=dtype,
+                             trainable_backbone_layers=common.TRAINABLE_BACKBONE_LAYERS,
+                             box_score_thresh=common.BENCH_BOX_SCORE_THRESH)
+        twins = common.TORCHVISION_DETECTION_TWINS
+    else:
+        data = common.synthetic_batch(batch, size, num_classes)
+        model = create_model(model_name, num_classes=num_classes, dtype=dtype)
+        twins = common.TORCHVISION_TWINS
+    make = _segjax_train if mode == "train" else _segjax_eval
+    jax_fn, compile_s, flops = make(model, data)
 
     twin = None
     if compare == "torchvision":
-        if model_name not in common.TORCHVISION_TWINS:
-            raise ValueError(f"torchvision has no twin of {model_name!r}; twins: {sorted(common.TORCHVISION_TWINS)}")
+        if model_name not in twins:
+            raise ValueError(f"torchvision has no twin of {model_name!r}; twins: {sorted(twins)}")
         from experiments.benchmarks import torch_twin
 
         # In its own process: separate heaps, thread pools and peak-memory figures.
@@ -117,7 +148,7 @@ def define_step_flags() -> None:
     flags.DEFINE_integer("batch", 4, "Batch size (one device).")
     flags.DEFINE_integer("size", 256, "Square image size.")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-    flags.DEFINE_integer("num_classes", 21, "Number of classes.")
+    flags.DEFINE_integer("num_classes", None, "Number of classes (default 21; 91 for instance models).")
 
 
 def cli(mode: str) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torchvision
 
+from experiments.benchmarks import common
 from experiments.benchmarks.common import IGNORE_LABEL, TORCHVISION_TWINS
 
 
@@ -32,9 +33,65 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def detection_model(name: str, num_classes: int, size: int) -> torch.nn.Module:
+    """torchvision's twin of segjax instance model `name` as the benchmarks run it."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    if common.TORCHVISION_DETECTION_TWINS.get(name) != "maskrcnn_resnet50_fpn":
+        raise ValueError(f"torchvision has no detection twin of {name!r}")
+    backbone = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d),
+                                     common.TRAINABLE_BACKBONE_LAYERS)
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=size,
+                    box_score_thresh=common.BENCH_BOX_SCORE_THRESH)
+
+
+def build_detection(name: str, num_classes: int, batch: dict[str, np.ndarray], dtype: str,
+                    train: bool) -> tuple[Callable[[], None], float]:
+    """(step_fn, first_step_seconds) for torchvision's Mask R-CNN at min_size=max_size=S: the
+    pretrained-backbone set-up (FrozenBatchNorm2d, the last `TRAINABLE_BACKBONE_LAYERS` stages
+    trained), the sum of its five losses in train mode, the whole detector in eval mode."""
+    device = _device()
+    model = detection_model(name, num_classes, batch["image"].shape[1]).to(device)
+    images = [torch.from_numpy(im.transpose(2, 0, 1).copy()).to(device) for im in batch["image"]]
+    targets = []
+    for i, n in enumerate(batch["num_instances"]):
+        targets.append({"boxes": torch.from_numpy(batch["boxes"][i, :n]).to(device),
+                        "labels": torch.from_numpy(batch["classes"][i, :n].astype(np.int64)).to(device),
+                        "masks": torch.from_numpy(batch["masks"][i, :n]).to(device)})
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+                          momentum=0.9, weight_decay=1e-4)
+    if train:
+        model.train()
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                losses = model(images, targets)
+            sum(v.float() for v in losses.values()).backward()
+            opt.step()
+            _sync(device)
+    else:
+        model.eval()
+
+        @torch.no_grad()
+        def step() -> None:
+            with amp:
+                model(images)
+            _sync(device)
+
+    t0 = time.perf_counter()
+    step()
+    return step, time.perf_counter() - t0
+
+
 def build(name: str, num_classes: int, batch: dict[str, np.ndarray], dtype: str,
           train: bool) -> tuple[Callable[[], None], float]:
     """Returns (step_fn, first_step_seconds) for the torchvision twin of segjax model `name`."""
+    if name in common.TORCHVISION_DETECTION_TWINS:
+        return build_detection(name, num_classes, batch, dtype, train)
     ctor = getattr(torchvision.models.segmentation, TORCHVISION_TWINS[name])
     device = _device()
     model = ctor(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
@@ -111,14 +168,15 @@ def _serve() -> None:
     """Child side of `TwinProcess`: a JSON spec line, then one step count per line."""
     import os
 
-    from experiments.benchmarks.common import synthetic_batch
+    from experiments.benchmarks.common import synthetic_batch, synthetic_instances
 
     # Replies go to the original stdout; anything else printing there (Python or C) goes to
     # stderr instead, so it cannot corrupt the protocol.
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     spec = json.loads(sys.stdin.readline())
-    data = synthetic_batch(spec["batch"], spec["size"], spec["num_classes"], seed=spec["seed"])
+    make = synthetic_instances if spec["name"] in common.TORCHVISION_DETECTION_TWINS else synthetic_batch
+    data = make(spec["batch"], spec["size"], spec["num_classes"], seed=spec["seed"])
     step, first = build(spec["name"], spec["num_classes"], data, spec["dtype"], spec["train"])
     print(json.dumps({"first_step_s": first}), file=replies, flush=True)
     for line in sys.stdin:
