@@ -141,6 +141,9 @@ class MaskRCNN(nn.Module):
         layer2, layer1, conv1 train (3 in its recipe), no gradient flows below them, and the
         backbone's BatchNorm scale/offset stay fixed (FrozenBatchNorm2d). The trainer keeps
         `frozen_parameters(params)` out of the optimizer.
+      mask_chunk: training runs the mask head on chunks of this many slots, skipping chunks
+        without a positive (`_mask_losses`; the same losses and gradients), or on every slot
+        when None.
     """
 
     num_classes: int
@@ -174,6 +177,7 @@ class MaskRCNN(nn.Module):
     axis_name: str | None = None
     in_channels: int = 3
     trainable_backbone_layers: int | None = None
+    mask_chunk: int | None = 32
 
     def frozen_parameters(self, params):
         """Bool pytree like `params` (True = never updated), or None when everything trains."""
@@ -282,6 +286,49 @@ class MaskRCNN(nn.Module):
 
     # -- training -----------------------------------------------------------------------------
 
+    def _mask_losses(self, features, masks, boxes, positive, labels, matched):
+        """`loss_mask` (sum [N], count [N]) of the mask slots boxes [N, Q, 4].
+
+        `mask_chunk=None`: the mask head runs on all N * Q slots. Otherwise the slots are ordered
+        positives first over the whole batch and the head runs in chunks of `mask_chunk` slots,
+        each under `lax.cond` on holding a positive: a chunk without one contributes exactly zero
+        loss and gradient, so skipping it changes nothing but the time (torchvision runs the head
+        on the positives only; with static shapes this is the nearest equivalent). Both paths give
+        the same losses and gradients (tested).
+        """
+        size = 2 * 14  # the predictor's transposed conv doubles the 14 x 14 pooled maps
+        targets = jax.vmap(lambda mk, b, j: target_lib.mask_targets(mk, b, j, size))(masks, boxes, matched)
+        if self.mask_chunk is None or self.is_initializing():
+            logits = self.mask_logits(features, boxes)
+            return jax.vmap(loss_lib.mask_loss)(logits, labels, targets, positive)
+        n, q = positive.shape
+        pooled = self._pool(features, boxes, 14)  # [N, Q, 14, 14, C]
+        total, chunk = n * q, self.mask_chunk
+        order = jnp.argsort(~positive.reshape(total), stable=True)  # positives first
+        pad = -total % chunk
+        take = lambda x: jnp.concatenate([x.reshape(total, *x.shape[2:])[order],  # noqa: E731
+                                          jnp.zeros((pad, *x.shape[2:]), x.dtype)])
+        pooled, targets_s, labels_s, pos_s = take(pooled), take(targets), take(labels), take(positive)
+        head = self.mask_head.clone(parent=None)
+        predictor = self.mask_predictor.clone(parent=None)
+        head_vars = {"params": self.mask_head.variables["params"]}
+        predictor_vars = {"params": self.mask_predictor.variables["params"]}
+
+        def chunk_bce(x, lab, tgt, pos):
+            logits = predictor.apply(predictor_vars, head.apply(head_vars, x))
+            return loss_lib.mask_bce_per_slot(logits, lab, tgt, pos)
+
+        sums = []
+        for start in range(0, total + pad, chunk):
+            sl = slice(start, start + chunk)
+            args = (pooled[sl], labels_s[sl], targets_s[sl], pos_s[sl])
+            sums.append(lax.cond(jnp.any(pos_s[sl]), chunk_bce, lambda *a: jnp.zeros((chunk,), jnp.float32),
+                                 *args))
+        slot_sum = jnp.concatenate(sums)[:total]
+        per_slot = jnp.zeros((total,), jnp.float32).at[order].set(slot_sum).reshape(n, q)
+        count = jnp.sum(positive, axis=1, dtype=jnp.int32) * (size * size)
+        return {"loss_mask": (jnp.sum(per_slot, axis=1), count)}
+
     def _sampling_keys(self, n: int) -> jax.Array:
         """One key per image: the "dropout" key folded with the image's global batch position."""
         if not self.has_rng("dropout"):
@@ -372,10 +419,8 @@ class MaskRCNN(nn.Module):
 
         # Masks on the positives (the first q slots hold every sampled positive).
         mboxes, mpos = roi["boxes"][:, :q], roi["positive"][:, :q]
-        mask_logits = self.mask_logits(features, mboxes)
-        mtargets = jax.vmap(lambda mk, b, j: target_lib.mask_targets(mk, b, j, mask_logits.shape[2]))(
-            masks, mboxes, roi["matched"][:, :q])
-        losses.update(jax.vmap(loss_lib.mask_loss)(mask_logits, roi["labels"][:, :q], mtargets, mpos))
+        losses.update(self._mask_losses(features, masks, mboxes, mpos, roi["labels"][:, :q],
+                                        roi["matched"][:, :q]))
 
         samples = dict(anchor_labels=rpn_labels, anchor_positive=rpn_pos, anchor_negative=rpn_neg, proposals=props,
                        proposal_valid=prop_valid,
@@ -475,7 +520,7 @@ def _factory(depth: int, width: int, fpn_channels: int, representation_size: int
                 box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
                 box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
                 dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
-                trainable_backbone_layers: int | None = None) -> MaskRCNN:
+                trainable_backbone_layers: int | None = None, mask_chunk: int | None = 32) -> MaskRCNN:
         return MaskRCNN(
             num_classes=num_classes, depth=depth, backbone_width=backbone_width, fpn_channels=fpn_channels,
             representation_size=representation_size, mask_layers=(mask_channels,) * 4,
@@ -489,7 +534,7 @@ def _factory(depth: int, width: int, fpn_channels: int, representation_size: int
             box_fg_iou_thresh=box_fg_iou_thresh, box_bg_iou_thresh=box_bg_iou_thresh,
             box_batch_size_per_image=box_batch_size_per_image, box_positive_fraction=box_positive_fraction,
             dtype=dtype, axis_name=axis_name, in_channels=in_channels,
-            trainable_backbone_layers=trainable_backbone_layers)
+            trainable_backbone_layers=trainable_backbone_layers, mask_chunk=mask_chunk)
 
     factory.__doc__ = (f"Mask R-CNN, ResNet-{depth}-FPN (backbone width {width}, FPN {fpn_channels}, box head "
                        f"{representation_size}, mask head {mask_channels}); thresholds as torchvision.")

@@ -251,6 +251,32 @@ def test_pmap_equals_one_device(small):
         np.testing.assert_allclose(np.asarray(means[name]), float(ref_means[name]), rtol=1e-5, err_msg=name)
 
 
+def test_mask_head_chunks_skip_only_empty_work(small):
+    """Training runs the mask head in chunks of `mask_chunk` slots (positives first over the
+    batch) under lax.cond: the losses and every gradient equal the dense head on all slots."""
+    v, im, t = small["variables"], small["images"], small["targets"]
+    positives = int(small["ref"][0]["loss_mask"][1].sum()) // (28 * 28)
+    assert 0 < positives <= N * 8 - 8  # at least two of the eight 4-slot chunks hold no positive
+
+    def run(model):
+        def f(params):
+            out = model.apply({**v, "params": params}, im, train=True, targets=t, rngs={"dropout": jax.random.key(1)})
+            return _total(out), out
+
+        fn = _compile(lambda p: jax.value_and_grad(f, has_aux=True)(p), v["params"])
+        (_, out), grads = fn(v["params"])
+        return jax.tree.map(np.asarray, (out, grads))
+
+    dense = run(small["model"].clone(mask_chunk=None))
+    chunked = run(small["model"].clone(mask_chunk=4))
+    for name in TRAIN_LOSSES:
+        np.testing.assert_array_equal(chunked[0][name][1], dense[0][name][1], err_msg=name)
+        np.testing.assert_allclose(chunked[0][name][0], dense[0][name][0], rtol=1e-5, atol=1e-6, err_msg=name)
+    for (path, g), d in zip(jax.tree_util.tree_flatten_with_path(chunked[1])[0], jax.tree.leaves(dense[1])):
+        np.testing.assert_allclose(g, d, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    assert np.abs(dense[1]["mask_head"]["mask_fcn1"]["kernel"]).max() > 0
+
+
 def test_train_mode_errors(small):
     model, v, im = small["model"], small["variables"], small["images"]
     with pytest.raises(ValueError, match="needs targets"):

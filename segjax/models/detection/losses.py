@@ -99,11 +99,19 @@ def mask_loss(mask_logits: jax.Array, labels: jax.Array, targets: jax.Array,
     Returns:
       `loss_mask`: (sum of BCE over positive slots and m x m pixels, #positives x m x m).
     """
-    q, m = mask_logits.shape[:2]
+    m = mask_logits.shape[1]
+    return {"loss_mask": (jnp.sum(mask_bce_per_slot(mask_logits, labels, targets, positive)),
+                          _count(positive, m * m))}
+
+
+def mask_bce_per_slot(mask_logits: jax.Array, labels: jax.Array, targets: jax.Array,
+                      positive: jax.Array) -> jax.Array:
+    """[Q]: each slot's BCE summed over its m x m pixels (0 for a non-positive slot), of the
+    logits of its label's class (`mask_loss`'s terms)."""
     labels = jnp.where(positive, labels, 0).astype(jnp.int32)
     logits = jnp.take_along_axis(mask_logits, labels[:, None, None, None], axis=-1)[..., 0]
     bce = jnp.where(positive[:, None, None], bce_with_logits(logits, targets), 0.0)
-    return {"loss_mask": (jnp.sum(bce), _count(positive, m * m))}
+    return jnp.sum(bce, axis=(1, 2))
 
 
 def normalize(losses: Mapping[str, tuple[jax.Array, jax.Array]], axis_name: str | None = None) -> dict[str, jax.Array]:
