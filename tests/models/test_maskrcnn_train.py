@@ -19,7 +19,6 @@ optimisation level 0 (compile time dominates this file).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
