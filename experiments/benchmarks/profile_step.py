@@ -21,8 +21,7 @@ import tempfile
 import jax
 from absl import app, flags
 
-from experiments.benchmarks import common, step_bench
-from segjax.models import create_model
+from experiments.benchmarks import step_bench
 
 _STEPS = 2
 
@@ -59,8 +58,8 @@ def thunk_times(trace_dir: str) -> collections.Counter:
 def main(argv):
     del argv
     flags_ = flags.FLAGS
-    data = common.synthetic_batch(flags_.batch, flags_.size, flags_.num_classes)
-    model = create_model(flags_.model, num_classes=flags_.num_classes, dtype=flags_.dtype)
+    model, data, _ = step_bench.setup(flags_.model, flags_.batch, flags_.size, flags_.dtype,
+                                      flags_.num_classes)
     build = step_bench._segjax_train if flags_.mode == "train" else step_bench._segjax_eval
     run, _, flops, hlo = build(model, data, with_hlo=True)
     run()

@@ -91,28 +91,30 @@ def _segjax_eval(model, batch, with_hlo: bool = False):
     return run, compile_s, flops
 
 
-def run(*, mode: str, model_name: str, batch: int, size: int, dtype: str, compare: str | None,
-        num_classes: int | None = None, steps_per_round: int = 3, rounds: int = 3) -> common.Result:
-    """Benchmarks `mode` ("train" or "eval") and returns the Result (print `.table()`).
+def setup(model_name: str, batch: int, size: int, dtype: str, num_classes: int | None = None):
+    """(model, synthetic batch, torchvision twin names) for a benchmark of `model_name`.
 
     `num_classes` defaults to 21 (VOC) for semantic models and 91 (COCO) for instance models."""
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    if compare not in (None, "", "torchvision"):
-        raise ValueError(f"--compare must be 'torchvision' or empty, got {compare!r}")
     instance = common.is_instance_model(model_name)
     if num_classes is None:
         num_classes = 91 if instance else 21
     if instance:
-        data = common.synthetic_instances(batch, size, num_classes)
         model = create_model(model_name, num_classes=num_classes, dtype=dtype,
                              trainable_backbone_layers=common.TRAINABLE_BACKBONE_LAYERS,
                              box_score_thresh=common.BENCH_BOX_SCORE_THRESH)
-        twins = common.TORCHVISION_DETECTION_TWINS
-    else:
-        data = common.synthetic_batch(batch, size, num_classes)
-        model = create_model(model_name, num_classes=num_classes, dtype=dtype)
-        twins = common.TORCHVISION_TWINS
+        return model, common.synthetic_instances(batch, size, num_classes), common.TORCHVISION_DETECTION_TWINS
+    model = create_model(model_name, num_classes=num_classes, dtype=dtype)
+    return model, common.synthetic_batch(batch, size, num_classes), common.TORCHVISION_TWINS
+
+
+def run(*, mode: str, model_name: str, batch: int, size: int, dtype: str, compare: str | None,
+        num_classes: int | None = None, steps_per_round: int = 3, rounds: int = 3) -> common.Result:
+    """Benchmarks `mode` ("train" or "eval") and returns the Result (print `.table()`)."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    if compare not in (None, "", "torchvision"):
+        raise ValueError(f"--compare must be 'torchvision' or empty, got {compare!r}")
+    model, data, twins = setup(model_name, batch, size, dtype, num_classes)
     make = _segjax_train if mode == "train" else _segjax_eval
     jax_fn, compile_s, flops = make(model, data)
 
@@ -123,7 +125,7 @@ def run(*, mode: str, model_name: str, batch: int, size: int, dtype: str, compar
         from experiments.benchmarks import torch_twin
 
         # In its own process: separate heaps, thread pools and peak-memory figures.
-        twin = torch_twin.TwinProcess(model_name, num_classes, batch, size, dtype,
+        twin = torch_twin.TwinProcess(model_name, model.num_classes, batch, size, dtype,
                                       train=mode == "train")
 
     peak = common.measure_matmul_peak("bfloat16" if dtype == "bfloat16" and jax.default_backend() != "cpu" else "float32")
