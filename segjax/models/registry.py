@@ -30,13 +30,15 @@ _MODEL_MODULES = (
     "segjax.models.pspnet",
     "segjax.models.maskrcnn",
     "segjax.models.oracle",
+    "segjax.models.fewshot",
 )
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # What each model's output dict is for: "semantic" (dense "logits" at the input resolution) or
 # "instance" (boxes, scores, classes, num_detections, mask_probs). Tasks and tests pick by it.
 _OUTPUT_KIND: dict[str, str] = {}
-OUTPUT_KINDS = ("semantic", "instance", "quality")  # quality: {"quality": [N]} (oracles)
+# quality: {"quality": [N]} (oracles); fewshot: episode logits (segjax.models.fewshot).
+OUTPUT_KINDS = ("semantic", "instance", "quality", "fewshot")
 _loaded = False
 
 

@@ -14,6 +14,7 @@ TASKS = {
     "semantic": "segjax.tasks.semantic",
     "quality": "segjax.tasks.quality",
     "instance": "segjax.tasks.instance",
+    "fewshot": "segjax.tasks.fewshot",
 }
 
 

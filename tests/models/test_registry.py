@@ -232,7 +232,8 @@ def test_output_kinds_partition_the_registry():
     from segjax.models.registry import model_output
 
     semantic, instance = available_models("semantic"), available_models("instance")
-    assert sorted(semantic + instance + available_models("quality")) == available_models()
+    assert sorted(semantic + instance + available_models("quality") + available_models("fewshot")
+                  ) == available_models()
     assert "deeplabv3_resnet50" in semantic and "maskrcnn_resnet50_fpn" in instance
     assert model_output("maskrcnn_resnet18_fpn") == "instance"
     with pytest.raises(ValueError, match="unknown model"):

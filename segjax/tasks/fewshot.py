@@ -1,0 +1,253 @@
+"""Few-shot segmentation (PANet-style prototypes): N-way K-shot episodes on held-out classes.
+
+Batches are episodes (one query each), derived on the host from a registered segmentation
+dataset:
+  `support_image` [B, N, K, H, W, 3], `support_mask` [B, N, K, H, W] (way n's class),
+  `support_valid` [B, N, K, H, W] (not the ignore label), `query_image` [B, H, W, 3],
+  `query_target` [B, H, W] int32 (0 background, 1 + n way n), `query_valid` [B, H, W],
+  `classes` [B, N] (the ways' dataset class ids), `valid` [B].
+
+Classes are split: `config.fewshot.test_classes` are never a way in training (their pixels are
+background there, as in PANet's PASCAL-5i protocol); evaluation episodes use only them.
+Training: each step reads a pool of `config.fewshot.pool` augmented images from the dataset's
+train stream and draws the step's episodes from it (`segjax.fewshot.EpisodeSampler`, seeded by
+(seed, step)). Evaluation: `config.fewshot.eval_episodes` fixed episodes (seed
+`config.fewshot.eval_seed`) over the eval split.
+
+Loss: cross-entropy of the query's logits over its valid pixels, plus `align_weight` x the
+prototype-alignment cross-entropy over the support's valid pixels (PANet's PAR), each normalised
+by its own global pixel count. Metrics (PANet's): `fg_miou`, the mean over test classes of the
+foreground IoU accumulated over all episodes of that class; `fb_iou`, the mean of background and
+foreground IoU; `episode_fg_iou`, the mean per-episode foreground IoU. Checkpoints by `fg_miou`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segjax import fewshot
+from segjax.tasks.base import Accumulator, StepContext, Task
+
+BEST_METRIC = "fg_miou"
+
+
+def make_episodes(images: np.ndarray, labels: np.ndarray, sampler: fewshot.EpisodeSampler,
+                  indices: Sequence[int], *, ignore_label: int) -> dict[str, np.ndarray]:
+    """The batch of episodes `indices` of `sampler` over `images` [P, H, W, 3], `labels` [P, H, W]."""
+    rows = []
+    for i in indices:
+        classes, support, query = sampler.episode(int(i))
+        s_lab = labels[support]  # [N, K, H, W]
+        s_mask = np.stack([s_lab[n] == c for n, c in enumerate(classes)]).astype(np.float32)
+        q_target, q_valid = fewshot.episode_masks(labels[query[0]], classes, ignore_label)
+        rows.append({"support_image": images[support], "support_mask": s_mask,
+                     "support_valid": s_lab != ignore_label, "query_image": images[query[0]],
+                     "query_target": q_target, "query_valid": q_valid,
+                     "classes": classes.astype(np.int32)})
+    out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    out["valid"] = np.ones(len(rows), bool)
+    return out
+
+
+def _pixel_ce(logits: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, target[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0))
+
+
+class FewShotAccumulator(Accumulator):
+    """Per-class foreground intersection/union over episodes, background IoU, per-episode IoU."""
+
+    def __init__(self, test_classes: Sequence[int]):
+        self.test_classes = tuple(int(c) for c in test_classes)
+        self.inter = {c: 0 for c in self.test_classes}
+        self.union = {c: 0 for c in self.test_classes}
+        self.bg = np.zeros(2, np.int64)
+        self.fg = np.zeros(2, np.int64)
+        self.episode_iou: list[float] = []
+
+    def update(self, sums, per_example, batch) -> None:
+        del sums
+        for i in range(len(batch["valid"])):
+            if not bool(batch["valid"][i]):
+                continue
+            for n, c in enumerate(np.asarray(per_example["classes"][i])):
+                inter, union = int(per_example["inter"][i, n]), int(per_example["union"][i, n])
+                self.inter[int(c)] += inter
+                self.union[int(c)] += union
+                self.episode_iou.append(inter / union if union else 1.0)
+            self.bg += [int(per_example["bg_inter"][i]), int(per_example["bg_union"][i])]
+            self.fg += [int(per_example["fg_inter"][i]), int(per_example["fg_union"][i])]
+
+    def result(self) -> dict[str, Any]:
+        per_class = {c: self.inter[c] / self.union[c] for c in self.test_classes if self.union[c]}
+        fb = [x[0] / x[1] for x in (self.bg, self.fg) if x[1]]
+        out = {"fg_miou": float(np.mean(list(per_class.values()))) if per_class else 0.0,
+               "fb_iou": float(np.mean(fb)) if fb else 0.0,
+               "episode_fg_iou": float(np.mean(self.episode_iou)) if self.episode_iou else 0.0,
+               "num_episodes": len(self.episode_iou)}
+        out.update({f"fg_iou_class_{c}": v for c, v in per_class.items()})
+        return out
+
+
+class FewShotTask(Task):
+    """N-way K-shot segmentation episodes (see the module docstring)."""
+
+    name = "fewshot"
+    best_metric = BEST_METRIC
+    train_keys = ("support_image", "support_mask", "support_valid", "query_image", "query_target",
+                  "query_valid")
+    eval_keys = train_keys + ("classes",)
+
+    def __init__(self, *, num_classes: int, ignore_label: int, test_classes: Sequence[int],
+                 ways: int = 1, shots: int = 1, pool: int = 64, eval_episodes: int = 200,
+                 eval_seed: int = 0, align_weight: float = 1.0, min_pixels: int = 16,
+                 background: int = 0, class_names: Sequence[str] | None = None):
+        self.num_classes, self.ignore_label = num_classes, ignore_label
+        self.test_classes = tuple(int(c) for c in test_classes)
+        bad = [c for c in self.test_classes if not 0 <= c < num_classes or c == background]
+        if bad or not self.test_classes:
+            raise ValueError(f"config.fewshot.test_classes={self.test_classes} must be non-empty "
+                             f"foreground class ids in 1..{num_classes - 1}")
+        self.train_classes = tuple(c for c in range(num_classes)
+                                   if c != background and c not in self.test_classes)
+        if len(self.train_classes) < ways:
+            raise ValueError(f"{ways}-way training needs {ways} training classes; the split leaves "
+                             f"{self.train_classes}")
+        self.ways, self.shots, self.pool = ways, shots, pool
+        self.eval_episodes, self.eval_seed = eval_episodes, eval_seed
+        self.align_weight, self.min_pixels = align_weight, min_pixels
+        self.class_names = tuple(class_names or (str(k) for k in range(num_classes)))
+        self._eval_cache: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
+
+    # -------------------------------------------------------------------------------- data
+
+    def _sampler(self, labels, classes, seed):
+        presence = fewshot.class_presence(labels, self.num_classes, ignore_label=self.ignore_label,
+                                          min_pixels=self.min_pixels)
+        need = self.shots + 1
+        usable = [c for c in classes if presence[:, c].sum() >= need]
+        return fewshot.EpisodeSampler(presence, usable, ways=self.ways, shots=self.shots,
+                                      queries=1, seed=seed)
+
+    def train_batches(self, data, *, batch_size, seed, start_step) -> Iterator[dict]:
+        step = start_step
+        for pool in data.train(batch_size=self.pool, seed=seed, start_step=start_step):
+            step += 1
+            images, labels = np.asarray(pool["image"]), np.asarray(pool["label"])
+            sampler = self._sampler(labels, self.train_classes, seed=[seed, step])
+            yield make_episodes(images, labels, sampler, range(batch_size),
+                                ignore_label=self.ignore_label)
+
+    def eval_split(self, data, pad_to) -> tuple[np.ndarray, np.ndarray]:
+        """The whole eval split in memory (images, labels padded to one size); cached."""
+        key = (id(data), pad_to)
+        if key not in self._eval_cache:
+            images, labels = [], []
+            for batch in data.eval(batch_size=16, pad_to=pad_to):
+                keep = np.asarray(batch["valid"], bool)
+                images.append(np.asarray(batch["image"])[keep])
+                labels.append(np.asarray(batch["label"])[keep])
+            self._eval_cache = {key: (np.concatenate(images), np.concatenate(labels))}
+        return self._eval_cache[key]
+
+    def eval_batches(self, data, *, batch_size, pad_to) -> Iterator[dict]:
+        images, labels = self.eval_split(data, pad_to)
+        sampler = self._sampler(labels, self.test_classes, seed=self.eval_seed)
+        for start in range(0, self.eval_episodes, batch_size):
+            idx = list(range(start, min(start + batch_size, self.eval_episodes)))
+            batch = make_episodes(images, labels, sampler, idx + [idx[-1]] * (batch_size - len(idx)),
+                                  ignore_label=self.ignore_label)
+            batch["valid"][len(idx):] = False
+            yield batch
+
+    # ---------------------------------------------------------------------------- training
+
+    def model_inputs(self, batch, *, train):
+        del train
+        return ((batch["support_image"], batch["support_mask"], batch["query_image"]),
+                {"support_valid": batch["support_valid"]})
+
+    def loss(self, outputs, batch, ctx: StepContext):
+        q_sum = _pixel_ce(outputs["logits"], batch["query_target"], batch["query_valid"])
+        q_count = jnp.sum(batch["query_valid"], dtype=jnp.float32)
+        if self.align_weight and "align_logits" in outputs:
+            s_target = batch["support_mask"].astype(jnp.int32)
+            s_sum = _pixel_ce(outputs["align_logits"], s_target, batch["support_valid"])
+            s_count = jnp.sum(batch["support_valid"], dtype=jnp.float32)
+            scale = ctx.global_sum(q_count) / jnp.maximum(ctx.global_sum(s_count), 1.0)
+            q_sum = q_sum + self.align_weight * s_sum * jax.lax.stop_gradient(scale)
+        return q_sum, q_count
+
+    # -------------------------------------------------------------------------- evaluation
+
+    def eval_outputs(self, apply_fn, variables, batch):
+        args, kwargs = self.model_inputs(batch, train=False)
+        logits = apply_fn(variables, *args, train=False, **kwargs)["logits"]
+        pred = jnp.argmax(logits, axis=-1)
+        target, valid = batch["query_target"], batch["query_valid"]
+        ways = jnp.arange(1, logits.shape[-1])[None, :, None, None]
+        p, t = pred[:, None] == ways, target[:, None] == ways  # [B, N, H, W]
+        v = valid[:, None]
+        count = lambda x: jnp.sum(x & v, axis=(-2, -1), dtype=jnp.int32)  # noqa: E731
+        pf, tf = pred > 0, target > 0
+        c2 = lambda x: jnp.sum(x & valid, axis=(-2, -1), dtype=jnp.int32)  # noqa: E731
+        return {}, {"inter": count(p & t), "union": count(p | t), "classes": batch["classes"],
+                    "fg_inter": c2(pf & tf), "fg_union": c2(pf | tf),
+                    "bg_inter": c2(~pf & ~tf), "bg_union": c2(~pf | ~tf), "pred": pred}
+
+    def new_accumulator(self) -> FewShotAccumulator:
+        return FewShotAccumulator(self.test_classes)
+
+    def summary_line(self, metrics):
+        return (f"fg_miou {metrics['fg_miou']:.4f}  fb_iou {metrics['fb_iou']:.4f}  "
+                f"({metrics['num_episodes']} episodes)")
+
+    def save_examples(self, out_dir, step, batch, per_example, *, limit, writer=None) -> int:
+        """support (mask overlaid) | query | truth | prediction, one picture per episode."""
+        from segjax import visualize
+        from segjax.data.datasets import voc_palette
+        from segjax.data.pipeline import denormalize
+
+        palette = voc_palette(max(self.ways + 1, 3))
+        written = 0
+        for i in range(len(batch["valid"])):
+            if written >= limit or not bool(batch["valid"][i]):
+                continue
+            support = denormalize(np.asarray(batch["support_image"][i, 0, 0]))
+            s_mask = np.asarray(batch["support_mask"][i, 0, 0]).astype(np.int32)
+            query = denormalize(np.asarray(batch["query_image"][i]))
+            target = np.asarray(batch["query_target"][i])
+            pred = np.asarray(per_example["pred"][i])
+            panel = visualize.side_by_side(
+                visualize.overlay(support, s_mask, palette), visualize.to_uint8_image(query),
+                visualize.overlay(query, target, palette), visualize.overlay(query, pred, palette))
+            names = "_".join(self.class_names[int(c)] for c in np.asarray(batch["classes"][i]))
+            path = os.path.join(out_dir, f"{written:05d}_{names}.png")
+            visualize.save_png(path, panel)
+            if writer is not None:
+                writer.write_images(step, {f"fewshot/{written:05d}": panel})
+            written += 1
+        return written
+
+
+def build(config, info, data_dir) -> FewShotTask:
+    """The few-shot task of a run: `config.fewshot` on dataset `info`."""
+    del data_dir
+    f = config.get("fewshot") or {}
+    return FewShotTask(num_classes=info.num_classes, ignore_label=info.ignore_label,
+                       test_classes=tuple(f.get("test_classes", ())), ways=int(f.get("ways", 1)),
+                       shots=int(f.get("shots", 1)), pool=int(f.get("pool", 64)),
+                       eval_episodes=int(f.get("eval_episodes", 200)),
+                       eval_seed=int(f.get("eval_seed", 0)),
+                       align_weight=float(f.get("align_weight", 1.0)),
+                       min_pixels=int(f.get("min_pixels", 16)),
+                       class_names=getattr(info, "class_names", None))
+
+
+__all__ = ["BEST_METRIC", "FewShotAccumulator", "FewShotTask", "build", "make_episodes"]

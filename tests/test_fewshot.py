@@ -1,0 +1,227 @@
+"""Few-shot segmentation: prototype pieces against a torch transcription of PANet's code paths,
+the episode sampler's guarantees, the model's wiring by hand, the task's metrics by hand, and
+a short trainer run on synthetic_shapes/tiny."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segjax import fewshot
+
+IGNORE = 255
+
+
+def torch_map(fts, mask):
+    """PANet's getFeatures: bilinear upsampling to the mask, masked sum / (mask sum + 1e-5)."""
+    fts = F.interpolate(fts, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.sum(fts * mask[:, None], dim=(2, 3)) / (mask[:, None].sum(dim=(2, 3)) + 1e-5)
+
+
+def test_masked_average_pool_and_cosine_equal_torch_values_and_gradients(np_rng):
+    f = np_rng.normal(size=(3, 5, 7, 6))
+    m = (np_rng.random((3, 19, 23)) < 0.4).astype(np.float64)
+    m[2] = 0.0  # an empty mask: a zero prototype, finite gradients
+    p = np_rng.normal(size=(4, 6))
+    w = np_rng.normal(size=(3, 5, 7, 4))
+    jax.config.update("jax_enable_x64", True)
+    try:
+        def ours(f, p):
+            pooled = fewshot.masked_average_pool(jnp.asarray(f), jnp.asarray(m))
+            protos = jnp.concatenate([p, pooled], axis=0)
+            return fewshot.cosine_logits(f, protos, 20.0), pooled
+
+        (logits, pooled) = ours(f, p)
+        g_f, g_p = jax.grad(lambda f, p: jnp.sum(ours(f, p)[0][..., :4] * w)
+                            + jnp.sum(ours(f, p)[0][..., 4:] ** 2), argnums=(0, 1))(f, p)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    ft = torch.tensor(f.transpose(0, 3, 1, 2), requires_grad=True)
+    pt = torch.tensor(p, requires_grad=True)
+    pooled_t = torch_map(ft, torch.tensor(m))
+    protos_t = torch.cat([pt, pooled_t], 0)
+    cos = torch.stack([F.cosine_similarity(ft, q[None, :, None, None], dim=1) for q in protos_t], -1) * 20
+    (torch.sum(cos[..., :4] * torch.tensor(w)) + torch.sum(cos[..., 4:] ** 2)).backward()
+    # float64 throughout except segjax.ops.resize's interpolation weights (float32): errors of
+    # ~1e-8 relative, so compare by norm (an element with cancellation can show ~1e-6).
+    rel = lambda a, b: np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)  # noqa: E731
+    assert rel(pooled, pooled_t.detach().numpy()) < 1e-7
+    assert not np.asarray(pooled)[2].any()
+    assert rel(logits, cos.detach().numpy()) < 1e-7
+    assert rel(g_f, ft.grad.numpy().transpose(0, 2, 3, 1)) < 1e-7
+    assert rel(g_p, pt.grad.numpy()) < 1e-7
+    assert np.isfinite(np.asarray(g_f)).all()
+
+
+def test_prototypes_by_hand(np_rng):
+    """Background over every (way, shot) support image, foreground per way over its shots; a
+    pixel marked invalid counts in neither."""
+    n, k, h, w, c = 2, 3, 4, 5, 3
+    f = np_rng.normal(size=(n, k, h, w, c)).astype(np.float32)
+    m = (np_rng.random((n, k, h, w)) < 0.5).astype(np.float32)
+    valid = np_rng.random((n, k, h, w)) < 0.8
+    got = np.asarray(fewshot.prototypes(jnp.asarray(f), jnp.asarray(m), jnp.asarray(valid)))
+    bg = np.mean([(f[a, b] * ((1 - m[a, b]) * valid[a, b])[..., None]).sum((0, 1))
+                  / (((1 - m[a, b]) * valid[a, b]).sum() + 1e-5) for a in range(n) for b in range(k)], 0)
+    np.testing.assert_allclose(got[0], bg, rtol=1e-5)
+    for a in range(n):
+        fg = np.mean([(f[a, b] * (m[a, b] * valid[a, b])[..., None]).sum((0, 1))
+                      / ((m[a, b] * valid[a, b]).sum() + 1e-5) for b in range(k)], 0)
+        np.testing.assert_allclose(got[1 + a], fg, rtol=1e-5)
+
+
+def test_episode_sampler_guarantees_and_determinism(np_rng):
+    labels = np_rng.integers(0, 6, (40, 8, 8))
+    labels[labels == 5] = 0
+    labels[:3, 0, 0] = 5  # class 5 in three images only
+    presence = fewshot.class_presence(labels, 6, ignore_label=IGNORE)
+    np.testing.assert_array_equal(presence, [[np.any(lab == c) for c in range(6)] for lab in labels])
+    sampler = fewshot.EpisodeSampler(presence, (1, 2, 3), ways=2, shots=3, queries=4, seed=7)
+    for i in range(50):
+        classes, support, query = sampler.episode(i)
+        assert len(set(classes)) == 2 and set(classes) <= {1, 2, 3}
+        for n, c in enumerate(classes):
+            assert all(presence[j, c] for j in support[n])
+        for q, j in enumerate(query):
+            assert presence[j, classes[q % 2]]
+        used = list(support.ravel()) + list(query)
+        assert len(set(used)) == len(used)
+    a, b = sampler.episode(3), sampler.episode(3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    other = fewshot.EpisodeSampler(presence, (1, 2, 3), ways=2, shots=3, queries=4, seed=8)
+    assert any(not np.array_equal(x, y) for x, y in zip(a, other.episode(3)))
+    with pytest.raises(ValueError, match=r"classes \{5: 3\}"):
+        fewshot.EpisodeSampler(presence, (1, 5), ways=1, shots=3, queries=1)
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        fewshot.EpisodeSampler(presence, (1, 2), ways=3)
+    target, valid = fewshot.episode_masks(np.array([[1, 2, 3], [IGNORE, 2, 0]]), [2, 3], IGNORE)
+    np.testing.assert_array_equal(target, [[0, 1, 2], [0, 1, 0]])
+    np.testing.assert_array_equal(valid, [[1, 1, 1], [0, 1, 1]])
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from segjax.models import create_model
+
+    model = create_model("fewshot_resnet18", num_classes=6, width=4)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    return model, variables
+
+
+def test_model_is_the_prototype_recipe_by_hand(tiny_model, np_rng):
+    """Query logits = scale * cos(query features, prototypes) upsampled; alignment logits =
+    support features against (background, way) prototypes pooled from the query under its
+    argmax prediction."""
+    from segjax.ops import resize
+
+    model, v = tiny_model
+    b, n, k, s = 2, 2, 1, 16
+    si = np_rng.normal(size=(b, n, k, s, s, 3)).astype(np.float32)
+    sm = (np_rng.random((b, n, k, s, s)) < 0.3).astype(np.float32)
+    qi = np_rng.normal(size=(b, s, s, 3)).astype(np.float32)
+    out = model.apply(v, si, sm, qi, train=False)
+    embed = lambda x: np.asarray(model.apply(v, x)["features"])  # noqa: E731
+    for e in range(b):
+        feats = embed(si[e].reshape(n * k, s, s, 3)).reshape(n, k, *embed(qi[:1]).shape[1:])
+        protos = fewshot.prototypes(feats, sm[e])
+        want = resize(fewshot.cosine_logits(embed(qi[e:e + 1]), protos, 20.0), (s, s))
+        np.testing.assert_allclose(out["logits"][e], want[0], rtol=2e-4, atol=2e-4)
+    train_out, _ = model.apply(v, si, sm, qi, train=True, mutable=["batch_stats"])
+    assert train_out["align_logits"].shape == (b, n, k, s, s, 2)
+    # The alignment by hand (train-mode BatchNorm: the features of this very batch, which the
+    # model embeds as one array, supports first).
+    allimg = np.concatenate([si.reshape(b * n * k, s, s, 3), qi])
+    feats = np.asarray(model.apply(v, allimg, train=True, mutable=["batch_stats"])[0]["features"])
+    s_feat, q_feat = feats[:b * n * k].reshape(b, n, k, *feats.shape[1:]), feats[b * n * k:]
+    for e in range(b):
+        pred = np.argmax(np.asarray(train_out["logits"][e]), -1)
+        pools = [fewshot.masked_average_pool(q_feat[e:e + 1], (pred == c)[None].astype(np.float32))[0]
+                 for c in range(n + 1)]
+        for way in range(n):
+            protos = jnp.stack([pools[0], pools[1 + way]])
+            want = resize(fewshot.cosine_logits(s_feat[e, way], protos, 20.0), (s, s))
+            np.testing.assert_allclose(train_out["align_logits"][e, way], want, rtol=2e-4, atol=2e-4)
+
+
+def test_accumulator_by_hand():
+    from segjax.tasks.fewshot import FewShotAccumulator
+
+    acc = FewShotAccumulator((4, 5))
+    per = {"classes": np.array([[4], [5], [4]]), "inter": np.array([[3], [0], [5]]),
+           "union": np.array([[6], [4], [5]]), "fg_inter": np.array([3, 0, 5]),
+           "fg_union": np.array([6, 4, 5]), "bg_inter": np.array([10, 12, 11]),
+           "bg_union": np.array([13, 16, 11])}
+    acc.update({}, per, {"valid": np.array([True, True, True])})
+    acc.update({}, per, {"valid": np.array([False, False, False])})
+    r = acc.result()
+    assert r["fg_iou_class_4"] == pytest.approx(8 / 11) and r["fg_iou_class_5"] == 0.0
+    assert r["fg_miou"] == pytest.approx((8 / 11 + 0) / 2)
+    assert r["fb_iou"] == pytest.approx((33 / 40 + 8 / 15) / 2)
+    assert r["episode_fg_iou"] == pytest.approx((0.5 + 0 + 1) / 3) and r["num_episodes"] == 3
+
+
+def test_loss_is_normalised_globally_on_four_devices(np_rng):
+    """Query CE over the global valid pixels plus the alignment CE rescaled to its own global
+    count: pmap over 4 devices equals one device."""
+    import functools
+
+    from segjax.tasks.base import StepContext
+    from segjax.tasks.fewshot import FewShotTask
+
+    task = FewShotTask(num_classes=6, ignore_label=IGNORE, test_classes=(4, 5), align_weight=0.7)
+    b, s = 8, 6
+    outputs = {"logits": np_rng.normal(size=(b, s, s, 2)).astype(np.float32),
+               "align_logits": np_rng.normal(size=(b, 1, 1, s, s, 2)).astype(np.float32)}
+    batch = {"query_target": np_rng.integers(0, 2, (b, s, s)), "query_valid": np_rng.random((b, s, s)) < 0.6,
+             "support_mask": np_rng.integers(0, 2, (b, 1, 1, s, s)).astype(np.float32),
+             "support_valid": np_rng.random((b, 1, 1, s, s)) < np.linspace(0.1, 0.9, b)[:, None, None, None, None]}
+
+    def loss(o, bt, axis_name=None):
+        total, n = task.loss(o, bt, StepContext(rng=jax.random.key(0), axis_name=axis_name))
+        if axis_name:
+            total, n = jax.lax.psum(total, axis_name), jax.lax.psum(n, axis_name)
+        return total / n
+
+    def ce(logits, target, valid):
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return -np.take_along_axis(logp, target[..., None].astype(int), -1)[..., 0][valid].sum()
+
+    want = (ce(outputs["logits"], batch["query_target"], batch["query_valid"]) / batch["query_valid"].sum()
+            + 0.7 * ce(outputs["align_logits"], batch["support_mask"], batch["support_valid"])
+            / batch["support_valid"].sum())
+    np.testing.assert_allclose(loss(outputs, batch), want, rtol=1e-5)
+    split = lambda x: x.reshape(4, 2, *x.shape[1:])  # noqa: E731
+    got = jax.pmap(functools.partial(loss, axis_name="d"), axis_name="d")(
+        jax.tree.map(split, outputs), jax.tree.map(split, batch))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_fewshot_demo_config_trains_and_evaluates_on_tiny(tmp_path):
+    from experiments.configs import fewshot as recipes
+    from segjax.data import pipeline
+    from segjax.train import loop
+    from segjax.train.metric_writers import read_metrics
+
+    data_dir = str(tmp_path / "tfds")
+    pipeline.prepare("synthetic_shapes/tiny", data_dir)
+    c = recipes.get_config("demo")
+    c.dataset.name, c.dataset.crop_size = "synthetic_shapes/tiny", 32
+    c.dataset.data_dir = data_dir
+    c.eval.pad_to = 48
+    c.batch_size, c.fewshot.pool, c.fewshot.eval_episodes = 4, 16, 6
+    c.fewshot.test_classes = (1,)
+    c.num_train_steps, c.log_every_steps = 2, 1
+    c.eval_every_steps = c.checkpoint_every_steps = 2
+    c.optimizer.warmup_steps = 0
+    c.model.width = 4
+    workdir = str(tmp_path / "run")
+    result = loop.train_and_evaluate(c, workdir)
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
+    (ev,) = [r for r in records if r["split"] == "validation"]
+    assert ev["num_episodes"] == 6 and 0.0 <= ev["fg_miou"] <= 1.0
+    assert ev["fg_miou"] == pytest.approx(result["fg_miou"])
+    assert set(k for k in ev if k.startswith("fg_iou_class_")) <= {"fg_iou_class_1"}
