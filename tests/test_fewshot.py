@@ -198,14 +198,15 @@ def test_loss_is_normalised_globally_on_four_devices(np_rng):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_fewshot_demo_config_trains_and_evaluates_on_tiny(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The demo preset, shrunk, trained 2 steps on synthetic_shapes/tiny (class 1 held out)."""
     from experiments.configs import fewshot as recipes
     from segjax.data import pipeline
     from segjax.train import loop
-    from segjax.train.metric_writers import read_metrics
 
-    data_dir = str(tmp_path / "tfds")
+    root = tmp_path_factory.mktemp("fewshot")
+    data_dir = str(root / "tfds")
     pipeline.prepare("synthetic_shapes/tiny", data_dir)
     c = recipes.get_config("demo")
     c.dataset.name, c.dataset.crop_size = "synthetic_shapes/tiny", 32
@@ -217,11 +218,35 @@ def test_fewshot_demo_config_trains_and_evaluates_on_tiny(tmp_path):
     c.eval_every_steps = c.checkpoint_every_steps = 2
     c.optimizer.warmup_steps = 0
     c.model.width = 4
-    workdir = str(tmp_path / "run")
-    result = loop.train_and_evaluate(c, workdir)
+    workdir = str(root / "run")
+    return workdir, loop.train_and_evaluate(c, workdir)
+
+
+@pytest.mark.slow
+def test_fewshot_demo_config_trains_and_evaluates_on_tiny(tiny_run):
+    from segjax.train.metric_writers import read_metrics
+
+    workdir, result = tiny_run
     records = read_metrics(workdir)
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
     (ev,) = [r for r in records if r["split"] == "validation"]
     assert ev["num_episodes"] == 6 and 0.0 <= ev["fg_miou"] <= 1.0
     assert ev["fg_miou"] == pytest.approx(result["fg_miou"])
     assert set(k for k in ev if k.startswith("fg_iou_class_")) <= {"fg_iou_class_1"}
+
+
+@pytest.mark.slow
+def test_fewshot_eval_scores_the_same_episodes_as_the_trainer(tiny_run):
+    """experiments.fewshot_eval: its prototype row is the trainer's evaluation of the same
+    checkpoint (same episodes, same metric code); the baselines score those episodes too."""
+    from experiments import fewshot_eval
+
+    workdir, result = tiny_run
+    got = fewshot_eval.evaluate_run(workdir, checkpoint="best", batch=4, finetune_steps=2,
+                                    finetune_lr=0.01)
+    assert got["prototype"]["fg_miou"] == pytest.approx(result["fg_miou"], abs=1e-9)
+    assert got["prototype"]["fb_iou"] == pytest.approx(result["fb_iou"], abs=1e-9)
+    for m in ("nearest_neighbour", "finetune"):
+        assert got[m]["num_episodes"] == 6 and 0.0 <= got[m]["fg_miou"] <= 1.0
+    text = fewshot_eval.markdown({workdir: got}, [workdir])
+    assert f"| prototype | {got['prototype']['fg_miou']:.3f} |" in text
