@@ -63,14 +63,23 @@ def build_detection(name: str, num_classes: int, batch: dict[str, np.ndarray], d
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
                           momentum=0.9, weight_decay=1e-4)
+    return _timed_step(model, opt, amp, device, train,
+                       loss=lambda: sum(v.float() for v in model(images, targets).values()),
+                       forward=lambda: model(images))
+
+
+def _timed_step(model, opt, amp, device, train: bool, *, loss: Callable[[], torch.Tensor],
+                forward: Callable[[], object]) -> tuple[Callable[[], None], float]:
+    """(step_fn, first_step_seconds): an SGD step on `loss()` in train mode, or `forward()`
+    without gradients in eval mode, under `amp`, synchronised."""
     if train:
         model.train()
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
             with amp:
-                losses = model(images, targets)
-            sum(v.float() for v in losses.values()).backward()
+                value = loss()
+            value.backward()
             opt.step()
             _sync(device)
     else:
@@ -79,7 +88,7 @@ def build_detection(name: str, num_classes: int, batch: dict[str, np.ndarray], d
         @torch.no_grad()
         def step() -> None:
             with amp:
-                model(images)
+                forward()
             _sync(device)
 
     t0 = time.perf_counter()
@@ -102,31 +111,9 @@ def build(name: str, num_classes: int, batch: dict[str, np.ndarray], dtype: str,
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-
-    if train:
-        model.train()
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with amp:
-                out = model(images)["out"]
-            loss = loss_fn(out.float(), labels)
-            loss.backward()
-            opt.step()
-            _sync(device)
-    else:
-        model.eval()
-
-        @torch.no_grad()
-        def step() -> None:
-            with amp:
-                out = model(images)["out"]
-            out.argmax(1)
-            _sync(device)
-
-    t0 = time.perf_counter()
-    step()
-    return step, time.perf_counter() - t0
+    return _timed_step(model, opt, amp, device, train,
+                       loss=lambda: loss_fn(model(images)["out"].float(), labels),
+                       forward=lambda: model(images)["out"].argmax(1))
 
 
 class TwinProcess:
