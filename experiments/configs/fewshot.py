@@ -11,8 +11,8 @@ Presets:
 * default: the PANet recipe's shape on a ResNet-18 encoder (width 64), 1-way 1-shot, 30k
   episodes of batch 1 in the paper; here batch 8, 20k steps, SGD lr 1e-3 momentum 0.9, wd 5e-4,
   alignment weight 1. Not measured.
-* `demo`: a narrow encoder (width 16), 64x64 training crops, 8 episodes per step drawn from
-  48-image pools, 400 steps, 200 evaluation episodes on 128x128 validation images; CPU minutes.
+* `demo`: a narrow encoder (width 16), whole 128x128 images, 8 episodes per step drawn from
+  48-image pools, 300 steps, 200 evaluation episodes; ~3 CPU minutes.
 * `shape_only`: the demo on `synthetic_shapes/shape_only`, where colour is random (shape is the
   only cue to transfer).
 """
@@ -55,10 +55,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.eval.boundary_iou = False
     if preset in ("demo", "shape_only"):
         c.model.width = 16
-        c.num_train_steps = 400
+        # Whole 128x128 images: at stride 8 a 64x64 crop leaves an 8x8 feature map, too coarse
+        # for these objects (measured: fg mIoU 0.26 after 400 steps vs 0.40 after 300 here).
+        c.dataset.crop_size = 128
+        c.dataset.min_scale = c.dataset.max_scale = 1.0
+        c.num_train_steps = 300
         c.log_every_steps = 50
-        c.eval_every_steps = 200
-        c.checkpoint_every_steps = 200
+        c.eval_every_steps = 150
+        c.checkpoint_every_steps = 150
         c.optimizer.base_lr = 0.02
         c.optimizer.warmup_steps = 20
     if preset == "shape_only":
