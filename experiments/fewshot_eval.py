@@ -29,7 +29,8 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Few-shot training work dirs (one per seed).")
 flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step.")
+flags.DEFINE_string("checkpoint", "latest", "'latest' (default: the trainer's 'best' was chosen "
+                    "on these very episodes), 'best' or a step.")
 flags.DEFINE_integer("finetune_steps", 50, "SGD steps of the fine-tuning baseline.")
 flags.DEFINE_float("finetune_lr", 0.01, "Learning rate of the fine-tuning baseline.")
 flags.DEFINE_integer("batch", 20, "Episodes per batch.")
