@@ -119,7 +119,10 @@ def load_for_inference(workdir: str, checkpoint: str = "latest", *, task=None):
     config = load_config(workdir)
     info = dataset_info(config)
     model = build_model(config, info.num_classes)
-    abstract, _ = abstract_state(config, model, 1, task)
+    # The restore template needs the optimizer's state structure, not its schedule: any step
+    # count the schedule accepts (past the warm-up) will do.
+    steps = int(config.optimizer.get("warmup_steps") or 0) + 1
+    abstract, _ = abstract_state(config, model, steps, task)
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True,
                         best_metric=best_metric(config.get("task", "semantic")))
     try:
