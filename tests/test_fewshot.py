@@ -248,5 +248,8 @@ def test_fewshot_eval_scores_the_same_episodes_as_the_trainer(tiny_run):
     assert got["prototype"]["fb_iou"] == pytest.approx(result["fb_iou"], abs=1e-9)
     for m in ("nearest_neighbour", "finetune"):
         assert got[m]["num_episodes"] == 6 and 0.0 <= got[m]["fg_miou"] <= 1.0
+    full = fewshot_eval.evaluate_run(workdir, checkpoint="latest", batch=4, finetune_steps=2,
+                                     finetune_lr=0.01, finetune_encoder=True)
+    assert full["prototype"] == got["prototype"] and full["finetune"]["num_episodes"] == 6
     text = fewshot_eval.markdown({workdir: got}, [workdir])
     assert f"| prototype | {got['prototype']['fg_miou']:.3f} |" in text
