@@ -209,12 +209,20 @@ class FewShotTask(Task):
                 f"({metrics['num_episodes']} episodes)")
 
     def save_examples(self, out_dir, step, batch, per_example, *, limit, writer=None) -> int:
-        """support (mask overlaid) | query | truth | prediction, one picture per episode."""
+        """support (mask overlaid) | query | truth | prediction, one picture per episode (way n in
+        colour n + 1: cyan, white, orange, violet, then VOC's colours)."""
         from segjax import visualize
         from segjax.data.datasets import voc_palette
         from segjax.data.pipeline import denormalize
 
-        palette = voc_palette(max(self.ways + 1, 3))
+        # Bright way colours over the unchanged image (background pixels are left as they are).
+        palette = np.array([[0, 0, 0], [0, 255, 255], [255, 255, 255], [255, 128, 0], [128, 0, 255]]
+                           + [list(c) for c in voc_palette(256)[5:]], np.uint8)
+
+        def show(image, mask):
+            return visualize.overlay(image, np.where(mask > 0, mask, 255), palette, alpha=0.6,
+                                     ignore_label=255)
+
         written = 0
         for i in range(len(batch["valid"])):
             if written >= limit or not bool(batch["valid"][i]):
@@ -224,9 +232,8 @@ class FewShotTask(Task):
             query = denormalize(np.asarray(batch["query_image"][i]))
             target = np.asarray(batch["query_target"][i])
             pred = np.asarray(per_example["pred"][i])
-            panel = visualize.side_by_side(
-                visualize.overlay(support, s_mask, palette), visualize.to_uint8_image(query),
-                visualize.overlay(query, target, palette), visualize.overlay(query, pred, palette))
+            panel = visualize.side_by_side(show(support, s_mask), visualize.to_uint8_image(query),
+                                           show(query, target), show(query, pred))
             names = "_".join(self.class_names[int(c)] for c in np.asarray(batch["classes"][i]))
             path = os.path.join(out_dir, f"{written:05d}_{names}.png")
             visualize.save_png(path, panel)
