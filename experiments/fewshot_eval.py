@@ -29,15 +29,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workdirs", None, "Few-shot training work dirs (one per seed).")
-flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_string("checkpoint", "latest", "'latest' (default: the trainer's 'best' was chosen "
-                    "on these very episodes), 'best' or a step.")
-flags.DEFINE_integer("finetune_steps", 50, "SGD steps of the fine-tuning baseline.")
-flags.DEFINE_float("finetune_lr", 0.1, "Learning rate of the fine-tuning baseline.")
-flags.DEFINE_bool("finetune_encoder", False, "Fine-tune the encoder too (slow on a CPU: ~20 min "
-                  "per 200 episodes at 128x128), not only the classifier.")
-flags.DEFINE_integer("batch", 20, "Episodes per batch.")
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs, not on import: absl flags are process-global
+    and `experiments.predict`, imported by other tests in the same process, defines --out too."""
+    flags.DEFINE_list("workdirs", None, "Few-shot training work dirs (one per seed).")
+    flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_string("checkpoint", "latest", "'latest' (default: the trainer's 'best' was "
+                        "chosen on these very episodes), 'best' or a step.")
+    flags.DEFINE_integer("finetune_steps", 50, "SGD steps of the fine-tuning baseline.")
+    flags.DEFINE_float("finetune_lr", 0.1, "Learning rate of the fine-tuning baseline.")
+    flags.DEFINE_bool("finetune_encoder", False, "Fine-tune the encoder too (slow on a CPU: ~20 "
+                      "min per 200 episodes at 128x128), not only the classifier.")
+    flags.DEFINE_integer("batch", 20, "Episodes per batch.")
+
 
 METHODS = ("prototype", "nearest_neighbour", "finetune")
 
@@ -200,4 +206,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -124,7 +124,9 @@ def maskrcnn_run():
         t = instance_targets(label, instance, max_instances=4, ignore_label=IGNORE)
         batches.append({"image": rng.normal(size=(8, 48, 48, 3)).astype(np.float32), **t})
     task = InstanceTask(num_classes=5, ignore_label=IGNORE, max_instances=4)
-    return state, batches, task
+    from tests.train.test_device_invariance import one_device
+
+    return state, batches, task, one_device(state, batches, task)  # the reference, compiled once
 
 
 @pytest.mark.slow
@@ -137,11 +139,10 @@ def test_maskrcnn_train_step_on_four_devices_equals_one_device(maskrcnn_run, mod
     smallest leaves (e.g. the stem's BatchNorm offsets, whose gradients sum every pixel of the
     batch with cancellation) differ by ~1e-4 relative through float32 reduction order alone.
     A sampling or normalisation error moves the step-1 loss itself (see the tests above)."""
-    from tests.train.test_device_invariance import devices, one_device
+    from tests.train.test_device_invariance import devices
     from tests.train.test_parallel import rel_diff
 
-    state, batches, task = maskrcnn_run
-    ref_state, ref_history = one_device(state, batches, task)
+    state, batches, task, (ref_state, ref_history) = maskrcnn_run
     assert rel_diff(ref_state.params, state.params) > 1e-4  # it trained
     assert [float(m["valid_pixels"]) for m in ref_history] == [8.0, 8.0]  # the loss counts images
     got_state, history = devices(mode, state, batches, task)
