@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import fewshot
+from segjax import fewshot, losses
 from segjax.tasks.base import Accumulator, StepContext, Task
 
 BEST_METRIC = "fg_miou"
@@ -52,12 +52,6 @@ def make_episodes(images: np.ndarray, labels: np.ndarray, sampler: fewshot.Episo
     out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     out["valid"] = np.ones(len(rows), bool)
     return out
-
-
-def _pixel_ce(logits: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, target[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0))
 
 
 class FewShotAccumulator(Accumulator):
@@ -174,12 +168,13 @@ class FewShotTask(Task):
                 {"support_valid": batch["support_valid"]})
 
     def loss(self, outputs, batch, ctx: StepContext):
-        q_sum = _pixel_ce(outputs["logits"], batch["query_target"], batch["query_valid"])
-        q_count = jnp.sum(batch["query_valid"], dtype=jnp.float32)
+        q_sum, q_count = losses.cross_entropy(
+            outputs["logits"], batch["query_target"].astype(jnp.int32),
+            ignore_label=self.ignore_label, valid_mask=batch["query_valid"])
         if self.align_weight and "align_logits" in outputs:
-            s_target = batch["support_mask"].astype(jnp.int32)
-            s_sum = _pixel_ce(outputs["align_logits"], s_target, batch["support_valid"])
-            s_count = jnp.sum(batch["support_valid"], dtype=jnp.float32)
+            s_sum, s_count = losses.cross_entropy(
+                outputs["align_logits"], batch["support_mask"].astype(jnp.int32),
+                ignore_label=self.ignore_label, valid_mask=batch["support_valid"])
             scale = ctx.global_sum(q_count) / jnp.maximum(ctx.global_sum(s_count), 1.0)
             q_sum = q_sum + self.align_weight * s_sum * jax.lax.stop_gradient(scale)
         return q_sum, q_count
