@@ -141,7 +141,9 @@ def predictors(model, variables, *, finetune_steps: int, finetune_lr: float,
 def evaluate_run(workdir: str, *, checkpoint: str, batch: int, finetune_steps: int,
                  finetune_lr: float, finetune_encoder: bool = False) -> dict:
     """{method: metrics} of one run's evaluation episodes (`FewShotAccumulator` metrics)."""
-    import numpy as np
+    import jax
+
+    from segjax.tasks import fewshot as fewshot_task
 
     config, task, model, variables, data = load_run(workdir, checkpoint)
     if task.ways != 1 or task.shots != 1:
@@ -151,16 +153,9 @@ def evaluate_run(workdir: str, *, checkpoint: str, batch: int, finetune_steps: i
                      finetune_encoder=finetune_encoder)
     accs = {m: task.new_accumulator() for m in METHODS}
     for b in task.eval_batches(data, batch_size=batch, pad_to=config.eval.pad_to):
-        target, valid = b["query_target"], b["query_valid"]
         for m in METHODS:
-            pred = np.asarray(fns[m](b))
-            p, t = (pred == 1), (target == 1)
-            v = valid
-            per = {"classes": b["classes"],
-                   "inter": np.sum(p & t & v, axis=(1, 2))[:, None], "union": np.sum((p | t) & v, axis=(1, 2))[:, None],
-                   "fg_inter": np.sum(p & t & v, axis=(1, 2)), "fg_union": np.sum((p | t) & v, axis=(1, 2)),
-                   "bg_inter": np.sum(~p & ~t & v, axis=(1, 2)), "bg_union": np.sum((~p | ~t) & v, axis=(1, 2))}
-            accs[m].update({}, per, b)
+            counts = fewshot_task.episode_counts(fns[m](b), b["query_target"], b["query_valid"], ways=1)
+            accs[m].update({}, {**jax.device_get(counts), "classes": b["classes"]}, b)
         print(".", end="", flush=True)
     print()
     return {m: accs[m].result() for m in METHODS}

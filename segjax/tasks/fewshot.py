@@ -54,6 +54,19 @@ def make_episodes(images: np.ndarray, labels: np.ndarray, sampler: fewshot.Episo
     return out
 
 
+def episode_counts(pred, target, valid, *, ways: int) -> dict[str, jax.Array]:
+    """What `FewShotAccumulator` sums, from query predictions and targets [B, H, W] (0 the
+    background, 1 + n way n) over the valid pixels: `inter` / `union` [B, ways] of each way,
+    and `fg_inter` / `fg_union` / `bg_inter` / `bg_union` [B] of foreground vs background."""
+    n = jnp.arange(1, ways + 1)[None, :, None, None]
+    p, t, v = pred[:, None] == n, target[:, None] == n, valid[:, None]  # [B, ways, H, W]
+    count = lambda x, m: jnp.sum(x & m, axis=(-2, -1), dtype=jnp.int32)  # noqa: E731
+    pf, tf = pred > 0, target > 0
+    return {"inter": count(p & t, v), "union": count(p | t, v),
+            "fg_inter": count(pf & tf, valid), "fg_union": count(pf | tf, valid),
+            "bg_inter": count(~pf & ~tf, valid), "bg_union": count(~pf | ~tf, valid)}
+
+
 class FewShotAccumulator(Accumulator):
     """Per-class foreground intersection/union over episodes, background IoU, per-episode IoU."""
 
@@ -185,16 +198,9 @@ class FewShotTask(Task):
         args, kwargs = self.model_inputs(batch, train=False)
         logits = apply_fn(variables, *args, train=False, **kwargs)["logits"]
         pred = jnp.argmax(logits, axis=-1)
-        target, valid = batch["query_target"], batch["query_valid"]
-        ways = jnp.arange(1, logits.shape[-1])[None, :, None, None]
-        p, t = pred[:, None] == ways, target[:, None] == ways  # [B, N, H, W]
-        v = valid[:, None]
-        count = lambda x: jnp.sum(x & v, axis=(-2, -1), dtype=jnp.int32)  # noqa: E731
-        pf, tf = pred > 0, target > 0
-        c2 = lambda x: jnp.sum(x & valid, axis=(-2, -1), dtype=jnp.int32)  # noqa: E731
-        return {}, {"inter": count(p & t), "union": count(p | t), "classes": batch["classes"],
-                    "fg_inter": c2(pf & tf), "fg_union": c2(pf | tf),
-                    "bg_inter": c2(~pf & ~tf), "bg_union": c2(~pf | ~tf), "pred": pred}
+        counts = episode_counts(pred, batch["query_target"], batch["query_valid"],
+                                ways=logits.shape[-1] - 1)
+        return {}, {**counts, "classes": batch["classes"], "pred": pred}
 
     def new_accumulator(self) -> FewShotAccumulator:
         return FewShotAccumulator(self.test_classes)
@@ -252,4 +258,5 @@ def build(config, info, data_dir) -> FewShotTask:
                        class_names=getattr(info, "class_names", None))
 
 
-__all__ = ["BEST_METRIC", "FewShotAccumulator", "FewShotTask", "build", "make_episodes"]
+__all__ = ["BEST_METRIC", "FewShotAccumulator", "FewShotTask", "build", "episode_counts",
+           "make_episodes"]
