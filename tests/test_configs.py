@@ -69,7 +69,7 @@ def test_preset_resolves_every_name(module, preset):
     else:
         importlib.import_module(TASKS[config.task]).build(config, info, None)
     assert model_output(config.model.name) == {"instance": "instance", "quality": "quality",
-                                               "fewshot": "fewshot"}.get(
+                                               "fewshot": "fewshot", "embedding": "embedding"}.get(
         config.task, "semantic")
     num_steps = config_utils.get_steps(config, "num_train", batch_size=config.batch_size,
                                        num_examples=100)

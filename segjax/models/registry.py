@@ -37,8 +37,9 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # What each model's output dict is for: "semantic" (dense "logits" at the input resolution) or
 # "instance" (boxes, scores, classes, num_detections, mask_probs). Tasks and tests pick by it.
 _OUTPUT_KIND: dict[str, str] = {}
-# quality: {"quality": [N]} (oracles); fewshot: episode logits (segjax.models.fewshot).
-OUTPUT_KINDS = ("semantic", "instance", "quality", "fewshot")
+# quality: {"quality": [N]} (oracles); fewshot: episode logits (segjax.models.fewshot);
+# embedding: "logits" plus per-pixel "embeddings" (proposal-free instances, segjax.tasks.embedding).
+OUTPUT_KINDS = ("semantic", "instance", "quality", "fewshot", "embedding")
 _loaded = False
 
 

@@ -15,6 +15,12 @@ conv halving the channels, for ablations of the upsampling operator.
 Parameter names: `enc{l}_conv{1,2}` / `enc{l}_bn{1,2}` (level l = 0 is the finest),
 `bottom_conv{1,2}` / `bottom_bn{1,2}`, `up{l}` (the upsampling's conv), `dec{l}_conv{1,2}` /
 `dec{l}_bn{1,2}`, `classifier`.
+
+`embedding_dim` > 0 adds a second 1x1 conv head, `embedding`, on the same last decoder features:
+per-pixel instance embeddings for proposal-free instance segmentation (De Brabandere, Neven & Van
+Gool 2017, who put an embedding branch next to the semantic one). The model then also returns
+`"embeddings"` [N, H, W, embedding_dim] float32 (registered as `unet_embedding`, output kind
+"embedding"; trained by `segjax.tasks.embedding`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import jax.numpy as jnp
 from segjax import ops
 from segjax.models.backbones.vgg import conv_relu_stack, max_pool_2x2
 from segjax.models.layers import ConvTranspose, check_images
-from segjax.models.outputs import LOGITS
+from segjax.models.outputs import EMBEDDINGS, LOGITS
 from segjax.models.registry import register
 
 UPSAMPLING = ("transposed", "bilinear", "nearest", "bed_of_nails")
@@ -45,6 +51,7 @@ class UNet(nn.Module):
       dtype: compute dtype; logits are float32.
       axis_name: pmap axis for synchronised BatchNorm.
       in_channels: channels of the input images.
+      embedding_dim: channels of the embedding head (0: none).
     """
 
     num_classes: int
@@ -54,6 +61,7 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
     in_channels: int = 3
+    embedding_dim: int = 0
 
     def validate(self) -> None:
         """Raises ValueError naming an unsupported upsampling, depth or base_features."""
@@ -63,6 +71,8 @@ class UNet(nn.Module):
             raise ValueError(f"depth must be a positive int, got {self.depth!r}")
         if not (isinstance(self.base_features, int) and self.base_features >= 1):
             raise ValueError(f"base_features must be a positive int, got {self.base_features!r}")
+        if not (isinstance(self.embedding_dim, int) and self.embedding_dim >= 0):
+            raise ValueError(f"embedding_dim must be an int >= 0, got {self.embedding_dim!r}")
 
     def _check(self, images: jax.Array) -> None:
         self.validate()
@@ -103,8 +113,14 @@ class UNet(nn.Module):
             features = self.base_features * 2**level
             x = self._upsample(x, features, f"up{level}")[:, : skip.shape[1], : skip.shape[2]]
             x = double_conv(jnp.concatenate([skip, x], axis=-1), features, f"dec{level}")
-        x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="classifier")(x)
-        return {LOGITS: x.astype(jnp.float32)}
+        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                         name="classifier")(x)
+        out = {LOGITS: logits.astype(jnp.float32)}
+        if self.embedding_dim:
+            e = nn.Conv(self.embedding_dim, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                        name="embedding")(x)
+            out[EMBEDDINGS] = e.astype(jnp.float32)
+        return out
 
 
 @register("unet")
@@ -118,4 +134,21 @@ def unet(
         axis_name=axis_name, in_channels=in_channels,
     )
     model.validate()  # fail in create_model, not at the first init
+    return model
+
+
+@register("unet_embedding", output="embedding")
+def unet_embedding(
+    *, num_classes: int, embedding_dim: int = 8, base_features: int = 64, depth: int = 4,
+    upsampling: str = "transposed", dtype: Any = jnp.float32, axis_name: str | None = None,
+    in_channels: int = 3,
+) -> UNet:
+    """U-Net with a semantic head and an `embedding_dim`-channel instance-embedding head."""
+    if not (isinstance(embedding_dim, int) and embedding_dim >= 1):
+        raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+    model = UNet(
+        num_classes=num_classes, base_features=base_features, depth=depth, upsampling=upsampling,
+        dtype=dtype, axis_name=axis_name, in_channels=in_channels, embedding_dim=embedding_dim,
+    )
+    model.validate()
     return model

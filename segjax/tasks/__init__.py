@@ -15,6 +15,7 @@ TASKS = {
     "quality": "segjax.tasks.quality",
     "instance": "segjax.tasks.instance",
     "fewshot": "segjax.tasks.fewshot",
+    "embedding": "segjax.tasks.embedding",
 }
 
 

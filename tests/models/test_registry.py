@@ -233,8 +233,9 @@ def test_output_kinds_partition_the_registry():
 
     semantic, instance = available_models("semantic"), available_models("instance")
     assert sorted(semantic + instance + available_models("quality") + available_models("fewshot")
-                  ) == available_models()
+                  + available_models("embedding")) == available_models()
     assert "deeplabv3_resnet50" in semantic and "maskrcnn_resnet50_fpn" in instance
     assert model_output("maskrcnn_resnet18_fpn") == "instance"
+    assert model_output("unet_embedding") == "embedding"
     with pytest.raises(ValueError, match="unknown model"):
         model_output("nope")

@@ -1,0 +1,198 @@
+"""The embedding task (proposal-free instances): renumbered targets, the U-Net's two heads against
+a hand computation, the loss against torch (cross-entropy) plus the torch transcription of the
+discriminative loss, global on 4 devices, the whole train step on 4 devices = 1 device, and the
+clustering-to-COCO evaluation path on planted embeddings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segjax.tasks.base import StepContext
+from segjax.tasks.embedding import (EmbeddingAccumulator, EmbeddingTask, embedding_instances,
+                                    renumber_instances)
+from tests.tasks.test_instance import IGNORE, maps
+
+K, M = 5, 6
+
+def test_renumber_instances_keeps_the_partition(np_rng):
+    label, instance = maps(np_rng, b=4)
+    instance = np.where(instance > 0, instance * 7 + 3, 0)  # sparse, unordered-looking ids
+    label[1, 2:5, :] = IGNORE  # ignored pixels lose their instance
+    out = renumber_instances(label, instance, max_instances=M, ignore_label=IGNORE)
+    for i in range(len(label)):
+        kept = np.where(label[i] == IGNORE, 0, instance[i])
+        ids = [k for k in np.unique(kept) if k > 0]
+        assert sorted(np.unique(out[i][out[i] > 0]).tolist()) == list(range(1, len(ids) + 1))
+        for rank, k in enumerate(ids, 1):  # increasing original id -> 1, 2, ...
+            np.testing.assert_array_equal(out[i] == rank, kept == k)
+        assert not out[i][kept == 0].any()
+    with pytest.raises(ValueError, match=r"example index 1\d has \d+ instances.*max_instances=1"):
+        renumber_instances(label, instance, max_instances=1, ignore_label=IGNORE,
+                           indices=[9, 10, 11, 12])
+
+def test_unet_embedding_heads_are_1x1_convs_of_the_last_decoder_features(np_rng):
+    from segjax.models import create_model
+
+    model = create_model("unet_embedding", num_classes=3, embedding_dim=4, base_features=4, depth=2)
+    x = jnp.asarray(np_rng.normal(size=(2, 12, 10, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    out, inter = model.apply(variables, x, capture_intermediates=True)
+    # The last decoder BatchNorm's output, through the ReLU, feeds both heads.
+    feats = np.maximum(np.asarray(inter["intermediates"]["dec0_bn2"]["__call__"][0]), 0.0)
+    p = variables["params"]
+    for key, head in (("logits", "classifier"), ("embeddings", "embedding")):
+        want = feats @ np.asarray(p[head]["kernel"])[0, 0] + np.asarray(p[head]["bias"])
+        np.testing.assert_allclose(out[key], want, rtol=1e-5, atol=1e-5)
+    assert out["embeddings"].shape == (2, 12, 10, 4)
+    # The semantic path is the plain U-Net's: same parameters minus the embedding head.
+    plain = create_model("unet", num_classes=3, base_features=4, depth=2)
+    params = {k: v for k, v in p.items() if k != "embedding"}
+    ref = plain.apply({**variables, "params": params}, x)["logits"]
+    np.testing.assert_array_equal(out["logits"], ref)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        create_model("unet_embedding", num_classes=3, embedding_dim=0)
+
+def batch(np_rng, n=8, h=10, w=12, d=3):
+    """Outputs and a batch whose instances and ignored pixels sit very unevenly over the rows."""
+    label, instance = maps(np_rng, b=n, h=h, w=w, n_max=3, sizes=(2, 5))
+    label[:3] = 0  # the first device's share has no instance at all
+    instance[:3] = 0
+    label[5, :6] = IGNORE  # and one row is mostly ignored
+    instance = renumber_instances(label, instance, max_instances=M, ignore_label=IGNORE)
+    outputs = {"logits": np_rng.normal(size=(n, h, w, K)).astype(np.float32),
+               "embeddings": (np_rng.normal(size=(n, h, w, d)) * 1.5).astype(np.float32)}
+    return outputs, {"image": np.zeros((n, h, w, 3), np.float32), "label": label,
+                     "instance": instance}
+
+def test_loss_is_torch_ce_plus_the_discriminative_loss_globally_on_four_devices(np_rng):
+    import torch
+
+    from tests.test_embedding_losses import torch_discriminative
+
+    task = EmbeddingTask(num_classes=K, ignore_label=IGNORE, max_instances=M, disc_weight=0.7)
+    outputs, b = batch(np_rng)
+    ce = torch.nn.functional.cross_entropy(
+        torch.tensor(outputs["logits"]).permute(0, 3, 1, 2), torch.tensor(b["label"]).long(),
+        ignore_index=IGNORE).item()
+    ids = np.where(b["label"] == IGNORE, IGNORE, b["instance"])
+    d_sum, d_images = torch_discriminative(torch.tensor(outputs["embeddings"], dtype=torch.float64), ids)
+    want = ce + 0.7 * float(d_sum) / d_images
+
+    s, c = task.loss(outputs, b, StepContext(rng=jax.random.key(0)))
+    np.testing.assert_allclose(s / c, want, rtol=1e-5)
+    assert c == np.sum(b["label"] != IGNORE)
+
+    def share(o, bb):
+        s, c = task.loss(o, bb, StepContext(rng=jax.random.key(0), axis_name="d"))
+        return jax.lax.psum(s, "d") / jax.lax.psum(c, "d")
+
+    split = lambda t: jax.tree.map(lambda v: v.reshape(4, -1, *v.shape[1:]), t)  # noqa: E731
+    got = jax.pmap(share, axis_name="d")(split(outputs), split(b))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # A per-device normalisation of the discriminative term would not match (device 0 has none).
+    per_device = [task.loss(jax.tree.map(lambda v: v[i:i + 2], outputs),
+                            jax.tree.map(lambda v: v[i:i + 2], b), StepContext(rng=jax.random.key(0)))
+                  for i in range(0, 8, 2)]
+    naive = sum(float(s) for s, _ in per_device) / sum(float(c) for _, c in per_device)
+    assert abs(naive - want) > 1e-3
+
+@pytest.fixture(scope="module")
+def embedding_run():
+    from segjax.models import create_model
+    from segjax.train import optim
+    from segjax.train.state import create_train_state, init_variables
+    from tests.train.test_device_invariance import one_device
+
+    rng = np.random.default_rng(4)
+    model = create_model("unet_embedding", num_classes=K, embedding_dim=3, base_features=4, depth=2)
+    shape = (1, 10, 12, 3)
+    variables = init_variables(model, jax.random.key(0), shape)
+    tx, _ = optim.create_optimizer(variables["params"], base_lr=0.1, num_steps=10, momentum=0.9)
+    state = create_train_state(model, None, shape, tx, variables=variables)
+    batches = []
+    for _ in range(2):
+        _, b = batch(rng)
+        b["image"] = rng.normal(size=b["image"].shape).astype(np.float32)
+        batches.append(b)
+    task = EmbeddingTask(num_classes=K, ignore_label=IGNORE, max_instances=M)
+    return state, batches, task, one_device(state, batches, task)
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_embedding_train_step_on_four_devices_equals_one_device(embedding_run, mode):
+    """Two SGD steps of the U-Net with both heads (synchronised BatchNorm, cross-entropy and the
+    discriminative loss over their global counts): 4 devices = 1 device.
+
+    Losses, gradient norms and BatchNorm statistics agree to 1e-5, every parameter leaf to 1e-5
+    relative plus 1e-6 absolute: the biases of the convolutions followed by BatchNorm have an
+    exactly zero gradient in exact arithmetic, so they hold only float32 noise (~1e-7)."""
+    from tests.train.test_device_invariance import devices
+    from tests.train.test_parallel import rel_diff
+
+    state, batches, task, (ref, ref_history) = embedding_run
+    assert rel_diff(ref.params, state.params) > 1e-3  # it trained
+    got, history = devices(mode, state, batches, task)
+    for m, r in zip(history, ref_history):
+        for key in ("loss", "grad_norm", "valid_pixels"):
+            np.testing.assert_allclose(m[key], r[key], rtol=1e-5, err_msg=key)
+    assert rel_diff(got.batch_stats, ref.batch_stats) <= 1e-5
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got.params),
+                            jax.tree.leaves(ref.params)):
+        gap = np.linalg.norm(np.asarray(a) - np.asarray(b))
+        assert gap <= 1e-5 * np.linalg.norm(np.asarray(b)) + 1e-6, jax.tree_util.keystr(path)
+
+def planted(np_rng, h=20, w=24, d=4, merge=False):
+    """Three instances (two touching ones of class 1, one of class 2) with embeddings within 0.3
+    of well-separated means (or, `merge`, the two class-1 instances at one mean)."""
+    label = np.zeros((h, w), np.int32)
+    instance = np.zeros((h, w), np.int32)
+    for k, (c, ys, xs) in enumerate([(1, slice(2, 9), slice(2, 10)), (1, slice(6, 14), slice(10, 18)),
+                                     (2, slice(12, 18), slice(3, 9))], 1):
+        label[ys, xs], instance[ys, xs] = c, k
+    means = np.array([[0, 0, 0, 0], [4, 0, 0, 0], [0, 4, 0, 0], [0, 0, 4, 0]], np.float32)
+    if merge:
+        means[2] = means[1]
+    noise = np_rng.uniform(-1, 1, (h, w, d)).astype(np.float32)
+    emb = means[instance] + 0.3 * noise / np.linalg.norm(noise, axis=-1, keepdims=True)
+    conf = np_rng.uniform(0.6, 0.95, (h, w))
+    probs = np.full((h, w, 3), 0.0, np.float32)
+    probs[np.arange(h)[:, None], np.arange(w)[None, :], label] = conf
+    probs += ((1 - conf) / 3)[..., None]
+    probs /= probs.sum(-1, keepdims=True)
+    return label, instance, probs, emb
+
+def test_embedding_instances_recover_planted_instances(np_rng):
+    label, instance, probs, emb = planted(np_rng)
+    det = embedding_instances(probs, emb, method="threshold", radius=1.5, min_pixels=4)
+    assert len(det["classes"]) == 3
+    for k in (1, 2, 3):
+        m = instance == k
+        j = [i for i, dm in enumerate(det["masks"]) if np.array_equal(dm, m)]
+        assert len(j) == 1, k
+        j = j[0]
+        assert det["classes"][j] == label[m][0]
+        np.testing.assert_allclose(det["scores"][j], probs[..., label[m][0]][m].mean(), rtol=1e-6)
+        ys, xs = np.nonzero(m)
+        np.testing.assert_array_equal(det["boxes"][j], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    assert np.all(np.diff(det["scores"]) <= 0)  # by decreasing score
+    ms = embedding_instances(probs, emb, method="mean_shift", bandwidth=1.5, min_pixels=4)
+    assert sorted(map(np.count_nonzero, ms["masks"])) == sorted(map(np.count_nonzero, det["masks"]))
+
+def test_accumulator_scores_clustered_instances_with_coco_ap(np_rng):
+    def run(merge):
+        acc = EmbeddingAccumulator(3, IGNORE, {"method": "threshold", "radius": 1.5, "min_pixels": 4})
+        rows = [planted(np_rng, merge=merge) for _ in range(2)]
+        pad = lambda a: np.pad(a, [(0, 4), (0, 4)] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
+        b = {"label": np.stack([pad(r[0]) for r in rows] + [pad(rows[0][0])]),
+             "instance": np.stack([pad(r[1]) for r in rows] + [pad(rows[0][1])]),
+             "height": np.array([20, 20, 20]), "width": np.array([24, 24, 24]),
+             "valid": np.array([True, True, False])}
+        per_example = {"probs": np.stack([pad(r[2]) for r in rows] + [pad(rows[0][2])]),
+                       "embeddings": np.stack([pad(r[3]) for r in rows] + [pad(rows[0][3])])}
+        acc.update({}, per_example, b)
+        return acc.result()
+
+    good = run(False)
+    assert good["num_images"] == 2 and good["mask_ap"] == pytest.approx(1.0)
+    merged = run(True)  # the touching class-1 pair becomes one detection: AP drops for class 1
+    assert merged["num_detections"] == 4 and merged["mask_ap"] < 0.8
