@@ -74,6 +74,24 @@ def cosine_logits(features: jax.Array, protos: jax.Array, scale: float = 20.0) -
     return scale * jnp.einsum("...c,pc->...p", unit(features), unit(protos))
 
 
+def sample_pixels(key: jax.Array, labels: jax.Array, valid: jax.Array, per_side: int
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Up to `per_side` foreground (label > 0) and `per_side` background (label 0) pixels of one
+    label map [h, w], drawn uniformly without replacement among the `valid` ones (static shapes:
+    Gumbel-style top-k of uniform scores).
+
+    Returns (flat pixel indices int32 [2 per_side], ok bool [2 per_side]); `ok` is False for the
+    slots a side had no pixel left for (their index is arbitrary)."""
+    flat_l, flat_v = labels.reshape(-1), valid.reshape(-1).astype(bool)
+    u = jax.random.uniform(key, flat_l.shape)
+    index, ok = [], []
+    for side in (flat_l > 0, flat_l == 0):
+        top, idx = jax.lax.top_k(jnp.where(side & flat_v, u, -1.0), per_side)
+        index.append(idx.astype(jnp.int32))
+        ok.append(top >= 0)
+    return jnp.concatenate(index), jnp.concatenate(ok)
+
+
 def episode_masks(label: np.ndarray, classes: Sequence[int], ignore_label: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """An episode's target and validity for label map(s) [..., H, W] and its way classes:

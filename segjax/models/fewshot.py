@@ -11,7 +11,9 @@ returns `{"logits": [B, H, W, 1 + N]}` (background first; `scale` x cosine simil
 query features to the support prototypes, bilinearly upsampled to the image) and, in training,
 `"align_logits": [B, N, K, H, W, 2]`: PANet's prototype alignment, each support image segmented
 (background vs its way) by prototypes pooled from the query under the query's *predicted* mask
-(argmax, no gradient through the mask; the gradient flows through the features).
+(argmax, no gradient through the mask; the gradient flows through the features), plus the
+stride-8 features themselves, `"query_features"` [B, h, w, C] and `"support_features"`
+[B, N, K, h, w, C] (for metric-learning losses on pixel embeddings).
 
 The encoder is a ResNet (`segjax.models.backbones.resnet`) at output stride 8, its `layer3`
 features (PANet uses VGG-16's conv5 at stride 8); the prototype pieces are `segjax.fewshot`.
@@ -81,6 +83,7 @@ class PrototypeSegmenter(nn.Module):
         out = {"logits": resize(q_logits, (h, w), method="bilinear", align_corners=False)}
         if not train:
             return out
+        out["query_features"], out["support_features"] = q_feat, s_feat  # metric-learning losses
         # Prototype alignment: query prototypes under the predicted query mask segment the support.
         pred = jax.lax.stop_gradient(jnp.argmax(out["logits"], axis=-1))  # [B, H, W]
         onehot = jax.nn.one_hot(pred, n + 1, dtype=jnp.float32)  # [B, H, W, 1 + N]

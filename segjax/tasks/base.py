@@ -43,6 +43,11 @@ Batch = Mapping[str, jax.Array]
 ApplyFn = Callable[..., Any]
 
 
+def plain_dict(d: Any) -> dict:
+    """A config section (`ml_collections.ConfigDict` or mapping) as a plain dict of kwargs."""
+    return d.to_dict() if hasattr(d, "to_dict") else dict(d)
+
+
 @dataclasses.dataclass(frozen=True)
 class StepContext:
     """What a loss may need beyond outputs and batch, valid inside one (compiled) step.

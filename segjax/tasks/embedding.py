@@ -29,7 +29,7 @@ import numpy as np
 
 from segjax import cluster, coco, embedding_losses, losses, visualize
 from segjax.models.outputs import EMBEDDINGS, LOGITS
-from segjax.tasks.base import Accumulator, StepContext, Task
+from segjax.tasks.base import Accumulator, StepContext, Task, plain_dict
 from segjax.tasks.instance import LOGGED
 
 BEST_METRIC = "mask_ap"
@@ -221,9 +221,6 @@ class EmbeddingTask(Task):
         return written
 
 
-def _plain(d) -> dict:
-    return d.to_dict() if hasattr(d, "to_dict") else dict(d)
-
 
 def build(config, info, data_dir) -> EmbeddingTask:
     """The embedding task of a run: `config.embedding` (loss and clustering) on dataset `info`."""
@@ -235,7 +232,7 @@ def build(config, info, data_dir) -> EmbeddingTask:
         delta_v=float(e.get("delta_v", 0.5)), delta_d=float(e.get("delta_d", 1.5)),
         alpha=float(e.get("alpha", 1.0)), beta=float(e.get("beta", 1.0)),
         gamma=float(e.get("gamma", 0.001)), disc_weight=float(e.get("disc_weight", 1.0)),
-        cluster_kwargs=_plain(e.get("cluster") or {}), class_names=info.class_names,
+        cluster_kwargs=plain_dict(e.get("cluster") or {}), class_names=info.class_names,
         palette=info.palette)
 
 

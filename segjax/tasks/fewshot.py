@@ -14,9 +14,15 @@ train stream and draws the step's episodes from it (`segjax.fewshot.EpisodeSampl
 (seed, step)). Evaluation: `config.fewshot.eval_episodes` fixed episodes (seed
 `config.fewshot.eval_seed`) over the eval split.
 
-Loss: cross-entropy of the query's logits over its valid pixels, plus `align_weight` x the
-prototype-alignment cross-entropy over the support's valid pixels (PANet's PAR), each normalised
-by its own global pixel count. Metrics (PANet's): `fg_miou`, the mean over test classes of the
+Loss: `proto_weight` x (cross-entropy of the query's logits over its valid pixels, plus
+`align_weight` x the prototype-alignment cross-entropy over the support's valid pixels, PANet's
+PAR), each normalised by its own global pixel count; plus, with `triplet_weight` > 0, a triplet
+loss on pixel embeddings (`segjax.embedding_losses.triplet_loss`, `triplet` its keyword
+arguments: mining, margin, distance, normalize, soft): from every support and query image,
+`triplet_pixels` foreground and as many background pixels of the stride-8 feature map (the
+episode's masks read at the cells' centres), labelled by the way's dataset class id (background
+0), mined over the *global* batch and normalised by its global count. `proto_weight=0` trains
+the encoder by the triplet loss alone (the mining study of ABLATIONS.md). Metrics (PANet's): `fg_miou`, the mean over test classes of the
 foreground IoU accumulated over all episodes of that class; `fb_iou`, the mean of background and
 foreground IoU; `episode_fg_iou`, the mean per-episode foreground IoU. Checkpoints by `fg_miou`.
 """
@@ -30,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import fewshot, losses
-from segjax.tasks.base import Accumulator, StepContext, Task
+from segjax import embedding_losses, fewshot, losses
+from segjax.tasks.base import Accumulator, StepContext, Task, plain_dict
 
 BEST_METRIC = "fg_miou"
 
@@ -108,13 +114,15 @@ class FewShotTask(Task):
     name = "fewshot"
     best_metric = BEST_METRIC
     train_keys = ("support_image", "support_mask", "support_valid", "query_image", "query_target",
-                  "query_valid")
-    eval_keys = train_keys + ("classes",)
+                  "query_valid", "classes")
+    eval_keys = train_keys
 
     def __init__(self, *, num_classes: int, ignore_label: int, test_classes: Sequence[int],
                  ways: int = 1, shots: int = 1, pool: int = 64, eval_episodes: int = 200,
                  eval_seed: int = 0, align_weight: float = 1.0, min_pixels: int = 16,
-                 background: int = 0, class_names: Sequence[str] | None = None):
+                 background: int = 0, class_names: Sequence[str] | None = None,
+                 proto_weight: float = 1.0, triplet_weight: float = 0.0,
+                 triplet: dict | None = None, triplet_pixels: int = 8):
         self.num_classes, self.ignore_label = num_classes, ignore_label
         self.test_classes = tuple(int(c) for c in test_classes)
         bad = [c for c in self.test_classes if not 0 <= c < num_classes or c == background]
@@ -129,6 +137,16 @@ class FewShotTask(Task):
         self.ways, self.shots, self.pool = ways, shots, pool
         self.eval_episodes, self.eval_seed = eval_episodes, eval_seed
         self.align_weight, self.min_pixels = align_weight, min_pixels
+        self.proto_weight, self.triplet_weight = proto_weight, triplet_weight
+        self.triplet = dict(triplet or {})
+        self.triplet_pixels = triplet_pixels
+        if not proto_weight and not triplet_weight:
+            raise ValueError("config.fewshot.proto_weight and triplet_weight are both 0: nothing "
+                             "to train")
+        mining = self.triplet.get("mining", "hard")
+        if mining not in embedding_losses.MINING:
+            raise ValueError(f"config.fewshot.triplet.mining={mining!r} is not one of "
+                             f"{embedding_losses.MINING}")
         self.class_names = tuple(class_names or (str(k) for k in range(num_classes)))
         self._eval_cache: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -190,7 +208,46 @@ class FewShotTask(Task):
                 ignore_label=self.ignore_label, valid_mask=batch["support_valid"])
             scale = ctx.global_sum(q_count) / jnp.maximum(ctx.global_sum(s_count), 1.0)
             q_sum = q_sum + self.align_weight * s_sum * jax.lax.stop_gradient(scale)
-        return q_sum, q_count
+        total = self.proto_weight * q_sum
+        if self.triplet_weight:
+            t_sum, t_count = self.triplet_terms(outputs, batch, ctx)
+            scale = ctx.global_sum(q_count) / jnp.maximum(ctx.global_sum(t_count), 1.0)
+            total = total + self.triplet_weight * t_sum * jax.lax.stop_gradient(scale)
+        return total, q_count
+
+    def triplet_terms(self, outputs, batch, ctx: StepContext):
+        """This share's `(sum, count)` of the triplet loss on sampled pixel embeddings, mined over
+        the global batch (see the module docstring)."""
+        q_feat, s_feat = outputs["query_features"], outputs["support_features"]
+        b, n, k = s_feat.shape[:3]
+        h, w, c = q_feat.shape[1:]
+        stride = batch["query_target"].shape[-1] // w
+
+        def cells(x):  # [..., H, W] -> [..., h, w]: the value at each feature cell's centre
+            return x[..., stride // 2::stride, stride // 2::stride][..., :h, :w]
+
+        classes = batch["classes"].astype(jnp.int32)  # [B, N]
+        q_target = cells(batch["query_target"]).astype(jnp.int32)
+        q_label = jnp.where(q_target > 0, jnp.take_along_axis(
+            classes, jnp.maximum(q_target - 1, 0).reshape(b, -1), axis=1).reshape(q_target.shape), 0)
+        s_label = jnp.where(cells(batch["support_mask"]) > 0, classes[:, :, None, None, None], 0)
+        feats = jnp.concatenate([s_feat.reshape(b, n * k, h * w, c), q_feat.reshape(b, 1, h * w, c)], 1)
+        labels = jnp.concatenate([s_label.reshape(b, n * k, h * w), q_label.reshape(b, 1, h * w)], 1)
+        valid = jnp.concatenate([cells(batch["support_valid"]).reshape(b, n * k, h * w),
+                                 cells(batch["query_valid"]).reshape(b, 1, h * w)], 1)
+        images = n * k + 1
+        keys = jax.vmap(lambda key: jax.random.split(key, images))(ctx.example_keys(b))
+        pick = jax.vmap(jax.vmap(lambda key, l, v: fewshot.sample_pixels(key, l, v, self.triplet_pixels)))
+        index, ok = pick(keys, labels, valid)  # [B, I, 2S]
+        emb = jnp.take_along_axis(feats, index[..., None], axis=2).reshape(-1, c)
+        lab = jnp.take_along_axis(labels, index, axis=2).reshape(-1)
+        ok = ok.reshape(-1)
+        rows = emb.shape[0]
+        g_emb, g_lab, g_ok = ctx.all_gather((emb, lab, ok))
+        first = ctx.example_offset(b) * (rows // b)
+        anchor = (jnp.arange(g_emb.shape[0]) >= first) & (jnp.arange(g_emb.shape[0]) < first + rows)
+        return embedding_losses.triplet_loss(g_emb, g_lab, anchor_mask=anchor, valid=g_ok,
+                                             **self.triplet)
 
     # -------------------------------------------------------------------------- evaluation
 
@@ -255,7 +312,12 @@ def build(config, info, data_dir) -> FewShotTask:
                        eval_seed=int(f.get("eval_seed", 0)),
                        align_weight=float(f.get("align_weight", 1.0)),
                        min_pixels=int(f.get("min_pixels", 16)),
-                       class_names=getattr(info, "class_names", None))
+                       class_names=getattr(info, "class_names", None),
+                       proto_weight=float(f.get("proto_weight", 1.0)),
+                       triplet_weight=float(f.get("triplet_weight", 0.0)),
+                       triplet=plain_dict(f.get("triplet") or {}),
+                       triplet_pixels=int(f.get("triplet_pixels", 8)))
+
 
 
 __all__ = ["BEST_METRIC", "FewShotAccumulator", "FewShotTask", "build", "episode_counts",

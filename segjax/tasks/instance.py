@@ -16,7 +16,7 @@ image size (`segjax.ops.paste_masks`, threshold 0.5) and scored with pycocotools
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
