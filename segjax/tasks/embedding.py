@@ -20,17 +20,16 @@ instance), both global on any number of devices. Checkpoints are ranked by `mask
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import cluster, coco, embedding_losses, losses, visualize
+from segjax import cluster, coco, embedding_losses, losses
 from segjax.models.outputs import EMBEDDINGS, LOGITS
-from segjax.tasks.base import Accumulator, StepContext, Task, plain_dict
-from segjax.tasks.instance import LOGGED
+from segjax.tasks.base import Accumulator, StepContext, plain_dict
+from segjax.tasks.instance import InstanceTask
 
 BEST_METRIC = "mask_ap"
 
@@ -103,7 +102,7 @@ class EmbeddingAccumulator(Accumulator):
         return self._coco.result()
 
 
-class EmbeddingTask(Task):
+class EmbeddingTask(InstanceTask):
     """Semantic segmentation + discriminative instance embeddings (see the module docstring).
 
     Args:
@@ -124,11 +123,8 @@ class EmbeddingTask(Task):
                  delta_v: float = 0.5, delta_d: float = 1.5, alpha: float = 1.0, beta: float = 1.0,
                  gamma: float = 0.001, disc_weight: float = 1.0, cluster_kwargs: dict | None = None,
                  class_names: Sequence[str] | None = None, palette: np.ndarray | None = None):
-        if max_instances is None or max_instances < 1:
-            raise ValueError(f"config.dataset.max_instances={max_instances} must be a positive "
-                             "int for the embedding task")
-        self.num_classes, self.ignore_label = num_classes, ignore_label
-        self.max_instances = max_instances
+        super().__init__(num_classes=num_classes, ignore_label=ignore_label,
+                         max_instances=max_instances, class_names=class_names, palette=palette)
         self.disc = dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta, gamma=gamma)
         self.disc_weight = disc_weight
         self.cluster_kwargs = dict(cluster_kwargs or {})
@@ -136,8 +132,6 @@ class EmbeddingTask(Task):
         if method not in cluster.METHODS:
             raise ValueError(f"config.embedding.cluster.method={method!r} is not one of "
                              f"{cluster.METHODS}")
-        self.class_names = tuple(class_names or (str(k) for k in range(num_classes)))
-        self.palette = palette
 
     # -------------------------------------------------------------------------------- data
 
@@ -149,10 +143,11 @@ class EmbeddingTask(Task):
                                           ignore_label=self.ignore_label, indices=batch["index"])
             yield {"image": batch["image"], "label": batch["label"], "instance": instance}
 
-    def eval_batches(self, data, *, batch_size, pad_to):
-        return data.eval(batch_size=batch_size, pad_to=pad_to, with_instances=True)
-
     # ---------------------------------------------------------------------------- training
+
+    def model_inputs(self, batch, *, train):
+        del train
+        return (batch["image"],), {}
 
     def loss(self, outputs, batch, ctx: StepContext):
         """`(sum, count)`: count = this share's valid pixels; the discriminative term is rescaled
@@ -176,50 +171,21 @@ class EmbeddingTask(Task):
     def new_accumulator(self) -> EmbeddingAccumulator:
         return EmbeddingAccumulator(self.num_classes, self.ignore_label, self.cluster_kwargs)
 
-    def logged_metrics(self, metrics):
-        return {k: metrics[k] for k in LOGGED if k in metrics}
-
-    def summary_line(self, metrics):
-        return (f"mask_ap {metrics['mask_ap']:.4f}  mask_ap50 {metrics['mask_ap50']:.4f}  "
-                f"box_ap {metrics['box_ap']:.4f}")
-
     def save_examples(self, out_dir, step, batch, per_example, *, limit, writer=None) -> int:
         """Ground-truth instances | clustered instances (score >= 0.5) | the embeddings' first
         three dimensions as colour, one picture per valid example."""
-        from segjax.data.datasets import voc_palette
-        from segjax.data.pipeline import denormalize
 
-        palette = voc_palette(self.num_classes) if self.palette is None else self.palette
-        written = 0
-        for i in range(len(batch["valid"])):
-            if written >= limit or not bool(batch["valid"][i]):
-                continue
-            h, w = int(batch["height"][i]), int(batch["width"][i])
-            image = denormalize(np.asarray(batch["image"][i, :h, :w]))
-            gt_classes, gt_masks = coco.instances_from_maps(
-                batch["label"][i, :h, :w], batch["instance"][i, :h, :w],
-                ignore_label=self.ignore_label)
+        def panel(i, h, w):
             emb = np.asarray(per_example[EMBEDDINGS][i, :h, :w])
             det = embedding_instances(np.asarray(per_example["probs"][i, :h, :w]), emb,
                                       **self.cluster_kwargs)
-            keep = det["scores"] >= 0.5
-            gt = visualize.draw_instances(image, gt_masks, [coco.mask_box(m) for m in gt_masks],
-                                          gt_classes, palette=palette, class_names=self.class_names)
-            pred = visualize.draw_instances(image, det["masks"][keep], det["boxes"][keep],
-                                            det["classes"][keep], palette=palette,
-                                            class_names=self.class_names,
-                                            scores=det["scores"][keep])
-            rgb = emb[..., :3] if emb.shape[-1] >= 3 else np.pad(emb, ((0, 0), (0, 0), (0, 3 - emb.shape[-1])))
+            rgb = np.pad(emb, ((0, 0), (0, 0), (0, max(0, 3 - emb.shape[-1]))))[..., :3]
             lo, hi = rgb.min(axis=(0, 1)), rgb.max(axis=(0, 1))
             colour = ((rgb - lo) / np.maximum(hi - lo, 1e-6) * 255).astype(np.uint8)
-            panel = visualize.side_by_side(gt, pred, visualize.to_uint8_image(colour))
-            index = int(batch["index"][i]) if "index" in batch else i
-            visualize.save_png(os.path.join(out_dir, f"{index:05d}.png"), panel)
-            if writer is not None:
-                writer.write_images(step, {f"predictions/{index:05d}": panel})
-            written += 1
-        return written
+            return self.panel(batch, i, h, w, det["masks"], det["boxes"], det["classes"],
+                              det["scores"], colour)
 
+        return self.write_panels(out_dir, step, batch, panel, limit=limit, writer=writer)
 
 
 def build(config, info, data_dir) -> EmbeddingTask:

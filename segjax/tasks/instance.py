@@ -176,37 +176,53 @@ class InstanceTask(Task):
     def save_examples(self, out_dir, step, batch, per_example, *, limit, writer=None) -> int:
         """One picture per valid example: detections (score >= 0.5) drawn over the image next
         to the ground-truth instances."""
-        from segjax.data.datasets import voc_palette
-        from segjax.data.pipeline import denormalize
         from segjax.ops import paste_masks
 
-        palette = voc_palette(self.num_classes) if self.palette is None else self.palette
         canvas = tuple(np.shape(batch["label"])[1:3])
         probs = np.asarray(jax.jit(paste_masks, static_argnums=2)(
             per_example["mask_probs"], per_example["boxes"], canvas))
+
+        def panel(i, h, w):
+            d = int(per_example["num_detections"][i])
+            return self.panel(batch, i, h, w, probs[i, :d, :h, :w] >= 0.5,
+                              per_example["boxes"][i, :d], per_example["classes"][i, :d],
+                              per_example["scores"][i, :d])
+
+        return self.write_panels(out_dir, step, batch, panel, limit=limit, writer=writer)
+
+    def panel(self, batch, i, h, w, masks, boxes, classes, scores, *extra) -> np.ndarray:
+        """Row i's ground-truth instances | its detections of score >= 0.5 (bool masks [D, h, w],
+        boxes, classes, scores), then any `extra` uint8 [h, w, 3] images (enlarged as they are)."""
+        from segjax.data.datasets import voc_palette
+        from segjax.data.pipeline import denormalize
+
+        palette = voc_palette(self.num_classes) if self.palette is None else self.palette
+        image = denormalize(np.asarray(batch["image"][i, :h, :w]))
+        gt_classes, gt_masks = coco.instances_from_maps(
+            batch["label"][i, :h, :w], batch["instance"][i, :h, :w], ignore_label=self.ignore_label)
+        keep = np.asarray(scores) >= 0.5
+        gt = visualize.draw_instances(image, gt_masks, [coco.mask_box(m) for m in gt_masks],
+                                      gt_classes, palette=palette, class_names=self.class_names)
+        pred = visualize.draw_instances(image, masks[keep], boxes[keep], classes[keep],
+                                        palette=palette, class_names=self.class_names,
+                                        scores=scores[keep])
+        scale = gt.shape[0] // h  # draw_instances enlarges small images by an integer factor
+        extra = [np.repeat(np.repeat(e, scale, 0), scale, 1) for e in extra]
+        return visualize.side_by_side(gt, pred, *extra)
+
+    @staticmethod
+    def write_panels(out_dir, step, batch, panel, *, limit, writer=None) -> int:
+        """Writes `panel(i, h, w)` of up to `limit` valid rows as DIR/<index>.png (and to
+        `writer`); returns how many."""
         written = 0
         for i in range(len(batch["valid"])):
             if written >= limit or not bool(batch["valid"][i]):
                 continue
-            h, w = int(batch["height"][i]), int(batch["width"][i])
-            image = denormalize(np.asarray(batch["image"][i, :h, :w]))
-            gt_classes, gt_masks = coco.instances_from_maps(
-                batch["label"][i, :h, :w], batch["instance"][i, :h, :w],
-                ignore_label=self.ignore_label)
-            d = int(per_example["num_detections"][i])
-            keep = per_example["scores"][i, :d] >= 0.5
-            gt = visualize.draw_instances(
-                image, gt_masks, [coco.mask_box(m) for m in gt_masks], gt_classes,
-                palette=palette, class_names=self.class_names)
-            pred = visualize.draw_instances(
-                image, probs[i, :d, :h, :w][keep] >= 0.5, per_example["boxes"][i, :d][keep],
-                per_example["classes"][i, :d][keep], palette=palette,
-                class_names=self.class_names, scores=per_example["scores"][i, :d][keep])
-            panel = visualize.side_by_side(gt, pred)
+            image = panel(i, int(batch["height"][i]), int(batch["width"][i]))
             index = int(batch["index"][i]) if "index" in batch else i
-            visualize.save_png(os.path.join(out_dir, f"{index:05d}.png"), panel)
+            visualize.save_png(os.path.join(out_dir, f"{index:05d}.png"), image)
             if writer is not None:
-                writer.write_images(step, {f"predictions/{index:05d}": panel})
+                writer.write_images(step, {f"predictions/{index:05d}": image})
             written += 1
         return written
 

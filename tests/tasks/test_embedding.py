@@ -178,7 +178,9 @@ def test_embedding_instances_recover_planted_instances(np_rng):
     assert sorted(map(np.count_nonzero, ms["masks"])) == sorted(map(np.count_nonzero, det["masks"]))
 
 
-def test_accumulator_scores_clustered_instances_with_coco_ap(np_rng):
+def test_accumulator_scores_clustered_instances_with_coco_ap(np_rng, tmp_path):
+    from PIL import Image
+
     def run(merge):
         acc = EmbeddingAccumulator(3, IGNORE, {"method": "threshold", "radius": 1.5, "min_pixels": 4})
         rows = [planted(np_rng, merge=merge) for _ in range(2)]
@@ -190,6 +192,13 @@ def test_accumulator_scores_clustered_instances_with_coco_ap(np_rng):
         per_example = {"probs": np.stack([pad(r[2]) for r in rows] + [pad(rows[0][2])]),
                        "embeddings": np.stack([pad(r[3]) for r in rows] + [pad(rows[0][3])])}
         acc.update({}, per_example, b)
+        if not merge:  # the pictures: truth | instances | embedding colours, valid rows only
+            b["image"] = np.zeros((3, 24, 28, 3), np.float32)
+            task = EmbeddingTask(num_classes=3, ignore_label=IGNORE, max_instances=M,
+                                 cluster_kwargs={"radius": 1.5, "min_pixels": 4})
+            assert task.save_examples(str(tmp_path), 0, b, per_example, limit=5) == 2
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.png", "00001.png"]
+            assert Image.open(tmp_path / "00000.png").size[0] >= 3 * 24
         return acc.result()
 
     good = run(False)
