@@ -57,15 +57,17 @@ def renumber_instances(label: np.ndarray, instance: np.ndarray, *, max_instances
 
 
 def embedding_instances(probs: np.ndarray, embeddings: np.ndarray, *, method: str = "threshold",
-                        background: int = 0, **cluster_kwargs) -> dict[str, np.ndarray]:
+                        background: int = 0, semantic: np.ndarray | None = None,
+                        **cluster_kwargs) -> dict[str, np.ndarray]:
     """Instances of one image from its class probabilities [H, W, K] and embeddings [H, W, D].
 
-    The foreground of each predicted class (argmax) is clustered (`segjax.cluster.
+    The foreground of each predicted class (argmax, or the class map `semantic` [H, W] when given,
+    e.g. the ground truth to measure the embeddings alone) is clustered (`segjax.cluster.
     cluster_instances`); an instance's score is the mean probability of its class over its pixels.
     Returns masks bool [D, H, W], boxes [D, 4] (x1, y1, x2, y2), scores [D], classes int32 [D],
     in decreasing score order.
     """
-    pred = np.argmax(probs, axis=-1)
+    pred = np.argmax(probs, axis=-1) if semantic is None else np.asarray(semantic)
     ids, classes = cluster.cluster_instances(embeddings, pred, method=method, background=background,
                                              **cluster_kwargs)
     masks = ids[None] == np.arange(1, len(classes) + 1)[:, None, None]
@@ -77,12 +79,17 @@ def embedding_instances(probs: np.ndarray, embeddings: np.ndarray, *, method: st
 
 
 class EmbeddingAccumulator(Accumulator):
-    """Clusters each valid image's embeddings into instances and feeds them to COCOeval."""
+    """Clusters each valid image's embeddings into instances and feeds them to COCOeval.
 
-    def __init__(self, num_classes: int, ignore_label: int, cluster_kwargs: dict):
+    `true_semantic`: cluster the ground-truth class map's pixels instead of the predicted one's
+    (ignored pixels left out), so that the AP measures the embeddings alone."""
+
+    def __init__(self, num_classes: int, ignore_label: int, cluster_kwargs: dict,
+                 true_semantic: bool = False):
         self._coco = coco.CocoAccumulator(num_classes)
         self._ignore = ignore_label
         self._kwargs = cluster_kwargs
+        self._true_semantic = true_semantic
 
     def update(self, sums, per_example, batch) -> None:
         del sums
@@ -92,8 +99,11 @@ class EmbeddingAccumulator(Accumulator):
             h, w = int(batch["height"][i]), int(batch["width"][i])
             gt_classes, gt_masks = coco.instances_from_maps(
                 batch["label"][i, :h, :w], batch["instance"][i, :h, :w], ignore_label=self._ignore)
+            label = np.asarray(batch["label"][i, :h, :w])
+            semantic = np.where(label == self._ignore, 0, label) if self._true_semantic else None
             det = embedding_instances(np.asarray(per_example["probs"][i, :h, :w]),
-                                      np.asarray(per_example[EMBEDDINGS][i, :h, :w]), **self._kwargs)
+                                      np.asarray(per_example[EMBEDDINGS][i, :h, :w]),
+                                      semantic=semantic, **self._kwargs)
             self._coco.add_image(gt_classes=gt_classes, gt_masks=gt_masks, det_boxes=det["boxes"],
                                  det_scores=det["scores"], det_classes=det["classes"],
                                  det_masks=det["masks"])

@@ -205,3 +205,52 @@ def test_accumulator_scores_clustered_instances_with_coco_ap(np_rng, tmp_path):
     assert good["num_images"] == 2 and good["mask_ap"] == pytest.approx(1.0)
     merged = run(True)  # the touching class-1 pair becomes one detection: AP drops for class 1
     assert merged["num_detections"] == 4 and merged["mask_ap"] < 0.8
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The demo preset, shrunk, trained 2 steps on synthetic_shapes/tiny."""
+    from experiments.configs import embedding as recipes
+    from segjax.data import pipeline
+    from segjax.train import loop
+
+    root = tmp_path_factory.mktemp("embedding")
+    data_dir = str(root / "tfds")
+    pipeline.prepare("synthetic_shapes/tiny", data_dir)
+    c = recipes.get_config("demo")
+    c.dataset.name, c.dataset.crop_size, c.dataset.data_dir = "synthetic_shapes/tiny", 32, data_dir
+    c.eval.pad_to = 48
+    c.model.base_features, c.model.depth = 4, 2
+    c.batch_size, c.eval.batch_size = 4, 4
+    c.num_train_steps, c.log_every_steps = 2, 1
+    c.eval_every_steps = c.checkpoint_every_steps = 2
+    c.optimizer.warmup_steps = 1
+    c.embedding.cluster.min_pixels = 2
+    workdir = str(root / "run")
+    return workdir, loop.train_and_evaluate(c, workdir)
+
+
+@pytest.mark.slow
+def test_embedding_demo_trains_and_embedding_eval_rescores_it_alike(tiny_run):
+    """The demo config trains and evaluates through the generic trainer, and
+    experiments.embedding_eval with the run's own clustering reproduces the trainer's metrics."""
+    from experiments import embedding_eval
+    from segjax.train.metric_writers import read_metrics
+
+    workdir, result = tiny_run
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
+    (ev,) = [r for r in records if r["split"] == "validation"]
+    assert ev["num_instances"] > 0 and 0.0 <= ev["mask_ap"] <= 1.0
+    got = embedding_eval.evaluate_run(workdir, embedding_eval.parse_clusterings(
+        "threshold:radius=1.5;mean_shift:bandwidth=1.5", min_pixels=2), batch=4)
+    same = got["threshold:radius=1.5"]["predicted"]
+    for key in ("mask_ap", "box_ap", "num_detections", "num_instances"):
+        assert same[key] == pytest.approx(result[key], abs=1e-9), key
+    assert got["mean_shift:bandwidth=1.5"]["true_semantic"]["num_instances"] == ev["num_instances"]
+    assert "| threshold:radius=1.5 | predicted |" in embedding_eval.markdown(got)
+    assert embedding_eval.parse_clusterings("mean_shift:bandwidth=2,min_pixels=5", 16) == {
+        "mean_shift:bandwidth=2,min_pixels=5": {"method": "mean_shift", "bandwidth": 2.0,
+                                                "min_pixels": 5}}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        embedding_eval.parse_clusterings("threshold:radius", 16)
