@@ -117,18 +117,26 @@ def mean_shift_modes(points: np.ndarray, bandwidth: float, *, max_iter: int = 30
     seeds = cells[counts >= min_bin_freq] * bandwidth
     if len(seeds) in (0, len(points)):
         seeds = points
-    found = {}
-    for seed in seeds:
-        mean = seed
-        for _ in range(max_iter):
-            near = _within(points, mean, bandwidth)
-            if not near.any():
-                break
-            old, mean = mean, points[near].mean(axis=0)
-            if np.linalg.norm(mean - old) <= 1e-3 * bandwidth:
-                break
-        if near.any():
-            found[tuple(mean)] = int(near.sum())
+
+    def shift(seeds):
+        found = {}
+        for seed in seeds:
+            mean = seed
+            for _ in range(max_iter):
+                near = _within(points, mean, bandwidth)
+                if not near.any():
+                    break
+                old, mean = mean, points[near].mean(axis=0)
+                if np.linalg.norm(mean - old) <= 1e-3 * bandwidth:
+                    break
+            if near.any():
+                found[tuple(mean)] = int(near.sum())
+        return found
+
+    # A grid cell's centre can lie farther than `bandwidth` from every point of the cell (up to
+    # sqrt(D) / 2 bandwidths away): with no point near any bin seed, scikit-learn raises; here the
+    # points themselves seed instead (each has itself within the bandwidth).
+    found = shift(seeds) or shift(points)
     ranked = sorted(found.items(), key=lambda item: (item[1], item[0]), reverse=True)
     modes = np.array([m for m, _ in ranked])
     keep = np.ones(len(modes), bool)

@@ -113,3 +113,15 @@ def test_mean_shift_matches_scikit_learn(np_rng):
         # The points as a [P, 1] "image", all foreground.
         ids = cluster.mean_shift_cluster(points[:, None, :], np.ones((len(points), 1), bool), bandwidth=bandwidth)[:, 0]
         assert same_partition(ids, ref.labels_ + 1)
+
+
+def test_mean_shift_seeds_from_points_when_no_bin_centre_has_a_point_near():
+    """In 8 dimensions the centre of the bin holding two nearby points is sqrt(8) x 0.4 = 1.13
+    bandwidths from them: no bin seed finds a point (scikit-learn raises), the points seed."""
+    points = np.array([[0.6] * 8, [0.55] * 8])
+    modes = cluster.mean_shift_modes(points, 1.0)
+    np.testing.assert_allclose(modes, [points.mean(axis=0)])
+    emb = np.zeros((2, 2, 8))
+    emb[0, 0], emb[0, 1] = points
+    ids = cluster.mean_shift_cluster(emb, np.array([[True, True], [False, False]]), bandwidth=1.0)
+    np.testing.assert_array_equal(ids, [[1, 1], [0, 0]])
