@@ -5,13 +5,16 @@ r"""Writes colour-coded masks and overlays for images, using a trained work dire
 
 For each image `NAME.ext` a semantic model writes `NAME_mask.png` (colours = the dataset
 palette), `NAME_overlay.png` (mask blended over the image) and `NAME_labels.png` (class ids as
-grey values); an instance model (Mask R-CNN) writes `NAME_instances.png` (masks, boxes, class
-names and scores of the detections scoring >= `--score_thresh`) and `NAME_instances.json`. The model, dataset palette and eval options (TTA, sliding window) come from the work
-dir's config.json; images are normalised by `segjax.data.pipeline.preprocess_image`.
+grey values); an instance model (Mask R-CNN) or an embedding model (`unet_embedding`: instances
+by the run's `config.embedding.cluster` clustering) writes `NAME_instances.png` (masks, boxes,
+class names and scores of the detections scoring >= `--score_thresh`) and
+`NAME_instances.json`. The model, dataset palette and eval options (TTA, sliding window) come
+from the work dir's config.json; images are normalised by `segjax.data.pipeline.preprocess_image`.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -64,7 +67,11 @@ def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
     from segjax.train import build
 
     config, info, model, variables = build.load_for_inference(workdir, checkpoint)
-    instance = model_output(config.model.name) == "instance"
+    kind = model_output(config.model.name)
+    if kind not in ("semantic", "instance", "embedding"):
+        raise ValueError(f"{workdir}: a {kind!r} model ({config.model.name}) does not segment "
+                         "single images; predict handles semantic, instance and embedding runs")
+    instance = kind in ("instance", "embedding")
     ev = config.eval
     apply_fn = evaluate.model_apply_fn(model)
 
@@ -78,6 +85,20 @@ def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
         return jnp.argmax(probs, -1)
 
     detect = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    if kind == "embedding":
+        from segjax.tasks.base import plain_dict
+        from segjax.tasks.embedding import embedding_instances
+
+        cluster_kwargs = plain_dict((config.get("embedding") or {}).get("cluster") or {})
+
+        def find(variables, x, h, w, score_thresh):
+            out = detect(variables, x)
+            det = embedding_instances(np.asarray(jax.nn.softmax(out["logits"][0, :h, :w], -1)),
+                                      np.asarray(out["embeddings"][0, :h, :w]), **cluster_kwargs)
+            keep = det["scores"] >= score_thresh
+            return det["masks"][keep], det["boxes"][keep], det["classes"][keep], det["scores"][keep]
+    else:
+        find = functools.partial(_instances, detect)
     written = []
     for path in paths:
         try:
@@ -90,7 +111,7 @@ def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
         x[0, :h, :w] = preprocess_image(image)
         stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
         if instance:
-            masks, boxes, classes, scores = _instances(detect, variables, x, h, w, score_thresh)
+            masks, boxes, classes, scores = find(variables, x, h, w, score_thresh)
             visualize.save_png(f"{stem}_instances.png", visualize.draw_instances(
                 image, masks, boxes, classes, palette=info.palette,
                 class_names=info.class_names, scores=scores, alpha=alpha))

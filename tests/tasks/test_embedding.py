@@ -3,6 +3,8 @@ a hand computation, the loss against torch (cross-entropy) plus the torch transc
 discriminative loss, global on 4 devices, the whole train step on 4 devices = 1 device, and the
 clustering-to-COCO evaluation path on planted embeddings."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -254,3 +256,33 @@ def test_embedding_demo_trains_and_embedding_eval_rescores_it_alike(tiny_run):
                                                 "min_pixels": 5}}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         embedding_eval.parse_clusterings("threshold:radius", 16)
+
+
+@pytest.mark.slow
+def test_predict_writes_the_clustered_instances_of_an_embedding_run(tiny_run, tmp_path, np_rng):
+    """experiments.predict on an embedding run: the instances of embedding_instances (the run's
+    clustering) on the same padded image, those scoring >= the threshold, as PNG and JSON."""
+    import json
+
+    from PIL import Image
+
+    from experiments import predict
+    from segjax.data.pipeline import preprocess_image
+    from segjax.train import build
+
+    workdir, _ = tiny_run
+    image = np_rng.integers(0, 255, (30, 37, 3)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    written = predict.predict_files(workdir, [str(tmp_path / "a.png")], str(tmp_path / "out"),
+                                    score_thresh=0.0)
+    assert sorted(map(os.path.basename, written)) == ["a_instances.json", "a_instances.png"]
+    listed = json.load(open(tmp_path / "out" / "a_instances.json"))
+    config, _, model, variables = build.load_for_inference(workdir)
+    x = np.zeros((1, 32, 64, 3), np.float32)
+    x[0, :30, :37] = preprocess_image(image)
+    out = model.apply(variables, x)
+    det = embedding_instances(np.asarray(jax.nn.softmax(out["logits"][0, :30, :37], -1)),
+                              np.asarray(out["embeddings"][0, :30, :37]),
+                              **config.embedding.cluster.to_dict())
+    assert listed and [d["area"] for d in listed] == [int(m.sum()) for m in det["masks"]]
+    np.testing.assert_allclose([d["score"] for d in listed], det["scores"], rtol=1e-5)
