@@ -352,15 +352,11 @@ def metric_run():
     another pixel). Each mining over the gathered batch is checked by value above."""
     from segjax.models import create_model
     from segjax.tasks.fewshot import FewShotTask
-    from segjax.train import optim
-    from segjax.train.state import create_train_state, init_variables
-    from tests.train.test_device_invariance import one_device
+    from tests.train.test_device_invariance import one_device, sgd_state
 
     rng = np.random.default_rng(8)
     model = create_model("fewshot_resnet18", num_classes=6, width=4)
-    variables = init_variables(model, jax.random.key(0), (1, 16, 16, 3))
-    tx, _ = optim.create_optimizer(variables["params"], base_lr=0.05, num_steps=10, momentum=0.9)
-    state = create_train_state(model, None, (1, 16, 16, 3), tx, variables=variables)
+    state = sgd_state(model, (1, 16, 16, 3), 0.05)
     task = FewShotTask(num_classes=6, ignore_label=IGNORE, test_classes=(4, 5), triplet_weight=1.0,
                        triplet={"mining": "all", "margin": 0.3, "normalize": True},
                        triplet_pixels=2)

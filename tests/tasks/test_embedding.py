@@ -107,16 +107,11 @@ def test_loss_is_torch_ce_plus_the_discriminative_loss_globally_on_four_devices(
 @pytest.fixture(scope="module")
 def embedding_run():
     from segjax.models import create_model
-    from segjax.train import optim
-    from segjax.train.state import create_train_state, init_variables
-    from tests.train.test_device_invariance import one_device
+    from tests.train.test_device_invariance import one_device, sgd_state
 
     rng = np.random.default_rng(4)
     model = create_model("unet_embedding", num_classes=K, embedding_dim=3, base_features=4, depth=2)
-    shape = (1, 10, 12, 3)
-    variables = init_variables(model, jax.random.key(0), shape)
-    tx, _ = optim.create_optimizer(variables["params"], base_lr=0.1, num_steps=10, momentum=0.9)
-    state = create_train_state(model, None, shape, tx, variables=variables)
+    state = sgd_state(model, (1, 10, 12, 3), 0.1)
     batches = []
     for _ in range(2):
         _, b = batch(rng)

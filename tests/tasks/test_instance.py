@@ -107,17 +107,13 @@ def test_accumulator_scores_ground_truth_detections(np_rng):
 def maskrcnn_run():
     """A narrow Mask R-CNN, its train state and two 8-image batches from class/instance maps."""
     from segjax.models import create_model
-    from segjax.train import optim
-    from segjax.train.state import create_train_state, init_variables
+    from tests.train.test_device_invariance import sgd_state
 
     rng = np.random.default_rng(11)
     model = create_model("maskrcnn_resnet18_fpn", num_classes=5, backbone_width=8, fpn_channels=16,
                          representation_size=32, mask_channels=8, rpn_pre_nms_top_n_train=64,
                          rpn_post_nms_top_n_train=64, box_batch_size_per_image=32)
-    shape = (1, 48, 48, 3)
-    variables = init_variables(model, jax.random.key(0), shape)
-    tx, _ = optim.create_optimizer(variables["params"], base_lr=0.05, num_steps=10, momentum=0.9)
-    state = create_train_state(model, None, shape, tx, variables=variables)
+    state = sgd_state(model, (1, 48, 48, 3), 0.05)
     batches = []
     for _ in range(2):
         label, instance = maps(rng, b=8, h=48, w=48, n_max=3, sizes=(8, 20))

@@ -36,12 +36,18 @@ LOSSES = {
 }
 
 
+def sgd_state(model, shape, base_lr):
+    """A fresh train state of `model` (initialised for inputs of `shape`, key 0) with SGD
+    momentum 0.9 at `base_lr` (poly schedule over 10 steps)."""
+    variables = init_variables(model, jax.random.key(0), shape)
+    tx, _ = optim.create_optimizer(variables["params"], base_lr=base_lr, num_steps=10, momentum=0.9)
+    return create_train_state(model, None, shape, tx, variables=variables)
+
+
 @pytest.fixture(scope="module")
 def setup():
     model = TinySegNet(num_classes=K, features=4, dropout=0.5, aux=True)
-    variables = init_variables(model, jax.random.key(0), (1, 9, 11, 3))
-    tx, _ = optim.create_optimizer(variables["params"], base_lr=0.3, num_steps=10, momentum=0.9)
-    state = create_train_state(model, None, (1, 9, 11, 3), tx, variables=variables)
+    state = sgd_state(model, (1, 9, 11, 3), 0.3)
     data = np.random.default_rng(5)
     batches = [make_batch(data, n=8, k=K) for _ in range(2)]
     return state, batches
