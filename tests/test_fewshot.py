@@ -318,6 +318,15 @@ def test_triplet_term_is_the_loss_of_every_cell_centre_pixel_by_hand(np_rng, min
     got_sum, got_count = task.triplet_terms(outputs, batch, StepContext(rng=jax.random.key(0)))
     np.testing.assert_allclose(got_sum, want_sum, rtol=1e-5)
     assert got_count == want_count > 0
+    # Foreground pixels only.
+    fg = np.concatenate(labels) > 0
+    fg_sum, fg_count = triplet_loss(np.concatenate(rows)[fg], np.concatenate(labels)[fg], **kw)
+    fg_task = FewShotTask(num_classes=6, ignore_label=IGNORE, test_classes=(4, 5), proto_weight=0.0,
+                          triplet_weight=1.0, triplet=kw, triplet_pixels=16,
+                          triplet_background=False)
+    got = fg_task.triplet_terms(outputs, batch, StepContext(rng=jax.random.key(0)))
+    np.testing.assert_allclose(got[0], fg_sum, rtol=1e-5)
+    assert got[1] == fg_count > 0
 
     def share(o, bt):
         s, n = task.triplet_terms(o, bt, StepContext(rng=jax.random.key(0), axis_name="d"))

@@ -56,6 +56,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.fewshot.proto_weight = 1.0
     c.fewshot.triplet_weight = 0.0
     c.fewshot.triplet_pixels = 8  # foreground and background pixels per image
+    c.fewshot.triplet_background = True  # False: foreground pixels only (classes vs classes)
     c.fewshot.triplet = ml_collections.ConfigDict()
     c.fewshot.triplet.mining = "hard"
     c.fewshot.triplet.margin = 0.3

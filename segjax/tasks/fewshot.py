@@ -21,7 +21,9 @@ loss on pixel embeddings (`segjax.embedding_losses.triplet_loss`, `triplet` its 
 arguments: mining, margin, distance, normalize, soft): from every support and query image,
 `triplet_pixels` foreground and as many background pixels of the stride-8 feature map (the
 episode's masks read at the cells' centres), labelled by the way's dataset class id (background
-0), mined over the *global* batch and normalised by its global count. `proto_weight=0` trains
+0; `triplet_background=False` keeps only the foreground pixels, so that no class is pulled
+towards "background", which holds the held-out classes' pixels in training), mined over the
+*global* batch and normalised by its global count. `proto_weight=0` trains
 the encoder by the triplet loss alone (the mining study of ABLATIONS.md). Metrics (PANet's): `fg_miou`, the mean over test classes of the
 foreground IoU accumulated over all episodes of that class; `fb_iou`, the mean of background and
 foreground IoU; `episode_fg_iou`, the mean per-episode foreground IoU. Checkpoints by `fg_miou`.
@@ -122,7 +124,8 @@ class FewShotTask(Task):
                  eval_seed: int = 0, align_weight: float = 1.0, min_pixels: int = 16,
                  background: int = 0, class_names: Sequence[str] | None = None,
                  proto_weight: float = 1.0, triplet_weight: float = 0.0,
-                 triplet: dict | None = None, triplet_pixels: int = 8):
+                 triplet: dict | None = None, triplet_pixels: int = 8,
+                 triplet_background: bool = True):
         self.num_classes, self.ignore_label = num_classes, ignore_label
         self.test_classes = tuple(int(c) for c in test_classes)
         bad = [c for c in self.test_classes if not 0 <= c < num_classes or c == background]
@@ -139,7 +142,7 @@ class FewShotTask(Task):
         self.align_weight, self.min_pixels = align_weight, min_pixels
         self.proto_weight, self.triplet_weight = proto_weight, triplet_weight
         self.triplet = dict(triplet or {})
-        self.triplet_pixels = triplet_pixels
+        self.triplet_pixels, self.triplet_background = triplet_pixels, triplet_background
         if not proto_weight and not triplet_weight:
             raise ValueError("config.fewshot.proto_weight and triplet_weight are both 0: nothing "
                              "to train")
@@ -242,6 +245,8 @@ class FewShotTask(Task):
         emb = jnp.take_along_axis(feats, index[..., None], axis=2).reshape(-1, c)
         lab = jnp.take_along_axis(labels, index, axis=2).reshape(-1)
         ok = ok.reshape(-1)
+        if not self.triplet_background:  # foreground pixels only: classes against each other
+            ok = ok & (lab > 0)
         rows = emb.shape[0]
         g_emb, g_lab, g_ok = ctx.all_gather((emb, lab, ok))
         first = ctx.example_offset(b) * (rows // b)
@@ -316,7 +321,8 @@ def build(config, info, data_dir) -> FewShotTask:
                        proto_weight=float(f.get("proto_weight", 1.0)),
                        triplet_weight=float(f.get("triplet_weight", 0.0)),
                        triplet=plain_dict(f.get("triplet") or {}),
-                       triplet_pixels=int(f.get("triplet_pixels", 8)))
+                       triplet_pixels=int(f.get("triplet_pixels", 8)),
+                       triplet_background=bool(f.get("triplet_background", True)))
 
 
 
