@@ -14,9 +14,11 @@ Presets:
   16, SGD momentum 0.9, lr 0.01 poly, 90k steps. The paper trained ENet on CVPPP leaves
   and Cityscapes (segjax has neither with instance ids); needs accelerators, not measured.
 * `demo`: `synthetic_shapes/overlap` (later objects drawn over earlier ones), U-Net base 16,
-  whole 128x128 images, batch 8, 1000 steps on a CPU. Measured against the Mask R-CNN demo
-  trained on the same data in README / ABLATIONS.md.
-* `occlusion`: the demo on `synthetic_shapes/occlusion` (bars of clutter cut objects in pieces).
+  whole 128x128 images, batch 8, 1000 steps (~10 CPU minutes). Measured: mask AP 0.688 over
+  seeds 0, 1 (0.676, 0.700), against 0.663 for the Mask R-CNN demo trained on the same data
+  (ABLATIONS.md).
+* `occlusion`: the demo on `synthetic_shapes/occlusion` (bars of clutter cut objects in pieces):
+  mask AP 0.639 (seed 0).
 """
 
 from __future__ import annotations
