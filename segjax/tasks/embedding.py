@@ -29,7 +29,7 @@ import numpy as np
 from segjax import cluster, coco, embedding_losses, losses
 from segjax.models.outputs import EMBEDDINGS, LOGITS
 from segjax.tasks.base import Accumulator, StepContext, plain_dict
-from segjax.tasks.instance import InstanceTask
+from segjax.tasks.instance import InstanceTask, check_instance_count
 
 BEST_METRIC = "mask_ap"
 
@@ -45,11 +45,7 @@ def renumber_instances(label: np.ndarray, instance: np.ndarray, *, max_instances
     for i in range(len(instance)):
         ids = np.where(np.asarray(label[i]) == ignore_label, 0, np.asarray(instance[i]))
         present, inverse = np.unique(ids, return_inverse=True)
-        k = int(np.sum(present > 0))
-        if k > max_instances:
-            name = f"example index {indices[i]}" if indices is not None else f"batch row {i}"
-            raise ValueError(f"{name} has {k} instances, more than config.dataset.max_instances="
-                             f"{max_instances}: raise it (instances are never silently dropped)")
+        check_instance_count(int(np.sum(present > 0)), max_instances, i, indices)
         # present is sorted with 0 first when there is background: rank -> 1..k.
         ranks = np.arange(len(present)) + (0 if present[0] == 0 else 1)
         out[i] = ranks[inverse.reshape(ids.shape)]

@@ -31,6 +31,16 @@ LOGGED = ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75",
           "mask_ap_small", "mask_ap_medium", "mask_ap_large", "num_instances", "num_detections")
 
 
+def check_instance_count(n: int, max_instances: int, row: int,
+                         indices: Sequence[int] | None = None) -> None:
+    """Raises ValueError naming batch row `row` (by its example index in `indices` if given) when
+    its `n` instances exceed `max_instances`: instances are never silently dropped."""
+    if n > max_instances:
+        name = f"example index {indices[row]}" if indices is not None else f"batch row {row}"
+        raise ValueError(f"{name} has {n} instances, more than config.dataset.max_instances="
+                         f"{max_instances}: raise it (instances are never silently dropped)")
+
+
 def instance_targets(label: np.ndarray, instance: np.ndarray, *, max_instances: int,
                      ignore_label: int, indices: Sequence[int] | None = None
                      ) -> dict[str, np.ndarray]:
@@ -50,11 +60,7 @@ def instance_targets(label: np.ndarray, instance: np.ndarray, *, max_instances: 
     for i in range(b):
         classes, masks = coco.instances_from_maps(label[i], instance[i], ignore_label=ignore_label)
         n = len(classes)
-        if n > max_instances:
-            name = f"example index {indices[i]}" if indices is not None else f"batch row {i}"
-            raise ValueError(f"{name} has {n} instances, more than "
-                             f"config.dataset.max_instances={max_instances}: raise it (instances "
-                             "are never silently dropped)")
+        check_instance_count(n, max_instances, i, indices)
         out["classes"][i, :n] = classes
         out["masks"][i, :n] = masks
         out["boxes"][i, :n] = np.reshape([coco.mask_box(m) for m in masks], (n, 4))
