@@ -10,6 +10,14 @@ at `min_size=max_size=size`; both sides freeze as the COCO recipe
 Used by `train_step.py` and `eval_step.py`, which only define flags. One device, plain `jax.jit`,
 the global batch on that device; `scaling.py` covers several devices. The twin runs in a child
 process on the same batch, the two alternating rounds (see `torch_twin.TwinProcess`).
+
+Every timed train step starts from the same weights: segjax re-runs its compiled step on the
+initial state (the updated state is computed and discarded), torchvision steps with lr = 0
+(gradients, momentum and weight decay still computed). A detector's work depends on its weights
+where torchvision's shapes are dynamic (proposals surviving NMS, sampled ROIs, positives for the
+mask head), and on this fixed random batch a random-weight Mask R-CNN trained at lr 1e-3 reaches
+NaN losses by its third step, after which torchvision's box and mask heads see 2 ROIs per image
+instead of 512 (measured; BENCHMARKS.md). Frozen weights keep both sides on the first step's work.
 """
 
 from __future__ import annotations
@@ -47,18 +55,16 @@ def _segjax_train(model, batch, with_hlo: bool = False):
     state = state_lib.create_train_state(model, None, init_shape, tx, variables=variables)
     task = _task(model, batch)
     step_fn = functools.partial(steps.train_step, task=task)
-    step = jax.jit(step_fn, donate_argnums=(0,))
+    step = jax.jit(step_fn)  # no donation: every timed step restarts from `state` (module docstring)
     dev_batch = jax.device_put(batch)
     rng = jax.random.key(1)
     flops = common.model_flops(step_fn, state, dev_batch, rng)
     start = time.perf_counter()
     compiled = step.lower(state, dev_batch, rng).compile()
     compile_s = time.perf_counter() - start
-    holder = {"state": state}
 
     def run():
-        holder["state"], metrics = compiled(holder["state"], dev_batch, rng)
-        common.block(metrics)
+        common.block(compiled(state, dev_batch, rng))
 
     run()
     if with_hlo:

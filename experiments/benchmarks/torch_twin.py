@@ -6,6 +6,8 @@ Same architecture, same optimiser (SGD, momentum 0.9, weight decay 1e-4), same l
 `TwinProcess` runs the twin in a child process (`python -m experiments.benchmarks.torch_twin`,
 driven over its stdin/stdout), so that the two libraries' heaps, thread pools and peak-memory
 accounting stay apart, and times steady steps: one untimed step before each timed round.
+The optimiser runs at lr = 0 (`STATIONARY_LR`) so the weights, and with them the data-dependent
+work of the detection twin, stay those of the first step (see `step_bench`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import torchvision
 
 from experiments.benchmarks import common
 from experiments.benchmarks.common import IGNORE_LABEL, TORCHVISION_TWINS
+
+
+STATIONARY_LR = 0.0  # every step does a full update's work without changing the weights
 
 
 def _device() -> torch.device:
@@ -61,7 +66,7 @@ def build_detection(name: str, num_classes: int, batch: dict[str, np.ndarray], d
                         "labels": torch.from_numpy(batch["classes"][i, :n].astype(np.int64)).to(device),
                         "masks": torch.from_numpy(batch["masks"][i, :n]).to(device)})
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=STATIONARY_LR,
                           momentum=0.9, weight_decay=1e-4)
     return _timed_step(model, opt, amp, device, train,
                        loss=lambda: sum(v.float() for v in model(images, targets).values()),
@@ -110,7 +115,7 @@ def build(name: str, num_classes: int, batch: dict[str, np.ndarray], dtype: str,
     labels = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=STATIONARY_LR, momentum=0.9, weight_decay=1e-4)
     return _timed_step(model, opt, amp, device, train,
                        loss=lambda: loss_fn(model(images)["out"].float(), labels),
                        forward=lambda: model(images)["out"].argmax(1))
@@ -164,6 +169,7 @@ def _serve() -> None:
     spec = json.loads(sys.stdin.readline())
     make = synthetic_instances if spec["name"] in common.TORCHVISION_DETECTION_TWINS else synthetic_batch
     data = make(spec["batch"], spec["size"], spec["num_classes"], seed=spec["seed"])
+    torch.manual_seed(spec["seed"])  # the same random weights, hence the same detector workload, every run
     step, first = build(spec["name"], spec["num_classes"], data, spec["dtype"], spec["train"])
     print(json.dumps({"first_step_s": first}), file=replies, flush=True)
     for line in sys.stdin:
