@@ -90,7 +90,7 @@ from segjax.models.backbones.resnet import ResNet
 from segjax.models.detection import anchors as anchor_lib
 from segjax.models.detection import losses as loss_lib
 from segjax.models.detection import targets as target_lib
-from segjax.models.detection.poolers import multiscale_roi_align
+from segjax.models.detection.poolers import pyramid_geometry, pyramid_table, roi_align_table
 from segjax.models.detection.roi_heads import (FastRCNNPredictor, MaskHead, MaskPredictor, TwoMLPHead,
                                                postprocess_detections)
 from segjax.models.detection.rpn import RPNHead, filter_proposals
@@ -141,9 +141,11 @@ class MaskRCNN(nn.Module):
         layer2, layer1, conv1 train (3 in its recipe), no gradient flows below them, and the
         backbone's BatchNorm scale/offset stay fixed (FrozenBatchNorm2d). The trainer keeps
         `frozen_parameters(params)` out of the optimizer.
-      mask_chunk: training runs the mask head on chunks of this many slots, skipping chunks
-        without a positive (`_mask_losses`; the same losses and gradients), or on every slot
-        when None.
+      mask_chunk: training runs the mask head (with its ROI Align and targets) on the positives
+        only, to the nearest of geometrically growing chunks: slots ordered positives first,
+        chunks of c, c, 2c, 4c, ... slots (c = mask_chunk), a chunk without a positive skipped
+        (`_mask_losses`; the same losses and gradients), so P positives cost at most
+        max(c, 2P) slots' work; None runs it on every slot.
     """
 
     num_classes: int
@@ -177,7 +179,7 @@ class MaskRCNN(nn.Module):
     axis_name: str | None = None
     in_channels: int = 3
     trainable_backbone_layers: int | None = None
-    mask_chunk: int | None = 32
+    mask_chunk: int | None = 8
 
     def frozen_parameters(self, params):
         """Bool pytree like `params` (True = never updated), or None when everything trains."""
@@ -193,6 +195,8 @@ class MaskRCNN(nn.Module):
         counts = set(anchor_lib.num_anchors_per_location(self.anchor_sizes, self.aspect_ratios))
         if len(counts) != 1:
             raise ValueError(f"the shared RPN head needs the same number of anchors on every level, got {counts}")
+        if self.mask_chunk is not None:
+            mask_chunks(1, self.mask_chunk)  # validates it
         k = self.trainable_backbone_layers
         if k is not None and k not in range(len(BACKBONE_STAGES) + 1):
             raise ValueError(f"trainable_backbone_layers must be None or in 0..5, got {k!r}")
@@ -253,8 +257,12 @@ class MaskRCNN(nn.Module):
 
     def _pool(self, features: dict[str, jax.Array], boxes: jax.Array, output_size: int) -> jax.Array:
         """ROI Align of boxes [N, K, 4] on P2-P5 -> [N, K, s, s, C]."""
-        levels = [features[k] for k in ROI_LEVELS]
-        return jax.vmap(lambda fs, b: multiscale_roi_align(fs, b, output_size, scales=ROI_SCALES))(levels, boxes)
+        n, k = boxes.shape[:2]
+        levels = [features[name] for name in ROI_LEVELS]
+        image = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
+        pooled = roi_align_table(pyramid_table(levels), pyramid_geometry(levels), boxes.reshape(n * k, 4), image,
+                                 output_size, scales=ROI_SCALES)
+        return pooled.reshape(n, k, *pooled.shape[1:])
 
     def box_outputs(self, features: dict[str, jax.Array], boxes: jax.Array):
         """Box head on boxes [N, K, 4]: (class logits [N, K, num_classes], deltas [N, K, 4 num_classes])."""
@@ -289,44 +297,48 @@ class MaskRCNN(nn.Module):
     def _mask_losses(self, features, masks, boxes, positive, labels, matched):
         """`loss_mask` (sum [N], count [N]) of the mask slots boxes [N, Q, 4].
 
-        `mask_chunk=None`: the mask head runs on all N * Q slots. Otherwise the slots are ordered
-        positives first over the whole batch and the head runs in chunks of `mask_chunk` slots,
-        each under `lax.cond` on holding a positive: a chunk without one contributes exactly zero
-        loss and gradient, so skipping it changes nothing but the time (torchvision runs the head
-        on the positives only; with static shapes this is the nearest equivalent). Both paths give
+        `mask_chunk=None`: ROI Align, targets and mask head run on all N * Q slots. Otherwise the
+        slots are ordered positives first over the whole batch and cut into chunks of c, c, 2c,
+        4c, ... slots (`mask_chunks`), each run under `lax.cond` on holding a positive: a chunk
+        without one contributes exactly zero loss and gradient, so skipping it changes nothing
+        but the time, and P positives cost at most max(c, 2P) slots (torchvision runs the head on
+        the positives only; with static shapes this is the nearest equivalent). Both paths give
         the same losses and gradients (tested).
         """
         size = 2 * 14  # the predictor's transposed conv doubles the 14 x 14 pooled maps
-        targets = jax.vmap(lambda mk, b, j: target_lib.mask_targets(mk, b, j, size))(masks, boxes, matched)
+        n, q = positive.shape
+        count = jnp.sum(positive, axis=1, dtype=jnp.int32) * (size * size)
         if self.mask_chunk is None or self.is_initializing():
+            targets = jax.vmap(lambda mk, b, j: target_lib.mask_targets(mk, b, j, size))(masks, boxes, matched)
             logits = self.mask_logits(features, boxes)
             return jax.vmap(loss_lib.mask_loss)(logits, labels, targets, positive)
-        n, q = positive.shape
-        pooled = self._pool(features, boxes, 14)  # [N, Q, 14, 14, C]
-        total, chunk = n * q, self.mask_chunk
+        total, m = n * q, masks.shape[1]
         order = jnp.argsort(~positive.reshape(total), stable=True)  # positives first
-        pad = -total % chunk
-        take = lambda x: jnp.concatenate([x.reshape(total, *x.shape[2:])[order],  # noqa: E731
-                                          jnp.zeros((pad, *x.shape[2:]), x.dtype)])
-        pooled, targets_s, labels_s, pos_s = take(pooled), take(targets), take(labels), take(positive)
+        image = (order // q).astype(jnp.int32)
+        take = lambda x: x.reshape(total, *x.shape[2:])[order]  # noqa: E731
+        boxes_s, labels_s, pos_s = take(boxes), take(labels), take(positive)
+        gt_index = image * m + take(matched)  # into the batch's masks [N * M, H, W]
+        flat_masks = masks.reshape(n * m, *masks.shape[2:])
+        levels = [features[name] for name in ROI_LEVELS]
+        table, geometry = pyramid_table(levels), pyramid_geometry(levels)
         head = self.mask_head.clone(parent=None)
         predictor = self.mask_predictor.clone(parent=None)
         head_vars = {"params": self.mask_head.variables["params"]}
         predictor_vars = {"params": self.mask_predictor.variables["params"]}
 
-        def chunk_bce(x, lab, tgt, pos):
-            logits = predictor.apply(predictor_vars, head.apply(head_vars, x))
+        def chunk_bce(table, b, img, lab, j, pos):
+            pooled = roi_align_table(table, geometry, b, img, 14, scales=ROI_SCALES)
+            tgt = target_lib.mask_targets(flat_masks, b, j, size)
+            logits = predictor.apply(predictor_vars, head.apply(head_vars, pooled))
             return loss_lib.mask_bce_per_slot(logits, lab, tgt, pos)
 
         sums = []
-        for start in range(0, total + pad, chunk):
-            sl = slice(start, start + chunk)
-            args = (pooled[sl], labels_s[sl], targets_s[sl], pos_s[sl])
-            sums.append(lax.cond(jnp.any(pos_s[sl]), chunk_bce, lambda *a: jnp.zeros((chunk,), jnp.float32),
-                                 *args))
-        slot_sum = jnp.concatenate(sums)[:total]
-        per_slot = jnp.zeros((total,), jnp.float32).at[order].set(slot_sum).reshape(n, q)
-        count = jnp.sum(positive, axis=1, dtype=jnp.int32) * (size * size)
+        for start, length in mask_chunks(total, self.mask_chunk):
+            sl = slice(start, start + length)
+            args = (table, boxes_s[sl], image[sl], labels_s[sl], gt_index[sl], pos_s[sl])
+            sums.append(lax.cond(jnp.any(pos_s[sl]), chunk_bce,
+                                 lambda *a, length=length: jnp.zeros((length,), jnp.float32), *args))
+        per_slot = jnp.zeros((total,), jnp.float32).at[order].set(jnp.concatenate(sums)).reshape(n, q)
         return {"loss_mask": (jnp.sum(per_slot, axis=1), count)}
 
     def _sampling_keys(self, n: int) -> jax.Array:
@@ -459,6 +471,20 @@ class MaskRCNN(nn.Module):
         }
 
 
+def mask_chunks(total: int, first: int) -> list[tuple[int, int]]:
+    """(start, length) of the mask head's chunks over `total` slots: first, first, 2 first, 4 first,
+    ... (the last one cut at `total`), so the chunks up to the one holding slot P - 1 span at most
+    max(first, 2P) slots."""
+    if not isinstance(first, int) or first < 1:
+        raise ValueError(f"mask_chunk must be a positive int or None, got {first!r}")
+    out, start, length = [], 0, first
+    while start < total:
+        out.append((start, min(length, total - start)))
+        start += length
+        length = start  # each chunk as long as all before it: the boundaries double
+    return out
+
+
 BACKBONE_STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # torchvision's unfreezing order
 
 
@@ -520,7 +546,7 @@ def _factory(depth: int, width: int, fpn_channels: int, representation_size: int
                 box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
                 box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
                 dtype: Any = jnp.float32, axis_name: str | None = None, in_channels: int = 3,
-                trainable_backbone_layers: int | None = None, mask_chunk: int | None = 32) -> MaskRCNN:
+                trainable_backbone_layers: int | None = None, mask_chunk: int | None = 8) -> MaskRCNN:
         return MaskRCNN(
             num_classes=num_classes, depth=depth, backbone_width=backbone_width, fpn_channels=fpn_channels,
             representation_size=representation_size, mask_layers=(mask_channels,) * 4,

@@ -26,7 +26,7 @@ import torchvision
 
 from segjax.models import create_model
 from segjax.models.detection.losses import normalize
-from segjax.models.maskrcnn import TRAIN_LOSSES, MaskRCNN
+from segjax.models.maskrcnn import TRAIN_LOSSES, MaskRCNN, mask_chunks
 from segjax.models.torchvision_import import convert
 
 K = 4
@@ -251,12 +251,15 @@ def test_pmap_equals_one_device(small):
 
 
 def test_mask_head_chunks_skip_only_empty_work(small):
-    """Training runs the mask head in chunks of `mask_chunk` slots (positives first over the
-    batch) under lax.cond: with 4-slot chunks, most skipped, the losses and every gradient equal
-    the fixture's (its 32 mask slots form one chunk that always runs: the dense computation)."""
+    """Training runs ROI Align, targets and the mask head on chunks of slots (positives first over
+    the batch) under lax.cond. With 3-slot chunks (3, 3, 6, 12, 8 of the 32 mask slots) the last
+    chunk holds no positive and is skipped; the losses and every gradient equal the dense
+    computation's (mask_chunk=None, every slot computed) and the fixture's (default 8, 8, 16:
+    every chunk runs)."""
     v, im, t = small["variables"], small["images"], small["targets"]
     positives = int(small["ref"][0]["loss_mask"][1].sum()) // (28 * 28)
-    assert 0 < positives <= N * 8 - 8  # at least two of the eight 4-slot chunks hold no positive
+    assert mask_chunks(N * 8, 3)[-1] == (24, 8)
+    assert 16 < positives <= 24  # every default chunk runs; the last 3-slot-based chunk is skipped
 
     def run(model):
         def f(params):
@@ -267,15 +270,29 @@ def test_mask_head_chunks_skip_only_empty_work(small):
         (_, out), grads = fn(v["params"])
         return jax.tree.map(np.asarray, (out, grads))
 
-    dense = small["ref"]
-    assert N * 8 == small["model"].mask_chunk  # one chunk: every slot is computed
-    chunked = run(small["model"].clone(mask_chunk=4))
-    for name in TRAIN_LOSSES:
-        np.testing.assert_array_equal(chunked[0][name][1], dense[0][name][1], err_msg=name)
-        np.testing.assert_allclose(chunked[0][name][0], dense[0][name][0], rtol=1e-5, atol=1e-6, err_msg=name)
-    for (path, g), d in zip(jax.tree_util.tree_flatten_with_path(chunked[1])[0], jax.tree.leaves(dense[1])):
-        np.testing.assert_allclose(g, d, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    dense = run(small["model"].clone(mask_chunk=None))
+    for chunked in (run(small["model"].clone(mask_chunk=3)), small["ref"]):
+        for name in TRAIN_LOSSES:
+            np.testing.assert_array_equal(chunked[0][name][1], dense[0][name][1], err_msg=name)
+            np.testing.assert_allclose(chunked[0][name][0], dense[0][name][0], rtol=1e-5, atol=1e-6, err_msg=name)
+        for (path, g), d in zip(jax.tree_util.tree_flatten_with_path(chunked[1])[0], jax.tree.leaves(dense[1])):
+            np.testing.assert_allclose(g, d, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
     assert np.abs(dense[1]["mask_head"]["mask_fcn1"]["kernel"]).max() > 0
+
+
+def test_mask_chunks_double():
+    """Chunk boundaries double, so P positives (slots 0..P-1) cost at most max(first, 2P) slots."""
+    assert mask_chunks(256, 8) == [(0, 8), (8, 8), (16, 16), (32, 32), (64, 64), (128, 128)]
+    assert mask_chunks(30, 2) == [(0, 2), (2, 2), (4, 4), (8, 8), (16, 14)]
+    assert mask_chunks(5, 8) == [(0, 5)]
+    for total, first in ((256, 8), (100, 3), (7, 1)):
+        chunks = mask_chunks(total, first)
+        assert sum(length for _, length in chunks) == total
+        for p in range(1, total + 1):
+            spanned = next(start + length for start, length in chunks if start + length >= p)
+            assert spanned <= max(first, 2 * p)
+    with pytest.raises(ValueError, match="mask_chunk"):
+        mask_chunks(8, 0)
 
 
 def test_train_mode_errors(small):

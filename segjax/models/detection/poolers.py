@@ -10,8 +10,8 @@ scaled to the level, at least 1 x 1 cell, split into `output_size` bins, each av
 are clamped at 0 and the last pixel). Unlike `segjax.ops.roi_align` (dense sampling matrices,
 cheap for small maps) this gathers the four neighbours of every sample from the box's level,
 which costs O(boxes x samples x C) whatever the map sizes — the form that scales to 800-pixel
-images with 1000 proposals. All levels of one image are stacked into one table, so a box at any
-level is one gather with static shapes.
+images with 1000 proposals. All levels of all images of a batch are stacked into one table
+(`pyramid_table`), so a box of any image at any level is one gather with static shapes.
 """
 
 from __future__ import annotations
@@ -55,32 +55,48 @@ def _axis_samples(start, bin_size, bins: int, grid: int, size):
     return jnp.stack([low, high], axis=-1), weights
 
 
-def multiscale_roi_align(features: Sequence[jax.Array], boxes: jax.Array, output_size: int, *,
-                         scales: Sequence[float], sampling_ratio: int = 2, k_min: int = 2,
-                         k_max: int = 5, canonical_scale: int = 224,
-                         canonical_level: int = 4) -> jax.Array:
-    """ROI Align of `boxes` [K, 4] (image pixels) on one image's pyramid, each at its level.
+def pyramid_table(features: Sequence[jax.Array]) -> jax.Array:
+    """One gather table [N * R, C] float32 of a batch's pyramid (levels [N, H_l, W_l, C], finest
+    first): image i's rows are `i * R + offset_l + y * W_l + x`, R = sum of H_l * W_l."""
+    n, channels = features[0].shape[0], features[0].shape[-1]
+    per_image = jnp.concatenate([f.reshape(n, -1, channels).astype(jnp.float32) for f in features], axis=1)
+    return per_image.reshape(-1, channels)
+
+
+def pyramid_geometry(features: Sequence[jax.Array]) -> tuple[tuple[int, int], ...]:
+    """The static (H_l, W_l) of each level [N, H_l, W_l, C]: `roi_align_table`'s `geometry`."""
+    return tuple((int(f.shape[1]), int(f.shape[2])) for f in features)
+
+
+def roi_align_table(table: jax.Array, geometry: Sequence[tuple[int, int]], boxes: jax.Array,
+                    image_index: jax.Array, output_size: int, *, scales: Sequence[float],
+                    sampling_ratio: int = 2, k_min: int = 2, k_max: int = 5, canonical_scale: int = 224,
+                    canonical_level: int = 4) -> jax.Array:
+    """Multi-scale ROI Align of `boxes` [K, 4] of any images of a batch, each at its level.
 
     Args:
-      features: per level [H_l, W_l, C] (finest first, `k_max - k_min + 1` of them).
-      boxes: [K, 4] (x1, y1, x2, y2); padding boxes are pooled too (mask them downstream).
+      table, geometry: `pyramid_table(levels)` and `pyramid_geometry(levels)` of the batch's
+        pyramid (levels [N, H_l, W_l, C], finest first, `k_max - k_min + 1` of them).
+      boxes: [K, 4] (x1, y1, x2, y2, image pixels); padding boxes are pooled too (mask them
+        downstream). image_index: int [K], the image of each box (torchvision's batch index).
       output_size: bins per side (7 for the box head, 14 for the mask head).
       scales: feature cells per image pixel of each level (1/4, 1/8, ... for P2...).
       sampling_ratio: samples per bin and axis (> 0).
     Returns:
       [K, output_size, output_size, C] in float32, equal to torchvision's
       `MultiScaleRoIAlign(["0", "1", "2", "3"], output_size, sampling_ratio)` (aligned=False).
-    Vmap over images for a batch.
+    Building the table once and pooling several sets of boxes from it (e.g. under `lax.cond`)
+    keeps one copy of the pyramid.
     """
-    if len(features) != k_max - k_min + 1 or len(scales) != len(features):
-        raise ValueError(f"need {k_max - k_min + 1} levels and scales, got {len(features)} and {len(scales)}")
+    if len(geometry) != k_max - k_min + 1 or len(scales) != len(geometry):
+        raise ValueError(f"need {k_max - k_min + 1} levels and scales, got {len(geometry)} and {len(scales)}")
     if not isinstance(sampling_ratio, int) or sampling_ratio <= 0:
         raise ValueError(f"sampling_ratio must be a positive int, got {sampling_ratio!r}")
-    channels = features[0].shape[-1]
-    heights = np.array([f.shape[0] for f in features], np.int32)
-    widths = np.array([f.shape[1] for f in features], np.int32)
+    channels = table.shape[-1]
+    heights = np.array([g[0] for g in geometry], np.int32)
+    widths = np.array([g[1] for g in geometry], np.int32)
     offsets = np.concatenate([[0], np.cumsum(heights * widths)[:-1]]).astype(np.int32)
-    table = jnp.concatenate([f.reshape(-1, channels).astype(jnp.float32) for f in features])
+    rows = int(np.sum(heights * widths))
 
     levels = map_levels(boxes, k_min, k_max, canonical_scale, canonical_level)
     scale = jnp.asarray(np.asarray(scales, np.float32))[levels]
@@ -94,8 +110,8 @@ def multiscale_roi_align(features: Sequence[jax.Array], boxes: jax.Array, output
     k = boxes.shape[0]
     yi, wy = yi.reshape(k, n, 1, -1, 1), wy.reshape(k, n, 1, -1, 1)  # [K, n, 1, 2g, 1]
     xi, wx = xi.reshape(k, 1, n, 1, -1), wx.reshape(k, 1, n, 1, -1)  # [K, 1, n, 1, 2g]
-    base = jnp.asarray(offsets)[levels][:, None, None, None, None]
-    flat = base + yi * w[:, None, None, None, None] + xi  # [K, n, n, 2g, 2g]
+    base = image_index.astype(jnp.int32) * rows + jnp.asarray(offsets)[levels]
+    flat = base[:, None, None, None, None] + yi * w[:, None, None, None, None] + xi  # [K, n, n, 2g, 2g]
     weights = wy * wx
     # One weighted gather per (sample, neighbour) pair, summed: XLA fuses each gather into the
     # accumulation, so the [K, n, n, (2g)^2, C] array of neighbours is never materialised.
@@ -106,4 +122,16 @@ def multiscale_roi_align(features: Sequence[jax.Array], boxes: jax.Array, output
     return out
 
 
-__all__ = ["map_levels", "multiscale_roi_align"]
+def multiscale_roi_align(features: Sequence[jax.Array], boxes: jax.Array, output_size: int, *,
+                         scales: Sequence[float], **kwargs) -> jax.Array:
+    """`roi_align_table` on one image's pyramid (levels [H_l, W_l, C]): [K, s, s, C] of boxes [K, 4].
+
+    Keyword arguments as `roi_align_table` (sampling_ratio, k_min, k_max, ...). Vmap over
+    images for a batch, or use `roi_align_table` with an image index per box.
+    """
+    batched = [f[None] for f in features]
+    return roi_align_table(pyramid_table(batched), pyramid_geometry(batched), boxes,
+                           jnp.zeros(boxes.shape[:1], jnp.int32), output_size, scales=scales, **kwargs)
+
+
+__all__ = ["map_levels", "multiscale_roi_align", "pyramid_geometry", "pyramid_table", "roi_align_table"]
