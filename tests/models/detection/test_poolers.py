@@ -9,7 +9,8 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
-from segjax.models.detection.poolers import map_levels, multiscale_roi_align
+from segjax.models.detection.poolers import (map_levels, multiscale_roi_align, pyramid_geometry, pyramid_table,
+                                            roi_align_table)
 
 S = 448  # image size; levels 112, 56, 28, 14: boxes land on all four
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -58,3 +59,28 @@ def test_multiscale_roi_align_matches_torchvision(np_rng):
     # float32 on both sides: sample positions near 112 differ by an ulp (~1e-5), values by ~1e-5.
     np.testing.assert_allclose(out14[0], ref14.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out14[1], 2 * out14[0], rtol=1e-5, atol=2e-5)
+
+
+def test_roi_align_table_pools_boxes_of_any_image_of_a_batch(np_rng):
+    """One table for a batch of 3 pyramids, boxes of shuffled images (torchvision's batch index):
+    values and the gradient of every level equal torchvision's MultiScaleRoIAlign (float64)."""
+    c, n = 4, 3
+    feats = [np_rng.normal(size=(n, int(S * s), int(S * s), c)) for s in SCALES]
+    boxes = _boxes(np_rng, 24)
+    image = np_rng.integers(0, n, len(boxes)).astype(np.int32)
+    assert set(image) == {0, 1, 2}
+    order = np.argsort(image, kind="stable")  # torchvision takes one box list per image
+    tfeats = [torch.tensor(f).permute(0, 3, 1, 2).requires_grad_(True) for f in feats]
+    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 5, 2)
+    ref = pool(OrderedDict((str(i), t) for i, t in enumerate(tfeats)),
+               [torch.tensor(boxes[image == i], dtype=torch.float64) for i in range(n)], [(S, S)] * n)
+    levels = [jnp.asarray(f, jnp.float32) for f in feats]
+    f = jax.jit(lambda lv: roi_align_table(pyramid_table(lv), pyramid_geometry(lv), jnp.asarray(boxes),
+                                           jnp.asarray(image), 5, scales=SCALES))
+    out, vjp = jax.vjp(f, levels)
+    np.testing.assert_allclose(np.asarray(out)[order], ref.detach().permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+    ct = np_rng.normal(size=out.shape)
+    ref.backward(torch.tensor(ct[order]).permute(0, 3, 1, 2))
+    for g, t in zip(vjp(jnp.asarray(ct, jnp.float32))[0], tfeats):
+        np.testing.assert_allclose(g, t.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+        assert float(jnp.abs(g).max()) > 0
