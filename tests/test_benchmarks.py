@@ -105,6 +105,14 @@ def test_maskrcnn_benchmark_twins_train_the_same_parameters():
     assert sum(n for k, n in sizes.items() if not frozen[k]) == sum(
         p.numel() for p in tv.parameters() if p.requires_grad)
     assert tv.roi_heads.score_thresh == model.box_score_thresh == 0.0
+    # Both zero the RPN's box deltas (proposals = anchors) and nothing else.
+    assert common.ZERO_RPN_DELTAS and not any(p.abs().sum() for p in tv.rpn.head.bbox_pred.parameters())
+    assert float(tv.rpn.head.cls_logits.weight.abs().sum()) > 0
+    ones = {"params": jax.tree.map(lambda s: np.ones(s.shape, s.dtype), params)}
+    zeroed = flatten_dict(common.zero_rpn_deltas(ones)["params"])
+    for k, v in zeroed.items():
+        assert (v == 0).all() if k[:2] == ("rpn_head", "bbox_pred") else (v == 1).all(), k
+    assert ("rpn_head", "bbox_pred", "kernel") in zeroed
     data = common.synthetic_instances(3, 40, 5, max_instances=4)
     for i in range(3):
         for j in range(4):

@@ -38,6 +38,22 @@ TORCHVISION_DETECTION_TWINS = {"maskrcnn_resnet50_fpn": "maskrcnn_resnet50_fpn"}
 TRAINABLE_BACKBONE_LAYERS = 3
 BENCH_BOX_SCORE_THRESH = 0.0
 MAX_INSTANCES = 8
+# Both sides zero the RPN's box-delta layer (`rpn_head.bbox_pred` / `rpn.head.bbox_pred`), so the
+# proposals are the anchors themselves, as a trained RPN's are anchor-like. With random deltas
+# the random backbone's large features (~1e3) push every box to the clamp, clipping makes most of
+# them the same image-sized box, and NMS leaves ~70 proposals per image in torchvision (seed 0),
+# whose dynamic shapes then run its box head on ~75 ROIs per image instead of the recipe's 512;
+# segjax's static shapes always do the 512.
+ZERO_RPN_DELTAS = True
+
+
+def zero_rpn_deltas(variables):
+    """segjax Mask R-CNN `variables` with the RPN's box-delta layer zeroed (ZERO_RPN_DELTAS)."""
+    import jax
+
+    head = variables["params"]["rpn_head"]
+    zeroed = dict(head, bbox_pred=jax.tree.map(lambda x: x * 0, head["bbox_pred"]))
+    return {**variables, "params": {**variables["params"], "rpn_head": zeroed}}
 
 
 def is_instance_model(name: str) -> bool:

@@ -44,11 +44,18 @@ def _task(model, batch):
     return common.semantic_task(model.num_classes)
 
 
+def _variables(model, batch, init_shape):
+    variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
+    if "boxes" in batch and common.ZERO_RPN_DELTAS:
+        variables = common.zero_rpn_deltas(variables)
+    return variables
+
+
 def _segjax_train(model, batch, with_hlo: bool = False):
     """(step_fn, compile_s, flops[, compiled HLO text]) for segjax's train_step (SGD momentum,
     wd 1e-4; CE, or the instance task's five Mask R-CNN losses)."""
     init_shape = (1,) + batch["image"].shape[1:]
-    variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
+    variables = _variables(model, batch, init_shape)
     tx, _ = optim.create_optimizer(variables["params"], base_lr=1e-3, num_steps=10_000,
                                    momentum=0.9, weight_decay=1e-4,
                                    frozen=build.frozen_parameters(model, variables["params"]))
@@ -76,7 +83,7 @@ def _segjax_eval(model, batch, with_hlo: bool = False):
     """(step_fn, compile_s, flops[, compiled HLO text]) for a forward pass + argmax (what
     evaluation runs)."""
     init_shape = (1,) + batch["image"].shape[1:]
-    variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
+    variables = _variables(model, batch, init_shape)
 
     def predict(variables, images):
         out = model.apply(variables, images, train=False)

@@ -48,8 +48,13 @@ def detection_model(name: str, num_classes: int, size: int) -> torch.nn.Module:
         raise ValueError(f"torchvision has no detection twin of {name!r}")
     backbone = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d),
                                      common.TRAINABLE_BACKBONE_LAYERS)
-    return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=size,
-                    box_score_thresh=common.BENCH_BOX_SCORE_THRESH)
+    model = MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=size,
+                     box_score_thresh=common.BENCH_BOX_SCORE_THRESH)
+    if common.ZERO_RPN_DELTAS:
+        with torch.no_grad():
+            model.rpn.head.bbox_pred.weight.zero_()
+            model.rpn.head.bbox_pred.bias.zero_()
+    return model
 
 
 def build_detection(name: str, num_classes: int, batch: dict[str, np.ndarray], dtype: str,
