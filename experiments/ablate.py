@@ -22,15 +22,20 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory of the sweep (runs/ and the results files).")
-flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2 (repeatable; the grid is their product).")
-flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
-flags.DEFINE_string("metric", "miou", "Metric to report: KEY (last eval line) or SPLIT/KEY.")
-flags.DEFINE_string("baseline", "", "KEY=VALUE;... of the baseline cell (default: first cell).")
-flags.mark_flags_as_required(["workdir"])
-# `--base=` is rewritten to `--config=` below so that `--config.KEY=VALUE` overrides it.
-config_flags.DEFINE_config_file("config", None, "Base config (given as --base=path.py[:preset]).",
-                                lock_config=True)
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    flags.DEFINE_string("workdir", None, "Directory of the sweep (runs/ and the results files).")
+    flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2 (repeatable; the grid is their product).")
+    flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+    flags.DEFINE_string("metric", "miou", "Metric to report: KEY (last eval line) or SPLIT/KEY.")
+    flags.DEFINE_string("baseline", "", "KEY=VALUE;... of the baseline cell (default: first cell).")
+    flags.mark_flags_as_required(["workdir"])
+    # `--base=` is rewritten to `--config=` below so that `--config.KEY=VALUE` overrides it.
+    config_flags.DEFINE_config_file("config", None, "Base config (given as --base=path.py[:preset]).",
+                                    lock_config=True)
 
 
 def main(argv):
@@ -61,5 +66,6 @@ def main(argv):
 _ORIGINAL_ARGV = ["python", "-m", "experiments.ablate"] + sys.argv[1:]
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, argv=[sys.argv[0]] + ["--config=" + a[len("--base="):] if a.startswith("--base=") else a
                                         for a in sys.argv[1:]])

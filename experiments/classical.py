@@ -22,14 +22,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Output directory.")
-flags.DEFINE_string("dataset", "synthetic_shapes/clean",
-                    "synthetic_shapes/<config>, or a comma-separated list of them (a study).")
-flags.DEFINE_integer("num_images", None, "First N validation images (default: all).")
-flags.DEFINE_list("methods", [], "Method names (default: every available one).")
-flags.DEFINE_integer("workers", 0, "Processes (0: one per core; 1: no pool).")
-flags.DEFINE_integer("figure_index", 0, "Study figure: which of the images to show per dataset.")
-flags.mark_flags_as_required(["workdir"])
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    flags.DEFINE_string("workdir", None, "Output directory.")
+    flags.DEFINE_string("dataset", "synthetic_shapes/clean",
+                        "synthetic_shapes/<config>, or a comma-separated list of them (a study).")
+    flags.DEFINE_integer("num_images", None, "First N validation images (default: all).")
+    flags.DEFINE_list("methods", [], "Method names (default: every available one).")
+    flags.DEFINE_integer("workers", 0, "Processes (0: one per core; 1: no pool).")
+    flags.DEFINE_integer("figure_index", 0, "Study figure: which of the images to show per dataset.")
+    flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -65,4 +70,5 @@ def argv_flags():
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

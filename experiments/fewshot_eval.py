@@ -32,8 +32,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """The command's flags, defined when it runs, not on import: absl flags are process-global
-    and `experiments.predict`, imported by other tests in the same process, defines --out too."""
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
     flags.DEFINE_list("workdirs", None, "Few-shot training work dirs (one per seed).")
     flags.DEFINE_string("out", None, "Output directory.")
     flags.DEFINE_string("checkpoint", "latest", "'latest' (default: the trainer's 'best' was "

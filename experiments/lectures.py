@@ -18,10 +18,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "Output directory (created if missing).")
-flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-9).")
-flags.DEFINE_bool("skip_training", False, "Skip figure 6 (trains FCN-32s/16s/8s briefly).")
-flags.mark_flags_as_required(["out"])
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    flags.DEFINE_string("out", None, "Output directory (created if missing).")
+    flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-9).")
+    flags.DEFINE_bool("skip_training", False, "Skip figure 6 (trains FCN-32s/16s/8s briefly).")
+    flags.mark_flags_as_required(["out"])
 
 
 def main(argv: list[str]) -> None:
@@ -44,4 +49,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -29,20 +29,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("oracle", None, "Work dir of a trained oracle (task 'quality').")
-flags.DEFINE_string("segmenter", None, "Work dir of a trained semantic model (same dataset).")
-flags.DEFINE_string("workdir", None, "Output directory.")
-flags.DEFINE_string("checkpoint", "best", "Checkpoint of both runs: 'best', 'latest' or a step.")
-flags.DEFINE_integer("num_images", 64, "Eval images used (half select the step, half test).")
-flags.DEFINE_integer("steps", 50, "Ascent steps computed (the chosen step is <= this).")
-flags.DEFINE_float("step_size", 0.1, "Ascent step size (the authors' 0.1).")
-flags.DEFINE_enum("update", "paper", ["paper", "plain"], "Ascent update (segjax.refine).")
-flags.DEFINE_integer("batch", 16, "Images per ascent batch.")
-flags.DEFINE_integer("seed", 0, "Target classes and the held-out degraded masks.")
-flags.DEFINE_integer("num_overlays", 4, "Test images drawn per starting point.")
-flags.DEFINE_integer("heldout_copies", 2, "Degradations per eval image for the oracle's "
-                     "held-out Spearman (drawn with --seed + 1000, never seen in training).")
-flags.mark_flags_as_required(["oracle", "workdir"])
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    flags.DEFINE_string("oracle", None, "Work dir of a trained oracle (task 'quality').")
+    flags.DEFINE_string("segmenter", None, "Work dir of a trained semantic model (same dataset).")
+    flags.DEFINE_string("workdir", None, "Output directory.")
+    flags.DEFINE_string("checkpoint", "best", "Checkpoint of both runs: 'best', 'latest' or a step.")
+    flags.DEFINE_integer("num_images", 64, "Eval images used (half select the step, half test).")
+    flags.DEFINE_integer("steps", 50, "Ascent steps computed (the chosen step is <= this).")
+    flags.DEFINE_float("step_size", 0.1, "Ascent step size (the authors' 0.1).")
+    flags.DEFINE_enum("update", "paper", ["paper", "plain"], "Ascent update (segjax.refine).")
+    flags.DEFINE_integer("batch", 16, "Images per ascent batch.")
+    flags.DEFINE_integer("seed", 0, "Target classes and the held-out degraded masks.")
+    flags.DEFINE_integer("num_overlays", 4, "Test images drawn per starting point.")
+    flags.DEFINE_integer("heldout_copies", 2, "Degradations per eval image for the oracle's "
+                         "held-out Spearman (drawn with --seed + 1000, never seen in training).")
+    flags.mark_flags_as_required(["oracle", "workdir"])
 
 
 def load_oracle(workdir: str, checkpoint: str = "best"):
@@ -264,4 +269,5 @@ def _markdown(out_dir, report):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -25,13 +25,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training work directory (config.json + checkpoints/).")
-flags.DEFINE_string("images", None, "Glob of input images (any format Pillow reads).")
-flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
-flags.DEFINE_float("alpha", 0.5, "Mask opacity of the overlays.")
-flags.DEFINE_float("score_thresh", 0.5, "Instance models: detections drawn and listed.")
-flags.mark_flags_as_required(["workdir", "images", "out"])
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    flags.DEFINE_string("workdir", None, "Training work directory (config.json + checkpoints/).")
+    flags.DEFINE_string("images", None, "Glob of input images (any format Pillow reads).")
+    flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
+    flags.DEFINE_float("alpha", 0.5, "Mask opacity of the overlays.")
+    flags.DEFINE_float("score_thresh", 0.5, "Instance models: detections drawn and listed.")
+    flags.mark_flags_as_required(["workdir", "images", "out"])
 
 
 def _instances(apply_fn, variables, x, h, w, score_thresh):
@@ -155,4 +160,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -22,12 +22,18 @@ import tempfile
 
 from absl import app, flags
 
-_CONFIG = flags.DEFINE_string("config", "experiments/configs/deeplab_voc.py:demo",
-                              "Config file (path.py[:preset]).")
-_STEPS = flags.DEFINE_integer("steps", 2, "Training steps per layout.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go (default: a temp dir).")
-_OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE config overrides.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    global _CONFIG, _STEPS, _WORKDIR, _OVERRIDES, _JSON
+    _CONFIG = flags.DEFINE_string("config", "experiments/configs/deeplab_voc.py:demo",
+                                  "Config file (path.py[:preset]).")
+    _STEPS = flags.DEFINE_integer("steps", 2, "Training steps per layout.")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go (default: a temp dir).")
+    _OVERRIDES = flags.DEFINE_multi_string("override", [], "KEY=VALUE config overrides.")
+    _JSON = flags.DEFINE_bool("json", False, "Print one JSON object as the last line.")
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (name, parallelism, host devices per process, processes)
@@ -89,4 +95,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

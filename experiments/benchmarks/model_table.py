@@ -33,9 +33,14 @@ from experiments.benchmarks import common
 from segjax.models import AUX_LOGITS, available_models, create_model
 from segjax.models.registry import _REGISTRY
 
-_MODELS = flags.DEFINE_list("models", [], "Model names (default: every registered model).")
-_SIZE = flags.DEFINE_integer("size", 513, "Square input size.")
-_CLASSES = flags.DEFINE_integer("num_classes", 21, "Number of classes.")
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    global _MODELS, _SIZE, _CLASSES
+    _MODELS = flags.DEFINE_list("models", [], "Model names (default: every registered model).")
+    _SIZE = flags.DEFINE_integer("size", 513, "Square input size.")
+    _CLASSES = flags.DEFINE_integer("num_classes", 21, "Number of classes.")
 
 
 def model_row(name: str, size: int, num_classes: int) -> dict:
@@ -86,4 +91,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -42,31 +42,36 @@ import sys
 
 from absl import app, flags
 
-_MODEL = flags.DEFINE_string("model", "unet", "Registered segjax model name.")
-_PER_DEVICE = flags.DEFINE_integer("per_device_batch", 2, "Batch per device.")
-_SIZE = flags.DEFINE_integer("size", 64, "Square image size.")
-_PARALLELISM = flags.DEFINE_enum("parallelism", None, ["mesh", "pmap"],
-                                 "Data-parallel mode (default: mesh when measuring, pmap when "
-                                 "modelling).")
-_DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts to run.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per device count.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON line last.")
-_WORKER = flags.DEFINE_integer("worker", 0, "Internal: run one device count in this process.")
-_OVERRIDES = flags.DEFINE_string("overrides", "{}", "JSON dict of model overrides (e.g. width).")
-_INTERCONNECT = flags.DEFINE_string(
-    "interconnect", None, "Model the scaling on this interconnect (scaling_model.INTERCONNECTS) "
-    "instead of measuring device counts.")
-_PREDICT = flags.DEFINE_list("predict_devices", ["8", "64", "512"],
-                             "Device counts to predict (1 is always added).")
-_STEP_TIME = flags.DEFINE_float("step_time_s", None, "Single-device step time in seconds "
-                                "(default: time it here).")
-_ALGORITHM = flags.DEFINE_enum("algorithm", "ring", ["ring", "tree"],
-                               "All-reduce algorithm of the headline prediction.")
-_OVERLAP = flags.DEFINE_bool("overlap", False, "Headline prediction overlaps the gradient "
-                             "all-reduce with the backward pass.")
-_PLOT = flags.DEFINE_string("plot", None, "Write the predicted curves to this PNG.")
-_WINOGRAD = flags.DEFINE_bool("winograd", False, "Count bytes with segjax's CPU Winograd "
-                              "routing on (default: direct convolutions).")
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    global _MODEL, _PER_DEVICE, _SIZE, _PARALLELISM, _DEVICES, _STEPS, _JSON, _WORKER, _OVERRIDES, _INTERCONNECT, _PREDICT, _STEP_TIME, _ALGORITHM, _OVERLAP, _PLOT, _WINOGRAD
+    _MODEL = flags.DEFINE_string("model", "unet", "Registered segjax model name.")
+    _PER_DEVICE = flags.DEFINE_integer("per_device_batch", 2, "Batch per device.")
+    _SIZE = flags.DEFINE_integer("size", 64, "Square image size.")
+    _PARALLELISM = flags.DEFINE_enum("parallelism", None, ["mesh", "pmap"],
+                                     "Data-parallel mode (default: mesh when measuring, pmap when "
+                                     "modelling).")
+    _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts to run.")
+    _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per device count.")
+    _JSON = flags.DEFINE_bool("json", False, "Print one JSON line last.")
+    _WORKER = flags.DEFINE_integer("worker", 0, "Internal: run one device count in this process.")
+    _OVERRIDES = flags.DEFINE_string("overrides", "{}", "JSON dict of model overrides (e.g. width).")
+    _INTERCONNECT = flags.DEFINE_string(
+        "interconnect", None, "Model the scaling on this interconnect (scaling_model.INTERCONNECTS) "
+        "instead of measuring device counts.")
+    _PREDICT = flags.DEFINE_list("predict_devices", ["8", "64", "512"],
+                                 "Device counts to predict (1 is always added).")
+    _STEP_TIME = flags.DEFINE_float("step_time_s", None, "Single-device step time in seconds "
+                                    "(default: time it here).")
+    _ALGORITHM = flags.DEFINE_enum("algorithm", "ring", ["ring", "tree"],
+                                   "All-reduce algorithm of the headline prediction.")
+    _OVERLAP = flags.DEFINE_bool("overlap", False, "Headline prediction overlaps the gradient "
+                                 "all-reduce with the backward pass.")
+    _PLOT = flags.DEFINE_string("plot", None, "Write the predicted curves to this PNG.")
+    _WINOGRAD = flags.DEFINE_bool("winograd", False, "Count bytes with segjax's CPU Winograd "
+                                  "routing on (default: direct convolutions).")
 _NUM_CLASSES = 21
 
 
@@ -199,4 +204,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

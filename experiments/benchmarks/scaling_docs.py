@@ -18,8 +18,14 @@ import sys
 
 from absl import app, flags
 
-_OUT = flags.DEFINE_string("out", "docs", "Folder for scaling_model.json and figures/.")
-_COMPILE_SIZE = flags.DEFINE_integer("compile_size", 65, "Image size the step is compiled at.")
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    global _OUT, _COMPILE_SIZE
+    _OUT = flags.DEFINE_string("out", "docs", "Folder for scaling_model.json and figures/.")
+    _COMPILE_SIZE = flags.DEFINE_integer("compile_size", 65, "Image size the step is compiled at.")
+
 
 MODELS = {
     # name: (README model table: eval forward GFLOP per 513² image (XLA cost analysis), stride)
@@ -95,4 +101,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -27,13 +27,19 @@ import time
 
 from absl import app, flags
 
-_SIZES = flags.DEFINE_list("sizes_mb", ["0.004", "0.25", "4", "16", "64"],
-                           "psum buffer sizes in MB (1e6 bytes) per device.")
-_REPS = flags.DEFINE_integer("reps", 5, "Timed calls per size.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON line last.")
-_WORKER = flags.DEFINE_integer("worker", -1, "Internal: run process i of the pair.")
-_PORTS = flags.DEFINE_list("ports", [], "Internal: coordinator and socket ports.")
-_OUT = flags.DEFINE_string("out", "", "Internal: where worker 0 writes its JSON.")
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    global _SIZES, _REPS, _JSON, _WORKER, _PORTS, _OUT
+    _SIZES = flags.DEFINE_list("sizes_mb", ["0.004", "0.25", "4", "16", "64"],
+                               "psum buffer sizes in MB (1e6 bytes) per device.")
+    _REPS = flags.DEFINE_integer("reps", 5, "Timed calls per size.")
+    _JSON = flags.DEFINE_bool("json", False, "Print one JSON line last.")
+    _WORKER = flags.DEFINE_integer("worker", -1, "Internal: run process i of the pair.")
+    _PORTS = flags.DEFINE_list("ports", [], "Internal: coordinator and socket ports.")
+    _OUT = flags.DEFINE_string("out", "", "Internal: where worker 0 writes its JSON.")
+
 
 CHUNK = 1 << 20
 STREAM = 64 << 20
@@ -206,4 +212,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -126,8 +126,7 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     assert evals[-1]["num_examples"] == 16 * 2  # 16 val images x 2 degradations
     assert -1 <= result["spearman"] <= 1 and result["mae"] >= 0
     # The refinement command on that run: report.json as DESIGN section 3 says.
-    # In its own process: absl flags are process-global, and other experiments modules imported
-    # by the test session (predict) define --workdir too.
+    # In its own process, as a user runs it (its flags are defined under __main__ only).
     import json
     import subprocess
     import sys
