@@ -255,13 +255,19 @@ class MaskRCNN(nn.Module):
             nms_thresh=self.rpn_nms_thresh, score_thresh=self.rpn_score_thresh)
         return jax.vmap(lambda o, d: filt(o, d))(objectness, deltas)
 
+    @staticmethod
+    def _pyramid(features: dict[str, jax.Array]):
+        """(table, geometry) of the batch's P2-P5 for `roi_align_table` (XLA merges the copies
+        that the box and mask paths each build into one)."""
+        levels = [features[name] for name in ROI_LEVELS]
+        return pyramid_table(levels), pyramid_geometry(levels)
+
     def _pool(self, features: dict[str, jax.Array], boxes: jax.Array, output_size: int) -> jax.Array:
         """ROI Align of boxes [N, K, 4] on P2-P5 -> [N, K, s, s, C]."""
         n, k = boxes.shape[:2]
-        levels = [features[name] for name in ROI_LEVELS]
         image = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
-        pooled = roi_align_table(pyramid_table(levels), pyramid_geometry(levels), boxes.reshape(n * k, 4), image,
-                                 output_size, scales=ROI_SCALES)
+        pooled = roi_align_table(*self._pyramid(features), boxes.reshape(n * k, 4), image, output_size,
+                                 scales=ROI_SCALES)
         return pooled.reshape(n, k, *pooled.shape[1:])
 
     def box_outputs(self, features: dict[str, jax.Array], boxes: jax.Array):
@@ -319,8 +325,7 @@ class MaskRCNN(nn.Module):
         boxes_s, labels_s, pos_s = take(boxes), take(labels), take(positive)
         gt_index = image * m + take(matched)  # into the batch's masks [N * M, H, W]
         flat_masks = masks.reshape(n * m, *masks.shape[2:])
-        levels = [features[name] for name in ROI_LEVELS]
-        table, geometry = pyramid_table(levels), pyramid_geometry(levels)
+        table, geometry = self._pyramid(features)
         head = self.mask_head.clone(parent=None)
         predictor = self.mask_predictor.clone(parent=None)
         head_vars = {"params": self.mask_head.variables["params"]}
