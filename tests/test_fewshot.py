@@ -216,7 +216,7 @@ def tiny_run(tmp_path_factory):
     c.fewshot.test_classes = (1,)
     c.num_train_steps, c.log_every_steps = 2, 1
     c.eval_every_steps = c.checkpoint_every_steps = 2
-    c.optimizer.warmup_steps = 1  # load_for_inference must build the optimizer for it (it did not)
+    c.optimizer.warmup_steps = 1  # load_run must build the optimizer for it (it did not)
     c.model.width = 4
     workdir = str(root / "run")
     return workdir, loop.train_and_evaluate(c, workdir)

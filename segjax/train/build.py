@@ -1,25 +1,22 @@
-"""Building a run's pieces from its config: model, optimiser, train state; and loading one back.
+"""Building a run's pieces from its config: model, optimiser, train state.
 
-Only builders read the config: everything built here takes plain arguments afterwards.
+Only builders read the config: everything built here takes plain arguments afterwards. Loading a
+trained run back is `segjax.train.restore.load_run`; initialising from pretrained weights is
+`segjax.train.pretrained`.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
-import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
 
-from segjax.models import create_model
+from segjax.models import available_models, create_model
+from segjax.models.registry import OUTPUTS, model_output
 from segjax.train import config_utils, optim
 from segjax.train import state as state_lib
-from segjax.train.checkpoint import Checkpointer
-from segjax.train.workdir import CHECKPOINT_DIR, load_config
-
-log = logging.getLogger(__name__)
 
 
 def dataset_info(config: ml_collections.ConfigDict):
@@ -29,8 +26,18 @@ def dataset_info(config: ml_collections.ConfigDict):
     return datasets.get_dataset_info(config.dataset.name)
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """The segjax model named by `config.model` (every non-None field but `name` an override)."""
+def build_model(config: ml_collections.ConfigDict, num_classes: int, task=None):
+    """The segjax model named by `config.model` (every non-None field but `name` an override).
+
+    With the run's `task`, a model that returns something other than what the task consumes
+    (`Task.model_output`, e.g. a detector for the semantic task) fails naming both."""
+    if task is not None:
+        returns = model_output(config.model.name)
+        if returns != task.model_output:
+            raise ValueError(
+                f"config.model.name={config.model.name!r} returns {returns!r} outputs "
+                f"({OUTPUTS[returns]}), but the {task.name!r} task consumes {task.model_output!r} "
+                f"ones: choose one of {available_models(task.model_output)}")
     return create_model(config.model.name, num_classes=num_classes,
                         **config_utils.model_overrides(config.model))
 
@@ -82,60 +89,21 @@ def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: in
     return abstract, schedule
 
 
-def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int, task=None):
-    """Fresh host `TrainState` (step 0) and the lr schedule; `config.init_from` merged in.
+def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int, task=None, *,
+                 init: Callable[[dict], dict] | None = None):
+    """Fresh host `TrainState` (step 0) and the lr schedule.
 
-    `task` (optional) supplies the model's init inputs (`Task.init_inputs`)."""
-    from segjax.train import pretrained
-
+    `task` (optional) supplies the model's init inputs (`Task.init_inputs`); `init` (optional)
+    maps the freshly initialised variables to the ones trained from, e.g. `config.init_from`'s
+    weights merged in (`segjax.train.pretrained.initializer(config, ...)`)."""
     rng = jax.random.key(config.seed)
     shape = _init_shape(config)
     variables = state_lib.init_variables(model, rng, shape,
                                          inputs=_init_inputs(task, shape))
-    if config.init_from:
-        variables = pretrained.merge_pretrained(
-            variables, pretrained.load_pretrained(config.init_from), num_classes=model.num_classes)
+    if init is not None:
+        variables = init(variables)
     tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
                                           frozen=frozen_parameters(model, variables["params"]),
                                           **optimizer_kwargs(config))
     state = state_lib.create_train_state(model, rng, shape, tx, variables=variables)
     return state, schedule
-
-
-def load_for_inference(workdir: str, checkpoint: str = "latest", *, task=None):
-    """(config, dataset info, model, variables) of a trained run, for prediction.
-
-    Args:
-      workdir: a work directory of `segjax.train.loop.train_and_evaluate`.
-      checkpoint: "latest" (newest step that restores), "best" (highest value of the task's
-        best metric) or a step.
-      task: the run's `Task`, for models whose inputs are not images alone (its `init_inputs`
-        shape the restore template); None: images.
-
-    Nothing in the work dir is modified.
-    """
-    from segjax.tasks import best_metric
-
-    config = load_config(workdir)
-    info = dataset_info(config)
-    model = build_model(config, info.num_classes)
-    # The restore template needs the optimizer's state structure, not its schedule: any step
-    # count the schedule accepts (past the warm-up) will do.
-    steps = int(config.optimizer.get("warmup_steps") or 0) + 1
-    abstract, _ = abstract_state(config, model, steps, task)
-    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True,
-                        best_metric=best_metric(config.get("task", "semantic")))
-    try:
-        if checkpoint == "latest":
-            state, step = ckpt.restore_latest(abstract, quarantine=False)
-            if state is None:
-                raise FileNotFoundError(f"no restorable checkpoint under {ckpt.directory}")
-        else:
-            step = ckpt.best_step() if checkpoint == "best" else int(checkpoint)
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint with eval metrics under {ckpt.directory}")
-            state = ckpt.restore(step, abstract)
-    finally:
-        ckpt.close()
-    log.info("loaded checkpoint step %s from %s", step, workdir)
-    return config, info, model, {"params": state.params, "batch_stats": state.batch_stats}

@@ -31,7 +31,7 @@ import numpy as np
 
 from segjax import evaluate as eval_lib
 from segjax.tasks import build_task
-from segjax.train import build, config_utils
+from segjax.train import build, config_utils, pretrained
 from segjax.train import parallel as parallel_lib
 from segjax.train.checkpoint import Checkpointer
 from segjax.train.metric_writers import MetricWriter, Progress, read_metrics
@@ -80,6 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     from segjax.data import pipeline
 
+    config_utils.import_plugins(config)
     config_utils.check_config(config)
     parallel_lib.initialize_distributed(config)
     workdir = os.path.abspath(workdir)
@@ -105,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          "(config.batch_size, config.eval.batch_size)")
 
     task = build_task(config, data.info, data.data_dir)
-    model = build.build_model(config, data.info.num_classes)
+    model = build.build_model(config, data.info.num_classes, task)
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints,
                         best_metric=task.best_metric)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -115,7 +116,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             template, schedule = build.abstract_state(config, model, steps["num_train"], task)
             state, start_step = ckpt.restore_latest(template)
         if state is None:
-            state, schedule = build.create_state(config, model, steps["num_train"], task)
+            state, schedule = build.create_state(
+                config, model, steps["num_train"], task,
+                init=pretrained.initializer(config, model.num_classes))
         else:
             log.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)
             print(f"resuming from checkpoint step {start_step}", flush=True)

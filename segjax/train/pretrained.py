@@ -8,6 +8,7 @@ model strictly: never silently partial, only class layers of another label set r
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import jax
 import numpy as np
@@ -80,11 +81,24 @@ def load_pretrained(path: str) -> dict:
         raise FileNotFoundError(f"config.init_from={path!r} is not a directory (a training work "
                                 "dir, or one written by `python -m segjax.tools.convert_torchvision`)")
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
-        from segjax.train.build import load_for_inference
+        from segjax.train.restore import load_run
 
-        _, _, _, variables = load_for_inference(path, "latest")
+        variables = load_run(path, "latest").variables
         print(f"init_from: the newest checkpoint of the training run in {path}", flush=True)
         return jax.tree.map(np.asarray, variables)
     from segjax.models import torchvision_import
 
     return torchvision_import.load_converted(path)
+
+
+def initializer(config, num_classes: int) -> Callable[[dict], dict] | None:
+    """The `init` of `segjax.train.build.create_state` for `config.init_from`: fresh variables
+    -> the pretrained weights merged in (`merge_pretrained`); None when it is "" (scratch)."""
+    if not config.get("init_from"):
+        return None
+
+    def init(variables: dict) -> dict:
+        return merge_pretrained(variables, load_pretrained(config.init_from),
+                                num_classes=num_classes)
+
+    return init

@@ -24,6 +24,7 @@ from PIL import Image
 from segjax.tasks import semantic
 from segjax.train import build, loop, pretrained
 from segjax.train.checkpoint import Checkpointer
+from segjax.train.restore import load_run
 from segjax.train.metric_writers import read_metrics
 from segjax.train.state import TrainState
 
@@ -91,8 +92,7 @@ def cli_env(cache_dir=None):
 
 
 def host_params(workdir, checkpoint="latest"):
-    _, _, _, variables = build.load_for_inference(str(workdir), checkpoint)
-    return jax.tree.map(np.asarray, variables)
+    return jax.tree.map(np.asarray, load_run(str(workdir), checkpoint).variables)
 
 
 def test_train_eval_checkpoint_resume_predict(tmp_path, data_dir, capsys):
@@ -129,9 +129,10 @@ def test_train_eval_checkpoint_resume_predict(tmp_path, data_dir, capsys):
     from segjax.data import pipeline
     from segjax.metrics import ConfusionAccumulator
     from segjax.tasks.semantic import SemanticTask
-    from segjax.train import build, steps
+    from segjax.train import steps
 
-    cfg, info, model, variables = build.load_for_inference(str(workdir), "2")
+    run = load_run(str(workdir), "2")
+    info, model, variables = run.info, run.model, run.variables
     task = SemanticTask(num_classes=info.num_classes, ignore_label=info.ignore_label,
                         boundary_iou=False)
     acc = ConfusionAccumulator(info.num_classes)
@@ -333,7 +334,8 @@ def test_init_from_a_training_run_class_weights_and_a_training_subset(tmp_path, 
                             "dataset.num_train_examples": 8})
     info = build.dataset_info(target)
     model = build.build_model(target, info.num_classes)
-    state, _ = build.create_state(target, model, 1)
+    state, _ = build.create_state(target, model, 1,
+                                  init=pretrained.initializer(target, model.num_classes))
     want = host_params(source)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), want["params"])
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats),

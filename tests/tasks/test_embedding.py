@@ -263,7 +263,7 @@ def test_predict_writes_the_clustered_instances_of_an_embedding_run(tiny_run, tm
 
     from experiments import predict
     from segjax.data.pipeline import preprocess_image
-    from segjax.train import build
+    from segjax.train.restore import load_run
 
     workdir, _ = tiny_run
     image = np_rng.integers(0, 255, (30, 37, 3)).astype(np.uint8)
@@ -272,7 +272,8 @@ def test_predict_writes_the_clustered_instances_of_an_embedding_run(tiny_run, tm
                                     score_thresh=0.0)
     assert sorted(map(os.path.basename, written)) == ["a_instances.json", "a_instances.png"]
     listed = json.load(open(tmp_path / "out" / "a_instances.json"))
-    config, _, model, variables = build.load_for_inference(workdir)
+    run = load_run(workdir)
+    config, model, variables = run.config, run.model, run.variables
     x = np.zeros((1, 32, 64, 3), np.float32)
     x[0, :30, :37] = preprocess_image(image)
     out = model.apply(variables, x)
