@@ -11,7 +11,7 @@ Presets (`--config=experiments/configs/deeplab_voc.py:PRESET`):
   number near, not equal to, theirs. Needs accelerators; not measured here.
 
       python -m segjax.tools.convert_torchvision --model=resnet101 \
-        --weights=resnet101-63fe2227.pth --out=/tmp/r101
+        --weights=resnet101-63fe2227.pth --workdir=/tmp/r101
       python -m experiments.deeplab_voc --workdir=/tmp/dlv3p_voc \
         --config=experiments/configs/deeplab_voc.py --config.init_from=/tmp/r101
 

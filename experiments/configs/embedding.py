@@ -34,20 +34,17 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """Returns the config for `preset` (one of PRESETS)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for embedding.py; presets: {PRESETS}")
-    c = base_config()
-    c.task = "embedding"
+    c = base_config("embedding")
     c.model.name = "unet_embedding"
     c.model.base_features = 64
     c.model.depth = 4
     c.model.embedding_dim = 8
-    c.embedding = ml_collections.ConfigDict()
     c.embedding.delta_v = 0.5
     c.embedding.delta_d = 1.5
     c.embedding.alpha = 1.0
     c.embedding.beta = 1.0
     c.embedding.gamma = 0.001
     c.embedding.disc_weight = 1.0
-    c.embedding.cluster = ml_collections.ConfigDict()
     # Seeded thresholding at 1.5 = 3 delta_v, the middle of [2 delta_v, 2 delta_d - 2 delta_v)
     # (segjax.cluster); clusters under 16 pixels are dropped.
     c.embedding.cluster.method = "threshold"
@@ -59,7 +56,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.dataset.crop_size = 512
     c.dataset.min_scale = 0.5
     c.dataset.max_scale = 2.0
-    c.dataset.max_instances = 100
+    c.instance.max_instances = 100
     c.batch_size = 16
     c.num_train_steps = 90_000
     c.eval_every_steps = 10_000
@@ -68,11 +65,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 1e-4
     c.eval.batch_size = 8
     c.eval.pad_to = 640
-    c.eval.boundary_iou = False
     if preset in ("demo", "occlusion"):
         name = "synthetic_shapes/" + ("overlap" if preset == "demo" else "occlusion")
         use_synthetic_shapes(c, name=name, crop_size=128)
-        c.dataset.max_instances = 8
+        c.instance.max_instances = 8
         c.model.base_features = 16
         c.batch_size = 8
         c.num_train_steps = 1000

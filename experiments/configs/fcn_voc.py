@@ -21,7 +21,7 @@ Presets (`--config=experiments/configs/fcn_voc.py:PRESET`):
   (ResNetV1c backbone; torchvision's ResNet-50 stem differs). Not measured here.
 
       python -m segjax.tools.convert_torchvision --model=resnet50 \
-        --weights=resnet50-0676ba61.pth --out=/tmp/r50
+        --weights=resnet50-0676ba61.pth --workdir=/tmp/r50
       python -m experiments.deeplab_voc --workdir=/tmp/fcn_r50 \
         --config=experiments/configs/fcn_voc.py:fcn_r50 --config.init_from=/tmp/r50
 

@@ -38,12 +38,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """Returns the config for `preset` (one of PRESETS)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for fewshot.py; presets: {PRESETS}")
-    c = base_config()
-    c.task = "fewshot"
+    c = base_config("fewshot")
     use_synthetic_shapes(c, crop_size=64)
     c.model.name = "fewshot_resnet18"
     c.model.width = 64
-    c.fewshot = ml_collections.ConfigDict()
     c.fewshot.test_classes = (4, 5)  # star, cross: never a way in training
     c.fewshot.ways = 1
     c.fewshot.shots = 1
@@ -57,7 +55,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.fewshot.triplet_weight = 0.0
     c.fewshot.triplet_pixels = 8  # foreground and background pixels per image
     c.fewshot.triplet_background = True  # False: foreground pixels only (classes vs classes)
-    c.fewshot.triplet = ml_collections.ConfigDict()
     c.fewshot.triplet.mining = "hard"
     c.fewshot.triplet.margin = 0.3
     c.fewshot.triplet.distance = "euclidean"
@@ -71,7 +68,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer.base_lr = 1e-3
     c.optimizer.weight_decay = 5e-4
     c.eval.batch_size = 20
-    c.eval.boundary_iou = False
     if preset in ("demo", "shape_only", "metric"):
         c.model.width = 16
         # Whole 128x128 images: at stride 8 a 64x64 crop leaves an 8x8 feature map, too coarse

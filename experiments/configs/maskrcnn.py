@@ -37,8 +37,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """Returns the config for `preset` (one of PRESETS; "" is the COCO 1x recipe)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for maskrcnn.py; presets: {PRESETS}")
-    c = base_config()
-    c.task = "instance"
+    c = base_config("instance")
     c.model.name = "maskrcnn_resnet50_fpn"
     c.model.trainable_backbone_layers = 3  # torchvision's default with a pretrained backbone
     c.dataset.name = "coco2017"
@@ -47,7 +46,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.dataset.crop_size = 800
     c.dataset.min_scale = 1.0
     c.dataset.max_scale = 1.67
-    c.dataset.max_instances = 100
+    c.instance.max_instances = 100
     c.batch_size = 16
     c.num_train_steps = 90_000
     c.eval_every_steps = 10_000
@@ -59,11 +58,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 1e-4
     c.eval.batch_size = 8
     c.eval.pad_to = 800
-    c.eval.boundary_iou = False
 
     if preset == "demo":
         use_synthetic_shapes(c, crop_size=128)
-        c.dataset.max_instances = 8
+        c.instance.max_instances = 8
         c.model.name = "maskrcnn_resnet18_fpn"
         c.model.trainable_backbone_layers = None  # from scratch: everything trains
         # A 2-core CPU budget: at most 8 objects per 128x128 image need neither torchvision's

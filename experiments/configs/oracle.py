@@ -30,8 +30,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """Returns the config for `preset` (one of PRESETS)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for oracle.py; presets: {PRESETS}")
-    c = base_config()
-    c.task = "quality"
+    c = base_config("quality")
     use_synthetic_shapes(c, crop_size=128)  # the authors' 128x128 inputs
     c.dataset.min_scale = 1.0  # no rescaling: the degradations' pixel radii keep their meaning
     c.dataset.max_scale = 1.0
@@ -40,7 +39,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.depth = 4
     c.model.hidden = 128
     c.model.dropout = 0.0
-    c.quality = ml_collections.ConfigDict()
     c.quality.calibration_masks = 64  # train masks fitting the Dice-uniform degradation mix
     c.quality.eval_copies = 2  # degradations drawn per validation image
     c.quality.background = 0  # class never picked while another is present
@@ -52,7 +50,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer.base_lr = 0.02
     c.optimizer.weight_decay = 1e-4
     c.eval.batch_size = 32
-    c.eval.boundary_iou = False
     if preset == "demo":
         c.model.base_features = 8
         c.batch_size = 16

@@ -10,7 +10,7 @@ Presets (`--config=experiments/configs/pspnet_voc.py:PRESET`):
   schedule and no COCO. Not measured here (needs accelerators).
 
       python -m segjax.tools.convert_torchvision --model=resnet50 \
-        --weights=resnet50-0676ba61.pth --out=/tmp/r50
+        --weights=resnet50-0676ba61.pth --workdir=/tmp/r50
       python -m experiments.deeplab_voc --workdir=/tmp/psp_r50 \
         --config=experiments/configs/pspnet_voc.py --config.init_from=/tmp/r50
 

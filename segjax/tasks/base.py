@@ -11,10 +11,13 @@ segmentation, instances, mask quality or embeddings. A `Task` knows:
 * what evaluation computes on device (`eval_outputs`: statistics that sum over devices, plus
   per-example outputs), and how the host turns them into metrics (`Accumulator`);
 * which metric ranks checkpoints (`best_metric`), the console line of an evaluation, and the
-  example images to write (`save_examples`).
+  example images to write (`save_examples`, through `write_panels`);
+* how one image of any size is predicted and drawn (`predictor`, `write_prediction`): what
+  `experiments.predict` calls, so that the command has no per-task branch.
 
-Adding a task is one file under `segjax/tasks/` whose `build(config, info, data_dir)` returns a
-`Task`, plus its name in `segjax.tasks.TASKS` and a config (see docs/extending.md).
+Adding a task is one module, in segjax or the user's own code, whose
+`@segjax.tasks.register(name, ...)` decorates `build(config, info, data_dir) -> Task` and
+declares the task's config section with its defaults (see docs/extending.md).
 
 The sharded-batch rules every task follows (DESIGN §4):
 * `loss` sees this device's share of the batch (pmap) or the global batch (jit over a mesh) and
@@ -32,10 +35,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Pair = tuple[jax.Array, jax.Array]
@@ -107,6 +112,9 @@ class Task(abc.ABC):
 
     name: str = ""
     best_metric: str = ""  # ranks checkpoints; higher is better
+    # What the task consumes of the model: a key of `segjax.models.registry.OUTPUTS` (the model
+    # registry's own terms); the trainer refuses a model that returns something else.
+    model_output: str = "dense"
     train_keys: tuple[str, ...] = ("image",)
     eval_keys: tuple[str, ...] = ("image",)
 
@@ -172,3 +180,69 @@ class Task(abc.ABC):
         """Writes up to `limit` example pictures of valid rows to `out_dir`; returns how many."""
         del out_dir, step, batch, per_example, limit, writer
         return 0
+
+    @staticmethod
+    def write_panels(out_dir: str, step: int, batch: Mapping[str, Any],
+                     panel: Callable[[int, int, int], np.ndarray], *, limit: int, writer=None,
+                     name: Callable[[int, int], str] | None = None,
+                     tag: str = "predictions") -> int:
+        """Writes `panel(i, h, w)` of up to `limit` valid rows of `batch`; returns how many.
+
+        Each picture goes to `<out_dir>/<name>.png` and, with a `writer`, to TensorBoard as
+        `<tag>/<name>`; `name(i, written)` defaults to the row's example index (`%05d`). `h, w`
+        are the row's original size when the batch has `"height"`/`"width"` (padded eval
+        batches), else None.
+        """
+        from segjax import visualize
+
+        if name is None:
+            def name(i, written):
+                del written
+                return f"{int(batch['index'][i]) if 'index' in batch else i:05d}"
+        written = 0
+        for i in range(len(batch["valid"])):
+            if written >= limit or not bool(batch["valid"][i]):
+                continue
+            h, w = ((int(batch["height"][i]), int(batch["width"][i])) if "height" in batch
+                    else (None, None))
+            image = panel(i, h, w)
+            stem = name(i, written)
+            visualize.save_png(os.path.join(out_dir, f"{stem}.png"), image)
+            if writer is not None:
+                writer.write_images(step, {f"{tag}/{stem}": image})
+            written += 1
+        return written
+
+    # ------------------------------------------------------------- single-image inference
+
+    def predictor(self, model, variables) -> Callable[[np.ndarray], Any]:
+        """A function from one uint8 RGB image `[H, W, 3]` of any size to this task's
+        prediction of it (whatever `write_prediction` draws), compiled once.
+
+        Raises:
+          ValueError: the task does not predict single images (its inputs are not one image).
+        """
+        del model, variables
+        raise ValueError(f"the {self.name!r} task does not predict single images (its model "
+                         "needs more than one image as input); predict handles tasks that do")
+
+    def write_prediction(self, stem: str, image: np.ndarray, prediction: Any, *,
+                         alpha: float = 0.5, score_thresh: float = 0.5) -> list[str]:
+        """Writes the pictures (and data files) of one `predictor` result as `<stem>_*`;
+        returns the paths. `alpha` is the overlay opacity, `score_thresh` the lowest score of
+        a drawn detection (tasks without scores ignore it)."""
+        del stem, image, prediction, alpha, score_thresh
+        raise ValueError(f"the {self.name!r} task does not predict single images")
+
+
+def padded_input(image: np.ndarray, multiple: int = 32) -> np.ndarray:
+    """One uint8 RGB image `[H, W, 3]` normalised like the pipelines' and padded bottom/right
+    with 0 (the mean pixel after normalisation, as evaluation pads) to a multiple of
+    `multiple`: float32 `[1, H', W', 3]`. Predictions are cropped back to `[:H, :W]`."""
+    from segjax.data.records import preprocess_image
+
+    h, w = np.shape(image)[:2]
+    ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    x = np.zeros((1, ph, pw, 3), np.float32)
+    x[0, :h, :w] = preprocess_image(image)
+    return x

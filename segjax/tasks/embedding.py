@@ -10,7 +10,7 @@ COCO mask AP as Mask R-CNN's (`segjax.coco`), so the two families sit in one tab
 
 Batches: train `{"image" [B, H, W, 3], "label" [B, H, W] int32, "instance" [B, H, W] int32}`
 (instances renumbered 1..k per image on the host after augmentation, 0 = none; an image with more
-than `config.dataset.max_instances` fails naming it); eval: the padded segmentation batch with
+than `config.instance.max_instances` fails naming it); eval: the padded segmentation batch with
 `"instance"`.
 
 Loss: the semantic cross-entropy over valid pixels (normalised by the global valid-pixel count)
@@ -24,12 +24,15 @@ from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from segjax import cluster, coco, embedding_losses, losses
 from segjax.models.outputs import EMBEDDINGS, LOGITS
 from segjax.tasks.base import Accumulator, StepContext, plain_dict
 from segjax.tasks.instance import InstanceTask, check_instance_count
+from segjax.tasks.instance import defaults as instance_defaults
+from segjax.tasks.registry import register, section
 
 BEST_METRIC = "mask_ap"
 
@@ -122,6 +125,7 @@ class EmbeddingTask(InstanceTask):
 
     name = "embedding"
     best_metric = BEST_METRIC
+    model_output = "dense_embeddings"
     train_keys = ("image", "label", "instance")
     eval_keys = ("image",)
 
@@ -193,19 +197,60 @@ class EmbeddingTask(InstanceTask):
 
         return self.write_panels(out_dir, step, batch, panel, limit=limit, writer=writer)
 
+    # ------------------------------------------------------------- single-image inference
 
+    def predictor(self, model, variables):
+        """uint8 image [H, W, 3] -> its instances by the run's clustering
+        (`embedding_instances`: masks, boxes, scores, classes), the model compiled once per
+        padded size; drawn like Mask R-CNN's detections."""
+        from segjax.tasks.base import padded_input
+
+        apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+        def predict(image):
+            h, w = np.shape(image)[:2]
+            out = apply(variables, padded_input(image))
+            return embedding_instances(np.asarray(jax.nn.softmax(out[LOGITS][0, :h, :w], -1)),
+                                       np.asarray(out[EMBEDDINGS][0, :h, :w]),
+                                       **self.cluster_kwargs)
+
+        return predict
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The embedding task's config: the instance slots and the `embedding` section."""
+    placeholder = ml_collections.config_dict.placeholder
+    c = instance_defaults()
+    c.embedding = ml_collections.ConfigDict()
+    # The discriminative loss (De Brabandere et al.'s values).
+    c.embedding.delta_v = 0.5
+    c.embedding.delta_d = 1.5
+    c.embedding.alpha = 1.0
+    c.embedding.beta = 1.0
+    c.embedding.gamma = 0.001
+    c.embedding.disc_weight = 1.0  # its weight next to the semantic cross-entropy
+    # Clustering at evaluation (segjax.cluster.cluster_instances): unset fields keep the
+    # method's default.
+    c.embedding.cluster = ml_collections.ConfigDict()
+    c.embedding.cluster.method = "threshold"  # or "mean_shift"
+    c.embedding.cluster.radius = placeholder(float)  # threshold
+    c.embedding.cluster.bandwidth = placeholder(float)  # mean_shift
+    c.embedding.cluster.min_pixels = placeholder(int)  # smaller clusters are dropped
+    return c
+
+
+@register("embedding", best_metric=BEST_METRIC, defaults=defaults)
 def build(config, info, data_dir) -> EmbeddingTask:
     """The embedding task of a run: `config.embedding` (loss and clustering) on dataset `info`."""
     del data_dir
-    e = config.get("embedding") or {}
+    e = section(config, "embedding", "embedding")
+    cluster_kwargs = {k: v for k, v in plain_dict(e.cluster).items() if v is not None}
     return EmbeddingTask(
         num_classes=info.num_classes, ignore_label=info.ignore_label,
-        max_instances=config.dataset.get("max_instances"),
-        delta_v=float(e.get("delta_v", 0.5)), delta_d=float(e.get("delta_d", 1.5)),
-        alpha=float(e.get("alpha", 1.0)), beta=float(e.get("beta", 1.0)),
-        gamma=float(e.get("gamma", 0.001)), disc_weight=float(e.get("disc_weight", 1.0)),
-        cluster_kwargs=plain_dict(e.get("cluster") or {}), class_names=info.class_names,
-        palette=info.palette)
+        max_instances=section(config, "instance", "embedding").max_instances,
+        delta_v=float(e.delta_v), delta_d=float(e.delta_d), alpha=float(e.alpha),
+        beta=float(e.beta), gamma=float(e.gamma), disc_weight=float(e.disc_weight),
+        cluster_kwargs=cluster_kwargs, class_names=info.class_names, palette=info.palette)
 
 
 __all__ = ["BEST_METRIC", "EmbeddingAccumulator", "EmbeddingTask", "build", "embedding_instances",

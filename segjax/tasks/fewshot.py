@@ -31,15 +31,16 @@ foreground IoU; `episode_fg_iou`, the mean per-episode foreground IoU. Checkpoin
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from segjax import embedding_losses, fewshot, losses
 from segjax.tasks.base import Accumulator, StepContext, Task, plain_dict
+from segjax.tasks.registry import register, section
 
 BEST_METRIC = "fg_miou"
 
@@ -115,6 +116,7 @@ class FewShotTask(Task):
 
     name = "fewshot"
     best_metric = BEST_METRIC
+    model_output = "episode"
     train_keys = ("support_image", "support_mask", "support_valid", "query_image", "query_target",
                   "query_valid", "classes")
     eval_keys = train_keys
@@ -286,43 +288,64 @@ class FewShotTask(Task):
             return visualize.overlay(image, np.where(mask > 0, mask, 255), palette, alpha=0.6,
                                      ignore_label=255)
 
-        written = 0
-        for i in range(len(batch["valid"])):
-            if written >= limit or not bool(batch["valid"][i]):
-                continue
+        def panel(i, h, w):
+            del h, w
             support = denormalize(np.asarray(batch["support_image"][i, 0, 0]))
             s_mask = np.asarray(batch["support_mask"][i, 0, 0]).astype(np.int32)
             query = denormalize(np.asarray(batch["query_image"][i]))
             target = np.asarray(batch["query_target"][i])
             pred = np.asarray(per_example["pred"][i])
-            panel = visualize.side_by_side(show(support, s_mask), visualize.to_uint8_image(query),
-                                           show(query, target), show(query, pred))
+            return visualize.side_by_side(show(support, s_mask), visualize.to_uint8_image(query),
+                                          show(query, target), show(query, pred))
+
+        def name(i, written):
             names = "_".join(self.class_names[int(c)] for c in np.asarray(batch["classes"][i]))
-            path = os.path.join(out_dir, f"{written:05d}_{names}.png")
-            visualize.save_png(path, panel)
-            if writer is not None:
-                writer.write_images(step, {f"fewshot/{written:05d}": panel})
-            written += 1
-        return written
+            return f"{written:05d}_{names}"
+
+        return self.write_panels(out_dir, step, batch, panel, limit=limit, writer=writer,
+                                 name=name, tag="fewshot")
 
 
+def defaults() -> ml_collections.ConfigDict:
+    """The few-shot task's config section (PANet's 1-way 1-shot setting)."""
+    c = ml_collections.ConfigDict()
+    f = c.fewshot = ml_collections.ConfigDict()
+    f.test_classes = ()  # held-out classes: never a way in training (must be non-empty)
+    f.ways = 1
+    f.shots = 1
+    f.pool = 64  # augmented images read per step, the step's episodes drawn from them
+    f.eval_episodes = 200
+    f.eval_seed = 0
+    f.align_weight = 1.0  # PANet's prototype alignment loss
+    f.min_pixels = 16  # a way needs this many pixels in support and query
+    # Metric learning on pixel embeddings: off unless triplet_weight > 0.
+    f.proto_weight = 1.0
+    f.triplet_weight = 0.0
+    f.triplet_pixels = 8  # foreground and background pixels per image
+    f.triplet_background = True  # False: foreground pixels only (classes vs classes)
+    f.triplet = ml_collections.ConfigDict()  # segjax.losses.triplet_loss's arguments
+    f.triplet.mining = "hard"
+    f.triplet.margin = 1.0
+    f.triplet.distance = "euclidean"
+    f.triplet.normalize = False
+    f.triplet.soft = False
+    return c
+
+
+@register("fewshot", best_metric=BEST_METRIC, defaults=defaults)
 def build(config, info, data_dir) -> FewShotTask:
     """The few-shot task of a run: `config.fewshot` on dataset `info`."""
     del data_dir
-    f = config.get("fewshot") or {}
+    f = section(config, "fewshot", "fewshot")
     return FewShotTask(num_classes=info.num_classes, ignore_label=info.ignore_label,
-                       test_classes=tuple(f.get("test_classes", ())), ways=int(f.get("ways", 1)),
-                       shots=int(f.get("shots", 1)), pool=int(f.get("pool", 64)),
-                       eval_episodes=int(f.get("eval_episodes", 200)),
-                       eval_seed=int(f.get("eval_seed", 0)),
-                       align_weight=float(f.get("align_weight", 1.0)),
-                       min_pixels=int(f.get("min_pixels", 16)),
+                       test_classes=tuple(f.test_classes), ways=int(f.ways), shots=int(f.shots),
+                       pool=int(f.pool), eval_episodes=int(f.eval_episodes),
+                       eval_seed=int(f.eval_seed), align_weight=float(f.align_weight),
+                       min_pixels=int(f.min_pixels),
                        class_names=getattr(info, "class_names", None),
-                       proto_weight=float(f.get("proto_weight", 1.0)),
-                       triplet_weight=float(f.get("triplet_weight", 0.0)),
-                       triplet=plain_dict(f.get("triplet") or {}),
-                       triplet_pixels=int(f.get("triplet_pixels", 8)),
-                       triplet_background=bool(f.get("triplet_background", True)))
+                       proto_weight=float(f.proto_weight), triplet_weight=float(f.triplet_weight),
+                       triplet=plain_dict(f.triplet), triplet_pixels=int(f.triplet_pixels),
+                       triplet_background=bool(f.triplet_background))
 
 
 

@@ -4,7 +4,7 @@ Batches (derived on the host from the dataset's segmentation stream with instanc
 augmentation moves image, masks and boxes together and an instance cropped away disappears):
   train: `{"image" [B, H, W, 3], "boxes" [B, M, 4] (x1, y1, x2, y2 pixels), "classes" [B, M]
   int32 (0 = padding slot), "masks" [B, M, H, W] float32, "num_instances" [B]}`, M =
-  `config.dataset.max_instances`; an image with more instances fails naming it and the key;
+  `config.instance.max_instances`; an image with more instances fails naming it and the key;
   eval: the padded segmentation batch (`"label"`, `"instance"`, `"valid"`, original size).
 Loss: the model's train-mode output maps loss names to `(sum, count)` pairs (RPN objectness and
 box regression, classifier, box regression, mask); the task adds them, each normalised by its own
@@ -15,7 +15,6 @@ image size (`segjax.ops.paste_masks`, threshold 0.5) and scored with pycocotools
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -25,6 +24,7 @@ import numpy as np
 
 from segjax import coco, visualize
 from segjax.tasks.base import Accumulator, StepContext, Task
+from segjax.tasks.registry import register, section
 
 BEST_METRIC = "mask_ap"
 LOGGED = ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap75",
@@ -37,7 +37,7 @@ def check_instance_count(n: int, max_instances: int, row: int,
     its `n` instances exceed `max_instances`: instances are never silently dropped."""
     if n > max_instances:
         name = f"example index {indices[row]}" if indices is not None else f"batch row {row}"
-        raise ValueError(f"{name} has {n} instances, more than config.dataset.max_instances="
+        raise ValueError(f"{name} has {n} instances, more than config.instance.max_instances="
                          f"{max_instances}: raise it (instances are never silently dropped)")
 
 
@@ -113,13 +113,14 @@ class InstanceTask(Task):
 
     name = "instance"
     best_metric = BEST_METRIC
+    model_output = "detections"
     train_keys = ("image", "boxes", "classes", "masks", "num_instances")
     eval_keys = ("image",)
 
     def __init__(self, *, num_classes: int, ignore_label: int, max_instances: int,
                  class_names: Sequence[str] | None = None, palette: np.ndarray | None = None):
         if max_instances is None or max_instances < 1:
-            raise ValueError(f"config.dataset.max_instances={max_instances} must be a positive "
+            raise ValueError(f"config.instance.max_instances={max_instances} must be a positive "
                              "int for the instance task")
         self.num_classes, self.ignore_label = num_classes, ignore_label
         self.max_instances = max_instances
@@ -199,10 +200,9 @@ class InstanceTask(Task):
     def panel(self, batch, i, h, w, masks, boxes, classes, scores, *extra) -> np.ndarray:
         """Row i's ground-truth instances | its detections of score >= 0.5 (bool masks [D, h, w],
         boxes, classes, scores), then any `extra` uint8 [h, w, 3] images (enlarged as they are)."""
-        from segjax.data.datasets import voc_palette
         from segjax.data.pipeline import denormalize
 
-        palette = voc_palette(self.num_classes) if self.palette is None else self.palette
+        palette = self._palette()
         image = denormalize(np.asarray(batch["image"][i, :h, :w]))
         gt_classes, gt_masks = coco.instances_from_maps(
             batch["label"][i, :h, :w], batch["instance"][i, :h, :w], ignore_label=self.ignore_label)
@@ -216,26 +216,73 @@ class InstanceTask(Task):
         extra = [np.repeat(np.repeat(e, scale, 0), scale, 1) for e in extra]
         return visualize.side_by_side(gt, pred, *extra)
 
+    # ------------------------------------------------------------- single-image inference
+
     @staticmethod
-    def write_panels(out_dir, step, batch, panel, *, limit, writer=None) -> int:
-        """Writes `panel(i, h, w)` of up to `limit` valid rows as DIR/<index>.png (and to
-        `writer`); returns how many."""
-        written = 0
-        for i in range(len(batch["valid"])):
-            if written >= limit or not bool(batch["valid"][i]):
-                continue
-            image = panel(i, int(batch["height"][i]), int(batch["width"][i]))
-            index = int(batch["index"][i]) if "index" in batch else i
-            visualize.save_png(os.path.join(out_dir, f"{index:05d}.png"), image)
-            if writer is not None:
-                writer.write_images(step, {f"predictions/{index:05d}": image})
-            written += 1
-        return written
+    def detections(outputs, hw: tuple[int, int], canvas_hw: tuple[int, int]
+                   ) -> dict[str, np.ndarray]:
+        """The first image's detections from the model's eval outputs on its input padded to
+        `canvas_hw`, cropped to the image's `hw`: masks bool [D, H, W] (pasted, >= 0.5), boxes
+        [D, 4], classes [D], scores [D]."""
+        from segjax.ops import paste_masks
+
+        h, w = hw
+        d = int(outputs["num_detections"][0])
+        boxes = outputs["boxes"][0, :d]
+        probs = np.asarray(paste_masks(outputs["mask_probs"][0, :d], boxes, tuple(canvas_hw)))
+        return {"masks": probs[:, :h, :w] >= 0.5, "boxes": np.asarray(boxes),
+                "classes": np.asarray(outputs["classes"][0, :d]),
+                "scores": np.asarray(outputs["scores"][0, :d])}
+
+    def predictor(self, model, variables):
+        """uint8 image [H, W, 3] -> its detections (`detections`: masks, boxes, classes,
+        scores), the model compiled once per padded size."""
+        from segjax.tasks.base import padded_input
+
+        apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+        def predict(image):
+            x = padded_input(image)
+            return self.detections(apply(variables, x), np.shape(image)[:2], x.shape[1:3])
+
+        return predict
+
+    def write_prediction(self, stem, image, prediction, *, alpha=0.5, score_thresh=0.5):
+        """`<stem>_instances.png` (masks, boxes, class names and scores of the detections
+        scoring >= `score_thresh`) and `<stem>_instances.json` (one object per detection)."""
+        import json
+
+        keep = prediction["scores"] >= score_thresh
+        masks, boxes = prediction["masks"][keep], prediction["boxes"][keep]
+        classes, scores = prediction["classes"][keep], prediction["scores"][keep]
+        visualize.save_png(f"{stem}_instances.png", visualize.draw_instances(
+            image, masks, boxes, classes, palette=self._palette(),
+            class_names=self.class_names, scores=scores, alpha=alpha))
+        with open(f"{stem}_instances.json", "w") as f:
+            json.dump([{"class": self.class_names[int(c)], "class_id": int(c),
+                        "score": float(sc), "box": [float(v) for v in b], "area": int(m.sum())}
+                       for m, b, c, sc in zip(masks, boxes, classes, scores)], f, indent=1)
+        return [f"{stem}_instances.png", f"{stem}_instances.json"]
+
+    def _palette(self) -> np.ndarray:
+        from segjax.data.datasets import voc_palette
+
+        return voc_palette(self.num_classes) if self.palette is None else self.palette
 
 
+def defaults() -> ml_collections.ConfigDict:
+    """The instance task's config section."""
+    c = ml_collections.ConfigDict()
+    c.instance = ml_collections.ConfigDict()
+    # Ground-truth slots per image (static shapes); an image with more fails, naming the key.
+    c.instance.max_instances = 100
+    return c
+
+
+@register("instance", best_metric=BEST_METRIC, defaults=defaults)
 def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> InstanceTask:
-    """The instance task of a run: `config.dataset.max_instances` ground-truth slots."""
+    """The instance task of a run: `config.instance.max_instances` ground-truth slots."""
     del data_dir
     return InstanceTask(num_classes=info.num_classes, ignore_label=info.ignore_label,
-                        max_instances=config.dataset.get("max_instances"),
+                        max_instances=section(config, "instance", "instance").max_instances,
                         class_names=info.class_names, palette=info.palette)

@@ -25,15 +25,16 @@ rows): `spearman` (ranks checkpoints), `pearson`, `mae`, `rmse`, `num_examples`.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from segjax.data import degrade
 from segjax.tasks.base import Accumulator, StepContext, Task
+from segjax.tasks.registry import register, section
 
 BEST_METRIC = "spearman"
 QUALITY = "quality"
@@ -132,6 +133,7 @@ class QualityTask(Task):
 
     name = "quality"
     best_metric = BEST_METRIC
+    model_output = "score"
     train_keys = ("image", "mask", "quality")
     eval_keys = ("image", "mask", "quality", "valid")
 
@@ -242,29 +244,37 @@ class QualityTask(Task):
         """image | degraded mask, named `<index>_c<class>_true<q>_pred<q>.png`."""
         from segjax import visualize
 
-        written = 0
-        for i in range(len(per_example["pred"])):
-            if written >= limit or not bool(batch["valid"][i]):
-                continue
+        def panel(i, h, w):
+            del h, w  # the whole (padded) image, as the oracle saw it
             image = visualize.to_uint8_image(np.asarray(batch["image"][i]))
             mask = np.repeat((np.asarray(batch["mask"][i]) * 255).astype(np.uint8)[..., None],
                              3, -1)
-            panel = visualize.side_by_side(image, mask)
-            name = (f"{int(batch['index'][i]):05d}_c{int(batch['class_id'][i])}_true"
+            return visualize.side_by_side(image, mask)
+
+        def name(i, written):
+            del written
+            return (f"{int(batch['index'][i]):05d}_c{int(batch['class_id'][i])}_true"
                     f"{float(batch['quality'][i]):.2f}_pred{float(per_example['pred'][i]):.2f}")
-            visualize.save_png(os.path.join(out_dir, name + ".png"), panel)
-            if writer is not None:
-                writer.write_images(step, {f"quality/{name}": panel})
-            written += 1
-        return written
+
+        return self.write_panels(out_dir, step, batch, panel, limit=limit, writer=writer,
+                                 name=name, tag="quality")
 
 
+def defaults() -> ml_collections.ConfigDict:
+    """The quality task's config section."""
+    c = ml_collections.ConfigDict()
+    c.quality = ml_collections.ConfigDict()
+    c.quality.calibration_masks = 64  # train masks fitting the Dice-uniform degradation mix
+    c.quality.eval_copies = 2  # degradations drawn per validation image
+    c.quality.background = 0  # class never picked while another is present
+    return c
+
+
+@register("quality", best_metric=BEST_METRIC, defaults=defaults)
 def build(config, info, data_dir) -> QualityTask:
-    """The quality task of a run: `config.quality` (optional) on dataset `info`."""
+    """The quality task of a run: `config.quality` on dataset `info`."""
     del data_dir
-    q = config.get("quality") or {}
-    return QualityTask(ignore_label=info.ignore_label,
-                       background=q.get("background", 0),
-                       calibration_masks=int(q.get("calibration_masks", 64)),
-                       eval_copies=int(q.get("eval_copies", 2)),
-                       seed=int(config.seed))
+    q = section(config, "quality", "quality")
+    return QualityTask(ignore_label=info.ignore_label, background=q.background,
+                       calibration_masks=int(q.calibration_masks),
+                       eval_copies=int(q.eval_copies), seed=int(config.seed))

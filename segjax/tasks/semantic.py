@@ -12,7 +12,6 @@ as int64 on the host; checkpoints are ranked by `miou`.
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -23,6 +22,7 @@ import numpy as np
 from segjax import evaluate, losses, metrics as metrics_lib, visualize
 from segjax.models.outputs import AUX_LOGITS, LOGITS
 from segjax.tasks.base import Accumulator, StepContext, Task
+from segjax.tasks.registry import register, section
 
 BEST_METRIC = "miou"
 # Losses whose selection ranks pixels over the whole batch: they take the context's gather.
@@ -157,35 +157,94 @@ class SemanticTask(Task):
         return (f"miou {metrics['miou']:.4f}  pixel_accuracy "
                 f"{metrics['pixel_accuracy']:.4f}{boundary}")
 
+    def _palette(self) -> np.ndarray:
+        from segjax.data.datasets import voc_palette
+
+        return voc_palette(self.num_classes) if self.palette is None else self.palette
+
     def save_examples(self, out_dir, step, batch, per_example, *, limit, writer=None) -> int:
         """One panel per valid example: image | ground truth | prediction, and a legend.
 
         Written as `<out_dir>/<index>.png`, cropped to the original size, and to TensorBoard.
         """
-        from segjax.data.datasets import voc_palette
         from segjax.data.pipeline import denormalize
 
-        palette = voc_palette(self.num_classes) if self.palette is None else self.palette
-        written = 0
-        pred = per_example["pred"]
-        for i in range(len(pred)):
-            if written >= limit or not bool(batch["valid"][i]):
-                continue
-            h, w = int(batch["height"][i]), int(batch["width"][i])
-            index = int(batch["index"][i]) if "index" in batch else i
+        palette, pred = self._palette(), per_example["pred"]
+
+        def panel(i, h, w):
             image = denormalize(np.asarray(batch["image"][i, :h, :w]))
-            panel = visualize.comparison_panel(
+            return visualize.comparison_panel(
                 image, np.asarray(batch["label"][i, :h, :w]), pred[i, :h, :w],
-                palette=palette, class_names=self.class_names,
-                ignore_label=self.ignore_label)
-            visualize.save_png(os.path.join(out_dir, f"{index:05d}.png"), panel)
-            if writer is not None:
-                writer.write_images(step, {f"predictions/{index:05d}": panel})
-            written += 1
-        return written
+                palette=palette, class_names=self.class_names, ignore_label=self.ignore_label)
+
+        return self.write_panels(out_dir, step, batch, panel, limit=limit, writer=writer)
+
+    # ------------------------------------------------------------- single-image inference
+
+    def predictor(self, model, variables):
+        """uint8 image [H, W, 3] -> class ids int [H, W]: the argmax of the evaluation's
+        prediction (the same TTA or sliding window), compiled once per padded size."""
+        from segjax.tasks.base import padded_input
+
+        def logits_fn(v, images):
+            return model.apply(v, images, train=False)[LOGITS]
+
+        @jax.jit
+        def classes(v, x):
+            probs = evaluate.predict_probs(logits_fn, v, x, scales=self.scales, flip=self.flip,
+                                           window=self.window, stride=self.stride)
+            return jnp.argmax(probs, -1)
+
+        def predict(image):
+            h, w = np.shape(image)[:2]
+            return np.asarray(classes(variables, padded_input(image)))[0, :h, :w]
+
+        return predict
+
+    def write_prediction(self, stem, image, prediction, *, alpha=0.5, score_thresh=0.5):
+        """`<stem>_mask.png` (palette colours), `<stem>_overlay.png` (mask blended over the
+        image) and `<stem>_labels.png` (class ids as grey values)."""
+        del score_thresh
+        palette = self._palette()
+        outputs = {
+            f"{stem}_mask.png": visualize.colorize(prediction, palette),
+            f"{stem}_overlay.png": visualize.overlay(image, prediction, palette, alpha=alpha),
+            f"{stem}_labels.png": prediction.astype(np.uint8),
+        }
+        for path, array in outputs.items():
+            visualize.save_png(path, array)
+        return list(outputs)
 
 
 # ------------------------------------------------------------------------------ from a config
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The semantic task's config: `loss` and its keys of the trainer's `eval` section."""
+    placeholder = ml_collections.config_dict.placeholder
+    c = ml_collections.ConfigDict()
+    c.loss = ml_collections.ConfigDict()
+    c.loss.kind = "ce"  # a name of segjax.losses.LOSSES: "ce", "focal", "dice", "lovasz", "ohem"
+    c.loss.aux_weight = 0.4  # weight of "aux_logits" when the model has them
+    c.loss.label_smoothing = 0.0  # ce/ohem only
+    # Options of one loss kind (None: the loss's default); a set field the kind does not take
+    # fails naming it.
+    c.loss.gamma = placeholder(float)  # focal: (1 - p)^gamma (default 2)
+    c.loss.thresh = placeholder(float)  # ohem: keep pixels with p(true class) < thresh (0.7)
+    c.loss.top_k = placeholder(float)  # ohem: keep this fraction of the hardest pixels instead
+    c.loss.min_kept = placeholder(int)  # ohem: at least this many pixels per image (mmseg)
+    # "" (none), "median_frequency" or "inverse_frequency" (from the training split's pixel
+    # counts, segjax.data.balance.loss_class_weights), or K comma-separated weights.
+    c.loss.class_weights = ""
+    c.eval = ml_collections.ConfigDict()
+    c.eval.tta = False  # multi-scale + flip, softmax averaged at the original resolution
+    c.eval.tta_scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    c.eval.tta_flip = True
+    c.eval.sliding_window = False  # predict window x window tiles with the given stride
+    c.eval.window = 513
+    c.eval.stride = 341
+    c.eval.boundary_iou = True  # also report Boundary IoU (Cheng et al. 2021, 2% of the diagonal)
+    return c
 
 
 def loss_kwargs(config: ml_collections.ConfigDict,
@@ -197,7 +256,7 @@ def loss_kwargs(config: ml_collections.ConfigDict,
     Raises:
       ValueError: an unknown kind, or a field that the kind does not take (naming it).
     """
-    cfg = config.loss.to_dict()
+    cfg = section(config, "loss", "semantic").to_dict()
     kind = cfg.pop("kind")
     aux_weight = cfg.pop("aux_weight")
     cfg.pop("class_weights", None)
@@ -226,7 +285,7 @@ def resolve_class_weights(config: ml_collections.ConfigDict, info,
     """
     from segjax.data import balance, splits
 
-    spec = (config.loss.get("class_weights") or "").strip()
+    spec = (section(config, "loss", "semantic").get("class_weights") or "").strip()
     if not spec:
         return None
     if spec in balance.LOSS_WEIGHTINGS:
@@ -248,11 +307,23 @@ def resolve_class_weights(config: ml_collections.ConfigDict, info,
     return weights
 
 
+def check(config: ml_collections.ConfigDict) -> None:
+    """Fails early, naming the key: an unknown loss kind, an option the kind does not take,
+    sliding windows that leave gaps."""
+    loss_kwargs(config)
+    ev = section(config, "eval", "semantic")
+    if ev.sliding_window and ev.stride > ev.window:
+        raise ValueError(f"config.eval.stride ({ev.stride}) must be <= config.eval.window "
+                         f"({ev.window}) or windows leave gaps")
+
+
+@register("semantic", best_metric=BEST_METRIC, defaults=defaults, check=check)
 def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> SemanticTask:
     """The semantic task of a run: `config.loss` and `config.eval` on dataset `info`."""
+    check(config)
     kw = loss_kwargs(config, resolve_class_weights(config, info, data_dir))
     kind, aux_weight = kw.pop("kind"), kw.pop("aux_weight")
-    ev = config.eval
+    ev = section(config, "eval", "semantic")
     return SemanticTask(
         num_classes=info.num_classes, ignore_label=info.ignore_label, loss_kind=kind,
         loss_kwargs=kw, aux_weight=aux_weight,

@@ -5,6 +5,7 @@ Only `segjax.train.loop` and the experiment scripts read configs; layers never d
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 import os
@@ -90,6 +91,21 @@ def model_overrides(model_config: Mapping[str, Any]) -> dict[str, Any]:
             if k != "name" and v is not None}
 
 
+def import_plugins(config) -> None:
+    """Imports the modules of `config.imports` (the user's registered models, losses, tasks and
+    datasets; see docs/extending.md).
+
+    Raises:
+      ValueError: a module that cannot be imported, naming it.
+    """
+    for name in config.get("imports") or ():
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"config.imports: cannot import {name!r} ({e}); is its directory on "
+                             "PYTHONPATH (or the package installed)?") from e
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Validates values that the loop would otherwise trip over later (fail early, name the key).
 
@@ -98,30 +114,48 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """
     required = ("seed", "parallelism", "batch_size", "num_train_steps", "log_every_steps",
                 "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                "model.name", "model.output_stride", "dataset.name", "loss.kind")
+                "model.name", "dataset.name")
     flat = flatten(config)
     missing = [k for k in required if k not in flat]
     if missing:
         raise ValueError(f"config is missing required key(s) {missing}")
     # The same tables the code dispatches on: adding a name in one place is enough.
-    from segjax.losses import LOSSES
-    from segjax.tasks import TASKS
+    from segjax import tasks
     from segjax.train.parallel import PARALLELISMS
 
     if config.parallelism not in PARALLELISMS:
         raise ValueError(f"config.parallelism must be one of {sorted(PARALLELISMS)}, "
                          f"got {config.parallelism!r}")
-    if config.get("task", "semantic") not in TASKS:
-        raise ValueError(f"config.task must be one of {sorted(TASKS)}, got {config.task!r}")
-    if config.get("task", "semantic") == "semantic" and config.loss.kind not in LOSSES:
-        raise ValueError(f"config.loss.kind must be one of {sorted(LOSSES)}, "
-                         f"got {config.loss.kind!r}")
+    task = config.get("task", "semantic")
+    task_sections = tasks.task_defaults(task)  # an unknown task fails here, listing the known
+    _check_trainer_keys(config, task, task_sections)
+    tasks.check_task_config(config)
     for key in ("batch_size", "keep_checkpoints"):
         if not isinstance(flat[key], int) or flat[key] < 1:
             raise ValueError(f"config.{key} must be a positive int, got {flat[key]!r}")
-    if config.eval.sliding_window and config.eval.stride > config.eval.window:
-        raise ValueError(f"config.eval.stride ({config.eval.stride}) must be <= config.eval.window "
-                         f"({config.eval.window}) or windows leave gaps")
+
+
+def _check_trainer_keys(config, task: str, task_sections) -> None:
+    """Every key is the trainer's (`segjax.train.defaults`) or in a section the task declares."""
+    from segjax.train import defaults
+
+    trainer = defaults.trainer_defaults()
+    known = set(trainer.keys()) | set(defaults.STEP_UNITS) | set(task_sections.keys())
+    for key in config.keys():
+        if key not in known:
+            raise ValueError(
+                f"config.{key} is neither a trainer key nor a section of the {task!r} task "
+                f"(trainer keys: {', '.join(sorted(trainer.keys()))}; the task's sections: "
+                f"{', '.join(sorted(task_sections.keys())) or 'none'})")
+    for key in trainer.keys():
+        if (key in defaults.OPEN_SECTIONS or key in task_sections or key not in config
+                or not isinstance(trainer[key], ml_collections.ConfigDict)):
+            continue  # the task checks the sections it shares (`tasks.section`)
+        unknown = sorted(set(config[key].keys()) - set(trainer[key].keys()))
+        if unknown:
+            raise ValueError(f"config.{key}.{unknown[0]} is not a key of the trainer's "
+                             f"config.{key} (keys: {', '.join(sorted(trainer[key].keys()))}) "
+                             f"nor of the {task!r} task's")
 
 
 def load_config_file(spec: str, *, root: str | None = None) -> ml_collections.ConfigDict:

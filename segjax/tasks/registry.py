@@ -1,0 +1,185 @@
+"""The task registry: names -> builders, each with the config sections the task owns.
+
+A task is registered where it is defined, in segjax or in the user's own module:
+
+    @segjax.tasks.register("depth", best_metric="neg_rmse", defaults=depth_defaults)
+    def build(config, info, data_dir) -> Task: ...
+
+`defaults()` returns a `ConfigDict` of the top-level sections the task reads, with every key and
+its default (e.g. `{"fewshot": {"ways": 1, ...}}`; the semantic task also declares its keys of
+the trainer's shared `eval` section). `experiments/configs/common.py:base_config(task)` puts them
+into a run's config, so every key can be overridden from the command line; `check_config`
+refuses a key the task does not declare (a misspelt one is never silently ignored), and
+`section(config, name)` is what `build` reads: the defaults updated with the config's values
+(a config written before a key existed still loads).
+
+Built-in tasks are imported on first use, like the built-in models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import ml_collections
+
+_BUILTIN_MODULES = (
+    "segjax.tasks.semantic",
+    "segjax.tasks.instance",
+    "segjax.tasks.quality",
+    "segjax.tasks.fewshot",
+    "segjax.tasks.embedding",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+    """A registered task: its `build(config, info, data_dir) -> Task`, the metric that ranks its
+    checkpoints, and `defaults() -> ConfigDict` of the config sections it owns."""
+
+    name: str
+    build: Callable[..., Any]
+    best_metric: str
+    defaults: Callable[[], ml_collections.ConfigDict]
+    check: Callable[[Any], None] | None = None
+
+
+_REGISTRY: dict[str, TaskEntry] = {}
+_loaded = False
+
+
+def _no_sections() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict()
+
+
+def register(name: str, *, best_metric: str,
+             defaults: Callable[[], ml_collections.ConfigDict] | None = None,
+             check: Callable[[Any], None] | None = None):
+    """Decorator registering `build(config, info, data_dir) -> Task` as task `name` (unique).
+
+    Args:
+      name: the `config.task` value.
+      best_metric: the metric that ranks checkpoints (higher is better).
+      defaults: returns the task's config sections with every key's default (None: the task
+        reads no section of its own).
+      check: `check(config)` raises ValueError naming a bad value of the task's sections, before
+        anything is built (optional; unknown keys are refused without it).
+    """
+
+    def decorator(build: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY:
+            raise ValueError(f"task {name!r} is registered twice")
+        _REGISTRY[name] = TaskEntry(name, build, best_metric, defaults or _no_sections, check)
+        return build
+
+    return decorator
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def available_tasks() -> list[str]:
+    """Sorted names accepted as `config.task`."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> TaskEntry:
+    """The entry of task `name`.
+
+    Raises:
+      ValueError: an unknown name, listing the known ones (a task from the user's module is
+        known once that module is imported, e.g. by the config file).
+    """
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"config.task={name!r} is not one of {available_tasks()} (a task of "
+                         "your own is registered when its module is imported: import it in the "
+                         "config file)")
+    return _REGISTRY[name]
+
+
+def best_metric(name: str) -> str:
+    """The metric that ranks the checkpoints of task `name`."""
+    return get(name).best_metric
+
+
+def task_defaults(name: str) -> ml_collections.ConfigDict:
+    """The config sections task `name` owns, with their defaults (a fresh copy)."""
+    return get(name).defaults()
+
+
+def build_task(config, info, data_dir: str | None):
+    """The `Task` named by `config.task` (default "semantic") for dataset `info`."""
+    return get(config.get("task", "semantic")).build(config, info, data_dir)
+
+
+def section(config, key: str, task: str | None = None) -> ml_collections.ConfigDict:
+    """`config.<key>` as the task reads it: the task's declared defaults of that section updated
+    with the config's values (unknown keys fail, naming them).
+
+    Args:
+      config: a run's config.
+      key: a top-level section the task declares (e.g. "fewshot", "loss", "eval").
+      task: the task's name (default: `config.task`).
+    """
+    name = task or config.get("task", "semantic")
+    defaults = task_defaults(name)
+    if key not in defaults:
+        raise ValueError(f"the {name!r} task declares no config section {key!r}")
+    out = defaults[key]
+    given = config.get(key)
+    if given is not None:
+        _check_keys(given, out, f"config.{key}", name, allowed=_shared_keys(key))
+        _merge(out, given)
+    return out
+
+
+def _shared_keys(key: str) -> frozenset[str]:
+    """Keys of a section the trainer owns too (the task declares only its own part)."""
+    from segjax.train.defaults import trainer_defaults
+
+    trainer = trainer_defaults()
+    return frozenset(trainer[key].keys()) if key in trainer else frozenset()
+
+
+def _merge(into: ml_collections.ConfigDict, given) -> None:
+    for k, v in given.items():
+        if k not in into:
+            continue  # a shared key (the trainer's)
+        if isinstance(into[k], ml_collections.ConfigDict):
+            _merge(into[k], v)
+        else:
+            with into.ignore_type():
+                into[k] = v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+
+
+def _check_keys(given, declared, where: str, task: str, allowed=frozenset()) -> None:
+    for k in given.keys():
+        if k in allowed:
+            continue
+        if k not in declared:
+            raise ValueError(f"{where}.{k} is not a key of the {task!r} task's config; its keys: "
+                             f"{', '.join(sorted(set(declared.keys()) | set(allowed)))}")
+        if isinstance(declared[k], ml_collections.ConfigDict) and hasattr(given[k], "keys"):
+            _check_keys(given[k], declared[k], f"{where}.{k}", task)
+
+
+def check_task_config(config) -> None:
+    """Every key of the config sections owned by the run's task is one it declares, and the
+    task's own `check` passes.
+
+    Raises:
+      ValueError: naming the first unknown key and the task's keys at that level, or a bad value.
+    """
+    name = config.get("task", "semantic")
+    for key in task_defaults(name).keys():
+        section(config, key, name)
+    if get(name).check is not None:
+        get(name).check(config)
