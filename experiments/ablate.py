@@ -12,14 +12,13 @@ and results.png are rewritten at the end. `--base` is the config (path.py[:prese
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -39,26 +38,19 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     if FLAGS.config is None:
         raise app.UsageError("--base=CONFIG[:PRESET] is required")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     from segjax import ablation
     from segjax.train import loop
 
-    try:
-        sweeps = [ablation.parse_sweep(s) for s in FLAGS.sweep]
-        seeds = ablation.parse_seeds(FLAGS.seeds)
-        results = ablation.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
-                                     train_fn=loop.train_and_evaluate)
-        paths = ablation.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
-                                      baseline=ablation.parse_baseline(FLAGS.baseline, sweeps),
-                                      command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))
-    except (ValueError, *loop.KNOWN_ERRORS) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    sweeps = [ablation.parse_sweep(s) for s in FLAGS.sweep]
+    seeds = ablation.parse_seeds(FLAGS.seeds)
+    results = ablation.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
+                                 train_fn=loop.train_and_evaluate)
+    paths = ablation.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
+                                  baseline=ablation.parse_baseline(FLAGS.baseline, sweeps),
+                                  command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))
     print(open(paths["md"]).read())
     print("wrote " + ", ".join(paths.values()))
 
@@ -66,6 +58,5 @@ def main(argv):
 _ORIGINAL_ARGV = ["python", "-m", "experiments.ablate"] + sys.argv[1:]
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, argv=[sys.argv[0]] + ["--config=" + a[len("--base="):] if a.startswith("--base=") else a
+    cli.run(main, define_flags, argv=[sys.argv[0]] + ["--config=" + a[len("--base="):] if a.startswith("--base=") else a
                                         for a in sys.argv[1:]])

@@ -17,9 +17,9 @@ import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import app, flags  # noqa: E402
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -38,31 +38,26 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     from segjax.classical import evaluate as classical_eval
 
     command = "python -m experiments.classical " + " ".join(shlex.quote(a) for a in argv_flags())
     datasets = [d.strip() for d in FLAGS.dataset.split(",") if d.strip()]
     runs = {}
-    try:
-        for dataset in datasets:
-            out = FLAGS.workdir if len(datasets) == 1 else os.path.join(
-                FLAGS.workdir, dataset.partition("/")[2] or dataset)
-            results, preds, examples = classical_eval.evaluate(
-                dataset, num_images=FLAGS.num_images, methods=FLAGS.methods or None,
-                workers=FLAGS.workers, progress=lambda s: print(s, flush=True))
-            classical_eval.write_outputs(out, dataset, results, preds, examples, command=command)
-            runs[dataset] = (results, preds, examples)
-            print(classical_eval.results_table(results), flush=True)
-            print(f"wrote {out}/results.json, report.md, figure.png", flush=True)
-        if len(datasets) > 1:
-            paths = classical_eval.write_study(FLAGS.workdir, runs, figure_index=FLAGS.figure_index,
-                                               command=command)
-            print("wrote " + ", ".join(paths), flush=True)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    for dataset in datasets:
+        out = FLAGS.workdir if len(datasets) == 1 else os.path.join(
+            FLAGS.workdir, dataset.partition("/")[2] or dataset)
+        results, preds, examples = classical_eval.evaluate(
+            dataset, num_images=FLAGS.num_images, methods=FLAGS.methods or None,
+            workers=FLAGS.workers, progress=lambda s: print(s, flush=True))
+        classical_eval.write_outputs(out, dataset, results, preds, examples, command=command)
+        runs[dataset] = (results, preds, examples)
+        print(classical_eval.results_table(results), flush=True)
+        print(f"wrote {out}/results.json, report.md, figure.png", flush=True)
+    if len(datasets) > 1:
+        paths = classical_eval.write_study(FLAGS.workdir, runs, figure_index=FLAGS.figure_index,
+                                           command=command)
+        print("wrote " + ", ".join(paths), flush=True)
 
 
 def argv_flags():
@@ -70,5 +65,4 @@ def argv_flags():
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -1,6 +1,6 @@
 r"""Re-scores a trained embedding run (`experiments/configs/embedding.py`) under several clusterings.
 
-    python -m experiments.embedding_eval --workdir=/tmp/embedding_demo --out=/tmp/embedding_eval \
+    python -m experiments.embedding_eval --run=/tmp/embedding_demo --workdir=/tmp/embedding_eval \
       --clusterings='threshold:radius=1.0;threshold:radius=1.5;mean_shift:bandwidth=1.5'
 
 The model runs once over the evaluation split; each clustering (`segjax.cluster` method and its
@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from experiments import cli
 
 FLAGS = flags.FLAGS
 COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "num_detections")
@@ -26,8 +26,8 @@ COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "num_detections")
 
 def define_flags() -> None:
     """Defined when the command runs, not on import (absl flags are process-global)."""
-    flags.DEFINE_string("workdir", None, "An embedding-task training work dir.")
-    flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_string("run", None, "The embedding-task training run read (its work dir).")
+    flags.DEFINE_string("workdir", None, "Output directory (written).")
     flags.DEFINE_string("clusterings", "threshold:radius=1.5",
                         "METHOD:KEY=VALUE,...;METHOD:... (segjax.cluster methods and arguments).")
     flags.DEFINE_integer("min_pixels", 16, "Smallest instance kept, unless a clustering sets it.")
@@ -57,16 +57,13 @@ def evaluate_run(workdir: str, clusterings: dict[str, dict], *, checkpoint: str 
     import jax
 
     from segjax.data import pipeline
-    from segjax.tasks import build_task
     from segjax.tasks.embedding import EmbeddingAccumulator
-    from segjax.train import build
-    from segjax.train.workdir import load_config
+    from segjax.train.restore import load_run
 
-    config = load_config(workdir)
-    task = build_task(config, build.dataset_info(config), config.dataset.data_dir or None)
+    run = load_run(workdir, checkpoint)
+    config, task, model, variables = run.config, run.task, run.model, run.variables
     if task.name != "embedding":
         raise ValueError(f"{workdir} is a {task.name!r} run, not an embedding run")
-    config, _, model, variables = build.load_for_inference(workdir, checkpoint, task=task)
     data = pipeline.from_config(config.dataset)
     accs = {(name, truth): EmbeddingAccumulator(task.num_classes, task.ignore_label, kw,
                                                 true_semantic=truth)
@@ -93,26 +90,25 @@ def markdown(results: dict) -> str:
 
 
 def main(argv):
-    del argv
-    if not FLAGS.workdir or not FLAGS.out:
-        raise app.UsageError("--workdir and --out are required")
+    cli.no_arguments(argv)
+    if not FLAGS.run or not FLAGS.workdir:
+        raise app.UsageError("--run and --workdir are required")
     try:
         clusterings = parse_clusterings(FLAGS.clusterings, FLAGS.min_pixels)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    os.makedirs(FLAGS.out, exist_ok=True)
-    results = evaluate_run(FLAGS.workdir, clusterings, checkpoint=FLAGS.checkpoint,
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    results = evaluate_run(FLAGS.run, clusterings, checkpoint=FLAGS.checkpoint,
                            batch=FLAGS.batch)
     text = markdown(results)
     print(text)
-    with open(os.path.join(FLAGS.out, "report.json"), "w") as f:
-        json.dump({"workdir": FLAGS.workdir, "checkpoint": FLAGS.checkpoint,
+    with open(os.path.join(FLAGS.workdir, "report.json"), "w") as f:
+        json.dump({"run": FLAGS.run, "checkpoint": FLAGS.checkpoint,
                    "clusterings": clusterings, "results": results}, f, indent=2)
-    with open(os.path.join(FLAGS.out, "report.md"), "w") as f:
+    with open(os.path.join(FLAGS.workdir, "report.md"), "w") as f:
         f.write(text + "\n")
-    print(f"wrote {FLAGS.out}/report.json, report.md")
+    print(f"wrote {FLAGS.workdir}/report.json, report.md")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -1,6 +1,6 @@
 r"""One-shot segmentation on held-out classes: the prototype model against two baselines.
 
-    python -m experiments.fewshot_eval --workdirs=/tmp/fs_s0,/tmp/fs_s1,/tmp/fs_s2 --out=/tmp/fs_eval
+    python -m experiments.fewshot_eval --run=/tmp/fs_s0,/tmp/fs_s1,/tmp/fs_s2 --workdir=/tmp/fs_eval
 
 Each work dir is a run of `experiments.train --config=experiments/configs/fewshot.py:demo` (one per
 training seed). On that run's evaluation episodes (the task's own: held-out classes, fixed seed),
@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -34,8 +34,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
     importing this module next to another command's (tests do) cannot collide on a name."""
-    flags.DEFINE_list("workdirs", None, "Few-shot training work dirs (one per seed).")
-    flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_list("run", None, "The few-shot training runs read (work dirs, one per seed).")
+    flags.DEFINE_string("workdir", None, "Output directory (written).")
     flags.DEFINE_string("checkpoint", "latest", "'latest' (default: the trainer's 'best' was "
                         "chosen on these very episodes), 'best' or a step.")
     flags.DEFINE_integer("finetune_steps", 50, "SGD steps of the fine-tuning baseline.")
@@ -48,17 +48,15 @@ def define_flags() -> None:
 METHODS = ("prototype", "nearest_neighbour", "finetune")
 
 
-def load_run(workdir: str, checkpoint: str):
-    """(config, task, model, variables, data) of a few-shot run."""
+def load_fewshot_run(run_dir: str, checkpoint: str):
+    """(config, task, model, variables, data) of a few-shot run, refused by name otherwise."""
     from segjax.data import pipeline
-    from segjax.tasks import build_task
-    from segjax.train import build
-    from segjax.train.workdir import load_config
+    from segjax.train.restore import load_run
 
-    config = load_config(workdir)
-    task = build_task(config, build.dataset_info(config), config.dataset.data_dir or None)
-    config, _, model, variables = build.load_for_inference(workdir, checkpoint, task=task)
-    return config, task, model, variables, pipeline.from_config(config.dataset)
+    run = load_run(run_dir, checkpoint)
+    if run.task.name != "fewshot":
+        raise ValueError(f"{run_dir} is a {run.task.name!r} run, not a few-shot run")
+    return run.config, run.task, run.model, run.variables, pipeline.from_config(run.config.dataset)
 
 
 def predictors(model, variables, *, finetune_steps: int, finetune_lr: float,
@@ -145,7 +143,7 @@ def evaluate_run(workdir: str, *, checkpoint: str, batch: int, finetune_steps: i
 
     from segjax.tasks import fewshot as fewshot_task
 
-    config, task, model, variables, data = load_run(workdir, checkpoint)
+    config, task, model, variables, data = load_fewshot_run(workdir, checkpoint)
     if task.ways != 1 or task.shots != 1:
         raise ValueError(f"{workdir}: the baselines are 1-way 1-shot; the run has {task.ways}-way "
                          f"{task.shots}-shot episodes")
@@ -177,29 +175,28 @@ def markdown(results: dict, workdirs) -> str:
 
 
 def main(argv):
-    del argv
-    if not FLAGS.workdirs or not FLAGS.out:
-        raise app.UsageError("--workdirs and --out are required")
-    os.makedirs(FLAGS.out, exist_ok=True)
+    cli.no_arguments(argv)
+    if not FLAGS.run or not FLAGS.workdir:
+        raise app.UsageError("--run and --workdir are required")
+    os.makedirs(FLAGS.workdir, exist_ok=True)
     results = {}
-    for w in FLAGS.workdirs:
+    for w in FLAGS.run:
         print(f"{w}: ", end="", flush=True)
         results[w] = evaluate_run(w, checkpoint=FLAGS.checkpoint, batch=FLAGS.batch,
                                   finetune_steps=FLAGS.finetune_steps, finetune_lr=FLAGS.finetune_lr,
                                   finetune_encoder=FLAGS.finetune_encoder)
         for m in METHODS:
             print(f"  {m:18s} fg_miou {results[w][m]['fg_miou']:.4f}  fb_iou {results[w][m]['fb_iou']:.4f}")
-    text = markdown(results, FLAGS.workdirs)
+    text = markdown(results, FLAGS.run)
     print(text)
-    with open(os.path.join(FLAGS.out, "report.json"), "w") as f:
-        json.dump({"workdirs": FLAGS.workdirs, "finetune_steps": FLAGS.finetune_steps,
+    with open(os.path.join(FLAGS.workdir, "report.json"), "w") as f:
+        json.dump({"runs": FLAGS.run, "finetune_steps": FLAGS.finetune_steps,
                    "finetune_lr": FLAGS.finetune_lr, "finetune_encoder": FLAGS.finetune_encoder,
                    "checkpoint": FLAGS.checkpoint, "results": results}, f, indent=2)
-    with open(os.path.join(FLAGS.out, "report.md"), "w") as f:
+    with open(os.path.join(FLAGS.workdir, "report.md"), "w") as f:
         f.write(text + "\n")
-    print(f"wrote {FLAGS.out}/report.json, report.md")
+    print(f"wrote {FLAGS.workdir}/report.json, report.md")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -1,9 +1,9 @@
 r"""Regenerates the lecture decks' figures and worked examples from segjax's own code.
 
-    python -m experiments.lectures --out=/tmp/lectures [--figures=1,2,5] [--skip_training]
+    python -m experiments.lectures --workdir=/tmp/lectures [--figures=1,2,5] [--skip_training]
 
 Writes one PNG per figure, `numbers.json` (the numbers each figure shows, under its number) and
-`index.md` (one line per figure on what it teaches) into --out. Figures 1-5, 7 and 8 take
+`index.md` (one line per figure on what it teaches) into --workdir. Figures 1-5, 7 and 8 take
 seconds; figure 6 trains three tiny FCNs (a minute or two on a 2-core CPU; --skip_training skips
 it); figure 9 needs `segjax.losses.triplet_loss` and is skipped, with a line in index.md, without
 it. See docs/lectures.md. The figures themselves live in `segjax.lectures`.
@@ -11,11 +11,9 @@ it. See docs/lectures.md. The figures themselves live in `segjax.lectures`.
 
 from __future__ import annotations
 
-import os
+from absl import app, flags, logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -23,15 +21,14 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
     importing this module next to another command's (tests do) cannot collide on a name."""
-    flags.DEFINE_string("out", None, "Output directory (created if missing).")
+    flags.DEFINE_string("workdir", None, "Output directory (written; created if missing).")
     flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-9).")
     flags.DEFINE_bool("skip_training", False, "Skip figure 6 (trains FCN-32s/16s/8s briefly).")
-    flags.mark_flags_as_required(["out"])
+    flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     from segjax import lectures
 
     try:
@@ -42,12 +39,11 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise app.UsageError(f"--figures: unknown figure(s) {unknown}; figures are "
                              f"{sorted(lectures.BY_NUMBER)}")
-    result = lectures.write(FLAGS.out, figures, skip_training=FLAGS.skip_training,
+    result = lectures.write(FLAGS.workdir, figures, skip_training=FLAGS.skip_training,
                             log=logging.info)
-    print(f"wrote {len(result['pngs'])} figure(s), numbers.json and index.md to {FLAGS.out}"
+    print(f"wrote {len(result['pngs'])} figure(s), numbers.json and index.md to {FLAGS.workdir}"
           + (f"; skipped {sorted(result['skipped'])}" if result["skipped"] else ""))
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

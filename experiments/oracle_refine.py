@@ -24,9 +24,9 @@ import functools
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import app, flags  # noqa: E402
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -50,17 +50,16 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["oracle", "workdir"])
 
 
-def load_oracle(workdir: str, checkpoint: str = "best"):
-    """(config, info, model, variables, task) of an oracle run: `build.load_for_inference` with
-    the task, whose `init_inputs` (image and mask) shape the restore template."""
-    from segjax.tasks import build_task
-    from segjax.train import build
-    from segjax.train.workdir import load_config
+def load_oracle(run_dir: str, checkpoint: str = "best"):
+    """(config, info, model, variables, task) of an oracle run (`segjax.train.restore.load_run`),
+    refused by name when the run is not a quality run."""
+    from segjax.train.restore import load_run
 
-    config = load_config(workdir)
-    task = build_task(config, build.dataset_info(config), config.dataset.data_dir or None)
-    config, info, model, variables = build.load_for_inference(workdir, checkpoint, task=task)
-    return config, info, model, variables, task
+    run = load_run(run_dir, checkpoint)
+    if run.task.name != "quality":
+        raise ValueError(f"--oracle={run_dir} is a {run.task.name!r} run, not a quality (oracle) "
+                         "run")
+    return run.config, run.info, run.model, run.variables, run.task
 
 
 def _oracle_quality(model, variables, image, mask):
@@ -97,7 +96,7 @@ def _mean_ci(x):
 
 
 def main(argv):
-    del argv
+    cli.no_arguments(argv)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -105,7 +104,7 @@ def main(argv):
     from segjax import refine
     from segjax.data import degrade, pipeline
     from segjax.tasks import quality
-    from segjax.train import build
+    from segjax.train.restore import load_run
 
     out_dir = FLAGS.workdir
     os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
@@ -135,8 +134,8 @@ def main(argv):
 
     starts = {"zeros": np.zeros_like(truths)}
     if FLAGS.segmenter:
-        seg_config, seg_info, seg_model, seg_vars = build.load_for_inference(
-            FLAGS.segmenter, FLAGS.checkpoint)
+        segmenter = load_run(FLAGS.segmenter, FLAGS.checkpoint)
+        seg_info, seg_model, seg_vars = segmenter.info, segmenter.model, segmenter.variables
         if seg_info.num_classes != info.num_classes:
             raise ValueError(f"the segmenter predicts {seg_info.num_classes} classes of "
                              f"{seg_info.name}, the oracle's data {info.name} has "
@@ -269,5 +268,4 @@ def _markdown(out_dir, report):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

@@ -1,9 +1,9 @@
 r"""The oracle refinement study over oracle seeds: one table from several `oracle_refine` reports.
 
-    python -m experiments.oracle_seeds /tmp/refine_s0 /tmp/refine_s1 /tmp/refine_s2 \
-      [--out=/tmp/refine_seeds.md]
+    python -m experiments.oracle_seeds --reports=/tmp/refine_s0,/tmp/refine_s1,/tmp/refine_s2 \
+      [--workdir=/tmp/refine_seeds]
 
-Each argument is an `experiments.oracle_refine` work dir (its `report.json`), one per oracle
+Each of `--reports` is an `experiments.oracle_refine` work dir (its `report.json`), one per oracle
 training seed, all refining the same images (same `--num_images` and `--seed`). Per starting
 point (`zeros`, `segmenter`) it prints each seed's row (oracle Spearman, Dice before, Dice after
 at the step chosen on the select half, that step, gain) and the mean with a 95 % Student-t
@@ -15,9 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
+from absl import flags
+
+from experiments import cli
 from segjax import stats
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined under `__main__` only, like every command's)."""
+    flags.DEFINE_list("reports", None, "experiments.oracle_refine work dirs, one per oracle seed.")
+    flags.DEFINE_string("workdir", None, "Directory written (report.md); default: print only.")
+    flags.mark_flags_as_required(["reports"])
 
 STARTS = ("zeros", "segmenter")
 
@@ -65,19 +76,16 @@ def markdown(reports, names) -> str:
     return "\n".join(lines)
 
 
-def main(argv) -> int:
-    dirs = [a for a in argv if not a.startswith("--")]
-    out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None)
-    if not dirs:
-        print(__doc__)
-        return 2
+def main(argv) -> None:
+    cli.no_arguments(argv)
+    dirs = cli.runs(FLAGS.reports)
     text = markdown(load(dirs), [os.path.basename(os.path.normpath(d)) for d in dirs])
     print(text)
-    if out:
-        with open(out, "w") as f:
+    if FLAGS.workdir:
+        os.makedirs(FLAGS.workdir, exist_ok=True)
+        with open(os.path.join(FLAGS.workdir, "report.md"), "w") as f:
             f.write(text + "\n")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    cli.run(main, define_flags)

@@ -12,13 +12,12 @@ trainer with `experiments/configs/deeplab_voc.py` as the default config.
 
 from __future__ import annotations
 
-import os
-import sys
+import functools
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -52,32 +51,23 @@ def parse_flags(argv: list[str], default_config: str | None = None) -> list[str]
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
-        sys.exit(1)
+        cli.fail(f"{e}\nPass --helpfull to see the flags.")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         message = _unknown_override(argv, default_config) or f"{type(e).__name__}: {e}"
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
+        cli.fail(message)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
-        logging.set_verbosity(logging.WARNING)
+    cli.no_arguments(argv)
     from segjax.train import loop
 
-    try:
-        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except loop.KNOWN_ERRORS as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def run(default_config: str | None = None) -> None:
     """Defines the flags and runs `main` (the entry point of this module and its aliases)."""
-    define_flags(default_config)
-    app.run(main, flags_parser=lambda argv: parse_flags(argv, default_config))
+    cli.run(main, functools.partial(define_flags, default_config),
+            flags_parser=lambda argv: parse_flags(argv, default_config))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def command_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("lectures")
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.lectures", f"--out={out}",
+        [sys.executable, "-m", "experiments.lectures", f"--workdir={out}",
          "--figures=" + ",".join(map(str, FAST_FIGURES))],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - start

@@ -10,14 +10,28 @@ limited to each thread count. Prints a Markdown table of images/s (and JSON line
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 import time
 
 import numpy as np
+from absl import flags
 from PIL import Image
+
+from experiments import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined under `__main__` only, like every command's)."""
+    flags.DEFINE_integer("images", 96, "Training images of the fake VOC tree.")
+    flags.DEFINE_integer("batch", 8, "Batch size.")
+    flags.DEFINE_integer("steps", 10, "Timed batches per thread count.")
+    flags.DEFINE_integer("crop", 513, "Training crop size.")
+    flags.DEFINE_list("threads", ["1", "2"], "tf.data thread counts.")
+    flags.DEFINE_bool("json", False, "Also print one JSON line per thread count.")
 
 
 def _smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -64,44 +78,42 @@ def _rate(iterator, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - start)
 
 
-def main(argv=None) -> None:
-    """Runs the benchmark and prints the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--crop", type=int, default=513)
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-
+def benchmark(*, images: int = 96, batch: int = 8, steps: int = 10, crop: int = 513,
+              threads=(1, 2), as_json: bool = False) -> None:
+    """Runs the benchmark and prints the table (and JSON lines with `as_json`)."""
     import tensorflow_datasets as tfds
 
     import segjax.data as data
     tfds.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
-        manual = write_fake_voc(os.path.join(tmp, "manual"), args.images)
+        manual = write_fake_voc(os.path.join(tmp, "manual"), images)
         start = time.perf_counter()
         data.prepare("voc2012", os.path.join(tmp, "tfds"), manual_dir=manual)
         build_s = time.perf_counter() - start
-        print(f"built {args.images + 8} VOC-sized examples in {build_s:.1f} s\n")
-        pad = max(args.crop, 500)  # eval pads whole images: VOC's largest side is 500
-        print(f"| tf.data threads | train img/s (crop {args.crop}) | eval img/s (pad {pad}) |")
+        print(f"built {images + 8} VOC-sized examples in {build_s:.1f} s\n")
+        pad = max(crop, 500)  # eval pads whole images: VOC's largest side is 500
+        print(f"| tf.data threads | train img/s (crop {crop}) | eval img/s (pad {pad}) |")
         print("|---|---|---|")
-        for threads in (int(t) for t in args.threads.split(",")):
+        for num_threads in (int(t) for t in threads):
             train = data.train_batches(
-                "voc2012", split="train", batch_size=args.batch, crop_size=args.crop, seed=0,
-                data_dir=os.path.join(tmp, "tfds"), num_threads=threads)
-            train_rate = _rate(train, args.batch, args.steps)
+                "voc2012", split="train", batch_size=batch, crop_size=crop, seed=0,
+                data_dir=os.path.join(tmp, "tfds"), num_threads=num_threads)
+            train_rate = _rate(train, batch, steps)
             evaluate = data.eval_batches(
-                "voc2012", split="train", batch_size=args.batch, pad_to=pad,
-                data_dir=os.path.join(tmp, "tfds"), num_threads=threads)
-            eval_rate = _rate(evaluate, args.batch, min(args.steps, args.images // args.batch - 1))
-            print(f"| {threads} | {train_rate:.1f} | {eval_rate:.1f} |")
-            if args.json:
-                print(json.dumps({"threads": threads, "train_img_per_s": round(train_rate, 2),
-                                  "eval_img_per_s": round(eval_rate, 2), "crop": args.crop}))
+                "voc2012", split="train", batch_size=batch, pad_to=pad,
+                data_dir=os.path.join(tmp, "tfds"), num_threads=num_threads)
+            eval_rate = _rate(evaluate, batch, min(steps, images // batch - 1))
+            print(f"| {num_threads} | {train_rate:.1f} | {eval_rate:.1f} |")
+            if as_json:
+                print(json.dumps({"threads": num_threads, "train_img_per_s": round(train_rate, 2),
+                                  "eval_img_per_s": round(eval_rate, 2), "crop": crop}))
+
+
+def main(argv) -> None:
+    cli.no_arguments(argv)
+    benchmark(images=FLAGS.images, batch=FLAGS.batch, steps=FLAGS.steps, crop=FLAGS.crop,
+              threads=FLAGS.threads, as_json=FLAGS.json)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, define_flags)

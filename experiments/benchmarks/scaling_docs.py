@@ -1,6 +1,6 @@
 """Regenerates docs/scaling.md's modelled tables and plots (issue 17).
 
-  python -m experiments.benchmarks.scaling_docs [--out=docs] [--compile_size=65]
+  python -m experiments.benchmarks.scaling_docs [--workdir=docs] [--compile_size=65]
 
 For DeepLabV3-R101 (output stride 8) and DeepLabV3+-R101 (output stride 16), 21 classes: the
 train step is compiled once per model for 2 host devices under pmap with direct convolutions
@@ -23,7 +23,7 @@ def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
     importing this module next to another command's (tests do) cannot collide on a name."""
     global _OUT, _COMPILE_SIZE
-    _OUT = flags.DEFINE_string("out", "docs", "Folder for scaling_model.json and figures/.")
+    _OUT = flags.DEFINE_string("workdir", "docs", "Folder written: scaling_model.json and figures/.")
     _COMPILE_SIZE = flags.DEFINE_integer("compile_size", 65, "Image size the step is compiled at.")
 
 

@@ -320,7 +320,7 @@ def save_converted(directory: str, variables: Mapping[str, Any], config: Mapping
     directory = os.path.abspath(directory)
     target = os.path.join(directory, VARIABLES_DIR)
     if os.path.exists(target):
-        raise ValueError(f"{target} already exists; choose an empty --out directory")
+        raise ValueError(f"{target} already exists; choose an empty --workdir directory")
     os.makedirs(directory, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(target, jax.tree.map(np.asarray, dict(variables)))
@@ -330,7 +330,7 @@ def save_converted(directory: str, variables: Mapping[str, Any], config: Mapping
 
 
 def load_converted(directory: str) -> dict[str, Any]:
-    """Loads variables written by `python -m segjax.tools.convert_torchvision --out=directory`.
+    """Loads variables written by `python -m segjax.tools.convert_torchvision --workdir=directory`.
 
     Returns `{"params", "batch_stats"}` as nested dicts of numpy arrays (for `init_from`); the
     model they belong to is described in `directory/model.json` (`read_converted_config`).
@@ -352,7 +352,7 @@ def read_converted_config(directory: str) -> dict[str, Any]:
     """The `model.json` written next to converted weights (model name, num_classes, aux_loss)."""
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"no {CONFIG_FILE} in {directory}; is it an --out directory of convert_torchvision?")
+        raise ValueError(f"no {CONFIG_FILE} in {directory}; is it a --workdir of convert_torchvision?")
     with open(path) as f:
         return json.load(f)
 

@@ -1,7 +1,7 @@
 """Convert a torchvision checkpoint into segjax variables (orbax) plus a small JSON description.
 
   python -m segjax.tools.convert_torchvision --model=deeplabv3_resnet50 \
-      --weights=deeplabv3_resnet50_coco-cd0a2569.pth --out=/tmp/dlv3_r50
+      --weights=deeplabv3_resnet50_coco-cd0a2569.pth --workdir=/tmp/dlv3_r50
 
 writes `/tmp/dlv3_r50/variables/` (orbax, `{"params", "batch_stats"}`) and `model.json`
 (`{"model", "num_classes", "aux_loss"}`, or `{"model": "resnet50", "backbone_only": true, ...}`).
@@ -12,34 +12,46 @@ Supported models: `torchvision_import.SUPPORTED`.
 torch is needed only here (to read the .pth file, with `weights_only=True`).
 """
 
-from absl import app, flags
+import os
 
-from segjax.models import torchvision_import
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_MODEL = flags.DEFINE_enum("model", None, list(torchvision_import.SUPPORTED), "torchvision model name.")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Path of the torchvision .pth state dict.")
-_OUT = flags.DEFINE_string("out", None, "Output directory (must not hold converted weights yet).")
+from absl import app, flags  # noqa: E402
+
+from segjax.models import torchvision_import  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined under `__main__` only (as every command's: importing two
+    commands in one process cannot collide on a flag name)."""
+    flags.DEFINE_enum("model", None, list(torchvision_import.SUPPORTED), "torchvision model name.")
+    flags.DEFINE_string("weights", None, "Path of the torchvision .pth state dict.")
+    flags.DEFINE_string("workdir", None, "Output directory, written (must not hold converted "
+                        "weights yet).")
+    flags.mark_flags_as_required(["model", "weights", "workdir"])
 
 
 def main(argv):
-    del argv
-    import os
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
     import torch
 
-    if not os.path.isfile(_WEIGHTS.value):
-        raise app.UsageError(f"--weights file {_WEIGHTS.value} does not exist")
-    state_dict = torch.load(_WEIGHTS.value, map_location="cpu", weights_only=True)
+    if not os.path.isfile(FLAGS.weights):
+        raise app.UsageError(f"--weights file {FLAGS.weights} does not exist")
+    state_dict = torch.load(FLAGS.weights, map_location="cpu", weights_only=True)
     if "model" in state_dict and not any(k.endswith(".weight") for k in state_dict):
         state_dict = state_dict["model"]  # torchvision reference-script checkpoints
     state_dict = {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
-    variables = torchvision_import.convert(_MODEL.value, state_dict)
-    config = torchvision_import.model_config(_MODEL.value, state_dict)
-    config["source"] = os.path.abspath(_WEIGHTS.value)
-    torchvision_import.save_converted(_OUT.value, variables, config)
-    print(f"wrote {_MODEL.value} variables to {os.path.abspath(_OUT.value)}: {config}")
+    variables = torchvision_import.convert(FLAGS.model, state_dict)
+    config = torchvision_import.model_config(FLAGS.model, state_dict)
+    config["source"] = os.path.abspath(FLAGS.weights)
+    torchvision_import.save_converted(FLAGS.workdir, variables, config)
+    print(f"wrote {FLAGS.model} variables to {os.path.abspath(FLAGS.workdir)}: {config}")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["model", "weights", "out"])
+    define_flags()
     app.run(main)

@@ -31,7 +31,7 @@ def test_convert_command_round_trip(tmp_path, np_rng):
     weights = tmp_path / "dlv3.pth"
     torch.save(ref.state_dict(), weights)
     out_dir = tmp_path / "converted"
-    proc = _run("--model=deeplabv3_resnet50", f"--weights={weights}", f"--out={out_dir}")
+    proc = _run("--model=deeplabv3_resnet50", f"--weights={weights}", f"--workdir={out_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     config = read_converted_config(str(out_dir))
@@ -45,12 +45,12 @@ def test_convert_command_round_trip(tmp_path, np_rng):
     assert rel_err(out[LOGITS], nhwc(expected["out"])) <= 1e-4
     assert rel_err(out[AUX_LOGITS], nhwc(expected["aux"])) <= 1e-4
 
-    again = _run("--model=deeplabv3_resnet50", f"--weights={weights}", f"--out={out_dir}")
+    again = _run("--model=deeplabv3_resnet50", f"--weights={weights}", f"--workdir={out_dir}")
     assert again.returncode != 0 and "already exists" in again.stderr
 
 
 def test_convert_command_rejects_bad_arguments(tmp_path):
-    proc = _run("--model=deeplabv3_resnet50", f"--weights={tmp_path / 'absent.pth'}", f"--out={tmp_path}")
+    proc = _run("--model=deeplabv3_resnet50", f"--weights={tmp_path / 'absent.pth'}", f"--workdir={tmp_path}")
     assert proc.returncode != 0 and "absent.pth does not exist" in proc.stderr
-    proc = _run("--model=unet", "--weights=x", f"--out={tmp_path}")
+    proc = _run("--model=unet", "--weights=x", f"--workdir={tmp_path}")
     assert proc.returncode != 0 and "deeplabv3_resnet50" in proc.stderr  # lists the supported names

@@ -1,0 +1,76 @@
+"""The preamble every `python -m experiments.<command>` shares.
+
+* TensorFlow's C++ log noise is silenced before anything imports TensorFlow, and absl logging
+  (orbax logs every save at INFO) is at WARNING unless `--verbosity` is given;
+* a known failure (a bad flag value, a missing file or dataset, an incompatible work dir, a NaN
+  loss: `KNOWN_ERRORS`) ends the command with one line `error: ...` on stderr and exit status 1;
+  anything else is a bug and keeps its traceback;
+* flags are defined by the command's `define_flags()`, called only under `__main__`, so that
+  importing two commands in one process (tests do) cannot collide on a flag name.
+
+Conventions (DESIGN §2): `--workdir` is always the directory a command writes; a trained run
+being read is always `--run` (comma-separated where a command reads several).
+
+Example:
+  >>> if __name__ == "__main__":
+  ...     cli.run(main, define_flags)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the input is wrong", not "segjax is wrong"."""
+    from segjax.train.loop import KNOWN_ERRORS
+
+    return KNOWN_ERRORS
+
+
+def fail(message: str) -> None:
+    """Prints `error: message` to stderr and exits with status 1."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def no_arguments(argv: Sequence[str]) -> None:
+    """Refuses positional arguments (everything is a flag)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+
+
+def runs(value: str | Sequence[str]) -> list[str]:
+    """The run directories of a `--run=A,B,...` flag value."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [d.strip() for d in items if d.strip()]
+
+
+def _guarded(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
+    def wrapped(argv):
+        if not FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        try:
+            return main(argv)
+        except known_errors() as e:
+            fail(f"{type(e).__name__}: {e}")
+
+    return wrapped
+
+
+def run(main: Callable[[list[str]], object], define_flags: Callable[[], None], *,
+        argv: list[str] | None = None,
+        flags_parser: Callable[[list[str]], list[str]] | None = None) -> None:
+    """Defines the command's flags and runs `main` with the shared preamble (module doc);
+    `argv` and `flags_parser` as `absl.app.run`'s."""
+    define_flags()
+    kwargs = {} if flags_parser is None else {"flags_parser": flags_parser}
+    app.run(_guarded(main), argv=argv, **kwargs)
