@@ -59,7 +59,7 @@ def zero_rpn_deltas(variables):
 def is_instance_model(name: str) -> bool:
     from segjax.models.registry import model_output
 
-    return model_output(name) == "instance"
+    return model_output(name) == "detections"
 
 
 def synthetic_instances(batch: int, size: int, num_classes: int, seed: int = 0,

@@ -79,7 +79,7 @@ def markdown(rows: list[dict], size: int) -> str:
 
 def main(argv):
     del argv
-    names = _MODELS.value or available_models("semantic")
+    names = _MODELS.value or available_models("dense")
     unknown = sorted(set(names) - set(available_models()))
     if unknown:
         raise app.UsageError(f"unknown --models {unknown}; available: {', '.join(available_models())}")

@@ -99,7 +99,7 @@ class PrototypeSegmenter(nn.Module):
         return out
 
 
-@register("fewshot_resnet18", output="fewshot")
+@register("fewshot_resnet18", output="episode")
 def fewshot_resnet18(*, num_classes: int = 2, width: int = 16, scale: float = 20.0,
                      dtype: Any = jnp.float32, axis_name: str | None = None,
                      in_channels: int = 3) -> PrototypeSegmenter:

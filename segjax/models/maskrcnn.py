@@ -572,10 +572,10 @@ def _factory(depth: int, width: int, fpn_channels: int, representation_size: int
     return factory
 
 
-maskrcnn_resnet50_fpn = register("maskrcnn_resnet50_fpn", output="instance")(_factory(50, 64, 256, 1024, 256))
-maskrcnn_resnet101_fpn = register("maskrcnn_resnet101_fpn", output="instance")(_factory(101, 64, 256, 1024, 256))
+maskrcnn_resnet50_fpn = register("maskrcnn_resnet50_fpn", output="detections")(_factory(50, 64, 256, 1024, 256))
+maskrcnn_resnet101_fpn = register("maskrcnn_resnet101_fpn", output="detections")(_factory(101, 64, 256, 1024, 256))
 # A CPU-sized variant: ResNet-18 at half width, narrow FPN and heads.
-maskrcnn_resnet18_fpn = register("maskrcnn_resnet18_fpn", output="instance")(_factory(18, 32, 64, 256, 64))
+maskrcnn_resnet18_fpn = register("maskrcnn_resnet18_fpn", output="detections")(_factory(18, 32, 64, 256, 64))
 
 __all__ = ["BACKBONE_STAGES", "BOXES", "CLASSES", "MASK_PROBS", "MaskRCNN", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS",
            "TRAIN_LOSSES", "frozen_parameters", "maskrcnn_resnet101_fpn", "maskrcnn_resnet18_fpn",

@@ -171,6 +171,6 @@ def _factory(cls):
     return make
 
 
-oracle_single = register("oracle_single", output="quality")(_factory(SingleStreamOracle))
-oracle_dual = register("oracle_dual", output="quality")(_factory(DualStreamOracle))
-oracle_gossip = register("oracle_gossip", output="quality")(_factory(GossipOracle))
+oracle_single = register("oracle_single", output="score")(_factory(SingleStreamOracle))
+oracle_dual = register("oracle_dual", output="score")(_factory(DualStreamOracle))
+oracle_gossip = register("oracle_gossip", output="score")(_factory(GossipOracle))

@@ -34,26 +34,34 @@ _MODEL_MODULES = (
 )
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-# What each model's output dict is for: "semantic" (dense "logits" at the input resolution) or
-# "instance" (boxes, scores, classes, num_detections, mask_probs). Tasks and tests pick by it.
-_OUTPUT_KIND: dict[str, str] = {}
-# quality: {"quality": [N]} (oracles); fewshot: episode logits (segjax.models.fewshot);
-# embedding: "logits" plus per-pixel "embeddings" (proposal-free instances, segjax.tasks.embedding).
-OUTPUT_KINDS = ("semantic", "instance", "quality", "fewshot", "embedding")
+# What each model's output dict holds, in the model's own terms (a task declares which of these
+# it consumes, `Task.model_output`; the registry knows nothing of tasks).
+OUTPUTS = {
+    "dense": '"logits" [N, H, W, K] at the input resolution (and "aux_logits")',
+    "detections": '"boxes", "scores", "classes", "num_detections", "mask_probs" (Mask R-CNN\'s '
+                  'contract)',
+    "score": '"quality" [N]: one score per image (and mask)',
+    "episode": '"logits" of the query images given support images and masks',
+    "dense_embeddings": '"logits" and per-pixel "embeddings" [N, H, W, D]',
+}
+_OUTPUT: dict[str, str] = {}
 _loaded = False
 
 
-def register(name: str, *, output: str = "semantic"
+def register(name: str, *, output: str = "dense"
              ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering `factory` under `name` (unique) with its output kind."""
-    if output not in OUTPUT_KINDS:
-        raise ValueError(f"output={output!r} must be one of {OUTPUT_KINDS}")
+    """Decorator registering `factory` under `name` (unique) with what it returns (`OUTPUTS`).
+
+    Works from any module, the user's own included: import that module (e.g. from the config
+    file) before the model is created."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r} must be one of {sorted(OUTPUTS)}")
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = factory
-        _OUTPUT_KIND[name] = output
+        _OUTPUT[name] = output
         return factory
 
     return decorator
@@ -68,17 +76,17 @@ def _load_all() -> None:
 
 
 def available_models(output: str | None = None) -> list[str]:
-    """Sorted names accepted by `create_model` (only those of one `output` kind if given)."""
+    """Sorted names accepted by `create_model` (only those returning `output` if given)."""
     _load_all()
-    return sorted(n for n in _REGISTRY if output is None or _OUTPUT_KIND[n] == output)
+    return sorted(n for n in _REGISTRY if output is None or _OUTPUT[n] == output)
 
 
 def model_output(name: str) -> str:
-    """The output kind of model `name`: "semantic" or "instance"."""
+    """What model `name` returns: a key of `OUTPUTS` ("dense", "detections", ...)."""
     _load_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
-    return _OUTPUT_KIND[name]
+    return _OUTPUT[name]
 
 
 def _accepted_overrides(factory: Callable[..., Any]) -> set[str] | None:
@@ -116,7 +124,7 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
     factory = _REGISTRY[name]
     accepted = _accepted_overrides(factory)
     if accepted is not None:
-        unknown = sorted(set(overrides) - accepted)
+        unknown = sorted(set(overrides) - accepted - {"dtype"})
         if unknown:
             raise ValueError(
                 f"model {name!r} does not accept override(s) {unknown}; "
@@ -124,4 +132,11 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
             )
     if isinstance(overrides.get("dtype"), str):
         overrides["dtype"] = jnp.dtype(overrides["dtype"])
+    if accepted is not None and "dtype" not in accepted and "dtype" in overrides:
+        if overrides["dtype"] != jnp.float32:
+            raise ValueError(
+                f"model {name!r} takes no `dtype` argument, so it cannot compute in "
+                f"{overrides['dtype']}: add `dtype: Any = jnp.float32` to its factory and use it "
+                "as its layers' compute dtype")
+        del overrides["dtype"]  # float32 is what a model without a dtype computes in
     return factory(num_classes=num_classes, **overrides)

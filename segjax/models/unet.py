@@ -137,7 +137,7 @@ def unet(
     return model
 
 
-@register("unet_embedding", output="embedding")
+@register("unet_embedding", output="dense_embeddings")
 def unet_embedding(
     *, num_classes: int, embedding_dim: int = 8, base_features: int = 64, depth: int = 4,
     upsampling: str = "transposed", dtype: Any = jnp.float32, axis_name: str | None = None,

@@ -42,11 +42,17 @@ AXIS = "batch"
 def _with_axis(state: TrainState, axis_name: str | None) -> TrainState:
     """`state` whose apply_fn is the same model with BatchNorm synchronised over `axis_name`."""
     module = getattr(state.apply_fn, "__self__", None)
-    if module is None or not hasattr(module, "axis_name"):
+    if module is None:
+        raise ValueError(f"state.apply_fn must be a flax module's bound `apply`, got "
+                         f"{state.apply_fn!r}")
+    if not hasattr(module, "axis_name"):
+        if axis_name is None:  # jit over a mesh: BatchNorm is global without an axis name
+            return state
         raise ValueError(
-            "state.apply_fn must be a segjax model's bound `apply` (a module with an `axis_name` "
-            f"field), got {state.apply_fn!r}"
-        )
+            f"model {type(module).__name__} has no `axis_name` field, which parallelism='pmap' "
+            "needs to synchronise BatchNorm: add `axis_name: str | None = None` to the module "
+            "and pass it to its BatchNorm layers (`axis_name=self.axis_name`), or train with "
+            "config.parallelism='mesh'")
     if module.axis_name == axis_name:
         return state
     return state.replace(apply_fn=module.clone(axis_name=axis_name).apply)

@@ -76,7 +76,7 @@ def test_contract_names_are_registered():
     assert not missing, f"not registered: {missing}"
 
 
-@pytest.mark.parametrize("name", _slow_if_resnet101(available_models("semantic")))
+@pytest.mark.parametrize("name", _slow_if_resnet101(available_models("dense")))
 def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
     overrides = small_overrides(name)
     model = create_model(name, num_classes=NUM_CLASSES, **overrides)
@@ -133,7 +133,7 @@ def _os_cases(slow):
     every line but the block count, and ResNet-50 dilation is compared with torch in test_resnet.py).
     Architectures registered only at depth 101 (DeepLab v2) run in the slow pass."""
     families = {}
-    for name in available_models("semantic"):
+    for name in available_models("dense"):
         if _has_output_stride(name):
             family = name.rsplit("_resnet", 1)[0]
             depth = int(name.rsplit("_resnet", 1)[1]) if "_resnet" in name else 0
@@ -231,14 +231,19 @@ def test_model_table_counts_segnet_exactly():
     assert "| segnet | 29.46 | 1.0 |" in markdown([row], 32)
 
 
-def test_output_kinds_partition_the_registry():
-    from segjax.models.registry import model_output
+def test_outputs_partition_the_registry():
+    """Each model declares what it returns in the registry's own terms (no task names)."""
+    from segjax.models.registry import OUTPUTS, model_output
 
-    semantic, instance = available_models("semantic"), available_models("instance")
-    assert sorted(semantic + instance + available_models("quality") + available_models("fewshot")
-                  + available_models("embedding")) == available_models()
-    assert "deeplabv3_resnet50" in semantic and "maskrcnn_resnet50_fpn" in instance
-    assert model_output("maskrcnn_resnet18_fpn") == "instance"
-    assert model_output("unet_embedding") == "embedding"
+    by_output = {kind: available_models(kind) for kind in OUTPUTS}
+    assert sorted(sum(by_output.values(), [])) == available_models()
+    assert "deeplabv3_resnet50" in by_output["dense"]
+    assert "maskrcnn_resnet50_fpn" in by_output["detections"]
+    assert model_output("maskrcnn_resnet18_fpn") == "detections"
+    assert model_output("unet_embedding") == "dense_embeddings"
+    assert model_output("oracle_gossip") == "score" and model_output("fewshot_resnet18") == "episode"
     with pytest.raises(ValueError, match="unknown model"):
         model_output("nope")
+    with pytest.raises(ValueError, match="must be one of"):
+        from segjax.models import register
+        register("x_model", output="semantic")
