@@ -13,8 +13,9 @@ trainer with `experiments/configs/deeplab_voc.py` as the default config.
 from __future__ import annotations
 
 import functools
+import sys
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
@@ -59,8 +60,15 @@ def parse_flags(argv: list[str], default_config: str | None = None) -> list[str]
 
 def main(argv):
     cli.no_arguments(argv)
-    from segjax.train import loop
+    from segjax.train import config_utils, loop
 
+    if FLAGS.config is None:
+        raise app.UsageError("--config=FILE.py[:PRESET] is required")
+    # A preset's model-specific fields do not leak into another model chosen on the command line.
+    preset = config_utils.load_config_file(config_flags.get_config_filename(FLAGS["config"]))
+    explicit = [a.split("=", 1)[0][len("--config.model."):] for a in sys.argv[1:]
+                if a.startswith("--config.model.")]
+    config_utils.retarget_model(FLAGS.config, preset.model.name, kept=explicit)
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -158,3 +158,26 @@ def test_mmseg_presets_decay_what_mmseg_decays(spec):
               "head": {"bias": jnp.zeros(2)}}
     kw = build.optimizer_kwargs(config)
     assert all(jax.tree.leaves(optim.decay_mask(params, kw["decay_norm_and_bias"])))
+
+
+def test_a_presets_model_fields_do_not_leak_into_another_model(capsys):
+    """The demo preset's `output_stride` / `backbone_width` were set for DeepLab: with
+    `model.name=unet` they are left out (and named), except one set explicitly for the run."""
+    from experiments.configs import deeplab_voc
+
+    c = deeplab_voc.get_config("demo")
+    c.lock()
+    assert config_utils.retarget_model(c, "deeplabv3plus_resnet18") == []  # same model
+    c.model.name = "unet"
+    assert sorted(config_utils.retarget_model(c, "deeplabv3plus_resnet18")) == [
+        "backbone_width", "output_stride"]
+    assert c.model.output_stride is None and c.model.dtype == "float32"
+    assert "backbone_width=16 was set for deeplabv3plus_resnet18" in capsys.readouterr().out
+    create_model(c.model.name, num_classes=3, **config_utils.model_overrides(c.model))
+
+    c = deeplab_voc.get_config("demo")
+    c.model.name = "unet"
+    assert config_utils.retarget_model(c, "deeplabv3plus_resnet18", kept=["output_stride"]) == [
+        "backbone_width"]
+    with pytest.raises(ValueError, match=r"does not accept override\(s\) \['output_stride'\]"):
+        create_model(c.model.name, num_classes=3, **config_utils.model_overrides(c.model))

@@ -10,7 +10,7 @@ COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,6 +38,8 @@ class DatasetInfo:
       instance_key: feature with instance ids, if any.
       train_split, eval_split: default split names.
       builder_kwargs: extra keyword arguments for `tfds.builder` (e.g. `config=` a config object).
+      builder_module: the module defining the TFDS builder, when TFDS does not know it (segjax's
+        own builders, or the user's): imported before the builder is looked up.
       notes: what was chosen when mapping the raw labels.
     """
 
@@ -56,6 +58,7 @@ class DatasetInfo:
     train_split: str = "train"
     eval_split: str = "validation"
     builder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    builder_module: str | None = None
     notes: str = ""
 
     def __post_init__(self):
@@ -137,6 +140,7 @@ def _synthetic(config: str | None) -> DatasetInfo:
         name=name, tfds_name=f"synthetic_shapes/{config or 'clean'}",
         num_classes=len(CLASS_NAMES), ignore_label=255, class_names=CLASS_NAMES,
         palette=voc_palette(len(CLASS_NAMES)), instance_key="instance_mask",
+        builder_module="segjax.data.builders.synthetic_shapes",
         notes="Generated from a seed; no download.")
 
 
@@ -151,7 +155,7 @@ def _coco2017() -> DatasetInfo:
     return DatasetInfo(
         name="coco2017", tfds_name="coco_instances/coco2017", num_classes=91, ignore_label=255,
         class_names=COCO2017_CLASS_NAMES, palette=voc_palette(91), id_key="file_name",
-        instance_key="instance_mask",
+        instance_key="instance_mask", builder_module="segjax.data.builders.coco_instances",
         notes="COCO 2017 instances from the manual directory; original category ids 1..90, "
               "torchvision's 91 classes ('N/A' for the unused ids). " + _COCO_NOTES)
 
@@ -199,7 +203,8 @@ def coco_instances_info(root: str, *, splits: tuple | None = None,
         num_classes=len(names), ignore_label=255, class_names=names,
         palette=voc_palette(len(names)), id_key="file_name", instance_key="instance_mask",
         train_split=split_names[0], eval_split=split_names[-1],
-        builder_kwargs={"config": config}, notes=f"COCO-format tree {root}. " + _COCO_NOTES)
+        builder_kwargs={"config": config}, builder_module="segjax.data.builders.coco_instances",
+        notes=f"COCO-format tree {root}. " + _COCO_NOTES)
 
 
 def _make_registry() -> dict[str, Any]:
@@ -209,7 +214,7 @@ def _make_registry() -> dict[str, Any]:
         "voc2012": lambda: DatasetInfo(
             name="voc2012", tfds_name="voc2012_segmentation", num_classes=21, ignore_label=255,
             class_names=VOC_CLASSES, palette=voc_palette(21), train_split="train_aug",
-            eval_split="val",
+            eval_split="val", builder_module="segjax.data.builders.voc2012_segmentation",
             notes="Palette-PNG ids kept as is; 255 marks boundaries/difficult pixels. SBD "
                   "masks (train_aug only) have no 255 boundary band."),
         "coco2017": lambda: _coco2017(),
@@ -243,6 +248,29 @@ def _make_registry() -> dict[str, Any]:
 
 
 _REGISTRY = _make_registry()
+
+
+def register_dataset(info: DatasetInfo | Callable[[], DatasetInfo], *,
+                     name: str | None = None) -> None:
+    """Adds a dataset to the registry, from segjax or the user's own module.
+
+    `info` is a `DatasetInfo` or a function returning one (called when the dataset is used, so
+    registering costs nothing); `name` defaults to `info.name` (required for a function). A
+    TFDS builder TFDS does not know is named by `info.builder_module` (imported when the data
+    is read) or imported by the module that registers the dataset. Then `config.dataset.name`,
+    the pipelines, class balancing, evaluation and `python -m segjax.data list` know it.
+
+    Raises:
+      ValueError: the name is registered already, or a function is given without `name`.
+    """
+    if name is None:
+        if not isinstance(info, DatasetInfo):
+            raise ValueError("register_dataset(function) needs name=")
+        name = info.name
+    if name in _REGISTRY:
+        raise ValueError(f"dataset {name!r} is registered twice")
+    _REGISTRY[name] = info if callable(info) and not isinstance(info, DatasetInfo) else (
+        lambda: info)
 
 
 def available_datasets() -> list[str]:

@@ -15,6 +15,7 @@ when the mock knows no splits (no metadata files), and checks the name when it d
 from __future__ import annotations
 
 import fcntl
+import importlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -60,6 +61,8 @@ def resolve(dataset: str | DatasetInfo) -> DatasetInfo:
 
 
 def _builder(info: DatasetInfo, data_dir):
+    if info.builder_module:
+        importlib.import_module(info.builder_module)  # registers the builder with TFDS
     name = info.tfds_name
     if "config" in info.builder_kwargs:  # a config object replaces the `/config` in the name
         name = name.split("/")[0]

@@ -97,6 +97,15 @@ def _accepted_overrides(factory: Callable[..., Any]) -> set[str] | None:
     return {p.name for p in params if p.name not in ("parent", "name")}
 
 
+def accepted_overrides(name: str) -> set[str] | None:
+    """The overrides model `name` takes (None: any, its factory takes **kwargs)."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    accepted = _accepted_overrides(_REGISTRY[name])
+    return None if accepted is None else accepted - {"num_classes"}
+
+
 def create_model(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
     """Builds the registered model `name` predicting `num_classes` classes.
 

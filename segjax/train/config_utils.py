@@ -83,6 +83,34 @@ def incompatible_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
     return sorted(k for k in set(a) | set(b) if not may_differ(k) and a.get(k) != b.get(k))
 
 
+def retarget_model(config: ml_collections.ConfigDict, preset_model: str,
+                   kept: Sequence[str] = ()) -> list[str]:
+    """Leaves out the model overrides a preset set for another model.
+
+    When `config.model.name` is no longer `preset_model` (changed on the command line or by a
+    sweep), the `config.model` fields the new model does not take were set for the old one:
+    they are reset to None (not passed) and named in a printed note, except those in `kept`
+    (set explicitly for this run: those still fail in `create_model` if the model lacks them).
+    `dtype` is never reset (every model computes in float32 without it). Returns the reset keys.
+    """
+    from segjax.models.registry import accepted_overrides
+
+    if config.model.name == preset_model:
+        return []
+    accepted = accepted_overrides(config.model.name)
+    if accepted is None:
+        return []
+    reset = [k for k, v in config.model.items()
+             if k not in ("name", "dtype") and v is not None and k not in accepted
+             and k not in kept]
+    for key in reset:
+        print(f"note: config.model.{key}={config.model[key]!r} was set for {preset_model}, which "
+              f"{config.model.name} does not take: left out", flush=True)
+        with config.ignore_type():
+            config.model[key] = None
+    return reset
+
+
 def model_overrides(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """`create_model` keyword overrides from `config.model`: every field but `name`, not None."""
     d = model_config.to_dict() if isinstance(model_config, ml_collections.ConfigDict) else dict(

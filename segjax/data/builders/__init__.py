@@ -1,4 +1,9 @@
-"""TFDS builders defined by segjax; importing this module registers them with TFDS."""
+"""TFDS builders defined by segjax.
+
+The pipelines import a dataset's builder through its `DatasetInfo.builder_module`, so a new
+dataset (segjax's or the user's) needs no line here; importing this package registers segjax's
+builders with TFDS for code that calls `tfds.builder(name)` directly.
+"""
 from segjax.data.builders import coco_instances  # noqa: F401
 from segjax.data.builders import synthetic_shapes  # noqa: F401
 from segjax.data.builders import voc2012_segmentation  # noqa: F401
