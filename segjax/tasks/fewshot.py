@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import embedding_losses, fewshot, losses
+from segjax import fewshot, losses
+from segjax.losses import metric_learning as embedding_losses
 from segjax.tasks.base import Accumulator, StepContext, Task, plain_dict
 
 BEST_METRIC = "fg_miou"

@@ -25,8 +25,6 @@ from segjax.models.outputs import AUX_LOGITS, LOGITS
 from segjax.tasks.base import Accumulator, StepContext, Task
 
 BEST_METRIC = "miou"
-# Losses whose selection ranks pixels over the whole batch: they take the context's gather.
-_GATHERING_LOSSES = ("ohem",)
 EVAL_KEYS = ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou", "iou_per_class", "num_pixels",
              "boundary_iou", "boundary_iou_per_class")
 
@@ -100,7 +98,7 @@ class SemanticTask(Task):
     def _head_loss(self, logits, labels, ctx: StepContext):
         fn = losses.LOSSES[self.loss_kind]
         kwargs = dict(self.loss_kwargs)
-        if self.loss_kind in _GATHERING_LOSSES:
+        if losses.gathers(self.loss_kind):  # it ranks pixels over the whole batch
             kwargs["gather"] = ctx.all_gather
         return fn(logits, labels, ignore_label=self.ignore_label, **kwargs)
 
