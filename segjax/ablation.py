@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
-from segjax import stats
+from segjax.metrics import stats
 from segjax.train.metric_writers import read_metrics
 
 RESULT_FILE = "result.json"

@@ -182,7 +182,7 @@ def test_recompile_guard_raises_on_a_second_shape(conv_vars):
 def test_boundary_iou_over_mesh_equals_numpy_on_the_unpadded_images(np_rng, conv_vars):
     """Padding and ignored pixels count as outside the image in prediction and labels alike, so
     the padded, sharded result equals Cheng et al.'s definition on each image's own pixels."""
-    from tests.test_metrics import boundary_reference
+    from tests.metrics.test_segmentation import boundary_reference
 
     ignore, pad, ratio = 255, 12, 0.1  # boundary width round(0.1 * 12 * sqrt(2)) = 2 pixels
     inter, union = np.zeros(K, np.int64), np.zeros(K, np.int64)

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import cluster, coco, losses
+from segjax import cluster, losses
+from segjax.metrics import coco
 from segjax.losses import metric_learning as embedding_losses
 from segjax.models.outputs import EMBEDDINGS, LOGITS
 from segjax.tasks.base import Accumulator, StepContext, plain_dict

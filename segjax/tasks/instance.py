@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import coco, visualize
+from segjax import visualize
+from segjax.metrics import coco
 from segjax.tasks.base import Accumulator, StepContext, Task
 
 BEST_METRIC = "mask_ap"
