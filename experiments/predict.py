@@ -66,7 +66,8 @@ def predict_files(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
     import numpy as np
     from PIL import Image
 
-    from segjax import evaluate, visualize
+    from segjax import visualize
+    from segjax.tasks import semantic_predict as evaluate
     from segjax.data.pipeline import preprocess_image
     from segjax.models.registry import model_output
     from segjax.train import build

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import evaluate, losses, metrics as metrics_lib, visualize
+from segjax import losses, metrics as metrics_lib, visualize
+from segjax.tasks import semantic_predict as evaluate
 from segjax.models.outputs import AUX_LOGITS, LOGITS
 from segjax.tasks.base import Accumulator, StepContext, Task
 
