@@ -45,17 +45,17 @@ def main(argv):
         raise app.UsageError("--base=CONFIG[:PRESET] is required")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from segjax import ablation
+    from segjax.train import sweep
     from segjax.train import loop
 
     try:
-        sweeps = [ablation.parse_sweep(s) for s in FLAGS.sweep]
-        seeds = ablation.parse_seeds(FLAGS.seeds)
-        results = ablation.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
-                                     train_fn=loop.train_and_evaluate)
-        paths = ablation.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
-                                      baseline=ablation.parse_baseline(FLAGS.baseline, sweeps),
-                                      command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))
+        sweeps = [sweep.parse_sweep(s) for s in FLAGS.sweep]
+        seeds = sweep.parse_seeds(FLAGS.seeds)
+        results = sweep.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
+                                  train_fn=loop.train_and_evaluate)
+        paths = sweep.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
+                                   baseline=sweep.parse_baseline(FLAGS.baseline, sweeps),
+                                   command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))
     except (ValueError, *loop.KNOWN_ERRORS) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
