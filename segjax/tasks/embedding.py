@@ -3,10 +3,10 @@
 De Brabandere, Neven & Van Gool 2017 ("Semantic Instance Segmentation with a Discriminative Loss
 Function"): the network predicts, for every pixel, its class and a D-dimensional embedding; the
 discriminative loss pulls each instance's embeddings to within delta_v of their mean and pushes
-the means of different instances 2 delta_d apart (`segjax.embedding_losses`). At inference the
+the means of different instances 2 delta_d apart (`segjax.losses.metric_learning`). At inference the
 foreground pixels of each predicted class are clustered in embedding space (`segjax.cluster`),
 and every cluster is one instance, scored by its mean class probability. Evaluation is the same
-COCO mask AP as Mask R-CNN's (`segjax.coco`), so the two families sit in one table.
+COCO mask AP as Mask R-CNN's (`segjax.metrics.coco`), so the two families sit in one table.
 
 Batches: train `{"image" [B, H, W, 3], "label" [B, H, W] int32, "instance" [B, H, W] int32}`
 (instances renumbered 1..k per image on the host after augmentation, 0 = none; an image with more

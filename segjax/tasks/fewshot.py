@@ -17,7 +17,7 @@ train stream and draws the step's episodes from it (`segjax.fewshot.EpisodeSampl
 Loss: `proto_weight` x (cross-entropy of the query's logits over its valid pixels, plus
 `align_weight` x the prototype-alignment cross-entropy over the support's valid pixels, PANet's
 PAR), each normalised by its own global pixel count; plus, with `triplet_weight` > 0, a triplet
-loss on pixel embeddings (`segjax.embedding_losses.triplet_loss`, `triplet` its keyword
+loss on pixel embeddings (`segjax.losses.triplet_loss`, `triplet` its keyword
 arguments: mining, margin, distance, normalize, soft): from every support and query image,
 `triplet_pixels` foreground and as many background pixels of the stride-8 feature map (the
 episode's masks read at the cells' centres), labelled by the way's dataset class id (background

@@ -5,8 +5,8 @@ Batches: train `{"image" [B, H, W, 3] float32, "label" [B, H, W] int32}`; eval a
 Loss: `segjax.losses.LOSSES[config.loss.kind]` on `"logits"`, plus `aux_weight` times the same
 loss on `"aux_logits"` when the model has them, each normalised by its own global count.
 Evaluation: the confusion matrix (and Boundary IoU counts) of the argmax of
-`segjax.evaluate.predict_probs` (whole image, multi-scale + flip TTA or sliding window), summed
-as int64 on the host; checkpoints are ranked by `miou`.
+`segjax.tasks.semantic_predict.predict_probs` (whole image, multi-scale + flip TTA or sliding
+window), summed as int64 on the host; checkpoints are ranked by `miou`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class SemanticTask(Task):
       loss_kind: a key of `segjax.losses.LOSSES`.
       loss_kwargs: keyword arguments of that loss (class_weights, gamma, thresh, ...).
       aux_weight: weight of the loss on "aux_logits" (0 disables it).
-      scales, flip, window, stride: evaluation (see `segjax.evaluate.predict_probs`).
+      scales, flip, window, stride: evaluation (see `segjax.tasks.semantic_predict.predict_probs`).
       boundary_iou: also count Boundary IoU at evaluation, with a boundary width of
         `boundary_dilation_ratio` times the padded batch's diagonal (Cheng et al.: 2%).
       class_names, palette: for the pictures (default: the ids and VOC's colour map).
