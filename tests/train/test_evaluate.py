@@ -12,7 +12,14 @@ from segjax.tasks import semantic_predict
 from segjax.tasks.semantic import SemanticTask
 from segjax.train import evaluate, parallel
 from segjax.train.state import TrainState
-from tests.tasks.test_semantic_predict import K, conv_apply, conv_vars  # noqa: F401 (a fixture)
+from tests.tasks.test_semantic_predict import K, conv_apply
+
+
+@pytest.fixture
+def conv_vars(np_rng):
+    """Weights of the random 3x3 conv 'model' `conv_apply`."""
+    return {"w": jnp.asarray(np_rng.normal(size=(3, 3, 2, K)), jnp.float32),
+            "b": jnp.asarray(np_rng.normal(size=(K,)), jnp.float32)}
 
 
 class _ConvModel:
