@@ -41,16 +41,16 @@ def main(argv):
     cli.no_arguments(argv)
     if FLAGS.config is None:
         raise app.UsageError("--base=CONFIG[:PRESET] is required")
-    from segjax import ablation
+    from segjax.train import sweep
     from segjax.train import loop
 
-    sweeps = [ablation.parse_sweep(s) for s in FLAGS.sweep]
-    seeds = ablation.parse_seeds(FLAGS.seeds)
-    results = ablation.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
-                                 train_fn=loop.train_and_evaluate)
-    paths = ablation.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
-                                  baseline=ablation.parse_baseline(FLAGS.baseline, sweeps),
-                                  command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))
+    sweeps = [sweep.parse_sweep(s) for s in FLAGS.sweep]
+    seeds = sweep.parse_seeds(FLAGS.seeds)
+    results = sweep.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
+                              train_fn=loop.train_and_evaluate)
+    paths = sweep.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
+                               baseline=sweep.parse_baseline(FLAGS.baseline, sweeps),
+                               command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))
     print(open(paths["md"]).read())
     print("wrote " + ", ".join(paths.values()))
 

@@ -39,7 +39,7 @@ def define_flags() -> None:
 
 def main(argv):
     cli.no_arguments(argv)
-    from segjax.classical import evaluate as classical_eval
+    from segjax.classical import benchmark
 
     command = "python -m experiments.classical " + " ".join(shlex.quote(a) for a in argv_flags())
     datasets = [d.strip() for d in FLAGS.dataset.split(",") if d.strip()]
@@ -47,16 +47,16 @@ def main(argv):
     for dataset in datasets:
         out = FLAGS.workdir if len(datasets) == 1 else os.path.join(
             FLAGS.workdir, dataset.partition("/")[2] or dataset)
-        results, preds, examples = classical_eval.evaluate(
+        results, preds, examples = benchmark.evaluate(
             dataset, num_images=FLAGS.num_images, methods=FLAGS.methods or None,
             workers=FLAGS.workers, progress=lambda s: print(s, flush=True))
-        classical_eval.write_outputs(out, dataset, results, preds, examples, command=command)
+        benchmark.write_outputs(out, dataset, results, preds, examples, command=command)
         runs[dataset] = (results, preds, examples)
-        print(classical_eval.results_table(results), flush=True)
+        print(benchmark.results_table(results), flush=True)
         print(f"wrote {out}/results.json, report.md, figure.png", flush=True)
     if len(datasets) > 1:
-        paths = classical_eval.write_study(FLAGS.workdir, runs, figure_index=FLAGS.figure_index,
-                                           command=command)
+        paths = benchmark.write_study(FLAGS.workdir, runs, figure_index=FLAGS.figure_index,
+                                      command=command)
         print("wrote " + ", ".join(paths), flush=True)
 
 

@@ -16,7 +16,7 @@ three methods segment each query from its one support image, all with the run's 
   statistics).
 
 Prints and writes (`report.json`, `report.md`) per method the foreground mIoU over the held-out
-classes and the FB-IoU, per seed and as mean ± 95 % t-interval over seeds (`segjax.stats`).
+classes and the FB-IoU, per seed and as mean ± 95 % t-interval over seeds (`segjax.metrics.stats`).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def evaluate_run(workdir: str, *, checkpoint: str, batch: int, finetune_steps: i
 
 
 def markdown(results: dict, workdirs) -> str:
-    from segjax import stats
+    from segjax.metrics import stats
 
     lines = ["| method | " + " | ".join(os.path.basename(os.path.normpath(w)) for w in workdirs)
              + " | mean ± 95 % CI (fg mIoU) | FB-IoU mean |",

@@ -7,7 +7,7 @@ Each of `--reports` is an `experiments.oracle_refine` work dir (its `report.json
 training seed, all refining the same images (same `--num_images` and `--seed`). Per starting
 point (`zeros`, `segmenter`) it prints each seed's row (oracle Spearman, Dice before, Dice after
 at the step chosen on the select half, that step, gain) and the mean with a 95 % Student-t
-interval over seeds (`segjax.stats`), plus the paired seed-by-seed gain's p-value: the
+interval over seeds (`segjax.metrics.stats`), plus the paired seed-by-seed gain's p-value: the
 seed-to-seed spread, which a single run's interval over images does not show.
 """
 
@@ -19,7 +19,7 @@ import os
 from absl import flags
 
 from experiments import cli
-from segjax import stats
+from segjax.metrics import stats
 
 FLAGS = flags.FLAGS
 

@@ -1,6 +1,6 @@
 """Instances from per-pixel embeddings: host-side clustering in NumPy (inference only).
 
-A model trained with the discriminative loss (`segjax.embedding_losses.discriminative_loss`)
+A model trained with the discriminative loss (`segjax.losses.discriminative_loss`)
 maps every pixel of an instance to within delta_v of the instance's mean embedding, and the means
 at least 2 delta_d apart (where the loss is zero). Clustering the foreground pixels' embeddings
 then recovers the instances (De Brabandere, Neven & Van Gool 2017, section 3.3):

@@ -8,7 +8,7 @@ import pytest
 
 from experiments import ablations
 from experiments.ablations import runner
-from segjax import ablation
+from segjax.train import sweep
 from segjax.models import create_model
 from segjax.tasks import semantic
 from segjax.train import build, config_utils
@@ -24,12 +24,12 @@ def test_every_cell_of_every_study_builds_a_valid_config_and_model(name):
         base = runner.load_base(part.base)
         resolve = lambda v: v.replace("{part:source}", "/nonexistent") if isinstance(v, str) else v  # noqa: E731
         for key, value in part.overrides.items():
-            ablation._set(base, key, resolve(value))
-        sweeps = [ablation.parse_sweep(s) for s in part.sweeps]
-        cells = ablation.grid(sweeps)
-        assert ablation.parse_baseline(part.baseline, sweeps) in (None, *cells)
+            sweep._set(base, key, resolve(value))
+        sweeps = [sweep.parse_sweep(s) for s in part.sweeps]
+        cells = sweep.grid(sweeps)
+        assert sweep.parse_baseline(part.baseline, sweeps) in (None, *cells)
         for cell in cells:
-            config = ablation.make_config(base, cell, part.seeds[0], resolve=resolve)
+            config = sweep.make_config(base, cell, part.seeds[0], resolve=resolve)
             config_utils.check_config(config)
             info = build.dataset_info(config)
             assert info.name.startswith("synthetic_shapes")
@@ -39,7 +39,7 @@ def test_every_cell_of_every_study_builds_a_valid_config_and_model(name):
         for metric in part.metrics:  # every metric name parses against a plausible eval record
             record = {"val": {"miou": 0.5, "boundary_iou": 0.4, "pixel_accuracy": 0.9,
                               "mean_accuracy": 0.6, "iou_per_class": [0.1] * 6}}
-            assert ablation.metric_value(record, metric) >= 0
+            assert sweep.metric_value(record, metric) >= 0
 
 
 def test_unknown_study_is_named():
@@ -69,7 +69,7 @@ def test_runner_resolves_parts_shares_runs_and_rewrites_identical_reports(tmp_pa
     assert len(calls) == 10 and len(set(calls)) == 10
     first = open(path, "rb").read()
     source_dir = os.path.join(tmp_path, "runs")
-    finals = [json.load(open(os.path.join(d, ablation.RESULT_FILE)))["final"]["validation"]
+    finals = [json.load(open(os.path.join(d, sweep.RESULT_FILE)))["final"]["validation"]
               for d in calls[2:]]
     inits = {f["init_from"] for f in finals}
     assert len(inits) == 2 and "" in inits

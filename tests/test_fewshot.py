@@ -295,7 +295,7 @@ def test_triplet_term_is_the_loss_of_every_cell_centre_pixel_by_hand(np_rng, min
     """With more sampled pixels than cells every valid cell is taken: the term equals the triplet
     loss of the rows assembled by hand (label = the way's class id at the cell centre, 0 for
     background), and the 4-device pmap (mining over the gathered batch) equals one device."""
-    from segjax.embedding_losses import triplet_loss
+    from segjax.losses import triplet_loss
     from segjax.tasks.base import StepContext
     from segjax.tasks.fewshot import FewShotTask
 

@@ -40,7 +40,7 @@ class Part:
       seeds: the seeds every cell is trained with.
       baseline: `"KEY=VALUE;..."` of the cell paired differences are taken against ("" = the
         first cell).
-      metrics: reported metrics (`segjax.ablation.metric_value` names: `miou`,
+      metrics: reported metrics (`segjax.train.sweep.metric_value` names: `miou`,
         `boundary_iou`, `iou_per_class[5]`, ...).
       note: what the part varies and why, for the report.
     """

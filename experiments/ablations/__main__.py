@@ -46,10 +46,10 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from segjax import ablation
+    from segjax.train import sweep
     from segjax.train import loop
 
-    seeds = ablation.parse_seeds(FLAGS.seeds) if FLAGS.seeds else None
+    seeds = sweep.parse_seeds(FLAGS.seeds) if FLAGS.seeds else None
     try:
         for s in studies:
             path = run_study(s, FLAGS.workdir, train_fn=loop.train_and_evaluate, seeds=seeds)

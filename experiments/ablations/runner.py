@@ -65,7 +65,7 @@ def run_study(study: ablations.Study, workdir: str, *, train_fn, seeds=None,
 
     Returns the path of `REPORT.md`. `seeds` (a sequence) overrides the parts' seeds.
     """
-    from segjax import ablation
+    from segjax.train import sweep
 
     study_dir = os.path.join(os.path.abspath(workdir), study.name)
     runs_root = os.path.join(os.path.abspath(workdir), "runs")  # shared by every study
@@ -79,19 +79,19 @@ def run_study(study: ablations.Study, workdir: str, *, train_fn, seeds=None,
         part_dir = os.path.join(study_dir, part.name)
         base = load_base(part.base)
         for key, value in part.overrides.items():
-            ablation._set(base, key, resolve(value))
-        sweeps = [ablation.parse_sweep(s) for s in part.sweeps]
-        baseline = ablation.parse_baseline(part.baseline, sweeps)
+            sweep._set(base, key, resolve(value))
+        sweeps = [sweep.parse_sweep(s) for s in part.sweeps]
+        baseline = sweep.parse_baseline(part.baseline, sweeps)
         t0 = time.perf_counter()
         log(f"== {study.name}/{part.name}: {part.title}")
-        results = ablation.run_sweep(
+        results = sweep.run_sweep(
             base, sweeps, part_seeds, part_dir, train_fn=train_fn, log=log, resolve=resolve,
-            run_dir_fn=lambda cell, seed, config: ablation.config_run_dir(runs_root, config))
+            run_dir_fn=lambda cell, seed, config: sweep.config_run_dir(runs_root, config))
         log(f"== {study.name}/{part.name}: {len(results)} runs ready in "
             f"{time.perf_counter() - t0:.0f} s")
-        first = ablation.grid(sweeps)[0]
-        finished[part.name] = ablation.config_run_dir(
-            runs_root, ablation.make_config(base, first, part_seeds[0], resolve=resolve))
+        first = sweep.grid(sweeps)[0]
+        finished[part.name] = sweep.config_run_dir(
+            runs_root, sweep.make_config(base, first, part_seeds[0], resolve=resolve))
 
         overrides = ", ".join(f"`{k}={_cli_value(v)}`" for k, v in part.overrides.items())
         lines += [f"## {part.title}", ""]
@@ -105,12 +105,12 @@ def run_study(study: ablations.Study, workdir: str, *, train_fn, seeds=None,
         for metric in part.metrics:
             command = part_command(dataclasses.replace(part, seeds=part_seeds),
                                    os.path.join("DIR", study.name, part.name), metric)
-            ablation.write_report(results, sweeps, part_dir, metric=metric, baseline=baseline,
-                                  command=command, name=_metric_file(metric),
-                                  title=f"{study.name} / {part.name}: {metric}")
-            table, _ = ablation.summary_lines(ablation.values_by_cell(results, sweeps, metric),
-                                              [s.key for s in sweeps], baseline or first,
-                                              metric=metric)
+            sweep.write_report(results, sweeps, part_dir, metric=metric, baseline=baseline,
+                               command=command, name=_metric_file(metric),
+                               title=f"{study.name} / {part.name}: {metric}")
+            table, _ = sweep.summary_lines(sweep.values_by_cell(results, sweeps, metric),
+                                           [s.key for s in sweeps], baseline or first,
+                                           metric=metric)
             lines += [f"### {metric}", ""] + table + [""]
         if "{part:" not in " ".join(part.sweeps) + " ".join(map(str, part.overrides.values())):
             lines += ["This part alone:", "", "```", part_command(
@@ -123,10 +123,10 @@ def run_study(study: ablations.Study, workdir: str, *, train_fn, seeds=None,
 
 
 def _single_cell_lines(results, metrics) -> list[str]:
-    from segjax import ablation
+    from segjax.train import sweep
 
     lines = ["| seed | " + " | ".join(metrics) + " |", "|---:|" + "---:|" * len(metrics)]
     for r in results:
         lines.append(f"| {r.seed} | " + " | ".join(
-            f"{ablation.metric_value(r.final, m):.4f}" for m in metrics) + " |")
+            f"{sweep.metric_value(r.final, m):.4f}" for m in metrics) + " |")
     return lines + [""]

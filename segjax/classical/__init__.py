@@ -3,7 +3,7 @@
 `METHODS` maps a name to a `Method`: the function (in `segjax.classical.methods`), what it
 returns, which inputs it is given and how its output becomes a segmentation in the dataset's
 label space. `segment(name, image, label, instances, num_classes)` runs one method on one image
-and applies that mapping; `segjax.classical.evaluate` runs them over a dataset.
+and applies that mapping; `segjax.classical.benchmark` runs them over a dataset.
 
 Inputs — a method given ground truth is not an automatic method, and reports say which it got:
   * `automatic`: the RGB image only.

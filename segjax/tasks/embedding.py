@@ -3,10 +3,10 @@
 De Brabandere, Neven & Van Gool 2017 ("Semantic Instance Segmentation with a Discriminative Loss
 Function"): the network predicts, for every pixel, its class and a D-dimensional embedding; the
 discriminative loss pulls each instance's embeddings to within delta_v of their mean and pushes
-the means of different instances 2 delta_d apart (`segjax.embedding_losses`). At inference the
+the means of different instances 2 delta_d apart (`segjax.losses.metric_learning`). At inference the
 foreground pixels of each predicted class are clustered in embedding space (`segjax.cluster`),
 and every cluster is one instance, scored by its mean class probability. Evaluation is the same
-COCO mask AP as Mask R-CNN's (`segjax.coco`), so the two families sit in one table.
+COCO mask AP as Mask R-CNN's (`segjax.metrics.coco`), so the two families sit in one table.
 
 Batches: train `{"image" [B, H, W, 3], "label" [B, H, W] int32, "instance" [B, H, W] int32}`
 (instances renumbered 1..k per image on the host after augmentation, 0 = none; an image with more
@@ -27,7 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import cluster, coco, embedding_losses, losses
+from segjax import cluster, losses
+from segjax.metrics import coco
+from segjax.losses import metric_learning
 from segjax.models.outputs import EMBEDDINGS, LOGITS
 from segjax.tasks.base import Accumulator, StepContext, plain_dict
 from segjax.tasks.instance import InstanceTask, check_instance_count
@@ -165,7 +167,7 @@ class EmbeddingTask(InstanceTask):
         label = batch["label"].astype(jnp.int32)
         ce_sum, ce_count = losses.cross_entropy(outputs[LOGITS], label,
                                                 ignore_label=self.ignore_label)
-        d_sum, d_count = embedding_losses.discriminative_loss(
+        d_sum, d_count = metric_learning.discriminative_loss(
             outputs[EMBEDDINGS], batch["instance"].astype(jnp.int32),
             max_instances=self.max_instances, ignore_label=self.ignore_label,
             valid_mask=label != self.ignore_label, **self.disc)

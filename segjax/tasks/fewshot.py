@@ -17,7 +17,7 @@ train stream and draws the step's episodes from it (`segjax.fewshot.EpisodeSampl
 Loss: `proto_weight` x (cross-entropy of the query's logits over its valid pixels, plus
 `align_weight` x the prototype-alignment cross-entropy over the support's valid pixels, PANet's
 PAR), each normalised by its own global pixel count; plus, with `triplet_weight` > 0, a triplet
-loss on pixel embeddings (`segjax.embedding_losses.triplet_loss`, `triplet` its keyword
+loss on pixel embeddings (`segjax.losses.triplet_loss`, `triplet` its keyword
 arguments: mining, margin, distance, normalize, soft): from every support and query image,
 `triplet_pixels` foreground and as many background pixels of the stride-8 feature map (the
 episode's masks read at the cells' centres), labelled by the way's dataset class id (background
@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import embedding_losses, fewshot, losses
+from segjax import fewshot, losses
+from segjax.losses import metric_learning
 from segjax.tasks.base import Accumulator, StepContext, Task, plain_dict
 from segjax.tasks.registry import register, section
 
@@ -149,9 +150,9 @@ class FewShotTask(Task):
             raise ValueError("config.fewshot.proto_weight and triplet_weight are both 0: nothing "
                              "to train")
         mining = self.triplet.get("mining", "hard")
-        if mining not in embedding_losses.MINING:
+        if mining not in metric_learning.MINING:
             raise ValueError(f"config.fewshot.triplet.mining={mining!r} is not one of "
-                             f"{embedding_losses.MINING}")
+                             f"{metric_learning.MINING}")
         self.class_names = tuple(class_names or (str(k) for k in range(num_classes)))
         self._eval_cache: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -253,7 +254,7 @@ class FewShotTask(Task):
         g_emb, g_lab, g_ok = ctx.all_gather((emb, lab, ok))
         first = ctx.example_offset(b) * (rows // b)
         anchor = (jnp.arange(g_emb.shape[0]) >= first) & (jnp.arange(g_emb.shape[0]) < first + rows)
-        return embedding_losses.triplet_loss(g_emb, g_lab, anchor_mask=anchor, valid=g_ok,
+        return metric_learning.triplet_loss(g_emb, g_lab, anchor_mask=anchor, valid=g_ok,
                                              **self.triplet)
 
     # -------------------------------------------------------------------------- evaluation

@@ -10,7 +10,7 @@ Loss: the model's train-mode output maps loss names to `(sum, count)` pairs (RPN
 box regression, classifier, box regression, mask); the task adds them, each normalised by its own
 *global* count. Evaluation: detections per image come back to the host, masks are pasted at the
 image size (`segjax.ops.paste_masks`, threshold 0.5) and scored with pycocotools' COCOeval
-(`segjax.coco`); checkpoints are ranked by `mask_ap`.
+(`segjax.metrics.coco`); checkpoints are ranked by `mask_ap`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import coco, visualize
+from segjax import visualize
+from segjax.metrics import coco
 from segjax.tasks.base import Accumulator, StepContext, Task
 from segjax.tasks.registry import register, section
 

@@ -5,8 +5,8 @@ Batches: train `{"image" [B, H, W, 3] float32, "label" [B, H, W] int32}`; eval a
 Loss: `segjax.losses.LOSSES[config.loss.kind]` on `"logits"`, plus `aux_weight` times the same
 loss on `"aux_logits"` when the model has them, each normalised by its own global count.
 Evaluation: the confusion matrix (and Boundary IoU counts) of the argmax of
-`segjax.evaluate.predict_probs` (whole image, multi-scale + flip TTA or sliding window), summed
-as int64 on the host; checkpoints are ranked by `miou`.
+`segjax.tasks.semantic_predict.predict_probs` (whole image, multi-scale + flip TTA or sliding
+window), summed as int64 on the host; checkpoints are ranked by `miou`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import evaluate, losses, metrics as metrics_lib, visualize
+from segjax import losses, metrics as metrics_lib, visualize
 from segjax.models.outputs import AUX_LOGITS, LOGITS
+from segjax.tasks import semantic_predict
 from segjax.tasks.base import Accumulator, StepContext, Task
 from segjax.tasks.registry import register, section
 
 BEST_METRIC = "miou"
-# Losses whose selection ranks pixels over the whole batch: they take the context's gather.
-_GATHERING_LOSSES = ("ohem",)
 EVAL_KEYS = ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou", "iou_per_class", "num_pixels",
              "boundary_iou", "boundary_iou_per_class")
 
@@ -56,7 +55,7 @@ class SemanticTask(Task):
       loss_kind: a key of `segjax.losses.LOSSES`.
       loss_kwargs: keyword arguments of that loss (class_weights, gamma, thresh, ...).
       aux_weight: weight of the loss on "aux_logits" (0 disables it).
-      scales, flip, window, stride: evaluation (see `segjax.evaluate.predict_probs`).
+      scales, flip, window, stride: evaluation (see `segjax.tasks.semantic_predict.predict_probs`).
       boundary_iou: also count Boundary IoU at evaluation, with a boundary width of
         `boundary_dilation_ratio` times the padded batch's diagonal (Cheng et al.: 2%).
       class_names, palette: for the pictures (default: the ids and VOC's colour map).
@@ -100,7 +99,7 @@ class SemanticTask(Task):
     def _head_loss(self, logits, labels, ctx: StepContext):
         fn = losses.LOSSES[self.loss_kind]
         kwargs = dict(self.loss_kwargs)
-        if self.loss_kind in _GATHERING_LOSSES:
+        if losses.gathers(self.loss_kind):  # it ranks pixels over the whole batch
             kwargs["gather"] = ctx.all_gather
         return fn(logits, labels, ignore_label=self.ignore_label, **kwargs)
 
@@ -128,7 +127,7 @@ class SemanticTask(Task):
         def logits_fn(v, images):
             return apply_fn(v, images, train=False)[LOGITS]
 
-        probs = evaluate.predict_probs(logits_fn, variables, batch["image"], scales=self.scales,
+        probs = semantic_predict.predict_probs(logits_fn, variables, batch["image"], scales=self.scales,
                                        flip=self.flip, window=self.window, stride=self.stride)
         pred = jnp.argmax(probs, axis=-1).astype(jnp.int32)
         valid = batch.get("valid")
@@ -191,7 +190,7 @@ class SemanticTask(Task):
 
         @jax.jit
         def classes(v, x):
-            probs = evaluate.predict_probs(logits_fn, v, x, scales=self.scales, flip=self.flip,
+            probs = semantic_predict.predict_probs(logits_fn, v, x, scales=self.scales, flip=self.flip,
                                            window=self.window, stride=self.stride)
             return jnp.argmax(probs, -1)
 

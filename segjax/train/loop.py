@@ -29,9 +29,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from segjax import evaluate as eval_lib
 from segjax.tasks import build_task
 from segjax.train import build, config_utils, pretrained
+from segjax.train import evaluate as eval_lib
 from segjax.train import parallel as parallel_lib
 from segjax.train.checkpoint import Checkpointer
 from segjax.train.metric_writers import MetricWriter, Progress, read_metrics

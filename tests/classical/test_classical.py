@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from segjax.classical import METHODS, available_methods, labelling, scoring, segment
-from segjax.classical import evaluate as classical_eval
+from segjax.classical import benchmark
 
 K = 6  # synthetic_shapes: background + 5 shapes
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -135,7 +135,7 @@ MIOU_FLOORS = {  # measured: 0.628 0.235 0.624 0.624 0.445 0.568 0.580 0.996 1 1
 
 @pytest.fixture(scope="module")
 def tiny_results():
-    results, preds, examples = classical_eval.evaluate("synthetic_shapes/tiny", num_images=8,
+    results, preds, examples = benchmark.evaluate("synthetic_shapes/tiny", num_images=8,
                                                        workers=1, progress=lambda s: None)
     return results, preds, examples
 

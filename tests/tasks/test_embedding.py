@@ -74,7 +74,7 @@ def batch(np_rng, n=8, h=10, w=12, d=3):
 def test_loss_is_torch_ce_plus_the_discriminative_loss_globally_on_four_devices(np_rng):
     import torch
 
-    from tests.test_embedding_losses import torch_discriminative
+    from tests.losses.test_metric_learning import torch_discriminative
 
     task = EmbeddingTask(num_classes=K, ignore_label=IGNORE, max_instances=M, disc_weight=0.7)
     outputs, b = batch(np_rng)

@@ -101,12 +101,12 @@ def test_optimizer_and_loss_kwargs_from_config():
 
 def test_kfold_splits_train_and_evaluate_disjoint_parts_of_the_train_split():
     from experiments.configs import deeplab_voc
-    from segjax import ablation
+    from segjax.train import sweep
     from segjax.data import pipeline
 
     c = deeplab_voc.get_config("demo")
     assert splits.data_splits(c.dataset) == ({}, c.dataset.eval_split, {}, c.dataset.eval_split)
-    c = ablation.make_config(c, (("dataset.fold", 2),), seed=0)  # as a sweep sets it
+    c = sweep.make_config(c, (("dataset.fold", 2),), seed=0)  # as a sweep sets it
     train_kw, eval_split, eval_kw, label = splits.data_splits(c.dataset)
     assert eval_split == c.dataset.train_split and train_kw == eval_kw
     assert label == f"{c.dataset.train_split}/fold2of5"
@@ -121,10 +121,10 @@ def test_kfold_splits_train_and_evaluate_disjoint_parts_of_the_train_split():
 
 def test_leave_p_out_splits_are_labelled_and_checked():
     from experiments.configs import deeplab_voc
-    from segjax import ablation
+    from segjax.train import sweep
 
     c = deeplab_voc.get_config("demo")
-    c = ablation.make_config(c, (("dataset.fold", 7), ("dataset.leave_out", 2)), seed=0)
+    c = sweep.make_config(c, (("dataset.fold", 7), ("dataset.leave_out", 2)), seed=0)
     train_kw, eval_split, eval_kw, label = splits.data_splits(c.dataset)
     assert train_kw == eval_kw and train_kw["leave_out"] == 2 and train_kw["fold"] == 7
     assert eval_split == c.dataset.train_split

@@ -7,6 +7,9 @@ mean ± std and a Student-t 95% CI of the chosen metric, and paired differences 
 cell across seeds. Everything written is a pure function of the runs' metrics, so the same sweep
 gives byte-identical tables.
 
+The library behind `python -m experiments.ablate` (one sweep from the command line) and
+`python -m experiments.ablations` (the studies defined in `experiments/ablations/`).
+
 Example:
   >>> sweeps = [parse_sweep("model.name=unet,deeplabv3plus_resnet18")]
   >>> results = run_sweep(base_config, sweeps, seeds=[0, 1, 2], workdir="/tmp/abl", train_fn=...)
@@ -29,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
-from segjax import stats
+from segjax.metrics import stats
 from segjax.train.metric_writers import read_metrics
 
 RESULT_FILE = "result.json"

@@ -1,11 +1,11 @@
-"""segjax.stats against hand-computed values (t quantiles from tables, not from scipy)."""
+"""segjax.metrics.stats against hand-computed values (t quantiles from tables, not from scipy)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from segjax import stats
+from segjax.metrics import stats
 
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105}  # Student t tables
 

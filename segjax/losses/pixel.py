@@ -1,4 +1,8 @@
-"""Segmentation losses as `(sum, count)` pairs.
+"""Per-pixel classification losses as `(sum, count)` pairs, registered in `segjax.losses.LOSSES`.
+
+The names `config.loss.kind` selects: "ce" (`cross_entropy`), "focal" (`focal_loss`), "dice"
+(`dice_loss`), "lovasz" (`lovasz_softmax`), "ohem" (`ohem_cross_entropy`, which ranks pixels over
+the whole batch: registered with `gathers=True`).
 
 Every loss returns the sum of its per-element terms and the normaliser it should be divided by
 (scenic style). Under data parallelism the caller adds up both over devices before dividing, so a
@@ -24,8 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-Pair = tuple[jax.Array, jax.Array]
+from segjax.losses.registry import Pair, register
 
 
 def _check(logits: jax.Array, labels: jax.Array) -> None:
@@ -79,6 +82,7 @@ def _pixel_weights(class_weights, safe, valid):
     return jnp.where(valid, w[safe], 0.0)
 
 
+@register("ce")
 def cross_entropy(
     logits: jax.Array,
     labels: jax.Array,
@@ -111,6 +115,7 @@ def cross_entropy(
     return jnp.sum(per_pixel), jnp.sum(pixel_w)
 
 
+@register("focal")
 def focal_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -142,6 +147,7 @@ def focal_loss(
     return jnp.sum(-pixel_w * modulator * log_py), jnp.sum(pixel_w)
 
 
+@register("dice")
 def dice_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -202,6 +208,7 @@ def _lovasz_image(probs: jax.Array, labels: jax.Array, valid: jax.Array) -> tupl
     return loss, n_present > 0
 
 
+@register("lovasz")
 def lovasz_softmax(
     logits: jax.Array,
     labels: jax.Array,
@@ -224,6 +231,7 @@ def lovasz_softmax(
     return jnp.sum(jnp.where(has_any, losses, 0.0)), jnp.sum(has_any.astype(jnp.float32))
 
 
+@register("ohem", gathers=True)
 def ohem_cross_entropy(
     logits: jax.Array,
     labels: jax.Array,
@@ -277,14 +285,3 @@ def ohem_cross_entropy(
         raise ValueError("ohem_cross_entropy needs thresh or top_k")
     return jnp.sum(jnp.where(keep, nll, 0.0)), jnp.sum(keep.astype(jnp.float32))
 
-
-LOSSES = {
-    "ce": cross_entropy,
-    "focal": focal_loss,
-    "dice": dice_loss,
-    "lovasz": lovasz_softmax,
-    "ohem": ohem_cross_entropy,
-}
-
-
-from segjax.embedding_losses import contrastive_loss, discriminative_loss, pair_contrastive_loss, triplet_loss  # noqa: E402,F401

@@ -1,4 +1,5 @@
-"""Runs the classical methods over a dataset's validation images and scores them.
+"""The classical baselines' benchmark: every method over a dataset's validation images, timed and
+scored, and the report (`results.json`, `report.md`, figures) of `python -m experiments.classical`.
 
     results, predictions, examples = evaluate("synthetic_shapes/clean", num_images=32)
     write_outputs(workdir, "synthetic_shapes/clean", results, predictions, examples)

@@ -1,4 +1,5 @@
-"""The sweep runner with a fake, deterministic train function (the real loop is tested elsewhere)."""
+"""segjax.train.sweep, the seeded sweep runner, with a fake, deterministic train function (the real
+loop is tested elsewhere)."""
 
 import json
 import os
@@ -6,7 +7,7 @@ import os
 import ml_collections
 import pytest
 
-from segjax import ablation
+from segjax.train import sweep
 
 
 def _base():
@@ -30,41 +31,41 @@ def _fake_train(calls):
 
 
 def test_parse_sweep_values_and_errors():
-    s = ablation.parse_sweep("model.multi_grid=(1,2,4),(1,1,1)")
-    assert s == ablation.Sweep("model.multi_grid", ((1, 2, 4), (1, 1, 1)))
-    assert ablation.parse_sweep("lr=0.1,1e-2").values == (0.1, 0.01)
-    assert ablation.parse_sweep("model.name=unet,deeplab").values == ("unet", "deeplab")
+    s = sweep.parse_sweep("model.multi_grid=(1,2,4),(1,1,1)")
+    assert s == sweep.Sweep("model.multi_grid", ((1, 2, 4), (1, 1, 1)))
+    assert sweep.parse_sweep("lr=0.1,1e-2").values == (0.1, 0.01)
+    assert sweep.parse_sweep("model.name=unet,deeplab").values == ("unet", "deeplab")
     for bad in ("lr", "=1,2", "lr=", "lr=1,1"):
         with pytest.raises(ValueError):
-            ablation.parse_sweep(bad)
-    assert ablation.parse_seeds("0, 2,1") == [0, 2, 1]
+            sweep.parse_sweep(bad)
+    assert sweep.parse_seeds("0, 2,1") == [0, 2, 1]
     with pytest.raises(ValueError):
-        ablation.parse_seeds("0,0")
+        sweep.parse_seeds("0,0")
 
 
 def test_make_config_sets_values_and_rejects_unknown_keys():
     base = _base()
-    c = ablation.make_config(base, (("lr", 1), ("model.name", "deeplab")), seed=3)
+    c = sweep.make_config(base, (("lr", 1), ("model.name", "deeplab")), seed=3)
     assert (c.lr, c.model.name, c.seed) == (1.0, "deeplab", 3) and isinstance(c.lr, float)
     assert (base.lr, base.model.name, base.seed) == (0.1, "unet", 0)  # base untouched
     with pytest.raises(ValueError, match="model.nmae"):
-        ablation.make_config(base, (("model.nmae", "x"),), seed=0)
+        sweep.make_config(base, (("model.nmae", "x"),), seed=0)
     with pytest.raises(ValueError, match="lr"):
-        ablation.make_config(base, (("lr", "fast"),), seed=0)
+        sweep.make_config(base, (("lr", "fast"),), seed=0)
 
 
 def test_sweep_runs_grid_skips_finished_and_reports_identically(tmp_path):
-    sweeps = [ablation.parse_sweep("model.name=unet,deeplab"), ablation.parse_sweep("lr=0.1,0.2")]
+    sweeps = [sweep.parse_sweep("model.name=unet,deeplab"), sweep.parse_sweep("lr=0.1,0.2")]
     calls = []
-    results = ablation.run_sweep(_base(), sweeps, [0, 1, 2], str(tmp_path), train_fn=_fake_train(calls), log=lambda s: None)
+    results = sweep.run_sweep(_base(), sweeps, [0, 1, 2], str(tmp_path), train_fn=_fake_train(calls), log=lambda s: None)
     assert len(calls) == 12 and len(set(calls)) == 12
-    paths = ablation.write_report(results, sweeps, str(tmp_path), command="python -m experiments.ablate ...")
+    paths = sweep.write_report(results, sweeps, str(tmp_path), command="python -m experiments.ablate ...")
     first = {k: open(p, "rb").read() for k, p in paths.items()}
 
     # Second invocation: nothing retrains, tables are byte-identical.
-    results2 = ablation.run_sweep(_base(), sweeps, [0, 1, 2], str(tmp_path), train_fn=_fake_train(calls), log=lambda s: None)
+    results2 = sweep.run_sweep(_base(), sweeps, [0, 1, 2], str(tmp_path), train_fn=_fake_train(calls), log=lambda s: None)
     assert len(calls) == 12
-    paths2 = ablation.write_report(results2, sweeps, str(tmp_path), command="python -m experiments.ablate ...")
+    paths2 = sweep.write_report(results2, sweeps, str(tmp_path), command="python -m experiments.ablate ...")
     assert {k: open(p, "rb").read() for k, p in paths2.items()} == first
 
     md = first["md"].decode()
@@ -78,7 +79,7 @@ def test_sweep_runs_grid_skips_finished_and_reports_identically(tmp_path):
 
 
 def test_interrupted_run_is_rerun_in_the_same_directory(tmp_path):
-    sweeps = [ablation.parse_sweep("lr=0.1")]
+    sweeps = [sweep.parse_sweep("lr=0.1")]
     calls = []
 
     def crash(config, workdir):
@@ -86,65 +87,65 @@ def test_interrupted_run_is_rerun_in_the_same_directory(tmp_path):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        ablation.run_sweep(_base(), sweeps, [0], str(tmp_path), train_fn=crash, log=lambda s: None)
-    results = ablation.run_sweep(_base(), sweeps, [0], str(tmp_path), train_fn=_fake_train(calls), log=lambda s: None)
-    assert calls[0] == ablation.run_dir(str(tmp_path), (("lr", 0.1),), 0)
-    assert ablation.metric_value(results[0].final, "miou") == pytest.approx(0.61)
-    assert ablation.metric_value(results[0].final, "train/loss") == pytest.approx(0.39)
+        sweep.run_sweep(_base(), sweeps, [0], str(tmp_path), train_fn=crash, log=lambda s: None)
+    results = sweep.run_sweep(_base(), sweeps, [0], str(tmp_path), train_fn=_fake_train(calls), log=lambda s: None)
+    assert calls[0] == sweep.run_dir(str(tmp_path), (("lr", 0.1),), 0)
+    assert sweep.metric_value(results[0].final, "miou") == pytest.approx(0.61)
+    assert sweep.metric_value(results[0].final, "train/loss") == pytest.approx(0.39)
     with pytest.raises(ValueError, match="accuracy"):
-        ablation.metric_value(results[0].final, "accuracy")
+        sweep.metric_value(results[0].final, "accuracy")
 
 
 def test_baseline_must_be_a_cell(tmp_path):
-    sweeps = [ablation.parse_sweep("lr=0.1,0.2")]
-    results = ablation.run_sweep(_base(), sweeps, [0, 1], str(tmp_path), train_fn=_fake_train([]), log=lambda s: None)
+    sweeps = [sweep.parse_sweep("lr=0.1,0.2")]
+    results = sweep.run_sweep(_base(), sweeps, [0, 1], str(tmp_path), train_fn=_fake_train([]), log=lambda s: None)
     with pytest.raises(ValueError, match="baseline"):
-        ablation.write_report(results, sweeps, str(tmp_path), baseline=(("lr", 0.3),))
-    md = open(ablation.write_report(results, sweeps, str(tmp_path), baseline=(("lr", 0.2),))["md"]).read()
+        sweep.write_report(results, sweeps, str(tmp_path), baseline=(("lr", 0.3),))
+    md = open(sweep.write_report(results, sweeps, str(tmp_path), baseline=(("lr", 0.2),))["md"]).read()
     assert "against lr=0.2" in md and "| lr=0.1 | 2 | -0.0100 |" in md
 
 
 def test_joint_sweep_sets_keys_together_and_validates_widths():
     c = ml_collections.ConfigDict({"seed": 0, "lo": 1.0, "hi": 1.0})
-    s = ablation.parse_sweep("lo,hi=(1.0,1.0),(0.5,2.0)")
-    assert s.key == "lo,hi" and ablation.grid([s])[1] == (("lo,hi", (0.5, 2.0)),)
-    config = ablation.make_config(c, ablation.grid([s])[1], seed=1)
+    s = sweep.parse_sweep("lo,hi=(1.0,1.0),(0.5,2.0)")
+    assert s.key == "lo,hi" and sweep.grid([s])[1] == (("lo,hi", (0.5, 2.0)),)
+    config = sweep.make_config(c, sweep.grid([s])[1], seed=1)
     assert (config.lo, config.hi, config.seed) == (0.5, 2.0, 1)
     with pytest.raises(ValueError, match="tuple of 2"):
-        ablation.parse_sweep("lo,hi=(1.0,1.0),0.5")
+        sweep.parse_sweep("lo,hi=(1.0,1.0),0.5")
     with pytest.raises(ValueError, match="swept twice"):
-        ablation.grid([s, ablation.parse_sweep("hi=1,2")])
+        sweep.grid([s, sweep.parse_sweep("hi=1,2")])
 
 
 def test_metric_value_indexes_lists_and_names_missing_keys():
     final = {"train": {"loss": 0.3}, "val": {"miou": 0.5, "iou_per_class": [0.9, 0.1, 0.2]}}
-    assert ablation.metric_value(final, "iou_per_class[1]") == 0.1
-    assert ablation.metric_value(final, "val/miou") == 0.5
-    assert ablation.metric_value(final, "loss") == 0.3
+    assert sweep.metric_value(final, "iou_per_class[1]") == 0.1
+    assert sweep.metric_value(final, "val/miou") == 0.5
+    assert sweep.metric_value(final, "loss") == 0.3
     with pytest.raises(ValueError, match="no entry 3"):
-        ablation.metric_value(final, "iou_per_class[3]")
+        sweep.metric_value(final, "iou_per_class[3]")
     with pytest.raises(ValueError, match="not in the run's final metrics"):
-        ablation.metric_value(final, "boundary_iou")
+        sweep.metric_value(final, "boundary_iou")
 
 
 def test_parse_baseline_fills_unnamed_keys_and_rejects_unswept_ones():
-    sweeps = [ablation.parse_sweep("model.name=unet,deeplab"), ablation.parse_sweep("lr=0.1,0.2")]
-    assert ablation.parse_baseline("", sweeps) is None
-    assert ablation.parse_baseline("lr=0.2", sweeps) == (("model.name", "unet"), ("lr", 0.2))
+    sweeps = [sweep.parse_sweep("model.name=unet,deeplab"), sweep.parse_sweep("lr=0.1,0.2")]
+    assert sweep.parse_baseline("", sweeps) is None
+    assert sweep.parse_baseline("lr=0.2", sweeps) == (("model.name", "unet"), ("lr", 0.2))
     with pytest.raises(ValueError, match="not swept"):
-        ablation.parse_baseline("seed=1", sweeps)
+        sweep.parse_baseline("seed=1", sweeps)
 
 
 def test_config_run_dir_is_shared_by_equal_configs_only(tmp_path):
-    sweeps = [ablation.parse_sweep("lr=0.1,0.2")]
+    sweeps = [sweep.parse_sweep("lr=0.1,0.2")]
     calls = []
-    place = lambda cell, seed, config: ablation.config_run_dir(str(tmp_path / "runs"), config)  # noqa: E731
-    ablation.run_sweep(_base(), sweeps, [0, 1], str(tmp_path / "a"), train_fn=_fake_train(calls),
-                       log=lambda s: None, run_dir_fn=place)
+    place = lambda cell, seed, config: sweep.config_run_dir(str(tmp_path / "runs"), config)  # noqa: E731
+    sweep.run_sweep(_base(), sweeps, [0, 1], str(tmp_path / "a"), train_fn=_fake_train(calls),
+                    log=lambda s: None, run_dir_fn=place)
     # A second sweep sharing the lr=0.1 cell trains only its new cell.
-    results = ablation.run_sweep(_base(), [ablation.parse_sweep("lr=0.1,0.3")], [0, 1],
-                                 str(tmp_path / "b"), train_fn=_fake_train(calls),
-                                 log=lambda s: None, run_dir_fn=place)
+    results = sweep.run_sweep(_base(), [sweep.parse_sweep("lr=0.1,0.3")], [0, 1],
+                              str(tmp_path / "b"), train_fn=_fake_train(calls),
+                              log=lambda s: None, run_dir_fn=place)
     assert len(calls) == 6 and [c[1] for c in calls[4:]] == [0.3, 0.3]
     assert len(os.listdir(tmp_path / "runs")) == 6
     assert [r.cell[0][1] for r in results] == [0.1, 0.1, 0.3, 0.3]

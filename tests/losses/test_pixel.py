@@ -1,4 +1,4 @@
-"""segjax.losses against torch and plainly written references, values and gradients."""
+"""segjax.losses.pixel (and the LOSSES table) against torch and plainly written references, values and gradients."""
 
 import functools
 
@@ -253,7 +253,7 @@ def test_semantic_task_adds_weighted_aux(np_rng):
     logits, labels = make(np_rng)
     aux = np_rng.normal(size=logits.shape).astype(np.float32)
 
-    def task_loss(kind, aux_weight=0.4, **kw):
+    def task_loss(kind, aux_weight=0.4, aux=aux, **kw):
         task = SemanticTask(num_classes=K, ignore_label=IGNORE, loss_kind=kind, loss_kwargs=kw,
                             aux_weight=aux_weight)
         return task.loss({"logits": logits, "aux_logits": aux}, {"label": labels}, CTX)
@@ -266,8 +266,11 @@ def test_semantic_task_adds_weighted_aux(np_rng):
         np.testing.assert_allclose(float(s / c), float(ms / mc + 0.4 * as_ / ac), rtol=1e-5)
     s, c = task_loss("ce", aux_weight=0.0)
     np.testing.assert_allclose(np.array([s, c]), np.array(losses.cross_entropy(logits, labels, ignore_label=IGNORE)))
-    # OHEM: main and aux select different pixels; each is normalised by its own count.
-    s, c = task_loss("ohem", thresh=0.5)
+    # OHEM: main and aux select different pixels; each is normalised by its own count. The aux
+    # head is made unsure (every p_true < 0.5: all counted pixels kept) while the main head is
+    # sure of some pixels, so the two counts differ whatever the random draw.
+    aux = aux * 0.01
+    s, c = task_loss("ohem", aux=aux, thresh=0.5)
     ms, mc = losses.ohem_cross_entropy(logits, labels, ignore_label=IGNORE, thresh=0.5)
     as_, ac = losses.ohem_cross_entropy(aux, labels, ignore_label=IGNORE, thresh=0.5)
     assert float(mc) != float(ac)

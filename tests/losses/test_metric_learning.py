@@ -1,4 +1,4 @@
-"""segjax.embedding_losses in float64, values and gradients, against independent references.
+"""segjax.losses.metric_learning in float64, values and gradients, against independent references.
 
 References: pytorch-metric-learning (PML) where it computes the same thing, a NumPy loop
 transcription of TF-Addons' `triplet_semihard_loss` / `triplet_hard_loss` (TF-Addons is
@@ -23,7 +23,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import reducers as pml_reducers
 
-from segjax import embedding_losses as el
+from segjax.losses import metric_learning as el
 from segjax import losses
 
 pytestmark = pytest.mark.usefixtures("x64")

@@ -1,10 +1,10 @@
-"""segjax.coco: ground truth submitted as detections scores AP 1.0; hand-computed partial AP;
+"""segjax.metrics.coco: ground truth submitted as detections scores AP 1.0; hand-computed partial AP;
 instance extraction from class and instance-id maps against a numpy loop."""
 
 import numpy as np
 import pytest
 
-from segjax import coco
+from segjax.metrics import coco
 
 
 def square(h, w, y, x, s):

@@ -1,4 +1,4 @@
-"""segjax.metrics against numpy loops and hand-computed examples."""
+"""segjax.metrics.segmentation against numpy loops and hand-computed examples."""
 
 import functools
 import math

@@ -1,4 +1,5 @@
-"""Evaluation at the original resolution: whole-image, multi-scale + flip TTA, sliding window.
+"""The semantic task's prediction at the original resolution: whole image, multi-scale + flip
+TTA, sliding window (`predict_probs`).
 
 Eval batches are padded to one fixed canvas (`eval.pad_to`) with the ignore label and carry a
 per-example `valid` flag, so one compiled function serves the whole split: nothing recompiles per
@@ -13,22 +14,20 @@ the confusion matrix, so the metrics are those of the original-size images.
   border), logits averaged where tiles overlap; an image smaller than the window is predicted
   whole.
 
-`evaluate` drives any task's compiled eval step (`segjax.train.parallel.Parallel.eval_step`, the
-same strategy, pmap or mesh, that trains) over the batches and returns the task's metrics; the
-semantic task's per-batch statistics use `predict_probs` below.
+The semantic task's per-batch evaluation statistics (`segjax.tasks.semantic`) and
+`experiments.predict` use `predict_probs`; the loop over eval batches that feeds any task's
+accumulator is `segjax.train.evaluate`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from segjax.models.outputs import LOGITS
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (variables, images [N,h,w,3]) -> logits
 
@@ -113,44 +112,3 @@ def predict_probs(apply_fn: ApplyFn, variables: Any, images: jax.Array, *,
             total = probs if total is None else total + probs
     return total / (len(scales) * (2 if flip else 1))
 
-
-def model_apply_fn(model) -> ApplyFn:
-    """`(variables, images) -> logits` of a segjax model in eval mode."""
-
-    def apply(variables, images):
-        return model.apply(variables, images, train=False)[LOGITS]
-
-    return apply
-
-
-def evaluate(par, eval_step, state: Any, task, batches: Iterable[Mapping[str, np.ndarray]], *,
-             on_batch: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None]
-             | None = None) -> dict[str, Any]:
-    """Runs a compiled eval step over `batches` and returns the task's metrics.
-
-    Args:
-      par: the `segjax.train.parallel.Parallel` strategy the state lives in.
-      eval_step: `par.eval_step(task)`.
-      state: the device state (`par.replicate(host_state)`).
-      task: the `segjax.tasks.Task`.
-      batches: process-local eval batches, all of one shape (padded, with "valid").
-      on_batch: optional `(batch, per_example)` callback with this process's rows as numpy,
-        e.g. to write pictures.
-
-    Raises:
-      RuntimeError: the step was traced more than once (batches of differing shapes).
-    """
-    acc = task.new_accumulator()
-    traces_before = eval_step.trace_count()
-    for batch in batches:
-        sums, per_example = eval_step(state, par.shard_batch(
-            {k: batch[k] for k in batch if k in task.eval_keys or k == "valid"}))
-        rows = {k: par.local_rows(v) for k, v in per_example.items()}
-        acc.update(par.host_value(sums), rows, batch)
-        if on_batch is not None:
-            on_batch(batch, rows)
-    if eval_step.trace_count() > max(traces_before, 1):
-        # Static shapes are the contract: a retrace means batches of differing shapes.
-        raise RuntimeError(f"the eval step was traced {eval_step.trace_count()} times; eval "
-                           "batches must all have one shape (pad them with eval.pad_to)")
-    return acc.result()

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.losses import valid_pixels
+from segjax.losses.pixel import valid_pixels
 from segjax.ops.morphology import erosion, square
 
 

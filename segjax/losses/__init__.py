@@ -1,0 +1,21 @@
+"""Losses, every one a `(sum, count)` pair so that sharded and partial batches normalise globally.
+
+- `pixel`: per-pixel classification losses (cross-entropy, focal, Dice, Lovász-softmax, OHEM),
+  registered in `LOSSES` under the names `config.loss.kind` selects.
+- `metric_learning`: losses on embeddings (triplet, contrastive, discriminative).
+- `registry`: `register("name")` adds a per-pixel loss to `LOSSES` from anywhere; `gathers(name)`
+  says whether it ranks pixels over the whole batch.
+
+(Detection losses live with the detection wing, `segjax.models.detection.losses`.)
+"""
+
+from segjax.losses.registry import LOSSES, Pair, gathers, register
+from segjax.losses.pixel import (cross_entropy, dice_loss, focal_loss, lovasz_softmax,
+                                 ohem_cross_entropy, valid_pixels)
+from segjax.losses.metric_learning import (contrastive_loss, discriminative_loss,
+                                           pair_contrastive_loss, triplet_loss)
+
+__all__ = ["LOSSES", "Pair", "contrastive_loss", "cross_entropy", "dice_loss",
+           "discriminative_loss", "focal_loss", "gathers", "lovasz_softmax",
+           "ohem_cross_entropy", "pair_contrastive_loss", "register", "triplet_loss",
+           "valid_pixels"]
