@@ -18,8 +18,8 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 
 from segjax.ops.boxes import (box_area, box_iou, clip_boxes, decode_boxes, encode_boxes,
                               remove_small_boxes)
-from segjax.ops.conv import (atrous_conv2d, conv2d, conv_as_matrix, conv_general_dilated,
-                             conv_transpose2d)
+from segjax.ops.conv import atrous_conv2d, conv2d, conv_general_dilated
+from segjax.ops.conv_transpose import conv_as_matrix, conv_transpose2d
 from segjax.ops.morphology import closing, dilation, disk, erosion, opening, square
 from segjax.ops.nms import batched_nms, nms
 from segjax.ops.paste_masks import paste_masks
