@@ -95,9 +95,12 @@ def retarget_model(config: ml_collections.ConfigDict, preset_model: str,
     """
     from segjax.models.registry import accepted_overrides
 
-    if config.model.name == preset_model:
+    if "model" not in config or config.model.get("name") in (None, preset_model):
         return []
-    accepted = accepted_overrides(config.model.name)
+    try:
+        accepted = accepted_overrides(config.model.name)
+    except ValueError:  # an unknown name: create_model says so, listing the known ones
+        return []
     if accepted is None:
         return []
     reset = [k for k, v in config.model.items()

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 
 from segjax.metrics import stats
+from segjax.train import config_utils
 from segjax.train.metric_writers import read_metrics
 
 RESULT_FILE = "result.json"
@@ -173,7 +174,9 @@ def make_config(base: ml_collections.ConfigDict, cell: Cell, seed: int, *,
     """`base` with the cell's values and `seed` set (a copy; `base` is not modified).
 
     `resolve` maps each cell value to the value set (e.g. expanding a placeholder path); the
-    cell, and so every label and directory name, keeps the unresolved value.
+    cell, and so every label and directory name, keeps the unresolved value. A cell that sets
+    another `model.name` drops the base's model fields that model does not take
+    (`config_utils.retarget_model`), except those the cell sets.
     """
     config = copy.deepcopy(base)
     for key, value in cell:
@@ -181,6 +184,11 @@ def make_config(base: ml_collections.ConfigDict, cell: Cell, seed: int, *,
         for k, v in zip(keys, value if len(keys) > 1 else (value,)):
             _set(config, k, resolve(v) if resolve else v)
     _set(config, "seed", seed)
+    # A cell that changes the model leaves out the base's fields for the base's model.
+    cell_model_keys = [k[len("model."):] for key, _ in cell for k in key.split(",")
+                       if k.startswith("model.")]
+    if "model" in base:
+        config_utils.retarget_model(config, base.model.get("name"), kept=cell_model_keys)
     return config
 
 

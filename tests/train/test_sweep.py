@@ -149,3 +149,18 @@ def test_config_run_dir_is_shared_by_equal_configs_only(tmp_path):
     assert len(calls) == 6 and [c[1] for c in calls[4:]] == [0.3, 0.3]
     assert len(os.listdir(tmp_path / "runs")) == 6
     assert [r.cell[0][1] for r in results] == [0.1, 0.1, 0.3, 0.3]
+
+
+def test_a_cell_with_another_model_leaves_out_the_base_models_fields():
+    """Sweeping model.name over the DeepLab demo: unet gets neither backbone_width nor
+    output_stride (set for deeplabv3plus_resnet18), and a field the cell sets is kept."""
+    from experiments.configs import deeplab_voc
+
+    base = deeplab_voc.get_config("demo")
+    config = sweep.make_config(base, (("model.name", "unet"),), 0)
+    assert config.model.backbone_width is None and config.model.output_stride is None
+    assert base.model.backbone_width == 16  # the base is not modified
+    same = sweep.make_config(base, (("model.name", "deeplabv3plus_resnet18"),), 0)
+    assert same.model.backbone_width == 16 and same.model.output_stride == 8
+    kept = sweep.make_config(base, (("model.name,model.output_stride", ("unet", 16)),), 0)
+    assert kept.model.output_stride == 16 and kept.model.backbone_width is None
