@@ -1,4 +1,5 @@
 """What both segjax TFDS builders share."""
+import os
 import sys
 
 from etils import epath
@@ -18,3 +19,12 @@ class LocalCodePath:
     def code_path(cls) -> epath.Path:
         """The builder's source file."""
         return epath.Path(sys.modules[cls.__module__].__file__)
+
+
+def manual_dir_of(dl_manager) -> str:
+    """The builder's manual directory: TFDS's, or `<download_dir>/manual` when TFDS asserts that
+    it does not exist or is empty (the builder then fails naming what is missing there)."""
+    try:
+        return os.fspath(dl_manager.manual_dir)
+    except AssertionError:  # TFDS: the manual directory does not exist or is empty
+        return os.fspath(dl_manager.download_dir / "manual")

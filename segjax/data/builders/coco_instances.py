@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segjax.data.builders._common import LocalCodePath
+from segjax.data.builders._common import LocalCodePath, manual_dir_of
 
 IGNORE = 255
 # Original COCO 2017 category ids 1..90 -> names; the other ids of 0..90 are unused ("N/A").
@@ -311,10 +311,7 @@ class CocoInstances(LocalCodePath, tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        try:
-            manual_dir = os.fspath(dl_manager.manual_dir)
-        except AssertionError:  # TFDS: the manual directory does not exist or is empty
-            manual_dir = os.fspath(dl_manager.download_dir / "manual")
+        manual_dir = manual_dir_of(dl_manager)
         config = self.builder_config
         out = {}
         for split, (js, image_dir) in source_paths(config, manual_dir).items():

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segjax.data.builders._common import LocalCodePath
+from segjax.data.builders._common import LocalCodePath, manual_dir_of
 
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_TAR, VOC_SIZE = "VOCtrainval_11-May-2012.tar", 1999639040
@@ -192,10 +192,7 @@ class Voc2012Segmentation(LocalCodePath, tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        try:
-            manual_dir = os.fspath(dl_manager.manual_dir)
-        except AssertionError:  # TFDS: the manual directory does not exist or is empty
-            manual_dir = os.fspath(dl_manager.download_dir / "manual")
+        manual_dir = manual_dir_of(dl_manager)
         try:
             sources = find_sources(manual_dir)
         except FileNotFoundError:
