@@ -1,96 +1,20 @@
-"""Few-shot segmentation by prototypes (PANet: Wang, Liew, Zou, Zhou & Feng, ICCV 2019).
+"""Few-shot episodes, host-side (NumPy): N-way K-shot episodes drawn from any segmentation
+dataset, for the few-shot task (`segjax.tasks.fewshot`; the model and its prototype maths are
+`segjax.models.fewshot`).
 
-A shared encoder embeds the support and query images. **Masked average pooling** of a support
-image's features under its (resized) mask gives a class prototype, and under the complement a
-background prototype; with K shots the prototypes are averaged over the shots. The query is
-segmented pixel by pixel by the **scaled cosine similarity** to the prototypes (background first,
-then the N way classes), trained with cross-entropy. **Prototype alignment** (PAR) reverses the
-roles: prototypes pooled from the query under its *predicted* mask segment the support images,
-a second cross-entropy term.
-
-Shapes: `ways` N, `shots` K; features [..., h, w, C], masks [..., H, W] in {0, 1} (or soft);
-pixels marked invalid (the dataset's ignore label, padding) are excluded from every pool.
-
-Episodes: `EpisodeSampler` draws N-way K-shot episodes from per-image class presence (any
-segmentation dataset: `class_presence` of its label maps), restricted to a class subset so that
-training and testing use disjoint classes; every draw is a pure function of (seed, episode index).
+`EpisodeSampler` draws N-way K-shot episodes from per-image class presence (`class_presence` of
+the dataset's label maps), restricted to a class subset so that training and testing use
+disjoint classes; every draw is a pure function of (seed, episode index). `episode_masks` turns
+a query's label map into the episode's target (0 background, 1 + n way n) and validity, and
+`make_episodes` assembles a batch of episodes (the few-shot task's batch layout) from a pool of
+images and label maps.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-from segjax.ops import resize
-
-EPS = 1e-5  # PANet's denominator guard in masked average pooling
-
-
-def masked_average_pool(features: jax.Array, masks: jax.Array) -> jax.Array:
-    """Mean feature under each mask: features [B, h, w, C], masks [B, H, W] -> [B, C].
-
-    As PANet, the features are resized bilinearly (half-pixel centres) to the mask's size first,
-    then `sum(F * M) / (sum(M) + 1e-5)`: an empty mask gives a zero prototype.
-    """
-    size = masks.shape[-2:]
-    up = resize(features, size, method="bilinear", align_corners=False)
-    m = masks.astype(up.dtype)[..., None]
-    return jnp.sum(up * m, axis=(1, 2)) / (jnp.sum(m, axis=(1, 2)) + EPS)
-
-
-def prototypes(features: jax.Array, fg_masks: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-    """Background + N class prototypes from N-way K-shot support features.
-
-    Args:
-      features: [N, K, h, w, C] support features (way n's K shots).
-      fg_masks: [N, K, H, W] foreground masks of way n's class in its support images.
-      valid: [N, K, H, W] bool, pixels that count (None: all).
-
-    Returns:
-      [1 + N, C]: row 0 the background prototype (the mean over all N * K support images of the
-      pool under valid & not foreground), rows 1..N each way's foreground prototype (mean over
-      its K shots).
-    """
-    n, k = fg_masks.shape[:2]
-    flat_f = features.reshape(n * k, *features.shape[2:])
-    fg = fg_masks.reshape(n * k, *fg_masks.shape[2:]).astype(jnp.float32)
-    v = jnp.ones_like(fg) if valid is None else valid.reshape(fg.shape).astype(jnp.float32)
-    fg_p = masked_average_pool(flat_f, fg * v).reshape(n, k, -1).mean(axis=1)
-    bg_p = masked_average_pool(flat_f, (1.0 - fg) * v).mean(axis=0)
-    return jnp.concatenate([bg_p[None], fg_p], axis=0)
-
-
-def cosine_logits(features: jax.Array, protos: jax.Array, scale: float = 20.0) -> jax.Array:
-    """`scale * cos(feature, prototype)`: features [..., C], prototypes [P, C] -> [..., P].
-
-    The norms are clamped at 1e-8 as `torch.nn.functional.cosine_similarity` does, inside the
-    square root so that a zero vector (an empty mask's prototype) has a finite gradient."""
-    def unit(x):
-        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-16))
-
-    return scale * jnp.einsum("...c,pc->...p", unit(features), unit(protos))
-
-
-def sample_pixels(key: jax.Array, labels: jax.Array, valid: jax.Array, per_side: int
-                  ) -> tuple[jax.Array, jax.Array]:
-    """Up to `per_side` foreground (label > 0) and `per_side` background (label 0) pixels of one
-    label map [h, w], drawn uniformly without replacement among the `valid` ones (static shapes:
-    Gumbel-style top-k of uniform scores).
-
-    Returns (flat pixel indices int32 [2 per_side], ok bool [2 per_side]); `ok` is False for the
-    slots a side had no pixel left for (their index is arbitrary)."""
-    flat_l, flat_v = labels.reshape(-1), valid.reshape(-1).astype(bool)
-    u = jax.random.uniform(key, flat_l.shape)
-    index, ok = [], []
-    for side in (flat_l > 0, flat_l == 0):
-        top, idx = jax.lax.top_k(jnp.where(side & flat_v, u, -1.0), per_side)
-        index.append(idx.astype(jnp.int32))
-        ok.append(top >= 0)
-    return jnp.concatenate(index), jnp.concatenate(ok)
-
 
 def episode_masks(label: np.ndarray, classes: Sequence[int], ignore_label: int
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -167,5 +91,22 @@ class EpisodeSampler:
         return picked
 
 
-__all__ = ["EpisodeSampler", "class_presence", "cosine_logits", "episode_masks",
-           "masked_average_pool", "prototypes"]
+def make_episodes(images: np.ndarray, labels: np.ndarray, sampler: EpisodeSampler,
+                  indices: Sequence[int], *, ignore_label: int) -> dict[str, np.ndarray]:
+    """The batch of episodes `indices` of `sampler` over `images` [P, H, W, 3], `labels` [P, H, W]."""
+    rows = []
+    for i in indices:
+        classes, support, query = sampler.episode(int(i))
+        s_lab = labels[support]  # [N, K, H, W]
+        s_mask = np.stack([s_lab[n] == c for n, c in enumerate(classes)]).astype(np.float32)
+        q_target, q_valid = episode_masks(labels[query[0]], classes, ignore_label)
+        rows.append({"support_image": images[support], "support_mask": s_mask,
+                     "support_valid": s_lab != ignore_label, "query_image": images[query[0]],
+                     "query_target": q_target, "query_valid": q_valid,
+                     "classes": classes.astype(np.int32)})
+    out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    out["valid"] = np.ones(len(rows), bool)
+    return out
+
+
+__all__ = ["EpisodeSampler", "class_presence", "episode_masks", "make_episodes"]
