@@ -135,9 +135,9 @@ def test_loss_on_four_devices_equals_one_device(oracle_state, mode):
 def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     from segjax.train import loop
     from segjax.train.metric_writers import read_metrics
-    from experiments.configs import oracle
+    from experiments.configs import oracle as recipes
 
-    config = oracle.get_config("demo")
+    config = recipes.get_config("demo")
     config.lock()
     overrides = tiny_overrides(data_dir, num_train_steps=2, eval_every_steps=2,
                                checkpoint_every_steps=2, **{"model.hidden": 8,
