@@ -65,7 +65,7 @@ def predictors(model, variables, *, finetune_steps: int, finetune_lr: float,
     import jax
     import jax.numpy as jnp
 
-    from segjax import fewshot
+    from segjax.models.fewshot import cosine_logits
     from segjax.ops import resize
 
     def embed(v, x):
@@ -88,7 +88,7 @@ def predictors(model, variables, *, finetune_steps: int, finetune_lr: float,
                       grid, method="bilinear")[..., 0] >= 0.5
         valid = resize(b["support_valid"][:, 0, 0].astype(jnp.float32)[..., None], grid,
                        method="bilinear")[..., 0] >= 0.5
-        sim = jax.vmap(lambda q, s: fewshot.cosine_logits(q, s.reshape(-1, s.shape[-1]), 1.0))(q_f, s_f)
+        sim = jax.vmap(lambda q, s: cosine_logits(q, s.reshape(-1, s.shape[-1]), 1.0))(q_f, s_f)
         sim = jnp.where(valid.reshape(valid.shape[0], 1, 1, -1), sim, -jnp.inf)
         nearest = jnp.argmax(sim, -1)  # [B, h', w'] index into the support grid
         label = jnp.take_along_axis(mask.reshape(mask.shape[0], -1), nearest.reshape(nearest.shape[0], -1),

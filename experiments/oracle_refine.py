@@ -1,4 +1,5 @@
-r"""Segmentation by gradient ascent of a trained quality oracle, from zeros and from a segmenter.
+r"""Oracle refinement: gradient ascent of a trained oracle on the mask, from zeros and from a
+segmenter (`segjax.tasks.oracle_refine`).
 
     python -m experiments.oracle_refine --oracle=/tmp/oracle [--segmenter=/tmp/unet] \
       --workdir=/tmp/refine [--num_images=64 --steps=50 --update=paper --step_size=0.1]
@@ -34,14 +35,15 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
     importing this module next to another command's (tests do) cannot collide on a name."""
-    flags.DEFINE_string("oracle", None, "Work dir of a trained oracle (task 'quality').")
+    flags.DEFINE_string("oracle", None, "Work dir of a trained oracle (task 'oracle').")
     flags.DEFINE_string("segmenter", None, "Work dir of a trained semantic model (same dataset).")
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_string("checkpoint", "best", "Checkpoint of both runs: 'best', 'latest' or a step.")
     flags.DEFINE_integer("num_images", 64, "Eval images used (half select the step, half test).")
     flags.DEFINE_integer("steps", 50, "Ascent steps computed (the chosen step is <= this).")
     flags.DEFINE_float("step_size", 0.1, "Ascent step size (the authors' 0.1).")
-    flags.DEFINE_enum("update", "paper", ["paper", "plain"], "Ascent update (segjax.refine).")
+    flags.DEFINE_enum("update", "paper", ["paper", "plain"],
+                      "Ascent update (segjax.tasks.oracle_refine).")
     flags.DEFINE_integer("batch", 16, "Images per ascent batch.")
     flags.DEFINE_integer("seed", 0, "Target classes and the held-out degraded masks.")
     flags.DEFINE_integer("num_overlays", 4, "Test images drawn per starting point.")
@@ -52,13 +54,12 @@ def define_flags() -> None:
 
 def load_oracle(run_dir: str, checkpoint: str = "best"):
     """(config, info, model, variables, task) of an oracle run (`segjax.train.restore.load_run`),
-    refused by name when the run is not a quality run."""
+    refused by name when the run is not an oracle run."""
     from segjax.train.restore import load_run
 
     run = load_run(run_dir, checkpoint)
-    if run.task.name != "quality":
-        raise ValueError(f"--oracle={run_dir} is a {run.task.name!r} run, not a quality (oracle) "
-                         "run")
+    if run.task.name != "oracle":
+        raise ValueError(f"--oracle={run_dir} is a {run.task.name!r} run, not an oracle run")
     return run.config, run.info, run.model, run.variables, run.task
 
 
@@ -72,12 +73,13 @@ def heldout_spearman(model, variables, task_cls, config, data, *, seed: int, cop
     import jax
     import numpy as np
 
-    from segjax.tasks import quality
+    from segjax.tasks import oracle, section
 
+    calibration_masks = int(section(config, "oracle", "oracle").calibration_masks)
     task = task_cls(ignore_label=data.info.ignore_label, seed=seed,
-                    calibration_masks=int(config.quality.calibration_masks), eval_copies=copies)
+                    calibration_masks=calibration_masks, eval_copies=copies)
     apply = jax.jit(functools.partial(_oracle_quality, model))
-    acc = quality.QualityAccumulator()
+    acc = oracle.OracleAccumulator()
     for batch in task.eval_batches(data, batch_size=FLAGS.batch, pad_to=config.eval.pad_to):
         pred = np.asarray(apply(variables, batch["image"], batch["mask"]))
         acc.update({}, {"pred": pred}, batch)
@@ -101,16 +103,15 @@ def main(argv):
     import jax.numpy as jnp
     import numpy as np
 
-    from segjax import refine
     from segjax.data import degrade, pipeline
-    from segjax.tasks import quality
+    from segjax.tasks import oracle, oracle_refine
     from segjax.train.restore import load_run
 
     out_dir = FLAGS.workdir
     os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
     config, info, model, variables, _ = load_oracle(FLAGS.oracle, FLAGS.checkpoint)
     data = pipeline.from_config(config.dataset)
-    held = heldout_spearman(model, variables, quality.QualityTask, config, data,
+    held = heldout_spearman(model, variables, oracle.OracleTask, config, data,
                             seed=FLAGS.seed + 1000, copies=FLAGS.heldout_copies)
     print(f"oracle on held-out degraded masks: spearman {held['spearman']:.4f} mae "
           f"{held['mae']:.4f} ({held['num_examples']} masks)", flush=True)
@@ -122,7 +123,7 @@ def main(argv):
             if batch["valid"][i] and len(index) < FLAGS.num_images:
                 label = np.asarray(batch["label"][i])
                 rng = degrade.example_rng(FLAGS.seed, 3, 0, int(batch["index"][i]))
-                c = quality.pick_class(label, rng, ignore_label=info.ignore_label)
+                c = oracle.pick_class(label, rng, ignore_label=info.ignore_label)
                 images.append(np.asarray(batch["image"][i]))
                 truths.append((label == c).astype(np.float32))
                 index.append(int(batch["index"][i]))
@@ -159,10 +160,11 @@ def main(argv):
     for name, mask0 in starts.items():
         dice, qual = [], []
         for s in range(0, len(images), FLAGS.batch):
-            out = refine.oracle_ascent(apply, variables, jnp.asarray(images[s:s + FLAGS.batch]),
-                                       jnp.asarray(mask0[s:s + FLAGS.batch]), steps=FLAGS.steps,
-                                       step_size=FLAGS.step_size, update=FLAGS.update,
-                                       truth=jnp.asarray(truths[s:s + FLAGS.batch]))
+            out = oracle_refine.oracle_ascent(
+                apply, variables, jnp.asarray(images[s:s + FLAGS.batch]),
+                jnp.asarray(mask0[s:s + FLAGS.batch]), steps=FLAGS.steps,
+                step_size=FLAGS.step_size, update=FLAGS.update,
+                truth=jnp.asarray(truths[s:s + FLAGS.batch]))
             dice.append(np.asarray(out["dice"]))
             qual.append(np.asarray(out["quality"]))
         dice, qual = np.concatenate(dice, 1), np.concatenate(qual, 1)  # [steps + 1, N]
@@ -201,14 +203,16 @@ def _overlays(out_dir, name, images, truths, mask0, index, apply, variables, bes
     import jax.numpy as jnp
     import numpy as np
 
-    from segjax import refine, visualize
+    from segjax import visualize
+    from segjax.tasks import oracle_refine
 
     n = min(FLAGS.num_overlays, len(images))
     if n == 0:
         return
-    out = refine.oracle_ascent(apply, variables, jnp.asarray(images[:n]), jnp.asarray(mask0[:n]),
-                               steps=max(best, 1), step_size=FLAGS.step_size,
-                               update=FLAGS.update, keep_steps=(0, best))
+    out = oracle_refine.oracle_ascent(apply, variables, jnp.asarray(images[:n]),
+                                      jnp.asarray(mask0[:n]), steps=max(best, 1),
+                                      step_size=FLAGS.step_size, update=FLAGS.update,
+                                      keep_steps=(0, best))
     masks = np.asarray(out["masks"])
     palette = np.array([[0, 0, 0], [255, 64, 64]], np.uint8)
     for i in range(n):

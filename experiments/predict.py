@@ -8,7 +8,7 @@ The run's task predicts each image of any size and draws it (`Task.predictor`,
 `NAME_overlay.png` and `NAME_labels.png` (class ids as grey values), with the run's eval options
 (TTA, sliding window); an instance run (Mask R-CNN) or an embedding run (instances by the run's
 `config.embedding.cluster`) writes `NAME_instances.png` (detections scoring >= `--score_thresh`)
-and `NAME_instances.json`. Tasks whose model needs more than one image (quality, few-shot) are
+and `NAME_instances.json`. Tasks whose model needs more than one image (oracle, few-shot) are
 refused by name.
 """
 

@@ -1,6 +1,7 @@
-"""Few-shot segmentation: prototype pieces against a torch transcription of PANet's code paths,
-the episode sampler's guarantees, the model's wiring by hand, the task's metrics by hand, and
-a short trainer run on synthetic_shapes/tiny."""
+"""Few-shot segmentation: prototype pieces (`segjax.models.fewshot`) against a torch
+transcription of PANet's code paths, the model's wiring by hand, the task's metrics, pixel
+sampling and triplet term by hand, and a short trainer run on synthetic_shapes/tiny (the episode
+sampler's guarantees are in tests/data/test_episodes.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segjax import fewshot
+from segjax.models import fewshot
 
 IGNORE = 255
 
@@ -70,35 +71,6 @@ def test_prototypes_by_hand(np_rng):
         fg = np.mean([(f[a, b] * (m[a, b] * valid[a, b])[..., None]).sum((0, 1))
                       / ((m[a, b] * valid[a, b]).sum() + 1e-5) for b in range(k)], 0)
         np.testing.assert_allclose(got[1 + a], fg, rtol=1e-5)
-
-
-def test_episode_sampler_guarantees_and_determinism(np_rng):
-    labels = np_rng.integers(0, 6, (40, 8, 8))
-    labels[labels == 5] = 0
-    labels[:3, 0, 0] = 5  # class 5 in three images only
-    presence = fewshot.class_presence(labels, 6, ignore_label=IGNORE)
-    np.testing.assert_array_equal(presence, [[np.any(lab == c) for c in range(6)] for lab in labels])
-    sampler = fewshot.EpisodeSampler(presence, (1, 2, 3), ways=2, shots=3, queries=4, seed=7)
-    for i in range(50):
-        classes, support, query = sampler.episode(i)
-        assert len(set(classes)) == 2 and set(classes) <= {1, 2, 3}
-        for n, c in enumerate(classes):
-            assert all(presence[j, c] for j in support[n])
-        for q, j in enumerate(query):
-            assert presence[j, classes[q % 2]]
-        used = list(support.ravel()) + list(query)
-        assert len(set(used)) == len(used)
-    a, b = sampler.episode(3), sampler.episode(3)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    other = fewshot.EpisodeSampler(presence, (1, 2, 3), ways=2, shots=3, queries=4, seed=8)
-    assert any(not np.array_equal(x, y) for x, y in zip(a, other.episode(3)))
-    with pytest.raises(ValueError, match=r"classes \{5: 3\}"):
-        fewshot.EpisodeSampler(presence, (1, 5), ways=1, shots=3, queries=1)
-    with pytest.raises(ValueError, match="at least 3 classes"):
-        fewshot.EpisodeSampler(presence, (1, 2), ways=3)
-    target, valid = fewshot.episode_masks(np.array([[1, 2, 3], [IGNORE, 2, 0]]), [2, 3], IGNORE)
-    np.testing.assert_array_equal(target, [[0, 1, 2], [0, 1, 0]])
-    np.testing.assert_array_equal(valid, [[1, 1, 1], [0, 1, 1]])
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +228,7 @@ def test_fewshot_eval_scores_the_same_episodes_as_the_trainer(tiny_run):
 
 
 def test_sample_pixels_draws_distinct_valid_pixels_of_each_side(np_rng):
-    from segjax.fewshot import sample_pixels
+    from segjax.tasks.fewshot import sample_pixels
 
     for trial in range(5):
         labels = np_rng.integers(0, 3, (6, 7)) * (np_rng.random((6, 7)) < 0.3)

@@ -1,9 +1,9 @@
-r"""A mask-quality oracle (Fernandes, Cruz & Cardoso, IJCNN 2018): the "quality" task.
+r"""A mask-quality oracle (Fernandes, Cruz & Cardoso, IJCNN 2018): the "oracle" task.
 
 The oracle learns the Dice of (image, degraded mask) pairs derived from a segmentation dataset
-(`segjax.tasks.quality`, `segjax.data.degrade`); `experiments.oracle_refine` then segments by
-gradient ascent of its output on the mask (`segjax.refine`). The oracle has no mIoU: its
-metric is Spearman's rho between predicted and true Dice on degraded validation masks.
+(`segjax.tasks.oracle`, `segjax.data.degrade`); `experiments.oracle_refine` then segments by
+gradient ascent of its output on the mask (`segjax.tasks.oracle_refine`). The oracle has no
+mIoU: its metric is Spearman's rho between predicted and true Dice on degraded validation masks.
 
     python -m experiments.train --workdir=/tmp/oracle --config=experiments/configs/oracle.py:demo
 
@@ -30,7 +30,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """Returns the config for `preset` (one of PRESETS)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for oracle.py; presets: {PRESETS}")
-    c = base_config("quality")
+    c = base_config("oracle")
     use_synthetic_shapes(c, crop_size=128)  # the authors' 128x128 inputs
     c.dataset.min_scale = 1.0  # no rescaling: the degradations' pixel radii keep their meaning
     c.dataset.max_scale = 1.0
@@ -39,9 +39,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.depth = 4
     c.model.hidden = 128
     c.model.dropout = 0.0
-    c.quality.calibration_masks = 64  # train masks fitting the Dice-uniform degradation mix
-    c.quality.eval_copies = 2  # degradations drawn per validation image
-    c.quality.background = 0  # class never picked while another is present
+    c.oracle.calibration_masks = 64  # train masks fitting the Dice-uniform degradation mix
+    c.oracle.eval_copies = 2  # degradations drawn per validation image
+    c.oracle.background = 0  # class never picked while another is present
     c.batch_size = 32
     c.num_train_steps = 20_000
     c.log_every_steps = 100

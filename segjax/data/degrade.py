@@ -1,4 +1,5 @@
-"""Degraded masks of known quality: the training data of a mask-quality oracle.
+"""Degraded masks of known quality: the training data of the oracle (a mask-quality oracle; the
+oracle task `segjax.tasks.oracle` derives its examples with these functions).
 
 Fernandes, Cruz & Cardoso ("Deep image segmentation by quality inference", IJCNN 2018) train an
 oracle to score a (image, mask) pair with the mask's Dice against the ground truth, on ground

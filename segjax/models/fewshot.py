@@ -16,8 +16,20 @@ stride-8 features themselves, `"query_features"` [B, h, w, C] and `"support_feat
 [B, N, K, h, w, C] (for metric-learning losses on pixel embeddings).
 
 The encoder is a ResNet (`segjax.models.backbones.resnet`) at output stride 8, its `layer3`
-features (PANet uses VGG-16's conv5 at stride 8); the prototype pieces are `segjax.fewshot`.
-Registered as `fewshot_resnet18` (output kind "fewshot").
+features (PANet uses VGG-16's conv5 at stride 8). Registered as `fewshot_resnet18` (output kind
+"episode"). Episodes are drawn on the host by `segjax.data.episodes`; the few-shot task is
+`segjax.tasks.fewshot`.
+
+The prototype maths (PANet: Wang, Liew, Zou, Zhou & Feng, ICCV 2019), public functions of this
+module: **masked average pooling** (`masked_average_pool`) of a support image's features under
+its (resized) mask gives a class prototype, and under the complement a background prototype;
+with K shots the prototypes are averaged over the shots (`prototypes`). The query is segmented
+pixel by pixel by the **scaled cosine similarity** to the prototypes (`cosine_logits`;
+background first, then the N way classes), trained with cross-entropy. **Prototype alignment**
+(PAR) reverses the roles: prototypes pooled from the query under its *predicted* mask segment
+the support images, a second cross-entropy term. Shapes: `ways` N, `shots` K; features
+[..., h, w, C], masks [..., H, W] in {0, 1} (or soft); pixels marked invalid (the dataset's
+ignore label, padding) are excluded from every pool.
 """
 
 from __future__ import annotations
@@ -28,11 +40,57 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax import fewshot
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.layers import check_images
 from segjax.models.registry import register
 from segjax.ops import resize
+
+EPS = 1e-5  # PANet's denominator guard in masked average pooling
+
+
+def masked_average_pool(features: jax.Array, masks: jax.Array) -> jax.Array:
+    """Mean feature under each mask: features [B, h, w, C], masks [B, H, W] -> [B, C].
+
+    As PANet, the features are resized bilinearly (half-pixel centres) to the mask's size first,
+    then `sum(F * M) / (sum(M) + 1e-5)`: an empty mask gives a zero prototype.
+    """
+    size = masks.shape[-2:]
+    up = resize(features, size, method="bilinear", align_corners=False)
+    m = masks.astype(up.dtype)[..., None]
+    return jnp.sum(up * m, axis=(1, 2)) / (jnp.sum(m, axis=(1, 2)) + EPS)
+
+
+def prototypes(features: jax.Array, fg_masks: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """Background + N class prototypes from N-way K-shot support features.
+
+    Args:
+      features: [N, K, h, w, C] support features (way n's K shots).
+      fg_masks: [N, K, H, W] foreground masks of way n's class in its support images.
+      valid: [N, K, H, W] bool, pixels that count (None: all).
+
+    Returns:
+      [1 + N, C]: row 0 the background prototype (the mean over all N * K support images of the
+      pool under valid & not foreground), rows 1..N each way's foreground prototype (mean over
+      its K shots).
+    """
+    n, k = fg_masks.shape[:2]
+    flat_f = features.reshape(n * k, *features.shape[2:])
+    fg = fg_masks.reshape(n * k, *fg_masks.shape[2:]).astype(jnp.float32)
+    v = jnp.ones_like(fg) if valid is None else valid.reshape(fg.shape).astype(jnp.float32)
+    fg_p = masked_average_pool(flat_f, fg * v).reshape(n, k, -1).mean(axis=1)
+    bg_p = masked_average_pool(flat_f, (1.0 - fg) * v).mean(axis=0)
+    return jnp.concatenate([bg_p[None], fg_p], axis=0)
+
+
+def cosine_logits(features: jax.Array, protos: jax.Array, scale: float = 20.0) -> jax.Array:
+    """`scale * cos(feature, prototype)`: features [..., C], prototypes [P, C] -> [..., P].
+
+    The norms are clamped at 1e-8 as `torch.nn.functional.cosine_similarity` does, inside the
+    square root so that a zero vector (an empty mask's prototype) has a finite gradient."""
+    def unit(x):
+        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-16))
+
+    return scale * jnp.einsum("...c,pc->...p", unit(features), unit(protos))
 
 
 class PrototypeSegmenter(nn.Module):
@@ -78,8 +136,8 @@ class PrototypeSegmenter(nn.Module):
         s_feat = feats[:b * n * k].reshape(b, n, k, *feats.shape[1:])
         q_feat = feats[b * n * k:]
         valid = jnp.ones_like(support_masks, bool) if support_valid is None else support_valid
-        protos = jax.vmap(fewshot.prototypes)(s_feat, support_masks, valid)  # [B, 1 + N, C]
-        q_logits = jax.vmap(lambda f, p: fewshot.cosine_logits(f, p, self.scale))(q_feat, protos)
+        protos = jax.vmap(prototypes)(s_feat, support_masks, valid)  # [B, 1 + N, C]
+        q_logits = jax.vmap(lambda f, p: cosine_logits(f, p, self.scale))(q_feat, protos)
         out = {"logits": resize(q_logits, (h, w), method="bilinear", align_corners=False)}
         if not train:
             return out
@@ -87,11 +145,11 @@ class PrototypeSegmenter(nn.Module):
         # Prototype alignment: query prototypes under the predicted query mask segment the support.
         pred = jax.lax.stop_gradient(jnp.argmax(out["logits"], axis=-1))  # [B, H, W]
         onehot = jax.nn.one_hot(pred, n + 1, dtype=jnp.float32)  # [B, H, W, 1 + N]
-        q_protos = jax.vmap(lambda f, m: fewshot.masked_average_pool(
+        q_protos = jax.vmap(lambda f, m: masked_average_pool(
             jnp.broadcast_to(f, (n + 1, *f.shape)), jnp.moveaxis(m, -1, 0)))(q_feat, onehot)  # [B, 1+N, C]
         pairs = jnp.stack([jnp.broadcast_to(q_protos[:, :1], (b, n, q_protos.shape[-1])),
                            q_protos[:, 1:]], axis=2)  # [B, N, 2, C]: (background, way n)
-        s_logits = jax.vmap(jax.vmap(lambda f, p: fewshot.cosine_logits(f, p, self.scale)))(
+        s_logits = jax.vmap(jax.vmap(lambda f, p: cosine_logits(f, p, self.scale)))(
             s_feat, pairs)  # [B, N, K, h, w, 2]
         up = resize(s_logits.reshape(b * n * k, *s_logits.shape[3:]), (h, w), method="bilinear",
                     align_corners=False)
@@ -108,4 +166,5 @@ def fewshot_resnet18(*, num_classes: int = 2, width: int = 16, scale: float = 20
                               dtype=dtype, axis_name=axis_name, in_channels=in_channels)
 
 
-__all__ = ["PrototypeSegmenter", "fewshot_resnet18"]
+__all__ = ["PrototypeSegmenter", "cosine_logits", "fewshot_resnet18", "masked_average_pool",
+           "prototypes"]

@@ -1,9 +1,10 @@
 """Mask-quality oracles (Fernandes, Cruz & Cardoso, IJCNN 2018): `q(image, mask)` in (0, 1).
 
 An oracle regresses the Dice of a (soft) binary mask against the unknown ground truth of its
-image; segmentation is then gradient ascent of `q` on the mask (`segjax.refine`). Three
-architectures, after the authors' single-stream, dual-stream and "gossip" networks (the
-widths, depths and pooling are this file's, not a copy of theirs):
+image (trained by the oracle task, `segjax.tasks.oracle`); segmentation is then gradient ascent
+of `q` on the mask (`segjax.tasks.oracle_refine`). Three architectures, after the authors'
+single-stream, dual-stream and "gossip" networks (the widths, depths and pooling are this
+file's, not a copy of theirs):
 
 * `oracle_single`: one CNN on `concat(image, mask)`;
 * `oracle_dual`: an image stream and a mask stream, joined after global pooling;

@@ -2,7 +2,7 @@
 
 The loop (`segjax.train.loop`), the steps (`segjax.train.steps`), the parallel layer
 (`segjax.train.parallel`), checkpointing and the ablation runner know nothing about semantic
-segmentation, instances, mask quality or embeddings. A `Task` knows:
+segmentation, instances, mask quality (the oracle) or embeddings. A `Task` knows:
 
 * what a batch holds (`train_keys`, `eval_keys`) and how the model is called on it
   (`model_inputs`);

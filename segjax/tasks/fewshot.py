@@ -10,8 +10,8 @@ dataset:
 Classes are split: `config.fewshot.test_classes` are never a way in training (their pixels are
 background there, as in PANet's PASCAL-5i protocol); evaluation episodes use only them.
 Training: each step reads a pool of `config.fewshot.pool` augmented images from the dataset's
-train stream and draws the step's episodes from it (`segjax.fewshot.EpisodeSampler`, seeded by
-(seed, step)). Evaluation: `config.fewshot.eval_episodes` fixed episodes (seed
+train stream and draws the step's episodes from it (`segjax.data.episodes.EpisodeSampler`,
+seeded by (seed, step)). Evaluation: `config.fewshot.eval_episodes` fixed episodes (seed
 `config.fewshot.eval_seed`) over the eval split.
 
 Loss: `proto_weight` x (cross-entropy of the query's logits over its valid pixels, plus
@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import fewshot, losses
+from segjax import losses
+from segjax.data.episodes import EpisodeSampler, class_presence, make_episodes
 from segjax.losses import metric_learning
 from segjax.tasks.base import Accumulator, StepContext, Task, plain_dict
 from segjax.tasks.registry import register, section
@@ -46,22 +47,22 @@ from segjax.tasks.registry import register, section
 BEST_METRIC = "fg_miou"
 
 
-def make_episodes(images: np.ndarray, labels: np.ndarray, sampler: fewshot.EpisodeSampler,
-                  indices: Sequence[int], *, ignore_label: int) -> dict[str, np.ndarray]:
-    """The batch of episodes `indices` of `sampler` over `images` [P, H, W, 3], `labels` [P, H, W]."""
-    rows = []
-    for i in indices:
-        classes, support, query = sampler.episode(int(i))
-        s_lab = labels[support]  # [N, K, H, W]
-        s_mask = np.stack([s_lab[n] == c for n, c in enumerate(classes)]).astype(np.float32)
-        q_target, q_valid = fewshot.episode_masks(labels[query[0]], classes, ignore_label)
-        rows.append({"support_image": images[support], "support_mask": s_mask,
-                     "support_valid": s_lab != ignore_label, "query_image": images[query[0]],
-                     "query_target": q_target, "query_valid": q_valid,
-                     "classes": classes.astype(np.int32)})
-    out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    out["valid"] = np.ones(len(rows), bool)
-    return out
+def sample_pixels(key: jax.Array, labels: jax.Array, valid: jax.Array, per_side: int
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Up to `per_side` foreground (label > 0) and `per_side` background (label 0) pixels of one
+    label map [h, w], drawn uniformly without replacement among the `valid` ones (static shapes:
+    Gumbel-style top-k of uniform scores).
+
+    Returns (flat pixel indices int32 [2 per_side], ok bool [2 per_side]); `ok` is False for the
+    slots a side had no pixel left for (their index is arbitrary)."""
+    flat_l, flat_v = labels.reshape(-1), valid.reshape(-1).astype(bool)
+    u = jax.random.uniform(key, flat_l.shape)
+    index, ok = [], []
+    for side in (flat_l > 0, flat_l == 0):
+        top, idx = jax.lax.top_k(jnp.where(side & flat_v, u, -1.0), per_side)
+        index.append(idx.astype(jnp.int32))
+        ok.append(top >= 0)
+    return jnp.concatenate(index), jnp.concatenate(ok)
 
 
 def episode_counts(pred, target, valid, *, ways: int) -> dict[str, jax.Array]:
@@ -159,12 +160,12 @@ class FewShotTask(Task):
     # -------------------------------------------------------------------------------- data
 
     def _sampler(self, labels, classes, seed):
-        presence = fewshot.class_presence(labels, self.num_classes, ignore_label=self.ignore_label,
-                                          min_pixels=self.min_pixels)
+        presence = class_presence(labels, self.num_classes, ignore_label=self.ignore_label,
+                                  min_pixels=self.min_pixels)
         need = self.shots + 1
         usable = [c for c in classes if presence[:, c].sum() >= need]
-        return fewshot.EpisodeSampler(presence, usable, ways=self.ways, shots=self.shots,
-                                      queries=1, seed=seed)
+        return EpisodeSampler(presence, usable, ways=self.ways, shots=self.shots,
+                              queries=1, seed=seed)
 
     def train_batches(self, data, *, batch_size, seed, start_step) -> Iterator[dict]:
         step = start_step
@@ -243,7 +244,7 @@ class FewShotTask(Task):
                                  cells(batch["query_valid"]).reshape(b, 1, h * w)], 1)
         images = n * k + 1
         keys = jax.vmap(lambda key: jax.random.split(key, images))(ctx.example_keys(b))
-        pick = jax.vmap(jax.vmap(lambda key, l, v: fewshot.sample_pixels(key, l, v, self.triplet_pixels)))
+        pick = jax.vmap(jax.vmap(lambda key, l, v: sample_pixels(key, l, v, self.triplet_pixels)))
         index, ok = pick(keys, labels, valid)  # [B, I, 2S]
         emb = jnp.take_along_axis(feats, index[..., None], axis=2).reshape(-1, c)
         lab = jnp.take_along_axis(labels, index, axis=2).reshape(-1)
@@ -351,4 +352,4 @@ def build(config, info, data_dir) -> FewShotTask:
 
 
 __all__ = ["BEST_METRIC", "FewShotAccumulator", "FewShotTask", "build", "episode_counts",
-           "make_episodes"]
+           "sample_pixels"]

@@ -13,7 +13,8 @@ refuses a key the task does not declare (a misspelt one is never silently ignore
 `section(config, name)` is what `build` reads: the defaults updated with the config's values
 (a config written before a key existed still loads).
 
-Built-in tasks are imported on first use, like the built-in models.
+Built-in tasks are imported on first use, like the built-in models. A renamed task keeps its
+old name readable in `_RENAMED`, so the runs written before the rename still load.
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ import ml_collections
 _BUILTIN_MODULES = (
     "segjax.tasks.semantic",
     "segjax.tasks.instance",
-    "segjax.tasks.quality",
+    "segjax.tasks.oracle",
     "segjax.tasks.fewshot",
     "segjax.tasks.embedding",
 )
+
+
+# Old task name -> its name now, for the config.json of runs written before a rename. The task's
+# config section had the task's name and was renamed with it: `section` reads the old one when
+# only it is present. The one place that knows about renames.
+_RENAMED = {
+    "quality": "oracle",  # issue 24: one name for the oracle (task, config section, refinement)
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +79,9 @@ def register(name: str, *, best_metric: str,
     def decorator(build: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"task {name!r} is registered twice")
+        if name in _RENAMED:
+            raise ValueError(f"task name {name!r} is the old name of the {_RENAMED[name]!r} task "
+                             "(runs written before the rename use it): choose another name")
         _REGISTRY[name] = TaskEntry(name, build, best_metric, defaults or _no_sections, check)
         return build
 
@@ -91,13 +103,14 @@ def available_tasks() -> list[str]:
 
 
 def get(name: str) -> TaskEntry:
-    """The entry of task `name`.
+    """The entry of task `name` (an old name in `_RENAMED` gives the renamed task's entry).
 
     Raises:
       ValueError: an unknown name, listing the known ones (a task from the user's module is
         known once that module is imported, e.g. by the config file).
     """
     _load_builtins()
+    name = _RENAMED.get(name, name)
     if name not in _REGISTRY:
         raise ValueError(f"config.task={name!r} is not one of {available_tasks()} (a task of "
                          "your own is registered when its module is imported: import it in the "
@@ -122,7 +135,8 @@ def build_task(config, info, data_dir: str | None):
 
 def section(config, key: str, task: str | None = None) -> ml_collections.ConfigDict:
     """`config.<key>` as the task reads it: the task's declared defaults of that section updated
-    with the config's values (unknown keys fail, naming them).
+    with the config's values (unknown keys fail, naming them). A section renamed with its task
+    (`_RENAMED`) is read from its old key when the config has only that (an old run's).
 
     Args:
       config: a run's config.
@@ -135,6 +149,9 @@ def section(config, key: str, task: str | None = None) -> ml_collections.ConfigD
         raise ValueError(f"the {name!r} task declares no config section {key!r}")
     out = defaults[key]
     given = config.get(key)
+    if given is None:
+        old = [o for o, new in _RENAMED.items() if new == key and config.get(o) is not None]
+        given = config.get(old[0]) if old else None
     if given is not None:
         _check_keys(given, out, f"config.{key}", name, allowed=_shared_keys(key))
         _merge(out, given)

@@ -1,16 +1,19 @@
-"""The quality task: examples derived deterministically with their true Dice, the rank metrics
-against a hand computation, its loss on 4 host devices (pmap and mesh) equal to 1 device, and a
-2-step run of the generic trainer on synthetic_shapes/tiny."""
+"""The oracle task: examples derived deterministically with their true Dice, the rank metrics
+against a hand computation, a config written before the quality -> oracle rename still builds,
+its loss on 4 host devices (pmap and mesh) equal to 1 device, and a 2-step run of the generic
+trainer on synthetic_shapes/tiny (then the refinement command, and the run loaded as written
+before the rename)."""
 
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from segjax.data import degrade
 from segjax.models import create_model
-from segjax.tasks import build_task, quality
+from segjax.tasks import build_task, oracle
 from segjax.train import optim
 from segjax.train.state import create_train_state, init_variables
 from tests.integration.test_train_loop import data_dir, tiny_overrides  # noqa: F401 (fixture)
@@ -32,13 +35,13 @@ def test_degraded_examples_are_deterministic_with_their_dice(np_rng):
     labels = _labels(np_rng)
     images = np_rng.standard_normal(labels.shape + (3,)).astype(np.float32)
     probs = np.ones(len(degrade.BINS))
-    a = quality.degraded_examples(images, labels, seed=1, stream=0, position=3, probs=probs,
+    a = oracle.degraded_examples(images, labels, seed=1, stream=0, position=3, probs=probs,
                                   ignore_label=IGNORE)
-    b = quality.degraded_examples(images, labels, seed=1, stream=0, position=3, probs=probs,
+    b = oracle.degraded_examples(images, labels, seed=1, stream=0, position=3, probs=probs,
                                   ignore_label=IGNORE)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    c = quality.degraded_examples(images, labels, seed=1, stream=0, position=4, probs=probs,
+    c = oracle.degraded_examples(images, labels, seed=1, stream=0, position=4, probs=probs,
                                   ignore_label=IGNORE)
     assert not np.array_equal(a["mask"], c["mask"])
     for i in range(len(labels)):
@@ -50,7 +53,7 @@ def test_degraded_examples_are_deterministic_with_their_dice(np_rng):
         want = 2 * np.sum(m & t & valid) / (np.sum(m & valid) + np.sum(t & valid))
         assert a["quality"][i] == pytest.approx(want, abs=1e-6)
     # Row i of a batch starting at global offset 2 is row i + 2 of the whole batch.
-    d = quality.degraded_examples(images[2:], labels[2:], seed=1, stream=0, position=3,
+    d = oracle.degraded_examples(images[2:], labels[2:], seed=1, stream=0, position=3,
                                   probs=probs, ignore_label=IGNORE, offset=2)
     np.testing.assert_array_equal(d["mask"], a["mask"][2:])
 
@@ -58,24 +61,53 @@ def test_degraded_examples_are_deterministic_with_their_dice(np_rng):
 def test_metrics_by_hand():
     pred = np.array([0.1, 0.4, 0.35, 0.8, 0.9])
     true = np.array([0.0, 0.5, 0.2, 0.7, 1.0])
-    got = quality.quality_metrics(pred, true)
+    got = oracle.oracle_metrics(pred, true)
     rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # no ties
     d = rank(pred) - rank(true)
     assert got["spearman"] == pytest.approx(1 - 6 * np.sum(d ** 2) / (5 * (25 - 1)))
     assert got["mae"] == pytest.approx(np.mean(np.abs(pred - true)))
     assert got["num_examples"] == 5
-    assert quality.quality_metrics(np.full(3, 0.5), true[:3])["spearman"] == 0.0
-    acc = quality.QualityAccumulator()
+    assert oracle.oracle_metrics(np.full(3, 0.5), true[:3])["spearman"] == 0.0
+    acc = oracle.OracleAccumulator()
     acc.update({}, {"pred": pred[:3]}, {"valid": np.array([1, 1, 0], bool), "quality": true[:3]})
     acc.update({}, {"pred": pred[3:]}, {"valid": np.array([1, 1], bool), "quality": true[3:]})
     assert acc.result()["num_examples"] == 4
+
+
+def _old_style(config) -> ml_collections.ConfigDict:
+    """`config` as a run written before the rename recorded it: `task: "quality"` and its
+    section under `quality`."""
+    d = config.to_dict()
+    d["task"] = "quality"
+    d["quality"] = d.pop("oracle")
+    return ml_collections.ConfigDict(d)
+
+
+def test_a_config_written_before_the_rename_still_builds():
+    """Runs' config.json from before the quality -> oracle rename: `registry._RENAMED` reads the
+    old task name and section as the oracle's (their values kept), the config check passes, and
+    the old name cannot be registered again."""
+    from experiments.configs import oracle as recipes
+    from segjax.tasks import check_task_config, register, section
+
+    config = recipes.get_config("demo")
+    config.oracle.eval_copies, config.oracle.background = 3, None
+    old = _old_style(config)
+    assert "oracle" not in old and old.task == "quality"
+    task = build_task(old, type("I", (), {"ignore_label": IGNORE})(), None)
+    assert isinstance(task, oracle.OracleTask) and task.name == "oracle"
+    assert task.eval_copies == 3 and task.background is None
+    assert section(old, "oracle").to_dict() == section(config, "oracle").to_dict()
+    check_task_config(old)
+    with pytest.raises(ValueError, match="old name"):
+        register("quality", best_metric="spearman")(lambda config, info, data_dir: None)
 
 
 @pytest.fixture(scope="module")
 def oracle_state():
     model = create_model("oracle_gossip", num_classes=1, base_features=4, depth=2, hidden=8,
                          dropout=0.5)
-    task = quality.QualityTask(ignore_label=IGNORE)
+    task = oracle.OracleTask(ignore_label=IGNORE)
     variables = init_variables(model, jax.random.key(0), (1, 12, 12, 3),
                                inputs=task.init_inputs((1, 12, 12, 3)))
     tx, _ = optim.create_optimizer(variables["params"], base_lr=0.3, num_steps=10, momentum=0.9)
@@ -85,7 +117,7 @@ def oracle_state():
     for _ in range(2):
         labels = _labels(rng, n=8, h=12, w=12)
         images = rng.standard_normal(labels.shape + (3,)).astype(np.float32)
-        ex = quality.degraded_examples(images, labels, seed=0, stream=0, position=0,
+        ex = oracle.degraded_examples(images, labels, seed=0, stream=0, position=0,
                                        probs=None, ignore_label=IGNORE)
         batches.append({k: ex[k] for k in ("image", "mask", "quality")})
     return task, state, batches
@@ -103,13 +135,13 @@ def test_loss_on_four_devices_equals_one_device(oracle_state, mode):
 def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     from segjax.train import loop
     from segjax.train.metric_writers import read_metrics
-    from experiments.configs import oracle
+    from experiments.configs import oracle as recipes
 
-    config = oracle.get_config("demo")
+    config = recipes.get_config("demo")
     config.lock()
     overrides = tiny_overrides(data_dir, num_train_steps=2, eval_every_steps=2,
                                checkpoint_every_steps=2, **{"model.hidden": 8,
-                               "quality.calibration_masks": 8, "dataset.min_scale": 0.75})
+                               "oracle.calibration_masks": 8, "dataset.min_scale": 0.75})
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -117,7 +149,7 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
             node = node[p]
         node[leaf] = value
     task = build_task(config, type("I", (), {"ignore_label": IGNORE})(), None)
-    assert isinstance(task, quality.QualityTask)
+    assert isinstance(task, oracle.OracleTask)
     result = loop.train_and_evaluate(config, str(tmp_path / "run"))
     records = read_metrics(str(tmp_path / "run"))
     train = [r for r in records if r["split"] == "train"]
@@ -145,3 +177,20 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     assert 0 <= entry["steps"] <= 2 and entry["dice_before"] == 0.0  # empty vs present class
     assert os.path.exists(out / "report.md") and os.path.exists(out / "dice_vs_step.png")
     assert len(os.listdir(out / "overlays")) == 1
+    # The same run as written before the rename (task "quality", section `quality`) still loads,
+    # and the refinement command takes it as an oracle run.
+    import shutil
+
+    from experiments.oracle_refine import load_oracle
+    from segjax.train.restore import load_run
+
+    old_dir = tmp_path / "old_run"
+    shutil.copytree(tmp_path / "run", old_dir)
+    with open(old_dir / "config.json") as f:
+        record = json.load(f)
+    record["task"], record["quality"] = "quality", record.pop("oracle")
+    with open(old_dir / "config.json", "w") as f:
+        json.dump(record, f)
+    run = load_run(str(old_dir), "latest")
+    assert run.config.task == "quality" and run.task.name == "oracle" and run.step == 2
+    assert load_oracle(str(old_dir), "latest")[-1].name == "oracle"

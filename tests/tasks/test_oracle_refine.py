@@ -1,5 +1,5 @@
-"""segjax.refine.oracle_ascent: with an analytic oracle (soft Dice against a known ground
-truth) the ascent from zeros reaches Dice > 0.99 within 50 steps; one step equals the paper's
+"""segjax.tasks.oracle_refine.oracle_ascent: with an analytic oracle (soft Dice against a known
+ground truth) the ascent from zeros reaches Dice > 0.99 within 50 steps; one step equals the paper's
 update computed by hand; examples are independent; the plain variant; masks kept on request."""
 
 import functools
@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax import refine
+from segjax.tasks import oracle_refine
 
 
 def analytic_oracle(variables, image, mask):
     del image
-    return refine.soft_dice(mask, variables["truth"])
+    return oracle_refine.soft_dice(mask, variables["truth"])
 
 
 def _truth(rng, n=3, h=20, w=24):
@@ -30,12 +30,12 @@ def test_analytic_oracle_reaches_dice_above_099(np_rng, start):
     image = np.zeros(truth.shape + (3,), np.float32)
     mask0 = (np.zeros_like(truth) if start == "zeros" else
              np.clip(truth * 0.3 + np_rng.uniform(0, 0.6, truth.shape), 0, 1).astype(np.float32))
-    out = refine.oracle_ascent(analytic_oracle, {"truth": truth}, image, mask0, steps=50,
-                               truth=truth)
+    out = oracle_refine.oracle_ascent(analytic_oracle, {"truth": truth}, image, mask0, steps=50,
+                                      truth=truth)
     assert out["quality"].shape == (51, 3) and out["dice"].shape == (51, 3)
     dice = np.asarray(out["dice"])
     assert np.all(dice[-1] > 0.99)
-    assert np.all(np.asarray(refine.hard_dice(out["mask"], truth)) > 0.99)
+    assert np.all(np.asarray(oracle_refine.hard_dice(out["mask"], truth)) > 0.99)
     first = int(np.argmax(np.all(dice > 0.99, axis=1)))
     assert first <= 50
     q = np.asarray(out["quality"])
@@ -46,19 +46,20 @@ def test_one_step_is_the_paper_update(np_rng):
     truth = _truth(np_rng, n=2)
     image = np.zeros(truth.shape + (3,), np.float32)
     m0 = np_rng.uniform(0, 1, truth.shape).astype(np.float32)
-    g = np.asarray(jax.grad(lambda m: jnp.sum(refine.soft_dice(m, truth)))(m0))
+    g = np.asarray(jax.grad(lambda m: jnp.sum(oracle_refine.soft_dice(m, truth)))(m0))
     want = np.clip(m0 + 0.1 * np.tanh(2.5 * g / np.abs(g).max(axis=(1, 2), keepdims=True)), 0, 1)
-    out = refine.oracle_ascent(analytic_oracle, {"truth": truth}, image, m0, steps=1)
+    out = oracle_refine.oracle_ascent(analytic_oracle, {"truth": truth}, image, m0, steps=1)
     np.testing.assert_allclose(out["mask"], want, rtol=1e-5, atol=1e-6)
-    plain = refine.oracle_ascent(analytic_oracle, {"truth": truth}, image, m0, steps=1,
-                                 step_size=3.0, update="plain")
+    plain = oracle_refine.oracle_ascent(analytic_oracle, {"truth": truth}, image, m0, steps=1,
+                                        step_size=3.0, update="plain")
     np.testing.assert_allclose(plain["mask"], np.clip(m0 + 3.0 * g, 0, 1), rtol=1e-5, atol=1e-6)
     # Per-example normalisation: example 1 alone moves exactly as in the batch.
-    alone = refine.oracle_ascent(analytic_oracle, {"truth": truth[1:]}, image[1:], m0[1:],
-                                 steps=1)
+    alone = oracle_refine.oracle_ascent(analytic_oracle, {"truth": truth[1:]}, image[1:],
+                                        m0[1:], steps=1)
     np.testing.assert_allclose(alone["mask"], out["mask"][1:], rtol=1e-6)
     with pytest.raises(ValueError, match="update"):
-        refine.oracle_ascent(analytic_oracle, {"truth": truth}, image, m0, steps=1, update="x")
+        oracle_refine.oracle_ascent(analytic_oracle, {"truth": truth}, image, m0, steps=1,
+                                    update="x")
 
 
 def test_learned_oracle_and_kept_masks(np_rng):
@@ -69,7 +70,7 @@ def test_learned_oracle_and_kept_masks(np_rng):
     mask0 = np.zeros((2, 16, 16), np.float32)
     variables = model.init(jax.random.key(0), image, mask0)
     apply = functools.partial(_quality, model)
-    out = refine.oracle_ascent(apply, variables, image, mask0, steps=4, keep_steps=(0, 2, 4))
+    out = oracle_refine.oracle_ascent(apply, variables, image, mask0, steps=4, keep_steps=(0, 2, 4))
     assert out["masks"].shape == (3, 2, 16, 16)
     np.testing.assert_array_equal(out["masks"][0], mask0)
     np.testing.assert_allclose(out["masks"][2], out["mask"])

@@ -1,4 +1,5 @@
-"""Mask quality: an oracle regressing the Dice of a degraded mask, scored by Spearman's rho.
+"""The oracle task: a mask-quality oracle regressing the Dice of a degraded mask, scored by
+Spearman's rho (Fernandes, Cruz & Cardoso, IJCNN 2018).
 
 The task derives its batches from the dataset's semantic stream (`train_batches` /
 `eval_batches`), on the host: for each semantic example (image, label map) it picks one class
@@ -19,6 +20,7 @@ so it too depends on the seed only.
 Batches: `{"image" [B, H, W, 3] normalised, "mask" float32 [B, H, W] in {0, 1}, "quality"
 float32 [B] (Dice)}`; eval adds `"valid"` [B], `"index"` [B] and `"class_id"` [B].
 Model: `model.apply(v, image, mask, train=...)["quality"]` [N] (`segjax.models.oracle`).
+Segmentation by gradient ascent of a trained oracle: `segjax.tasks.oracle_refine`.
 Loss: squared error to the Dice as `(sum, count = examples)`. Metrics (host, from per-example
 rows): `spearman` (ranks checkpoints), `pearson`, `mae`, `rmse`, `num_examples`.
 """
@@ -83,7 +85,7 @@ def degraded_examples(images: np.ndarray, labels: np.ndarray, *, seed: int, stre
             "class_id": classes}
 
 
-class QualityAccumulator(Accumulator):
+class OracleAccumulator(Accumulator):
     """Per-example (predicted, true) quality rows of the valid examples -> rank metrics."""
 
     def __init__(self):
@@ -97,11 +99,11 @@ class QualityAccumulator(Accumulator):
         self._true.append(np.asarray(batch["quality"], np.float64)[valid])
 
     def result(self) -> dict[str, Any]:
-        return quality_metrics(np.concatenate(self._pred or [np.zeros(0)]),
+        return oracle_metrics(np.concatenate(self._pred or [np.zeros(0)]),
                                np.concatenate(self._true or [np.zeros(0)]))
 
 
-def quality_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
+def oracle_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
     """Spearman's and Pearson's correlation, MAE and RMSE of predicted vs true quality.
 
     A correlation that is undefined (fewer than 2 examples, or a constant side) is 0.0, so an
@@ -119,7 +121,7 @@ def quality_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
     return out
 
 
-class QualityTask(Task):
+class OracleTask(Task):
     """Regression of the Dice of (image, degraded mask) pairs (see the module docstring).
 
     Args:
@@ -131,7 +133,7 @@ class QualityTask(Task):
       seed: the run's seed (calibration; the streams take theirs from the trainer).
     """
 
-    name = "quality"
+    name = "oracle"
     best_metric = BEST_METRIC
     model_output = "score"
     train_keys = ("image", "mask", "quality")
@@ -140,7 +142,7 @@ class QualityTask(Task):
     def __init__(self, *, ignore_label: int, background: int | None = 0,
                  calibration_masks: int = 64, eval_copies: int = 2, seed: int = 0):
         if eval_copies < 1:
-            raise ValueError(f"config.quality.eval_copies must be >= 1, got {eval_copies}")
+            raise ValueError(f"config.oracle.eval_copies must be >= 1, got {eval_copies}")
         self.ignore_label = ignore_label
         self.background = background
         self.calibration_masks = calibration_masks
@@ -230,8 +232,8 @@ class QualityTask(Task):
         sums = {"count": jnp.sum(valid.astype(jnp.int32))}
         return sums, {"pred": q.astype(jnp.float32)}
 
-    def new_accumulator(self) -> QualityAccumulator:
-        return QualityAccumulator()
+    def new_accumulator(self) -> OracleAccumulator:
+        return OracleAccumulator()
 
     def logged_metrics(self, metrics):
         return {k: metrics[k] for k in EVAL_KEYS if k in metrics}
@@ -257,24 +259,26 @@ class QualityTask(Task):
                     f"{float(batch['quality'][i]):.2f}_pred{float(per_example['pred'][i]):.2f}")
 
         return self.write_panels(out_dir, step, batch, panel, limit=limit, writer=writer,
-                                 name=name, tag="quality")
+                                 name=name, tag="oracle")
 
 
 def defaults() -> ml_collections.ConfigDict:
-    """The quality task's config section."""
+    """The oracle task's config section."""
     c = ml_collections.ConfigDict()
-    c.quality = ml_collections.ConfigDict()
-    c.quality.calibration_masks = 64  # train masks fitting the Dice-uniform degradation mix
-    c.quality.eval_copies = 2  # degradations drawn per validation image
-    c.quality.background = 0  # class never picked while another is present
+    c.oracle = ml_collections.ConfigDict()
+    c.oracle.calibration_masks = 64  # train masks fitting the Dice-uniform degradation mix
+    c.oracle.eval_copies = 2  # degradations drawn per validation image
+    c.oracle.background = 0  # class never picked while another is present
     return c
 
 
-@register("quality", best_metric=BEST_METRIC, defaults=defaults)
-def build(config, info, data_dir) -> QualityTask:
-    """The quality task of a run: `config.quality` on dataset `info`."""
+# Runs written before the rename say `task: "quality"` with a `quality` section: the registry
+# reads both as "oracle" (`segjax.tasks.registry._RENAMED`).
+@register("oracle", best_metric=BEST_METRIC, defaults=defaults)
+def build(config, info, data_dir) -> OracleTask:
+    """The oracle task of a run: `config.oracle` on dataset `info`."""
     del data_dir
-    q = section(config, "quality", "quality")
-    return QualityTask(ignore_label=info.ignore_label, background=q.background,
-                       calibration_masks=int(q.calibration_masks),
-                       eval_copies=int(q.eval_copies), seed=int(config.seed))
+    q = section(config, "oracle", "oracle")
+    return OracleTask(ignore_label=info.ignore_label, background=q.background,
+                      calibration_masks=int(q.calibration_masks),
+                      eval_copies=int(q.eval_copies), seed=int(config.seed))

@@ -1,4 +1,5 @@
-"""Segmentation by gradient ascent of a quality oracle on the mask (Fernandes et al. 2018).
+"""Oracle refinement: segmentation by gradient ascent of a mask-quality oracle on the mask
+(Fernandes et al. 2018), the inference side of the oracle task (`segjax.tasks.oracle`).
 
 Given an oracle `q(image, mask)` (`segjax.models.oracle`, or any differentiable function of the
 mask), segmentation is `m <- m + step_size * u(dq/dm)`, clipped to [0, 1], from an all-zero
