@@ -34,7 +34,7 @@ from segjax.ops._args import check_rank, positive_pair
 
 def roi_align_samples(lo: jax.Array, hi: jax.Array, bins: int, size, *, sampling_ratio: int = 2,
                       aligned: bool = False, max_grid: int | None = None):
-    """torchvision's ROI Align samples along one axis of K boxes: (index, weight).
+    """torchvision's ROI Align samples along one axis of K boxes: (low, high, frac, weight).
 
     Args:
       lo, hi: [K] float32 box edges along the axis, in feature cells (already scaled).
@@ -44,9 +44,10 @@ def roi_align_samples(lo: jax.Array, hi: jax.Array, bins: int, size, *, sampling
         per box, capped at `max_grid` (needed then: shapes are static).
       aligned: shift the box by -0.5 cell (pixel-centre model); else make it at least 1 cell long.
     Returns:
-      index int32 [K, bins, G, 2] (the low and high neighbour of each of the G sample points of
-      each bin; G = sampling_ratio or max_grid) and weight float32 [K, bins, G, 2] (bilinear
-      weight x validity / the box's sample count), so a bin is `sum weight * map[index]`.
+      Each [K, bins, G] (G = sampling_ratio, or max_grid): the sample points' `low` and `high`
+      neighbour cells (int32), the fraction `frac` of the way to `high` (float32), and `weight`
+      (float32: validity / the box's sample count). A bin is the sum over its samples of
+      `weight * ((1 - frac) * map[low] + frac * map[high])`.
     """
     if aligned:
         lo, hi = lo - 0.5, hi - 0.5
@@ -54,21 +55,24 @@ def roi_align_samples(lo: jax.Array, hi: jax.Array, bins: int, size, *, sampling
     else:
         extent = jnp.maximum(hi - lo, 1.0)
     bin_size = extent / bins
-    if sampling_ratio > 0:
-        grid, count = sampling_ratio, sampling_ratio
-    else:
+    adaptive = sampling_ratio <= 0
+    if adaptive:
         if max_grid is None:
             raise ValueError("adaptive sampling (sampling_ratio <= 0) needs a static max_grid")
         grid = max_grid
         count = jnp.clip(jnp.ceil(bin_size).astype(jnp.int32), 1, max_grid).astype(jnp.float32)[:, None, None]
+    else:
+        grid = count = sampling_ratio
     size = jnp.asarray(size)[..., None, None] if np.ndim(size) else size
     p = jnp.arange(bins, dtype=jnp.float32)[None, :, None]
     i = jnp.arange(grid, dtype=jnp.float32)[None, None, :]
     b = bin_size[:, None, None]
     pos = lo[:, None, None] + p * b + ((i + 0.5) * b) / count  # torchvision's operation order
-    used = (pos >= -1.0) & (pos <= size)
-    if sampling_ratio <= 0:
-        used = (i < count) & used
+    if adaptive:
+        used = (i < count) & (pos >= -1.0) & (pos <= size)
+        weight = jnp.where(used, 1.0, 0.0) / count
+    else:
+        weight = ((pos >= -1.0) & (pos <= size)) / count
     pos = jnp.maximum(pos, 0.0)
     low = jnp.floor(pos).astype(jnp.int32)
     last = size - 1
@@ -76,8 +80,7 @@ def roi_align_samples(lo: jax.Array, hi: jax.Array, bins: int, size, *, sampling
     low = jnp.where(at_end, last, low)
     high = jnp.where(at_end, last, low + 1)
     frac = jnp.where(at_end, 0.0, pos - low.astype(jnp.float32))
-    per_sample = jnp.where(used, 1.0, 0.0) / count
-    return jnp.stack([low, high], axis=-1), jnp.stack([1.0 - frac, frac], axis=-1) * per_sample[..., None]
+    return low, high, frac, weight
 
 
 def roi_align_weights(lo: jax.Array, hi: jax.Array, bins: int, size: int, **kwargs) -> jax.Array:
@@ -86,13 +89,19 @@ def roi_align_weights(lo: jax.Array, hi: jax.Array, bins: int, size: int, **kwar
     Row p of box k averages bin p's bilinear samples over the map's cells, so pooling along this
     axis is `weights[k] @ map` (built by scatter-adding every sample's two neighbour weights).
     """
-    index, weight = roi_align_samples(lo, hi, bins, size, **kwargs)
+    low, high, frac, w = roi_align_samples(lo, hi, bins, size, **kwargs)
     k = lo.shape[0]
-    rows = jnp.broadcast_to(jnp.arange(k)[:, None, None], index.shape[:-1])
-    cols = jnp.broadcast_to(jnp.arange(bins)[None, :, None], index.shape[:-1])
+    rows = jnp.broadcast_to(jnp.arange(k)[:, None, None], low.shape)
+    cols = jnp.broadcast_to(jnp.arange(bins)[None, :, None], low.shape)
     dense = jnp.zeros((k, bins, size), jnp.float32)
-    dense = dense.at[rows, cols, index[..., 0]].add(weight[..., 0])
-    return dense.at[rows, cols, index[..., 1]].add(weight[..., 1])
+    dense = dense.at[rows, cols, low].add(w * (1.0 - frac))
+    return dense.at[rows, cols, high].add(w * frac)
+
+
+def _gather_samples(lo, hi, bins, size, **kwargs):
+    """Neighbour indices and weights [K, bins, G, 2] (low, high) of `roi_align_samples`."""
+    low, high, frac, w = roi_align_samples(lo, hi, bins, size, **kwargs)
+    return jnp.stack([low, high], axis=-1), jnp.stack([1.0 - frac, frac], axis=-1) * w[..., None]
 
 
 def roi_align(features: jax.Array, boxes: jax.Array, output_size, *, spatial_scale: float = 1.0,
@@ -200,8 +209,8 @@ def roi_align_table(table: jax.Array, geometry: Sequence[tuple[int, int]], boxes
     x1, y1, x2, y2 = (boxes[:, i] * scale for i in range(4))
     n = output_size
     rule = dict(sampling_ratio=sampling_ratio, aligned=aligned)
-    yi, wy = roi_align_samples(y1, y2, n, h, **rule)  # [K, n, g, 2]
-    xi, wx = roi_align_samples(x1, x2, n, w, **rule)
+    yi, wy = _gather_samples(y1, y2, n, h, **rule)  # [K, n, g, 2]
+    xi, wx = _gather_samples(x1, x2, n, w, **rule)
     k = boxes.shape[0]
     yi, wy = yi.reshape(k, n, 1, -1, 1), wy.reshape(k, n, 1, -1, 1)  # [K, n, 1, 2g, 1]
     xi, wx = xi.reshape(k, 1, n, 1, -1), wx.reshape(k, 1, n, 1, -1)  # [K, 1, n, 1, 2g]
