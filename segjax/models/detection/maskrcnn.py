@@ -1,25 +1,19 @@
 """Mask R-CNN (He et al. 2017) on a ResNet-FPN, torchvision's `maskrcnn_resnet50_fpn`: the thin
 meta-architecture composing the detection wing (one jit per input size, static shapes).
 
-Inference: images [N, H, W, 3] (ImageNet-normalised), zero-padded bottom/right to a multiple of 32
--> ResNet + FPN P2-P6 (`backbone`) -> RPN proposals (`rpn`, anchors 32-512 x 0.5/1/2) -> ROI Align
-7x7 on P2-P5 (`poolers`) -> box head and detections (`roi_heads`: score > 0.05, NMS 0.5 per class,
-100 per image) -> ROI Align 14x14 -> mask head -> each detection's 28x28 class mask (`mask_head`).
-Returns the instance outputs of `instances` (paste masks with `segjax.ops.paste_masks`). The
-stages are methods (`method=MaskRCNN.<name>`): `pad`, `features`, `rpn_outputs`, `anchors`,
-`proposals`, `box_outputs`, `detect`, `mask_logits`, `train_outputs`. The poolers use the exact
-scales 1/4 ... 1/32 of the padded maps (torchvision infers them from the unpadded height: the same
-unless padding grows it by more than sqrt(2), images under ~80 pixels).
+Inference: pad to a multiple of 32 -> ResNet + FPN P2-P6 (`backbone`) -> RPN proposals (`rpn`) ->
+ROI Align 7x7 on P2-P5 (`poolers`, the exact scales of the padded maps) -> box head, detections
+(`roi_heads`) -> ROI Align 14x14 -> mask head, each detection's 28x28 class mask (`mask_head`);
+the outputs of `instances`. Stages are methods (`method=MaskRCNN.<name>`): `pad`, `features`,
+`rpn_outputs`, `anchors`, `proposals`, `box_outputs`, `detect`, `mask_logits`, `train_outputs`.
 
 Training: `model.apply(variables, images, train=True, targets=targets, rngs={"dropout": key},
 mutable=["batch_stats"])` (unchanged: BatchNorm is frozen), targets as `instances.TARGET_KEYS`,
-returns `{name: (sum float32 [N], count int32 [N])}` for the five `TRAIN_LOSSES` (`losses`;
-`losses.normalize(losses, axis_name)` gives torchvision's batch means on any device count).
-Anchors are labelled and sampled by `rpn`, the train-mode proposals (no gradient) plus the ground
-truth by `roi_heads` (positives first in fixed slots); the first `int(512 * 0.25)` slots (every
-positive) go to `mask_head`. Image i's samples come from `fold_in(make_rng("dropout"), g)` (g its
-global batch position: `matching.image_keys`) folded with 0 (anchors) and 1 (ROIs), so 1 and N
-devices draw the same samples for the same key.
+returns `{name: (sum float32 [N], count int32 [N])}` of the `TRAIN_LOSSES` (`losses.normalize`
+gives torchvision's batch means on any device count). `rpn` labels and samples the anchors,
+`roi_heads` the train-mode proposals (no gradient) plus the ground truth (positives first); the
+first `int(512 * 0.25)` slots go to `mask_head`. Image i samples with `fold_in(make_rng("dropout"),
+g)` (g: its global batch position, `matching.image_keys`) folded with 0 (anchors) / 1 (ROIs).
 """
 
 from __future__ import annotations
@@ -39,7 +33,7 @@ from segjax.models.detection import mask_head as mask_lib
 from segjax.models.detection.instances import (BOXES, CLASSES, MASK_PROBS, NUM_DETECTIONS, SCORES, TARGET_KEYS,
                                                check_targets, gt_valid)
 from segjax.models.detection.matching import image_keys
-from segjax.models.detection.poolers import multiscale_roi_align_batch, pyramid_geometry, pyramid_table
+from segjax.models.detection.poolers import multiscale_roi_align_batch, pyramid_of
 from segjax.models.detection.roi_heads import (BOX_CODER_WEIGHTS, FastRCNNPredictor, TwoMLPHead, batched_detections,
                                                label_and_sample_proposals)
 from segjax.models.detection.rpn import RPNHead, batched_proposals, label_and_sample_anchors
@@ -159,16 +153,10 @@ class MaskRCNN(nn.Module):
             post_nms_top_n=self.rpn_post_nms_top_n_train if train else self.rpn_post_nms_top_n_test,
             nms_thresh=self.rpn_nms_thresh, score_thresh=self.rpn_score_thresh)
 
-    @staticmethod
-    def _pyramid(features: dict[str, jax.Array]):
-        """(table, geometry) of P2-P5 for the poolers (XLA merges the box and mask paths' copies)."""
-        levels = [features[name] for name in ROI_LEVELS]
-        return pyramid_table(levels), pyramid_geometry(levels)
-
     def box_outputs(self, features: dict[str, jax.Array], boxes: jax.Array):
         """Box head on boxes [N, K, 4]: (class logits [N, K, num_classes], deltas [N, K, 4 num_classes])."""
         n, k = boxes.shape[:2]
-        pooled = multiscale_roi_align_batch(*self._pyramid(features), boxes, 7, scales=ROI_SCALES)
+        pooled = multiscale_roi_align_batch(*pyramid_of(features, ROI_LEVELS), boxes, 7, scales=ROI_SCALES)
         logits, deltas = self.box_predictor(self.box_head(pooled.reshape(n * k, *pooled.shape[2:])))
         return logits.reshape(n, k, -1), deltas.reshape(n, k, -1)
 
@@ -184,7 +172,7 @@ class MaskRCNN(nn.Module):
     def mask_logits(self, features: dict[str, jax.Array], boxes: jax.Array) -> jax.Array:
         """Mask logits [N, K, 28, 28, num_classes] of boxes [N, K, 4]."""
         n, k = boxes.shape[:2]
-        pooled = multiscale_roi_align_batch(*self._pyramid(features), boxes, mask_lib.MASK_POOL_SIZE,
+        pooled = multiscale_roi_align_batch(*pyramid_of(features, ROI_LEVELS), boxes, mask_lib.MASK_POOL_SIZE,
                                             scales=ROI_SCALES)
         logits = self.mask_predictor(self.mask_head(pooled.reshape(n * k, *pooled.shape[2:])))
         return logits.reshape(n, k, *logits.shape[1:])
@@ -197,8 +185,8 @@ class MaskRCNN(nn.Module):
         head_vars = {"params": self.mask_head.variables["params"]}
         predictor_vars = {"params": self.mask_predictor.variables["params"]}
         logits_fn = lambda pooled: predictor.apply(predictor_vars, head.apply(head_vars, pooled))  # noqa: E731
-        return mask_lib.chunked_mask_losses(logits_fn, *self._pyramid(features), masks, boxes, positive, labels,
-                                            matched, chunk=self.mask_chunk, scales=ROI_SCALES)
+        return mask_lib.chunked_mask_losses(logits_fn, *pyramid_of(features, ROI_LEVELS), masks, boxes, positive,
+                                            labels, matched, chunk=self.mask_chunk, scales=ROI_SCALES)
 
     def train_outputs(self, images: jax.Array, targets: dict[str, jax.Array]):
         """Training losses and the samples behind them: (losses, samples).

@@ -66,6 +66,13 @@ def multiscale_roi_align(features: Sequence[jax.Array], boxes: jax.Array, output
                                       jnp.zeros(boxes.shape[:1], jnp.int32), output_size, scales=scales, **kwargs)
 
 
+def pyramid_of(features: dict[str, jax.Array], names: Sequence[str]):
+    """(table, geometry) of the maps `names` of a feature dict (finest first) for the functions
+    here (XLA merges the copies that several poolings of one forward pass build)."""
+    levels = [features[name] for name in names]
+    return pyramid_table(levels), pyramid_geometry(levels)
+
+
 def multiscale_roi_align_batch(table: jax.Array, geometry: Sequence[tuple[int, int]], boxes: jax.Array,
                                output_size: int, *, scales: Sequence[float], **kwargs) -> jax.Array:
     """`multiscale_roi_align_table` of boxes [N, K, 4] (box k of image i) -> [N, K, s, s, C]."""
@@ -77,4 +84,4 @@ def multiscale_roi_align_batch(table: jax.Array, geometry: Sequence[tuple[int, i
 
 
 __all__ = ["map_levels", "multiscale_roi_align", "multiscale_roi_align_batch", "multiscale_roi_align_table",
-           "pyramid_geometry", "pyramid_table"]
+           "pyramid_geometry", "pyramid_of", "pyramid_table"]
