@@ -3,10 +3,11 @@
 - `pixel`: per-pixel classification losses (cross-entropy, focal, Dice, Lovász-softmax, OHEM),
   registered in `LOSSES` under the names `config.loss.kind` selects.
 - `metric_learning`: losses on embeddings (triplet, contrastive, discriminative).
+- `detection`: the detectors' losses (RPN objectness and boxes, Fast R-CNN classification and
+  boxes, mask BCE) as per-image (sum, count) pairs, and their global normalisation; the
+  detection wing (`segjax.models.detection`) computes its targets and calls them.
 - `registry`: `register("name")` adds a per-pixel loss to `LOSSES` from anywhere; `gathers(name)`
   says whether it ranks pixels over the whole batch.
-
-(Detection losses live with the detection wing, `segjax.models.detection.losses`.)
 """
 
 from segjax.losses.registry import LOSSES, Pair, gathers, register

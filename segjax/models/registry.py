@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from typing import Any, Callable
@@ -28,7 +29,7 @@ _MODEL_MODULES = (
     "segjax.models.deconvnet",
     "segjax.models.deeplab",
     "segjax.models.pspnet",
-    "segjax.models.maskrcnn",
+    "segjax.models.detection.maskrcnn",
     "segjax.models.oracle",
     "segjax.models.fewshot",
 )
@@ -65,6 +66,20 @@ def register(name: str, *, output: str = "dense"
         return factory
 
     return decorator
+
+
+def module_variant(cls: type[nn.Module], *, hidden: tuple[str, ...] = (), doc: str | None = None,
+                   **fixed: Any) -> Callable[..., nn.Module]:
+    """`functools.partial(cls, **fixed)` as a registry factory: its signature (the accepted
+    overrides) is the class's fields, with the `fixed` values as defaults, minus `hidden` (fields a
+    variant's name fixes) and `parent` / `name`. The defaults stay declared once, on the class."""
+    factory = functools.partial(cls, **fixed)
+    sig = inspect.signature(cls)
+    factory.__signature__ = sig.replace(parameters=[
+        p.replace(default=fixed[p.name]) if p.name in fixed else p
+        for p in sig.parameters.values() if p.name not in tuple(hidden) + ("parent", "name")])
+    factory.__doc__ = doc or cls.__doc__
+    return factory
 
 
 def _load_all() -> None:

@@ -5,7 +5,7 @@ ImageNet classifiers, for transfer learning: `fc.*` is dropped), `vgg16`/`vgg16_
 `backbones.vgg.VGG16` with fc6/fc7 as convs; `classifier.6` is dropped), `fcn_resnet50/101` and
 `deeplabv3_resnet50/101` (with or without `aux_classifier`) onto the same-named segjax model, and
 `maskrcnn_resnet50_fpn` (torchvision's Mask R-CNN; `maskrcnn_resnet101_fpn` for the same layout on
-ResNet-101) onto `segjax.models.maskrcnn` (see `map_maskrcnn`).
+ResNet-101) onto `segjax.models.detection.maskrcnn` (see `map_maskrcnn`).
 Every torchvision key must land on a segjax leaf of the same shape and every segjax leaf must
 receive a value: anything else raises ValueError listing the offending keys.
 

@@ -8,7 +8,8 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 * `max_pool` (segjax.ops.pool; its gradient is written out tap by tap, faster on CPU)
 * `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
 * `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
-* `roi_align` (segjax.ops.roi_align)
+* `roi_align` (segjax.ops.roi_align; with `roi_align_table`, its gathered form over a stacked
+  feature pyramid, and `roi_align_weights`, the sampling matrices, all from one sampling rule)
 * detection: `box_area`, `box_iou`, `clip_boxes`, `remove_small_boxes`, `encode_boxes`, `decode_boxes`
   (segjax.ops.boxes), `nms`, `batched_nms` (segjax.ops.nms, static-shaped), `paste_masks`
   (segjax.ops.paste_masks)

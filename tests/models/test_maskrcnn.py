@@ -1,4 +1,4 @@
-"""Mask R-CNN (segjax.models.maskrcnn) vs torchvision's maskrcnn_resnet50_fpn, stage by stage.
+"""Mask R-CNN (segjax.models.detection.maskrcnn) vs torchvision's maskrcnn_resnet50_fpn, stage by stage.
 
 One torchvision model with random weights (eval mode) is converted with
 `torchvision_import.convert` and both run on the same two images. The images are 120 x 100 and
@@ -27,7 +27,7 @@ import torch
 import torchvision
 
 from segjax.models import create_model
-from segjax.models.maskrcnn import MaskRCNN
+from segjax.models.detection.maskrcnn import MaskRCNN
 from segjax.models.torchvision_import import convert
 from segjax.ops import box_iou, paste_masks
 

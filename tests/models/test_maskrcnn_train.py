@@ -1,4 +1,4 @@
-"""Mask R-CNN training mode (segjax.models.maskrcnn, train=True) vs torchvision, and its invariances.
+"""Mask R-CNN training mode (segjax.models.detection.maskrcnn, train=True) vs torchvision, and its invariances.
 
 Parity: torchvision's `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=K,
 min_size=S, max_size=S)` in train mode, converted to segjax. Both sides sample anchors and
@@ -25,8 +25,9 @@ import torch
 import torchvision
 
 from segjax.models import create_model
-from segjax.models.detection.losses import normalize
-from segjax.models.maskrcnn import TRAIN_LOSSES, MaskRCNN, mask_chunks
+from segjax.losses.detection import normalize
+from segjax.models.detection.mask_head import mask_chunks
+from segjax.models.detection.maskrcnn import TRAIN_LOSSES, MaskRCNN
 from segjax.models.torchvision_import import convert
 
 K = 4
@@ -312,7 +313,7 @@ def test_frozen_parameters_as_torchvision(layers):
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from segjax.models.maskrcnn import frozen_parameters
+    from segjax.models.detection.backbone import frozen_parameters
 
     # torchvision's pretrained-backbone set-up: FrozenBatchNorm2d (no parameters) and requires_grad
     # only in the last `layers` stages.
@@ -333,7 +334,7 @@ def test_trainable_backbone_layers_reach_the_trainer():
     from experiments.configs import maskrcnn as recipes
     from flax.traverse_util import flatten_dict
 
-    from segjax.models.maskrcnn import frozen_parameters
+    from segjax.models.detection.backbone import frozen_parameters
     from segjax.train import build
 
     images = np.zeros((1, 64, 64, 3), np.float32)

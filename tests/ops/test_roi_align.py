@@ -1,4 +1,5 @@
-"""segjax.ops.roi_align vs torchvision.ops.roi_align: values, gradients, worked example."""
+"""segjax.ops.roi_align vs torchvision.ops.roi_align: values, gradients, worked example; its gathered
+pyramid form (`roi_align_table`) and adaptive sampling matrices (`roi_align_weights`) against it."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import torch
 import torchvision
 
 from segjax.ops import roi_align
+from segjax.ops.roi_align import pyramid_geometry, pyramid_table, roi_align_table, roi_align_weights
 from tests.ops.helpers import grad_nhwc, nchw
 
 H, W = 7, 9
@@ -100,3 +102,34 @@ def test_bad_input_raises():
         roi_align(feats, np.array([[2, 0, 0, 2, 2]], np.float32), 2)
     with pytest.raises(ValueError, match="batch indices"):
         roi_align(feats, np.array([[0.5, 0, 0, 2, 2]], np.float32), 2)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_table_form_equals_dense_roi_align_per_level(np_rng, aligned):
+    """`roi_align_table`, each box on its level of a two-image, two-level pyramid, equals the dense
+    `roi_align` of that level and image at that level's scale (one sampling rule, two forms)."""
+    levels_hw, scales = [(H, W), (4, 5)], (1.0, 0.5)
+    feats = [np_rng.normal(size=(2, h, w, 3)).astype(np.float32) for h, w in levels_hw]
+    boxes = _boxes(np_rng, 8, 2, 1.0)
+    level = np.arange(len(boxes)) % 2
+    table = pyramid_table([jnp.asarray(f) for f in feats])
+    out = roi_align_table(table, pyramid_geometry(feats), jnp.asarray(boxes[:, 1:]), jnp.asarray(boxes[:, 0]),
+                          jnp.asarray(level), 3, scales=scales, sampling_ratio=2, aligned=aligned)
+    for lv, scale in enumerate(scales):
+        ref = roi_align(feats[lv], boxes[level == lv], 3, spatial_scale=scale, sampling_ratio=2, aligned=aligned)
+        np.testing.assert_allclose(np.asarray(out)[level == lv], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_weights_equal_torchvision_adaptive_sampling(np_rng):
+    """`roi_align_weights(sampling_ratio=0)` (capped) is torchvision's adaptive `sampling_ratio=0`."""
+    feats = np_rng.normal(size=(1, 20, 24, 1)).astype(np.float32)
+    xy = np_rng.uniform(-3, 18, (10, 2))
+    boxes = np.concatenate([xy, xy + np_rng.uniform(0.5, 12, (10, 2))], 1).astype(np.float32)
+    cap = -(-24 // 3)
+    wy = roi_align_weights(jnp.asarray(boxes[:, 1]), jnp.asarray(boxes[:, 3]), 3, 20, sampling_ratio=0, max_grid=cap)
+    wx = roi_align_weights(jnp.asarray(boxes[:, 0]), jnp.asarray(boxes[:, 2]), 3, 24, sampling_ratio=0, max_grid=cap)
+    ours = np.einsum("kph,hw,kqw->kpq", wy, feats[0, :, :, 0], wx)
+    ref = torchvision.ops.roi_align(torch.tensor(feats).permute(0, 3, 1, 2),
+                                    torch.tensor(np.concatenate([np.zeros((10, 1), np.float32), boxes], 1)),
+                                    3, 1.0, 0, False)
+    np.testing.assert_allclose(ours, ref[:, 0].numpy(), rtol=1e-5, atol=1e-5)

@@ -1,9 +1,18 @@
-"""The parts of the two-stage detector (Mask R-CNN), each a reusable module or pure function.
+"""The detection wing, split as detectron2's `modeling/`: each part a reusable module or pure function
+that the instance models (Mask R-CNN; TensorMask, PANet) compose.
 
+* `fpn` — the feature pyramid (torchvision's FeaturePyramidNetwork + LastLevelMaxPool).
+* `backbone` — ResNet + FPN (`resnet_fpn`, `pyramid`), input padding, torchvision's stage freezing.
 * `anchors` — torchvision's AnchorGenerator (cell anchors, grid anchors), as constants.
-* `rpn` — the RPN head and static-shaped proposal filtering.
-* `poolers` — multi-scale ROI Align with the FPN level mapper.
-* `roi_heads` — box head, predictor, detection post-processing, mask head.
-* `targets` — training targets: Matcher, anchor / proposal / mask targets, balanced sampling.
-* `losses` — the training losses as per-image (sum, count) pairs and their global normalisation.
+* `matching` — the Matcher, the balanced sampler and the per-image sampling keys.
+* `rpn` — the proposal generator: RPN head, static-shaped proposal filtering, anchor labelling and
+  sampling.
+* `poolers` — FPN level assignment + the gathered ROI Align operator (`segjax.ops.roi_align`).
+* `roi_heads` — proposal labelling and ROI sampling, box head and predictor, detection
+  post-processing.
+* `mask_head` — mask head and predictor, mask targets, the (chunked) mask loss, mask inference.
+* the training losses (per-image (sum, count) pairs, their global normalisation) are
+  `segjax.losses.detection`.
+* `instances` — the instance models' output keys and ground-truth target contract.
+* `maskrcnn` — the Mask R-CNN meta-architecture and its registered variants.
 """

@@ -1,21 +1,22 @@
-"""Mask R-CNN's ROI heads (torchvision's roi_heads.py, faster_rcnn.py, mask_rcnn.py), NHWC.
+"""The ROI heads' box branch (torchvision's roi_heads.py, faster_rcnn.py), NHWC; the mask branch is
+`mask_head`.
 
+* `proposal_targets`, `label_and_sample_proposals`: the training ROIs of one image — proposals
+  plus ground truth labelled (Matcher 0.5 / 0.5) and sampled (512, a quarter positive) into
+  fixed slots, positives first, with their box-regression targets.
 * `TwoMLPHead`: flatten the 7x7 pooled features, fc6 + ReLU, fc7 + ReLU (1024 in R50-FPN).
   The flatten is (y, x, channel) here, (channel, y, x) in torchvision: converting fc6's weight
   permutes its input axis (`segjax.models.torchvision_import`).
 * `FastRCNNPredictor`: `cls_score` (K logits) and `bbox_pred` (4K class-specific deltas).
-* `MaskHead`: four 3x3 convs + ReLU (`mask_fcn1..4`, torchvision's `mask_head.{0..3}.0`).
-* `MaskPredictor`: 2x2 stride-2 transposed conv + ReLU (`conv5_mask`), 1x1 conv to K
-  (`mask_fcn_logits`): 14x14 pooled features -> 28x28 mask logits per class.
 * `postprocess_detections`: torchvision's `RoIHeads.postprocess_detections` with static shapes.
 
 Initialisation as torchvision: `nn.Linear`'s default (kaiming-uniform a = sqrt(5), bias
-U(±1/sqrt(fan_in))), mask convs kaiming-normal fan_out with zero bias, the transposed conv and
-the logits conv kaiming-normal fan_out with torch's default bias.
+U(±1/sqrt(fan_in))). The losses are `segjax.losses.detection.fast_rcnn_losses`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -23,10 +24,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from segjax.models.backbones.resnet import conv_kernel_init
-from segjax.models.layers import ConvTranspose, square_conv
-from segjax.ops.boxes import clip_boxes, decode_boxes, remove_small_boxes
+from segjax.models.detection.matching import (BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match,
+                                              sample_balanced_by_noise)
+from segjax.ops.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
 from segjax.ops.nms import nms
+
+# torchvision's box coder weights of the ROI heads (x, y, w, h).
+BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
 # torch.nn.Linear / Conv default weight init: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in)).
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -45,6 +49,75 @@ def torch_default_bias_init(fan_in: int):
 def _dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=torch_default_kernel_init,
                     bias_init=torch_default_bias_init(fan_in), name=name)
+
+
+def proposal_targets(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.Array,
+                     gt_classes: jax.Array, gt_valid: jax.Array, *, fg_iou_thresh: float = 0.5,
+                     bg_iou_thresh: float = 0.5):
+    """ROI-head targets of one image: (labels int32 [P], matched gt index int32 [P]).
+
+    torchvision's `RoIHeads.assign_targets_to_proposals`: the matched ground truth's class, 0
+    (background) below `bg_iou_thresh`, -1 (ignored) between the thresholds; padding proposals
+    (`proposal_valid` False) are -1 too. The matched index is clamped at 0 like torchvision's
+    (meaningful only where the label is > 0). torchvision appends the ground-truth boxes to the
+    proposals before this (`add_gt_proposals`); do that by concatenating them with `gt_valid`
+    as their validity.
+    """
+    matches = match(box_iou(gt_boxes, proposals), fg_iou_thresh, bg_iou_thresh, gt_valid=gt_valid)
+    clamped = jnp.maximum(matches, 0)
+    labels = gt_classes[clamped].astype(jnp.int32)
+    labels = jnp.where(matches == BELOW_LOW_THRESHOLD, 0, labels)
+    labels = jnp.where((matches == BETWEEN_THRESHOLDS) | ~proposal_valid, -1, labels)
+    return labels, clamped.astype(jnp.int32)
+
+
+def label_and_sample_proposals(key: jax.Array, proposals: jax.Array, proposal_valid: jax.Array,
+                               gt_boxes: jax.Array, gt_classes: jax.Array, gt_valid: jax.Array, *,
+                               fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5,
+                               batch_size_per_image: int = 512, positive_fraction: float = 0.25,
+                               weights: Sequence[float] = BOX_CODER_WEIGHTS) -> dict[str, jax.Array]:
+    """The box head's training ROIs of one image (torchvision's `select_training_samples`).
+
+    The candidates are the P proposals then the M ground-truth boxes (`add_gt_proposals`),
+    labelled by `proposal_targets` and sampled by `sample_balanced_by_noise`; the ground-truth
+    slots draw their noise from their own slot's key, so padding slots (never sampled) leave
+    every other draw unchanged. The S = min(batch_size_per_image, P + M) slots hold the sampled
+    positives first, then the negatives, then unsampled candidates.
+
+    Args:
+      key: PRNG key of this image's sample. proposals: [P, 4], proposal_valid: bool [P].
+      gt_boxes: [M, 4], gt_classes: int [M], gt_valid: bool [M] (padded ground truth).
+    Returns:
+      dict over the candidates: `roi_labels` int32 [P + M] (class, 0 background, -1 ignored),
+      `roi_matched` [P + M], `roi_positive`, `roi_negative` bool [P + M]; over the slots:
+      `roi_index` int32 [S] (into the candidates), `roi_sampled`, `positive` bool [S], `boxes`
+      [S, 4] (unsampled: (0, 0, 1, 1)), `labels` int32 [S] (0 where unsampled), `matched` [S]
+      (ground-truth index), `reg` [S, 4] (box-coder targets, `weights`; zeros but at positives).
+    """
+    p, m = proposals.shape[0], gt_boxes.shape[0]
+    cand = jnp.concatenate([proposals, gt_boxes], axis=0)
+    cand_valid = jnp.concatenate([proposal_valid, gt_valid], axis=0)
+    s = min(batch_size_per_image, p + m)
+    safe = jnp.array([0.0, 0.0, 1.0, 1.0], jnp.float32)
+    labels, matched = proposal_targets(cand, cand_valid, gt_boxes, gt_classes, gt_valid,
+                                       fg_iou_thresh=fg_iou_thresh, bg_iou_thresh=bg_iou_thresh)
+    k_prop_pos, k_prop_neg, k_gt_pos, k_gt_neg = jax.random.split(key, 4)
+    gt_noise = lambda k: jax.vmap(lambda j: jax.random.uniform(jax.random.fold_in(k, j)))(  # noqa: E731
+        jnp.arange(m))
+    noise_pos = jnp.concatenate([jax.random.uniform(k_prop_pos, (p,)), gt_noise(k_gt_pos)])
+    noise_neg = jnp.concatenate([jax.random.uniform(k_prop_neg, (p,)), gt_noise(k_gt_neg)])
+    pos, neg = sample_balanced_by_noise(noise_pos, noise_neg, labels, batch_size_per_image, positive_fraction)
+    _, _, order = lax.sort((~pos, ~neg, jnp.arange(p + m, dtype=jnp.int32)), num_keys=3)
+    idx = order[:s]
+    sampled = (pos | neg)[idx]
+    positive = pos[idx]
+    sboxes = jnp.where(sampled[:, None], cand[idx], safe)
+    slabels = jnp.where(sampled, labels[idx], 0)
+    smatched = matched[idx]
+    reference = jnp.where(positive[:, None], gt_boxes[smatched], safe)
+    reg = encode_boxes(reference, jnp.where(positive[:, None], sboxes, safe), weights)
+    return dict(roi_labels=labels, roi_matched=matched, roi_positive=pos, roi_negative=neg, roi_index=idx,
+                roi_sampled=sampled, positive=positive, boxes=sboxes, labels=slabels, matched=smatched, reg=reg)
 
 
 class TwoMLPHead(nn.Module):
@@ -74,43 +147,11 @@ class FastRCNNPredictor(nn.Module):
         return scores.astype(jnp.float32), deltas.astype(jnp.float32)
 
 
-class MaskHead(nn.Module):
-    """3x3 conv + ReLU stack over [K, 14, 14, C] (torchvision's MaskRCNNHeads, dilation 1)."""
-
-    layers: Sequence[int] = (256, 256, 256, 256)
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(self.dtype)
-        for i, features in enumerate(self.layers):
-            x = nn.relu(square_conv(features, 3, use_bias=True, dtype=self.dtype, kernel_init=conv_kernel_init,
-                                    name=f"mask_fcn{i + 1}")(x))
-        return x
-
-
-class MaskPredictor(nn.Module):
-    """[K, 14, 14, C] -> mask logits [K, 28, 28, num_classes] (float32)."""
-
-    num_classes: int
-    dim_reduced: int = 256
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = ConvTranspose(self.dim_reduced, 2, stride=2, dtype=self.dtype, kernel_init=conv_kernel_init,
-                          bias_init=torch_default_bias_init(self.dim_reduced * 4), name="conv5_mask")(x)
-        x = nn.relu(x)
-        x = square_conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, kernel_init=conv_kernel_init,
-                        name="mask_fcn_logits")(x)
-        return x.astype(jnp.float32)
-
-
 def postprocess_detections(class_logits: jax.Array, box_regression: jax.Array, proposals: jax.Array,
                            proposal_valid: jax.Array, image_size: Sequence[int], *,
                            score_thresh: float = 0.05, nms_thresh: float = 0.5,
                            detections_per_img: int = 100,
-                           weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), min_size: float = 1e-2):
+                           weights: Sequence[float] = BOX_CODER_WEIGHTS, min_size: float = 1e-2):
     """Detections of one image from the box head's outputs on its proposals (vmap for a batch).
 
     torchvision: decode the class-specific deltas on every proposal, clip to the image, softmax
@@ -151,5 +192,12 @@ def postprocess_detections(class_logits: jax.Array, box_regression: jax.Array, p
     return {"boxes": out_boxes, "scores": out_scores, "classes": out_classes, "valid": ok}
 
 
-__all__ = ["FastRCNNPredictor", "MaskHead", "MaskPredictor", "TwoMLPHead", "postprocess_detections",
-           "torch_default_bias_init", "torch_default_kernel_init"]
+def batched_detections(class_logits: jax.Array, box_regression: jax.Array, proposals: jax.Array,
+                       proposal_valid: jax.Array, image_size: Sequence[int], **settings) -> dict[str, jax.Array]:
+    """`postprocess_detections` of a batch (every argument with a leading N; `settings` its keywords)."""
+    post = functools.partial(postprocess_detections, image_size=image_size, **settings)
+    return jax.vmap(lambda lg, dl, b, v: post(lg, dl, b, v))(class_logits, box_regression, proposals, proposal_valid)
+
+
+__all__ = ["BOX_CODER_WEIGHTS", "FastRCNNPredictor", "TwoMLPHead", "batched_detections", "label_and_sample_proposals",
+           "postprocess_detections", "proposal_targets", "torch_default_bias_init", "torch_default_kernel_init"]

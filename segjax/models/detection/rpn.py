@@ -1,4 +1,4 @@
-"""Region Proposal Network: torchvision's `RPNHead` and its inference-time proposal filtering.
+"""Region Proposal Network: torchvision's `RPNHead`, its proposal filtering, anchor labelling and sampling.
 
 The head (shared by all pyramid levels): 3x3 conv + ReLU, then 1x1 convs to A objectness logits
 and 4A box deltas per cell (weights N(0, 0.01), biases 0). Channel `a * 4 + j` of the deltas is
@@ -12,10 +12,16 @@ for one image (vmap it over a batch):
   within the level; then the `post_nms_top_n` highest-scoring survivors over all levels.
 torchvision drops what is filtered; here the result has a fixed number of slots with a `valid`
 mask (valid slots first, by decreasing score).
+
+Training (`label_and_sample_anchors`, one image): anchors matched to the ground truth
+(`anchor_targets`, Matcher 0.7 / 0.3 with low-quality matches), then `batch_size_per_image`
+(256) sampled at most `positive_fraction` (half) positive, with the box-regression targets of
+the positives; the losses are `segjax.losses.detection.rpn_losses`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -23,8 +29,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from segjax.models.detection.matching import BETWEEN_THRESHOLDS, match, sample_balanced
 from segjax.models.layers import square_conv
-from segjax.ops.boxes import clip_boxes, decode_boxes, remove_small_boxes
+from segjax.ops.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
 from segjax.ops.nms import nms
 
 rpn_kernel_init = nn.initializers.normal(0.01)
@@ -101,4 +108,50 @@ def filter_proposals(objectness: Sequence[jax.Array], deltas: Sequence[jax.Array
     return boxes[order], scores[order], keep[order]
 
 
-__all__ = ["RPNHead", "filter_proposals", "rpn_kernel_init"]
+def batched_proposals(objectness: Sequence[jax.Array], deltas: Sequence[jax.Array], anchors: Sequence[jax.Array],
+                      image_size: Sequence[int], **settings):
+    """`filter_proposals` of a batch: per-level objectness [N, A_l], deltas [N, A_l, 4], shared
+    anchors [A_l, 4] -> (boxes [N, P, 4], scores [N, P], valid [N, P]); `settings` its keywords."""
+    filt = functools.partial(filter_proposals, anchors=anchors, image_size=image_size, **settings)
+    return jax.vmap(lambda o, d: filt(o, d))(objectness, deltas)
+
+
+def anchor_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, *,
+                   fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3):
+    """RPN targets of one image: (labels float32 [A] in {1, 0, -1}, matched gt boxes [A, 4]).
+
+    torchvision's `RegionProposalNetwork.assign_targets_to_anchors`: label 1 for matched anchors
+    (including low-quality matches), 0 below `bg_iou_thresh`, -1 (ignored) in between. Without
+    any valid ground truth every anchor is background, matched to box 0 (a zero box when padded).
+    """
+    matches = match(box_iou(gt_boxes, anchors), fg_iou_thresh, bg_iou_thresh,
+                    allow_low_quality_matches=True, gt_valid=gt_valid)
+    labels = jnp.where(matches >= 0, 1.0, jnp.where(matches == BETWEEN_THRESHOLDS, -1.0, 0.0))
+    matched = gt_boxes[jnp.maximum(matches, 0)]
+    any_gt = jnp.any(gt_valid)
+    matched = jnp.where(any_gt, matched, 0.0)
+    return labels.astype(jnp.float32), matched
+
+
+def label_and_sample_anchors(key: jax.Array, anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, *,
+                             fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3,
+                             batch_size_per_image: int = 256, positive_fraction: float = 0.5):
+    """The RPN's training samples of one image (torchvision's RPN in train mode).
+
+    Args:
+      key: PRNG key of this image's sample. anchors: [A, 4] (every level, torchvision's order).
+      gt_boxes: [M, 4] padded ground truth; gt_valid: bool [M].
+    Returns:
+      (labels float32 [A] in {1, 0, -1} (`anchor_targets`), regression targets [A, 4]
+      (`encode_boxes(matched gt, anchor)`, unit weights; zeros where not a sampled positive),
+      positive bool [A], negative bool [A]: the sampled anchors, `sample_balanced`).
+    """
+    labels, matched = anchor_targets(anchors, gt_boxes, gt_valid, fg_iou_thresh=fg_iou_thresh,
+                                     bg_iou_thresh=bg_iou_thresh)
+    pos, neg = sample_balanced(key, labels, batch_size_per_image, positive_fraction)
+    reference = jnp.where(pos[:, None], matched, anchors)  # finite targets where unused
+    return labels, encode_boxes(reference, anchors), pos, neg
+
+
+__all__ = ["RPNHead", "anchor_targets", "batched_proposals", "filter_proposals", "label_and_sample_anchors",
+           "rpn_kernel_init"]

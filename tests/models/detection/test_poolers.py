@@ -9,8 +9,8 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
-from segjax.models.detection.poolers import (map_levels, multiscale_roi_align, pyramid_geometry, pyramid_table,
-                                            roi_align_table)
+from segjax.models.detection.poolers import (map_levels, multiscale_roi_align, multiscale_roi_align_table,
+                                            pyramid_geometry, pyramid_table)
 
 S = 448  # image size; levels 112, 56, 28, 14: boxes land on all four
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -61,7 +61,7 @@ def test_multiscale_roi_align_matches_torchvision(np_rng):
     np.testing.assert_allclose(out14[1], 2 * out14[0], rtol=1e-5, atol=2e-5)
 
 
-def test_roi_align_table_pools_boxes_of_any_image_of_a_batch(np_rng):
+def test_multiscale_roi_align_table_pools_boxes_of_any_image_of_a_batch(np_rng):
     """One table for a batch of 3 pyramids, boxes of shuffled images (torchvision's batch index):
     values and the gradient of every level equal torchvision's MultiScaleRoIAlign (float64)."""
     c, n = 4, 3
@@ -75,8 +75,8 @@ def test_roi_align_table_pools_boxes_of_any_image_of_a_batch(np_rng):
     ref = pool(OrderedDict((str(i), t) for i, t in enumerate(tfeats)),
                [torch.tensor(boxes[image == i], dtype=torch.float64) for i in range(n)], [(S, S)] * n)
     levels = [jnp.asarray(f, jnp.float32) for f in feats]
-    f = jax.jit(lambda lv: roi_align_table(pyramid_table(lv), pyramid_geometry(lv), jnp.asarray(boxes),
-                                           jnp.asarray(image), 5, scales=SCALES))
+    f = jax.jit(lambda lv: multiscale_roi_align_table(pyramid_table(lv), pyramid_geometry(lv), jnp.asarray(boxes),
+                                                      jnp.asarray(image), 5, scales=SCALES))
     out, vjp = jax.vjp(f, levels)
     np.testing.assert_allclose(np.asarray(out)[order], ref.detach().permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
     ct = np_rng.normal(size=out.shape)

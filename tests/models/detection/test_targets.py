@@ -1,4 +1,5 @@
-"""Target assignment and sampling vs torchvision's Matcher, RPN/ROI assignment and sampler."""
+"""Target assignment and sampling vs torchvision's Matcher, RPN/ROI assignment and sampler, and
+the mask targets (`matching`, `rpn.anchor_targets`, `roi_heads.proposal_targets`, `mask_head.mask_targets`)."""
 
 import jax
 import numpy as np
@@ -8,8 +9,10 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler,
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from segjax.models.detection.targets import (anchor_targets, mask_targets, match, proposal_targets,
-                                             sample_balanced)
+from segjax.models.detection.mask_head import mask_targets
+from segjax.models.detection.matching import match, sample_balanced
+from segjax.models.detection.roi_heads import proposal_targets
+from segjax.models.detection.rpn import anchor_targets
 
 
 def _boxes(np_rng, k, extent=80.0):

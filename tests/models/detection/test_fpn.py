@@ -1,4 +1,4 @@
-"""segjax.models.fpn.FPN vs torchvision's FeaturePyramidNetwork + LastLevelMaxPool."""
+"""segjax.models.detection.fpn.FPN vs torchvision's FeaturePyramidNetwork + LastLevelMaxPool."""
 
 from collections import OrderedDict
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from segjax.models.fpn import FPN
+from segjax.models.detection.fpn import FPN
 
 
 def fpn_variables_from_torch(tv_fpn) -> dict:

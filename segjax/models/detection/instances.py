@@ -1,0 +1,44 @@
+"""The instance models' contract (Mask R-CNN, TensorMask, PANet): output keys and ground-truth targets.
+
+Outputs (inference): `boxes` [N, D, 4] (x1, y1, x2, y2, input pixels), `scores` [N, D], `classes`
+int32 [N, D] (1..K-1), `num_detections` int32 [N] (valid slots first), `mask_probs` [N, D, 28, 28].
+
+Targets (training): `{"boxes": [N, M, 4] float (input pixels), "classes": [N, M] int (1..K-1; 0
+marks a padding slot), "masks": [N, M, H, W] binary full-image masks (any real/bool/uint8 dtype,
+H, W of the images), "num_instances": [N] int}`; M is static, slot j of image i is ground truth
+iff `j < num_instances[i]` and `classes[i, j] > 0` (`gt_valid`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+BOXES, SCORES, CLASSES, NUM_DETECTIONS, MASK_PROBS = "boxes", "scores", "classes", "num_detections", "mask_probs"
+TARGET_KEYS = ("boxes", "classes", "masks", "num_instances")
+
+
+def check_targets(targets, image_shape):
+    """Validated targets: (boxes float32 [N, M, 4], classes int32 [N, M], masks [N, M, H, W],
+    num_instances int32 [N]); ValueError naming the key for a missing key or a wrong shape."""
+    if not isinstance(targets, dict) or any(k not in targets for k in TARGET_KEYS):
+        got = sorted(targets) if isinstance(targets, dict) else type(targets).__name__
+        raise ValueError(f"Mask R-CNN targets must be a dict with keys {TARGET_KEYS}, got {got}")
+    n, h, w = image_shape[0], image_shape[1], image_shape[2]
+    boxes, classes = jnp.asarray(targets["boxes"], jnp.float32), jnp.asarray(targets["classes"])
+    masks, num = jnp.asarray(targets["masks"]), jnp.asarray(targets["num_instances"])
+    m = classes.shape[-1] if classes.ndim == 2 else None
+    expected = {"boxes": (n, m, 4), "classes": (n, m), "masks": (n, m, h, w), "num_instances": (n,)}
+    for key, arr in zip(TARGET_KEYS, (boxes, classes, masks, num)):
+        if tuple(arr.shape) != expected[key]:
+            raise ValueError(f"Mask R-CNN targets[{key!r}] must have shape {expected[key]} (N, M = max instances, "
+                             f"H, W of the images), got {tuple(arr.shape)}")
+    return boxes, classes.astype(jnp.int32), masks, num.astype(jnp.int32)
+
+
+def gt_valid(classes: jax.Array, num_instances: jax.Array) -> jax.Array:
+    """bool [N, M]: which target slots hold ground truth (`j < num_instances` and a class > 0)."""
+    return (jnp.arange(classes.shape[1])[None, :] < num_instances[:, None]) & (classes > 0)
+
+
+__all__ = ["BOXES", "CLASSES", "MASK_PROBS", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS", "check_targets", "gt_valid"]
