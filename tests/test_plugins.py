@@ -146,3 +146,25 @@ def test_out_of_tree_plugin_trains_resumes_and_predicts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     labels = np.asarray(Image.open(tmp_path / "pred" / "a_labels.png"))
     assert labels.shape == (40, 44) and set(np.unique(labels)) <= {0, 1}
+
+
+def test_a_model_without_dtype_or_axis_name_gets_defaults_or_says_what_to_add(plugin):
+    """tiny_fcn takes neither `dtype` nor `axis_name`: float32 (the config default) is fine and
+    mesh needs no axis; bfloat16 and pmap fail saying what to add to the model."""
+    import jax
+    import jax.numpy as jnp
+
+    from segjax.models import create_model
+    from segjax.train import parallel
+    from segjax.train.state import TrainState
+
+    model = create_model("tiny_fcn", num_classes=2, dtype="float32", features=4)
+    assert isinstance(model, plugin.TinyFCN)
+    with pytest.raises(ValueError, match=r"takes no `dtype` argument.*add `dtype"):
+        create_model("tiny_fcn", num_classes=2, dtype="bfloat16")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    state = TrainState(step=0, apply_fn=model.apply, params=variables["params"], tx=None,
+                       opt_state=None, batch_stats={})
+    assert parallel._with_axis(state, None) is state
+    with pytest.raises(ValueError, match=r"no `axis_name` field.*axis_name: str \| None = None"):
+        parallel._with_axis(state, "batch")
