@@ -3,7 +3,7 @@ r"""The generic trainer: flags only, the loop is `segjax.train.loop.train_and_ev
     python -m experiments.train --workdir=/tmp/run \
       --config=experiments/configs/FILE.py[:PRESET] [--config.KEY=VALUE ...]
 
-`config.task` chooses what is learned (`segjax.tasks.TASKS`; "semantic" by default). Rerunning
+`config.task` chooses what is learned (`segjax.tasks.available_tasks()`; "semantic" by default). Rerunning
 on the same --workdir resumes from its latest checkpoint. Exit status 0 on success, 1 with a
 one-line message on a known failure (bad config or unknown key, missing dataset, incompatible
 work dir, NaN loss), and a traceback for anything unexpected. `experiments.deeplab_voc` is this
