@@ -194,3 +194,11 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     run = load_run(str(old_dir), "latest")
     assert run.config.task == "quality" and run.task.name == "oracle" and run.step == 2
     assert load_oracle(str(old_dir), "latest")[-1].name == "oracle"
+    # experiments.predict refuses the oracle run by name: its model needs an image and a mask.
+    from experiments import predict
+
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="'oracle' task does not predict single images"):
+        predict.predict_files(str(tmp_path / "run"), [str(tmp_path / "a.png")],
+                              str(tmp_path / "pred"))
