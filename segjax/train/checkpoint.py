@@ -29,6 +29,17 @@ from orbax.checkpoint import checkpoint_managers as ocp_policies
 
 log = logging.getLogger(__name__)
 
+# orbax warns that a read-only manager is read-only: segjax asks for that (prediction, evaluation
+# commands), so the two lines are noise on every reading command's screen.
+_READ_ONLY_NOTES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+
+def _drop_read_only_notes(record: logging.LogRecord) -> bool:
+    return not any(note in record.getMessage() for note in _READ_ONLY_NOTES)
+
+
+logging.getLogger("absl").addFilter(_drop_read_only_notes)
+
 BEST_METRIC = "miou"  # the default key that ranks checkpoints saved with eval metrics (higher wins)
 
 
