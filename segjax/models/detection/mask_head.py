@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from segjax.models.backbones.resnet import conv_kernel_init
 from segjax.losses import detection as loss_lib
+from segjax.models.backbones.resnet import conv_kernel_init
 from segjax.models.detection.poolers import multiscale_roi_align_table
 from segjax.models.detection.roi_heads import torch_default_bias_init
 from segjax.models.layers import ConvTranspose, square_conv

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.losses import detection as loss_lib
 from segjax.models.detection import anchors as anchor_lib
 from segjax.models.detection import backbone as backbone_lib
-from segjax.losses import detection as loss_lib
 from segjax.models.detection import mask_head as mask_lib
 from segjax.models.detection.instances import (BOXES, CLASSES, MASK_PROBS, NUM_DETECTIONS, SCORES, TARGET_KEYS,
                                                check_targets, gt_valid)
@@ -253,8 +253,6 @@ class MaskRCNN(nn.Module):
         probs = mask_lib.mask_probs(self.mask_logits(features, det["boxes"]), det["classes"], det["valid"])
         return {BOXES: det["boxes"], SCORES: det["scores"], CLASSES: det["classes"],
                 NUM_DETECTIONS: jnp.sum(det["valid"], axis=1, dtype=jnp.int32), MASK_PROBS: probs}
-
-
 
 
 def _variant(name: str, depth: int, **sizes: int):
