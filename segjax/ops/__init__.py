@@ -2,7 +2,8 @@
 
 Every op is a pure function, differentiable, jit-able and vmap-able:
 
-* `conv2d`, `atrous_conv2d`, `conv_transpose2d`, `conv_as_matrix` (segjax.ops.conv), and
+* `conv2d`, `atrous_conv2d` (segjax.ops.conv), `conv_transpose2d`, `conv_as_matrix`
+  (segjax.ops.conv_transpose), and
   `conv_general_dilated`, a faster drop-in for `flax.linen.Conv`'s convolutions on CPU
 * `winograd_conv3x3` — Winograd F(2x2 / 4x4, 3x3) for stride-1 (dilated) 3x3 convs (segjax.ops.winograd)
 * `max_pool` (segjax.ops.pool; its gradient is written out tap by tap, faster on CPU)
@@ -13,6 +14,8 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 * detection: `box_area`, `box_iou`, `clip_boxes`, `remove_small_boxes`, `encode_boxes`, `decode_boxes`
   (segjax.ops.boxes), `nms`, `batched_nms` (segjax.ops.nms, static-shaped), `paste_masks`
   (segjax.ops.paste_masks)
+* `swap_align2nat` — TensorMask's aligned -> natural mask representation, upsampled
+  (segjax.ops.swap_align2nat; detectron2's CUDA-only kernel, here differentiable to any order)
 * `erosion`, `dilation`, `opening`, `closing` and the `disk`, `square` footprints — equal to
   skimage.morphology, borders included (segjax.ops.morphology)
 """
@@ -27,6 +30,7 @@ from segjax.ops.paste_masks import paste_masks
 from segjax.ops.pool import max_pool
 from segjax.ops.resize import resize
 from segjax.ops.roi_align import roi_align
+from segjax.ops.swap_align2nat import swap_align2nat
 from segjax.ops.unpool import bed_of_nails_unpool, max_pool_with_argmax, max_unpool, nearest_unpool
 from segjax.ops.winograd import winograd_conv3x3
 
@@ -58,5 +62,6 @@ __all__ = [
     "resize",
     "roi_align",
     "square",
+    "swap_align2nat",
     "winograd_conv3x3",
 ]
