@@ -79,7 +79,7 @@ def test_registries_refuse_twice_the_same_name(plugin):
     with pytest.raises(ValueError, match="tversky.*twice"):
         segjax.losses.register("tversky")(plugin.tversky)
     with pytest.raises(ValueError, match="foreground.*twice"):
-        segjax.tasks.register("foreground", best_metric="x")(plugin.build_foreground)
+        segjax.tasks.register("foreground")(plugin.build_foreground)
     with pytest.raises(ValueError, match="shapes_fg.*twice"):
         register_dataset(plugin._shapes_fg, name="shapes_fg")
 

@@ -110,7 +110,7 @@ def foreground_defaults() -> ml_collections.ConfigDict:
     return c
 
 
-@segjax.tasks.register("foreground", best_metric="fg_iou", defaults=foreground_defaults)
+@segjax.tasks.register("foreground", defaults=foreground_defaults)
 def build_foreground(config, info, data_dir) -> ForegroundTask:
     """The foreground task of a run: `config.foreground` on a two-class dataset `info`."""
     del data_dir

@@ -235,6 +235,13 @@ class Task(abc.ABC):
         raise ValueError(f"the {self.name!r} task does not predict single images")
 
 
+def class_palette(num_classes: int, palette: np.ndarray | None) -> np.ndarray:
+    """The dataset's `palette`, or VOC's colour map for `num_classes` when it has none."""
+    from segjax.data.datasets import voc_palette
+
+    return voc_palette(num_classes) if palette is None else palette
+
+
 def padded_input(image: np.ndarray, multiple: int = 32) -> np.ndarray:
     """One uint8 RGB image `[H, W, 3]` normalised like the pipelines' and padded bottom/right
     with 0 (the mean pixel after normalisation, as evaluation pads) to a multiple of

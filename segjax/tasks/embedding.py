@@ -241,7 +241,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-@register("embedding", best_metric=BEST_METRIC, defaults=defaults)
+@register("embedding", defaults=defaults)
 def build(config, info, data_dir) -> EmbeddingTask:
     """The embedding task of a run: `config.embedding` (loss and clustering) on dataset `info`."""
     del data_dir

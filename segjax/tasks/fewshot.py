@@ -334,7 +334,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-@register("fewshot", best_metric=BEST_METRIC, defaults=defaults)
+@register("fewshot", defaults=defaults)
 def build(config, info, data_dir) -> FewShotTask:
     """The few-shot task of a run: `config.fewshot` on dataset `info`."""
     del data_dir

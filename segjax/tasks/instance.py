@@ -24,7 +24,7 @@ import numpy as np
 
 from segjax import visualize
 from segjax.metrics import coco
-from segjax.tasks.base import Accumulator, StepContext, Task
+from segjax.tasks.base import Accumulator, StepContext, Task, class_palette
 from segjax.tasks.registry import register, section
 
 BEST_METRIC = "mask_ap"
@@ -266,9 +266,7 @@ class InstanceTask(Task):
         return [f"{stem}_instances.png", f"{stem}_instances.json"]
 
     def _palette(self) -> np.ndarray:
-        from segjax.data.datasets import voc_palette
-
-        return voc_palette(self.num_classes) if self.palette is None else self.palette
+        return class_palette(self.num_classes, self.palette)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -280,7 +278,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-@register("instance", best_metric=BEST_METRIC, defaults=defaults)
+@register("instance", defaults=defaults)
 def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> InstanceTask:
     """The instance task of a run: `config.instance.max_instances` ground-truth slots."""
     del data_dir

@@ -274,7 +274,7 @@ def defaults() -> ml_collections.ConfigDict:
 
 # Runs written before the rename say `task: "quality"` with a `quality` section: the registry
 # reads both as "oracle" (`segjax.tasks.registry._RENAMED`).
-@register("oracle", best_metric=BEST_METRIC, defaults=defaults)
+@register("oracle", defaults=defaults)
 def build(config, info, data_dir) -> OracleTask:
     """The oracle task of a run: `config.oracle` on dataset `info`."""
     del data_dir

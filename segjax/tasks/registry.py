@@ -2,7 +2,7 @@
 
 A task is registered where it is defined, in segjax or in the user's own module:
 
-    @segjax.tasks.register("depth", best_metric="neg_rmse", defaults=depth_defaults)
+    @segjax.tasks.register("depth", defaults=depth_defaults)
     def build(config, info, data_dir) -> Task: ...
 
 `defaults()` returns a `ConfigDict` of the top-level sections the task reads, with every key and
@@ -44,12 +44,12 @@ _RENAMED = {
 
 @dataclasses.dataclass(frozen=True)
 class TaskEntry:
-    """A registered task: its `build(config, info, data_dir) -> Task`, the metric that ranks its
-    checkpoints, and `defaults() -> ConfigDict` of the config sections it owns."""
+    """A registered task: its `build(config, info, data_dir) -> Task` (the Task says which metric
+    ranks its checkpoints), `defaults() -> ConfigDict` of the config sections it owns and an
+    optional `check(config)` of their values."""
 
     name: str
     build: Callable[..., Any]
-    best_metric: str
     defaults: Callable[[], ml_collections.ConfigDict]
     check: Callable[[Any], None] | None = None
 
@@ -62,14 +62,13 @@ def _no_sections() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict()
 
 
-def register(name: str, *, best_metric: str,
+def register(name: str, *,
              defaults: Callable[[], ml_collections.ConfigDict] | None = None,
              check: Callable[[Any], None] | None = None):
     """Decorator registering `build(config, info, data_dir) -> Task` as task `name` (unique).
 
     Args:
       name: the `config.task` value.
-      best_metric: the metric that ranks checkpoints (higher is better).
       defaults: returns the task's config sections with every key's default (None: the task
         reads no section of its own).
       check: `check(config)` raises ValueError naming a bad value of the task's sections, before
@@ -82,7 +81,7 @@ def register(name: str, *, best_metric: str,
         if name in _RENAMED:
             raise ValueError(f"task name {name!r} is the old name of the {_RENAMED[name]!r} task "
                              "(runs written before the rename use it): choose another name")
-        _REGISTRY[name] = TaskEntry(name, build, best_metric, defaults or _no_sections, check)
+        _REGISTRY[name] = TaskEntry(name, build, defaults or _no_sections, check)
         return build
 
     return decorator
@@ -116,11 +115,6 @@ def get(name: str) -> TaskEntry:
                          "your own is registered when its module is imported: import it in the "
                          "config file)")
     return _REGISTRY[name]
-
-
-def best_metric(name: str) -> str:
-    """The metric that ranks the checkpoints of task `name`."""
-    return get(name).best_metric
 
 
 def task_defaults(name: str) -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ import numpy as np
 from segjax import losses, metrics as metrics_lib, visualize
 from segjax.models.outputs import AUX_LOGITS, LOGITS
 from segjax.tasks import semantic_predict
-from segjax.tasks.base import Accumulator, StepContext, Task
+from segjax.tasks.base import Accumulator, StepContext, Task, class_palette
 from segjax.tasks.registry import register, section
 
 BEST_METRIC = "miou"
@@ -157,9 +157,7 @@ class SemanticTask(Task):
                 f"{metrics['pixel_accuracy']:.4f}{boundary}")
 
     def _palette(self) -> np.ndarray:
-        from segjax.data.datasets import voc_palette
-
-        return voc_palette(self.num_classes) if self.palette is None else self.palette
+        return class_palette(self.num_classes, self.palette)
 
     def save_examples(self, out_dir, step, batch, per_example, *, limit, writer=None) -> int:
         """One panel per valid example: image | ground truth | prediction, and a legend.
@@ -316,7 +314,7 @@ def check(config: ml_collections.ConfigDict) -> None:
                          f"({ev.window}) or windows leave gaps")
 
 
-@register("semantic", best_metric=BEST_METRIC, defaults=defaults, check=check)
+@register("semantic", defaults=defaults, check=check)
 def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> SemanticTask:
     """The semantic task of a run: `config.loss` and `config.eval` on dataset `info`."""
     check(config)

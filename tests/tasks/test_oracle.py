@@ -100,7 +100,7 @@ def test_a_config_written_before_the_rename_still_builds():
     assert section(old, "oracle").to_dict() == section(config, "oracle").to_dict()
     check_task_config(old)
     with pytest.raises(ValueError, match="old name"):
-        register("quality", best_metric="spearman")(lambda config, info, data_dir: None)
+        register("quality")(lambda config, info, data_dir: None)
 
 
 @pytest.fixture(scope="module")
