@@ -24,6 +24,24 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# Property-based tests (Hypothesis). CI runs the "ci" profile: derandomised (the same examples on
+# every run and machine) with a small example budget, so a failure reproduces and the suite's time
+# is fixed. Long local hunts: `pytest --hypothesis-profile=hunt` (random seeds, 1000
+# examples per property). A failing example is printed and can be pinned with @example(...).
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "ci", derandomize=True, max_examples=25, deadline=None, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        database=None)
+    settings.register_profile(
+        "hunt", max_examples=1000, deadline=None, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    settings.load_profile(os.environ.get("SEGJAX_HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # the property tests fail with a clear ImportError instead
+    pass
+
 
 @pytest.fixture
 def np_rng(request):
