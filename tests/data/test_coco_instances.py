@@ -350,3 +350,104 @@ def test_polygon_within_tolerance_builds(tmp_path):
     info = coco_instances_info(root)
     prepare(info, str(tmp_path / "tfds"))
     assert num_examples(info, "validation", str(tmp_path / "tfds")) == 4
+
+
+# --- issue 29: ids, non-finite numbers and RLE counts are checked before pycocotools ----------
+
+def _tiny_tree(root, images, anns, cats=((1, "a"),)):
+    """Writes ROOT/{train,val}/ with an 8x8 black PNG per entry's file_name, the validation
+    JSON with `images` and `anns` and a train JSON of the first image alone; returns the
+    validation JSON's path."""
+    for split in ("train", "val"):
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        for entry in images:
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+                os.path.join(root, split, entry["file_name"]))
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    for split, content in (("train", ([images[0]], [])), ("val", (images, anns))):
+        with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
+            json.dump({"images": content[0], "annotations": content[1],
+                       "categories": [{"id": i, "name": n} for i, n in cats]}, f)
+    return os.path.join(root, "annotations", "instances_val.json")
+
+
+def _square(aid, image_id, cat=1):
+    return {"id": aid, "image_id": image_id, "category_id": cat, "iscrowd": 0,
+            "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]], "area": 16.0, "bbox": [0, 0, 4, 4]}
+
+
+def _image(image_id, name):
+    return {"id": image_id, "file_name": name, "height": 8, "width": 8}
+
+
+@pytest.mark.parametrize("images, anns, text", [
+    # The finding: y.png's entry overwrote x.png's, the build exited 0 with one image and x.png's
+    # square painted onto y.png.
+    ([_image(1, "x.png"), _image(1, "y.png")], [_square(5, 1)], "duplicate image id 1"),
+    ([_image(1, "x.png"), _image(2, "y.png")], [_square(5, 1), _square(5, 2)],
+     "duplicate annotation id 5"),
+    ([_image(1, "x.png")], [_square(5, 3)], "annotation id 5 points at image id 3"),
+    ([_image(1, "x.png")], [_square(5, 1, cat=2)], "annotation id 5 (image id 1) has unknown "
+                                                     "category id 2"),
+])
+def test_duplicate_or_unknown_ids_stop_the_build(tmp_path, images, anns, text):
+    js = _tiny_tree(str(tmp_path / "export"), images, anns)
+    with pytest.raises(ValueError) as e:
+        prepare(coco_instances_info(str(tmp_path / "export")), str(tmp_path / "tfds"))
+    assert js in str(e.value) and text in str(e.value), str(e.value)
+
+
+@pytest.fixture
+def no_pycocotools(monkeypatch):
+    """pycocotools' rasteriser and decoder replaced by a tripwire: a malformed segmentation that
+    reached them would allocate without bound (NaN polygons) or write past the mask (RLE)."""
+    from pycocotools import mask as mask_utils
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the segmentation reached pycocotools unchecked")
+    for name in ("frPyObjects", "merge", "decode"):
+        monkeypatch.setattr(mask_utils, name, tripwire)
+
+
+BAD_SEGMENTATIONS = [
+    ([[0, 0, 4, 0, float("nan"), 4]], "non-finite"),  # the finding: NaN passed every comparison
+    ([[0, 0, float("inf"), 0, 4, 4]], "non-finite"),
+    ([[0, 0, 4, 0, 4, -float("inf")]], "non-finite"),
+    ([[0, 0, 4, 0, "4", 4]], "not a flat list of numbers"),
+    ({"size": [8, 8], "counts": [10, -2, 56]}, "integers >= 0"),
+    ({"size": [8, 8], "counts": [10, 2.5, 51.5]}, "integers >= 0"),
+    ({"size": [8, 8], "counts": [10, 4, 60]}, "sum to 74"),  # past the end of the mask
+    ({"size": [8, 8], "counts": [10, 4, 40]}, "sum to 54"),
+    ({"size": [8, 8], "counts": "0\x7f"}, "outside '0'..'o'"),
+    ({"size": [8, 8], "counts": "Z"}, "ends inside a run length"),  # continuation bit, no more
+    ({"size": [8, 8], "counts": "222L"}, "negative run lengths"),  # runs 2, 2, 2, 2 - 4
+    ({"size": [8, float("nan")], "counts": [64]}, "not [height, width]"),
+]
+
+
+@pytest.mark.parametrize("segm, text", BAD_SEGMENTATIONS)
+def test_malformed_segmentation_is_refused_before_pycocotools(no_pycocotools, segm, text):
+    from segjax.data.builders.coco_instances import decode_segmentation
+    ann = {"id": 7, "image_id": 1, "category_id": 1, "segmentation": segm}
+    with pytest.raises(ValueError) as e:
+        decode_segmentation(ann, (8, 8), tolerance=1.0, where="x.json")
+    assert "x.json: annotation id 7" in str(e.value) and text in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("field, value, text", [
+    ("segmentation", [[0, 0, 4, 0, float("nan"), 4]], "non-finite"),
+    ("bbox", [0, 0, float("nan"), 4], "bbox"), ("bbox", [0, 0, -1, 4], "bbox"),
+    ("bbox", [0, 0, 4], "bbox"), ("area", float("inf"), "area"), ("area", -3.0, "area"),
+    ("iscrowd", "0", "iscrowd"), ("id", 5.5, "annotations[0] has id 5.5"),
+])
+def test_non_finite_or_negative_numbers_stop_the_build(tmp_path, no_pycocotools, field, value,
+                                                       text):
+    """Python's json writes and reads NaN and Infinity, so a COCO file can hold them."""
+    ann = _square(5, 1)
+    ann[field] = value
+    js = _tiny_tree(str(tmp_path / "export"), [_image(1, "x.png")], [ann])
+    with pytest.raises(ValueError) as e:
+        prepare(coco_instances_info(str(tmp_path / "export")), str(tmp_path / "tfds"))
+    assert js in str(e.value) and text in str(e.value), str(e.value)
+    if field != "id":
+        assert "annotation id 5" in str(e.value)
