@@ -153,14 +153,14 @@ def test_eval_batches_equal_pycocotools_and_targets_recover_annotations(tree):
     assert num_examples(info, "train", data_dir) == 2
     expected = expected_maps(paths["validation"])
     source = _builder(info, data_dir).as_data_source("validation")
-    seen, recovered, whole, crowd_pixels = set(), 0, 0, 0
+    seen, recovered, whole, crowd_pixels, empty_rows = set(), 0, 0, 0, 0
     for batch in eval_batches(info, split="validation", batch_size=3, pad_to=PAD,
                               data_dir=data_dir, with_instances=True):
-        # Rows without instances (d.png, fillers) are left out: instance_targets fails on an
-        # image with no instance (boxes of shape (0,) into (0, 4)), a bug reported to the lead.
-        rows = [r for r in np.flatnonzero(batch["valid"]) if batch["instance"][r].any()]
-        targets = instance_targets(batch["label"][rows], batch["instance"][rows],
-                                   max_instances=6, ignore_label=255)
+        # Every row, the image without annotations (d.png) and padding rows included.
+        targets = instance_targets(batch["label"], batch["instance"], max_instances=6,
+                                   ignore_label=255)
+        for row in np.flatnonzero(~batch["valid"]):  # padding rows: no target at all
+            assert int(targets["num_instances"][row]) == 0
         for row in np.flatnonzero(batch["valid"]):
             record = source[int(batch["index"][row])]
             label, inst, fname, things = expected[int(record["image_id"])]
@@ -176,16 +176,20 @@ def test_eval_batches_equal_pycocotools_and_targets_recover_annotations(tree):
             # an annotation nothing overlaps keeps its whole pycocotools mask.
             visible = [(a, v, full) for a, v, full in things if v.any()]
             seen.add(fname)
-            if row not in rows:
-                assert not visible, fname
-                continue
-            t = rows.index(row)
+            t = row
             assert int(targets["num_instances"][t]) == len(visible), fname
+            n = len(visible)  # the slots past the instances are zero: class 0, no box, no mask
+            assert (targets["classes"][t, n:] == 0).all() and not targets["masks"][t, n:].any()
+            assert not targets["boxes"][t, n:].any()
+            empty_rows += n == 0
             for k, (ann, vis, full) in enumerate(visible):
                 assert targets["classes"][t, k] == ann["category_id"]
                 got = targets["masks"][t, k] > 0.5
                 np.testing.assert_array_equal(got[:h, :w], vis)
                 assert not got[h:].any() and not got[:, w:].any()
+                cols, rows_ = np.flatnonzero(vis.any(0)), np.flatnonzero(vis.any(1))
+                np.testing.assert_array_equal(  # the mask's extent, pixel edges x1 y1 x2 y2
+                    targets["boxes"][t, k], [cols[0], rows_[0], cols[-1] + 1, rows_[-1] + 1])
                 others = [f for a, _, f in things if a is not ann]
                 if not any((full & f).any() for f in others) and not (full & (label == 255)).any():
                     np.testing.assert_array_equal(got[:h, :w], full)
@@ -193,6 +197,7 @@ def test_eval_batches_equal_pycocotools_and_targets_recover_annotations(tree):
                 recovered += 1
     assert seen == {"a.png", "b.png", "c.jpg", "d.png"}
     assert recovered >= 6 and whole >= 1 and crowd_pixels > 0, (recovered, whole)
+    assert empty_rows >= 1  # d.png went through the COCO -> targets path with no instance
 
 
 def test_images_stored_exactly(tree):
