@@ -21,9 +21,8 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from segjax.data.builders._common import LocalCodePath, manual_dir_of
+from segjax.data.builders._common import LocalCodePath, manual_dir_of, open_image
 
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_TAR, VOC_SIZE = "VOCtrainval_11-May-2012.tar", 1999639040
@@ -74,27 +73,39 @@ def find_sources(manual_dir: str) -> dict:
 
 
 def read_ids(path: str) -> list[str]:
-    """Image ids, one per line, from an `ImageSets`/SBD list file; raises naming the file."""
+    """Image ids, one per line, from an `ImageSets`/SBD list file; raises naming the file (and
+    the id) when it is missing, empty, not text, or lists an id twice."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Missing split list file {path}")
-    with open(path) as f:
-        ids = [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            ids = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Split list file {path} is not UTF-8 text: {e}") from None
     if not ids:
         raise ValueError(f"Split list file {path} is empty")
+    seen = set()
+    for i in ids:
+        if i in seen:
+            raise ValueError(f"Split list file {path} lists image id {i!r} twice")
+        if os.sep in i or i in (".", ".."):
+            raise ValueError(f"Split list file {path} lists {i!r}, not an image id")
+        seen.add(i)
     return ids
 
 
 def read_image_size(path: str) -> tuple[int, int]:
-    """Fully decodes an RGB JPEG and returns its `(height, width)`; raises ValueError naming
-    the file if it is missing, corrupt, truncated or not RGB."""
-    try:
-        with Image.open(path) as im:
+    """Fully decodes an RGB JPEG and returns its `(height, width)`; raises naming the file if
+    it is missing (FileNotFoundError), corrupt, truncated, not RGB or its header claims more
+    than `MAX_IMAGE_PIXELS` (ValueError, before any pixel is decoded)."""
+    with open_image(path) as im:
+        mode, (width, height) = im.mode, im.size
+        if mode != "RGB":
+            raise ValueError(f"Image file {path} is {mode}, expected RGB")
+        try:
             im.load()
-            mode, (width, height) = im.mode, im.size
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"Corrupt or unreadable image file {path}: {e}") from None
-    if mode != "RGB":
-        raise ValueError(f"Image file {path} is {mode}, expected RGB")
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"Corrupt or unreadable image file {path}: {e}") from None
     return height, width
 
 
@@ -109,15 +120,19 @@ def _check_mask(mask: np.ndarray, path: str, image_hw: tuple, allowed_ignore: bo
 
 
 def read_voc_mask(path: str, image_hw: tuple) -> np.ndarray:
-    """Class ids uint8 `[H, W, 1]` from a VOC palette PNG (the palette indices, not colours)."""
-    try:
-        with Image.open(path) as im:
+    """Class ids uint8 `[H, W, 1]` from a VOC palette PNG (the palette indices, not colours);
+    its header's size is compared with the image's before any pixel is decoded."""
+    with open_image(path, "mask file") as im:
+        if im.mode not in ("P", "L"):
+            raise ValueError(f"Mask {path} has mode {im.mode}, expected a palette PNG")
+        if (im.size[1], im.size[0]) != tuple(image_hw):
+            raise ValueError(f"Mask {path} has size {(im.size[1], im.size[0])}, its image has "
+                             f"size {tuple(image_hw)}")
+        try:
             im.load()
-            if im.mode not in ("P", "L"):
-                raise ValueError(f"Mask {path} has mode {im.mode}, expected a palette PNG")
             mask = np.asarray(im)
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"Corrupt or unreadable mask file {path}: {e}") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"Corrupt or unreadable mask file {path}: {e}") from None
     return _check_mask(mask, path, image_hw, allowed_ignore=True)
 
 
@@ -159,6 +174,14 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_example(image_id: str, image_path: str, mask_path: str, kind: str) -> tuple[str, dict]:
+    """(key, features) of one entry of `split_examples`: the image decoded and checked, its
+    VOC or SBD mask read and checked against it."""
+    hw = read_image_size(image_path)
+    mask = read_voc_mask(mask_path, hw) if kind == "voc" else read_sbd_mask(mask_path, hw)
+    return image_id, {"image": image_path, "segmentation_mask": mask, "image_id": image_id}
 
 
 class Voc2012Segmentation(LocalCodePath, tfds.core.GeneratorBasedBuilder):
@@ -218,10 +241,8 @@ class Voc2012Segmentation(LocalCodePath, tfds.core.GeneratorBasedBuilder):
         return {name: self._generate_examples(examples) for name, examples in splits.items()}
 
     def _generate_examples(self, examples):
-        for image_id, image_path, mask_path, kind in examples:
-            hw = read_image_size(image_path)
-            mask = read_voc_mask(mask_path, hw) if kind == "voc" else read_sbd_mask(mask_path, hw)
-            yield image_id, {"image": image_path, "segmentation_mask": mask, "image_id": image_id}
+        for example in examples:
+            yield read_example(*example)
 
     def check_source_data(self, manual_dir: str, *, download: bool = False) -> None:
         """Raises FileNotFoundError with instructions at once if the raw data is missing and
