@@ -10,9 +10,11 @@ others come from SBD `cls/<id>.mat` (struct `GTcls`, field `Segmentation`), whic
 band -- every pixel is labelled, boundary pixels with their object's class. Mixed this way the
 band covers about 14% of `train_aug` images; losses simply ignore it where present.
 
-Every image is decoded once while building: a corrupt or non-RGB JPEG, a mask whose size differs
-from its image, or a mask value outside 0..20 (and 255 for VOC) stops the build with the file
-name. Nothing is skipped.
+Every image is decoded once while building: a missing, corrupt or non-RGB JPEG, a mask whose size
+differs from its image, a mask value outside 0..20 (and 255 for VOC), a split list that names an
+id twice, or an image or mask header claiming more than `_common.MAX_IMAGE_PIXELS` (10^8) pixels
+stops the build with the file name (and the id). Sizes are compared from the headers before any
+pixel is decoded. Nothing is skipped.
 """
 from __future__ import annotations
 
