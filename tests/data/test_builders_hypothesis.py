@@ -109,7 +109,8 @@ def _apply_coco_fault(images, anns, cats, fault, target, value, image_dir, js):
     if fault == "rle_sum":
         return [js, f"annotation id {new_ann({'size': [h, w], 'counts': [h * w + 1]})['id']}"]
     if fault == "rle_negative":
-        return [js, f"annotation id {new_ann({'size': [h, w], 'counts': [3, -1, h * w - 2]})['id']}"]
+        ann = new_ann({"size": [h, w], "counts": [3, -1, h * w - 2]})
+        return [js, f"annotation id {ann['id']}"]
     if fault == "rle_garbage":
         return [js, f"annotation id {new_ann({'size': [h, w], 'counts': 'zz'})['id']}"]
     if fault in ("bbox", "area", "iscrowd"):
@@ -252,7 +253,8 @@ def _write_voc(root, train, val, sbd_train, sbd_val, sizes, rng):
         written["sbd"][i] = mask
     lists = {os.path.join(voc_dir, "ImageSets", "Segmentation", "train.txt"): train,
              os.path.join(voc_dir, "ImageSets", "Segmentation", "val.txt"): val,
-             os.path.join(sbd_dir, "train.txt"): sbd_train, os.path.join(sbd_dir, "val.txt"): sbd_val}
+             os.path.join(sbd_dir, "train.txt"): sbd_train,
+             os.path.join(sbd_dir, "val.txt"): sbd_val}
     for path, ids in lists.items():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:

@@ -426,6 +426,7 @@ BAD_SEGMENTATIONS = [
     ({"size": [8, 8], "counts": "0\x7f"}, "outside '0'..'o'"),
     ({"size": [8, 8], "counts": "Z"}, "ends inside a run length"),  # continuation bit, no more
     ({"size": [8, 8], "counts": "222L"}, "negative run lengths"),  # runs 2, 2, 2, 2 - 4
+    ({"size": [8, 8], "counts": "V2"}, "sum to more than"),  # one run of 70 pixels
     ({"size": [8, float("nan")], "counts": [64]}, "not [height, width]"),
 ]
 

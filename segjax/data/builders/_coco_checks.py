@@ -151,37 +151,45 @@ def polygons(segm: list, hw: tuple[int, int] | None, tolerance: float, where: st
     return out
 
 
-def compressed_counts(counts: str, where: str) -> list[int]:
-    """The run lengths of a compressed COCO RLE string (pycocotools' `rleFrString`, written out
-    in Python so that a malformed string fails by name instead of being read past its end)."""
-    out, p = [], 0
-    codes = np.frombuffer(counts.encode("utf-8"), np.uint8).astype(np.int64) - 48
-    if ((codes < 0) | (codes >= 64)).any():
+def compressed_runs(counts: str, where: str):
+    """Yields the run lengths of a compressed COCO RLE string: pycocotools' `rleFrString`,
+    written out in Python so that a malformed string fails by name instead of being read past
+    its end. Keeps two runs in memory, so a caller can stop early."""
+    data = counts.encode("utf-8")
+    if any(not 48 <= b < 112 for b in data):
         raise ValueError(f"{where} has a compressed RLE with characters outside '0'..'o'")
-    codes = codes.tolist()
-    while p < len(codes):
-        x, k, more = 0, 0, True
-        while more:
-            if p == len(codes) or k == 7:
-                raise ValueError(f"{where} has a compressed RLE that ends inside a run length "
-                                 "or holds one of more than 7 characters")
-            c = codes[p]
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p, k = p + 1, k + 1
-            if not more and c & 0x10:
-                x -= 1 << (5 * k)  # sign extension, as `x |= -1 << 5*k`
-        if len(out) > 2:
-            x += out[-2]
-        out.append(x)
-    return out
+    prev2 = prev1 = 0  # the runs two and one back (the deltas are against the one two back)
+    m, x, k = 0, 0, 0
+    for b in data:
+        c = b - 48
+        x |= (c & 0x1F) << (5 * k)
+        k += 1
+        if c & 0x20:  # more characters of this value
+            if k == 7:
+                break
+            continue
+        if c & 0x10:
+            x -= 1 << (5 * k)  # sign extension, as `x |= -1 << 5*k`
+        if m > 2:
+            x += prev2
+        yield x
+        prev2, prev1, m, x, k = prev1, x, m + 1, 0, 0
+    if k:
+        raise ValueError(f"{where} has a compressed RLE that ends inside a run length or holds "
+                         "one of more than 7 characters")
+
+
+def compressed_counts(counts: str, where: str) -> list[int]:
+    """All run lengths of a compressed COCO RLE string (`compressed_runs`)."""
+    return list(compressed_runs(counts, where))
 
 
 def rle(segm: dict, hw: tuple[int, int] | None, where: str) -> dict:
     """An RLE segmentation checked against its image size `hw`: `size` equal to it, counts
     non-negative integers summing to exactly H x W (at most H x W + 1 of them); with `hw` None
-    (the image's size unknown yet) only the types, signs and the length against its own `size`. Returns the RLE as pycocotools takes it
-    (`{"size", "counts"}`, compressed counts as bytes)."""
+    (the image's size unknown yet) only the types, signs and the length against its own `size`.
+    Returns the RLE as pycocotools takes it (`{"size", "counts"}`, compressed counts as
+    bytes)."""
     size = segm["size"]
     own = [integer(s) for s in size] if isinstance(size, list) else None
     if own is None or len(own) != 2 or any(s is None or s < 1 for s in own):
@@ -202,9 +210,15 @@ def rle(segm: dict, hw: tuple[int, int] | None, where: str) -> dict:
         if len(counts) > 7 * (h * w + 1):
             raise ValueError(f"{where} has a compressed RLE of {len(counts):,} characters, "
                              f"more than its {h}x{w} image can hold")
-        runs = compressed_counts(counts, where)
-        if any(r < 0 for r in runs):
-            raise ValueError(f"{where} has a compressed RLE with negative run lengths")
+        total, limit = 0, (h * w if hw is not None else None)
+        for r in compressed_runs(counts, where):  # without a list of up to H x W runs
+            if r < 0:
+                raise ValueError(f"{where} has a compressed RLE with negative run lengths")
+            total += r
+            if limit is not None and total > limit:
+                raise ValueError(f"{where} has an RLE whose counts sum to more than its {h}x{w} "
+                                 f"image's {h * w:,} pixels")
+        runs = [total]
     else:
         raise ValueError(f"{where} has RLE counts of type {type(counts).__name__}, neither a "
                          "list nor a string")
