@@ -176,3 +176,38 @@ def test_bounds_are_stated_in_the_docs():
         assert bound in text, bound
     assert MAX_IMAGE_PIXELS == 10**8 and _coco_checks.MAX_POLYGON_POINTS == 100_000
     assert _coco_checks.MAX_POLYGON_BOUNDARY == 10**7
+
+
+def mat_inflating_to(path, nbytes):
+    """A MATLAB v5 file whose one compressed element inflates to `nbytes` zero bytes, written
+    through zlib in 1 MB pieces (the zeros are never held)."""
+    z, out = zlib.compressobj(9), []
+    for start in range(0, nbytes, 1 << 20):
+        out.append(z.compress(bytes(min(1 << 20, nbytes - start))))
+    body = b"".join(out) + z.flush()
+    header = b"MATLAB 5.0 MAT-file, crafted".ljust(116) + bytes(8) + b"\x00\x01IM"
+    with open(path, "wb") as f:
+        f.write(header + struct.pack("<II", 15, len(body)) + body)
+    return path
+
+
+def test_sbd_mat_inflating_past_the_bound_is_refused_by_streaming(tmp_path, monkeypatch):
+    """MATLAB zlib-compresses each variable; scipy inflates it whole. The inflated size is
+    counted first, in pieces: the bound (4e8 bytes) is lowered to 2 MB here to keep it quick."""
+    import scipy.io
+    monkeypatch.setattr(voc2012_segmentation, "MAX_MAT_BYTES", 2 << 20)
+    bomb = mat_inflating_to(str(tmp_path / "bomb.mat"), 3 << 20)  # ~3 kB on disk
+    assert os.path.getsize(bomb) < 10_000
+    with pytest.raises(ValueError, match="inflates to more than 2,097,152 bytes") as e:
+        voc2012_segmentation.read_sbd_mask(bomb, (9, 9))
+    assert bomb in str(e.value)
+    assert voc2012_segmentation.mat_inflated_size(
+        mat_inflating_to(str(tmp_path / "ok.mat"), 1 << 20)) == 1 << 20
+    # A real compressed SBD-style file (as MATLAB writes them) within the bound reads exactly.
+    mask = (np.arange(99) % 21).astype(np.uint8).reshape(9, 11)
+    ok = str(tmp_path / "real.mat")
+    scipy.io.savemat(ok, {"GTcls": {"Segmentation": mask, "Boundaries": np.zeros((1, 1)),
+                                    "CategoriesPresent": np.unique(mask)}}, do_compression=True)
+    np.testing.assert_array_equal(voc2012_segmentation.read_sbd_mask(ok, (9, 11))[..., 0], mask)
+    with pytest.raises(ValueError, match="not a MATLAB v5"):
+        voc2012_segmentation.read_sbd_mask(png_claiming(str(tmp_path / "x.mat"), 9, 9), (9, 9))

@@ -12,8 +12,9 @@ band covers about 14% of `train_aug` images; losses simply ignore it where prese
 
 Every image is decoded once while building: a missing, corrupt or non-RGB JPEG, a mask whose size
 differs from its image, a mask value outside 0..20 (and 255 for VOC), a split list that names an
-id twice, or an image or mask header claiming more than `_common.MAX_IMAGE_PIXELS` (10^8) pixels
-stops the build with the file name (and the id). Sizes are compared from the headers before any
+id twice, an image or mask header claiming more than `_common.MAX_IMAGE_PIXELS` (10^8) pixels, or
+an SBD `.mat` file inflating to more than `MAX_MAT_BYTES` (4 x 10^8) stops the build with the file
+name (and the id). Sizes are compared from the headers before any
 pixel is decoded. Nothing is skipped.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data.builders._common import LocalCodePath, manual_dir_of, open_image
+from segjax.data.builders._common import (MAX_IMAGE_PIXELS, LocalCodePath, manual_dir_of,
+                                          open_image)
 
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_TAR, VOC_SIZE = "VOCtrainval_11-May-2012.tar", 1999639040
@@ -138,10 +140,65 @@ def read_voc_mask(path: str, image_hw: tuple) -> np.ndarray:
     return _check_mask(mask, path, image_hw, allowed_ignore=True)
 
 
+# The most bytes an SBD `.mat` file may hold once inflated: its uint8 class map at the image
+# bound plus its boundaries (sparse) and headers. MATLAB compresses each variable with zlib,
+# which inflates up to ~1000x: a 1 MB file can hold 1 GB of zeros, which scipy inflates whole.
+MAX_MAT_BYTES = 4 * MAX_IMAGE_PIXELS
+
+
+def mat_inflated_size(path: str, limit: int | None = None) -> int:
+    """Bytes of a MATLAB v5 file's data elements once inflated, counted by streaming each
+    compressed element through zlib in 1 MB pieces (nothing kept); raises ValueError naming the
+    file as soon as the count passes `limit` (None: MAX_MAT_BYTES), or when the file is not a
+    MATLAB v5 file."""
+    import struct
+    import zlib
+
+    limit = MAX_MAT_BYTES if limit is None else limit
+    total = 0
+    with open(path, "rb") as f:
+        header = f.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            raise ValueError(f"Unreadable SBD file {path}: not a MATLAB v5 .mat file")
+        order = "<" if header[126:128] == b"IM" else ">"
+        while True:
+            tag = f.read(8)
+            if len(tag) < 8:
+                break
+            kind, nbytes = struct.unpack(order + "II", tag)
+            if kind != 15:  # not miCOMPRESSED: stored as is, 8-byte aligned
+                total += nbytes
+                f.seek(nbytes + (-nbytes) % 8, os.SEEK_CUR)
+            else:
+                inflate, left = zlib.decompressobj(), nbytes
+                while left > 0:
+                    piece = f.read(min(left, 1 << 20))
+                    if not piece:
+                        break
+                    left -= len(piece)
+                    data = inflate.decompress(piece, 1 << 20)
+                    while data:
+                        total += len(data)
+                        if total > limit:
+                            break
+                        data = inflate.decompress(inflate.unconsumed_tail, 1 << 20)
+                    if total > limit:
+                        break
+            if total > limit:
+                raise ValueError(f"SBD file {path} inflates to more than {limit:,} bytes (the "
+                                 f"bound for a class map of at most {MAX_IMAGE_PIXELS:,} "
+                                 "pixels)")
+    return total
+
+
 def read_sbd_mask(path: str, image_hw: tuple) -> np.ndarray:
-    """Class ids uint8 `[H, W, 1]` from an SBD `cls/*.mat` file (`GTcls.Segmentation`)."""
+    """Class ids uint8 `[H, W, 1]` from an SBD `cls/*.mat` file (`GTcls.Segmentation`); its
+    inflated size is bounded (`mat_inflated_size`) before scipy reads it."""
     import scipy.io
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Missing SBD file {path}")
+    mat_inflated_size(path)
     try:
         mask = np.asarray(scipy.io.loadmat(path)["GTcls"]["Segmentation"][0, 0])
     except Exception as e:  # scipy raises several types for damaged .mat files
