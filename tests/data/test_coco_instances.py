@@ -153,14 +153,14 @@ def test_eval_batches_equal_pycocotools_and_targets_recover_annotations(tree):
     assert num_examples(info, "train", data_dir) == 2
     expected = expected_maps(paths["validation"])
     source = _builder(info, data_dir).as_data_source("validation")
-    seen, recovered, whole, crowd_pixels = set(), 0, 0, 0
+    seen, recovered, whole, crowd_pixels, empty_rows = set(), 0, 0, 0, 0
     for batch in eval_batches(info, split="validation", batch_size=3, pad_to=PAD,
                               data_dir=data_dir, with_instances=True):
-        # Rows without instances (d.png, fillers) are left out: instance_targets fails on an
-        # image with no instance (boxes of shape (0,) into (0, 4)), a bug reported to the lead.
-        rows = [r for r in np.flatnonzero(batch["valid"]) if batch["instance"][r].any()]
-        targets = instance_targets(batch["label"][rows], batch["instance"][rows],
-                                   max_instances=6, ignore_label=255)
+        # Every row, the image without annotations (d.png) and padding rows included.
+        targets = instance_targets(batch["label"], batch["instance"], max_instances=6,
+                                   ignore_label=255)
+        for row in np.flatnonzero(~batch["valid"]):  # padding rows: no target at all
+            assert int(targets["num_instances"][row]) == 0
         for row in np.flatnonzero(batch["valid"]):
             record = source[int(batch["index"][row])]
             label, inst, fname, things = expected[int(record["image_id"])]
@@ -176,16 +176,20 @@ def test_eval_batches_equal_pycocotools_and_targets_recover_annotations(tree):
             # an annotation nothing overlaps keeps its whole pycocotools mask.
             visible = [(a, v, full) for a, v, full in things if v.any()]
             seen.add(fname)
-            if row not in rows:
-                assert not visible, fname
-                continue
-            t = rows.index(row)
+            t = row
             assert int(targets["num_instances"][t]) == len(visible), fname
+            n = len(visible)  # the slots past the instances are zero: class 0, no box, no mask
+            assert (targets["classes"][t, n:] == 0).all() and not targets["masks"][t, n:].any()
+            assert not targets["boxes"][t, n:].any()
+            empty_rows += n == 0
             for k, (ann, vis, full) in enumerate(visible):
                 assert targets["classes"][t, k] == ann["category_id"]
                 got = targets["masks"][t, k] > 0.5
                 np.testing.assert_array_equal(got[:h, :w], vis)
                 assert not got[h:].any() and not got[:, w:].any()
+                cols, rows_ = np.flatnonzero(vis.any(0)), np.flatnonzero(vis.any(1))
+                np.testing.assert_array_equal(  # the mask's extent, pixel edges x1 y1 x2 y2
+                    targets["boxes"][t, k], [cols[0], rows_[0], cols[-1] + 1, rows_[-1] + 1])
                 others = [f for a, _, f in things if a is not ann]
                 if not any((full & f).any() for f in others) and not (full & (label == 255)).any():
                     np.testing.assert_array_equal(got[:h, :w], full)
@@ -193,6 +197,7 @@ def test_eval_batches_equal_pycocotools_and_targets_recover_annotations(tree):
                 recovered += 1
     assert seen == {"a.png", "b.png", "c.jpg", "d.png"}
     assert recovered >= 6 and whole >= 1 and crowd_pixels > 0, (recovered, whole)
+    assert empty_rows >= 1  # d.png went through the COCO -> targets path with no instance
 
 
 def test_images_stored_exactly(tree):
@@ -350,3 +355,105 @@ def test_polygon_within_tolerance_builds(tmp_path):
     info = coco_instances_info(root)
     prepare(info, str(tmp_path / "tfds"))
     assert num_examples(info, "validation", str(tmp_path / "tfds")) == 4
+
+
+# --- issue 29: ids, non-finite numbers and RLE counts are checked before pycocotools ----------
+
+def _tiny_tree(root, images, anns, cats=((1, "a"),)):
+    """Writes ROOT/{train,val}/ with an 8x8 black PNG per entry's file_name, the validation
+    JSON with `images` and `anns` and a train JSON of the first image alone; returns the
+    validation JSON's path."""
+    for split in ("train", "val"):
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        for entry in images:
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+                os.path.join(root, split, entry["file_name"]))
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    for split, content in (("train", ([images[0]], [])), ("val", (images, anns))):
+        with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
+            json.dump({"images": content[0], "annotations": content[1],
+                       "categories": [{"id": i, "name": n} for i, n in cats]}, f)
+    return os.path.join(root, "annotations", "instances_val.json")
+
+
+def _square(aid, image_id, cat=1):
+    return {"id": aid, "image_id": image_id, "category_id": cat, "iscrowd": 0,
+            "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]], "area": 16.0, "bbox": [0, 0, 4, 4]}
+
+
+def _image(image_id, name):
+    return {"id": image_id, "file_name": name, "height": 8, "width": 8}
+
+
+@pytest.mark.parametrize("images, anns, text", [
+    # The finding: y.png's entry overwrote x.png's, the build exited 0 with one image and x.png's
+    # square painted onto y.png.
+    ([_image(1, "x.png"), _image(1, "y.png")], [_square(5, 1)], "duplicate image id 1"),
+    ([_image(1, "x.png"), _image(2, "y.png")], [_square(5, 1), _square(5, 2)],
+     "duplicate annotation id 5"),
+    ([_image(1, "x.png")], [_square(5, 3)], "annotation id 5 points at image id 3"),
+    ([_image(1, "x.png")], [_square(5, 1, cat=2)], "annotation id 5 (image id 1) has unknown "
+                                                     "category id 2"),
+])
+def test_duplicate_or_unknown_ids_stop_the_build(tmp_path, images, anns, text):
+    js = _tiny_tree(str(tmp_path / "export"), images, anns)
+    with pytest.raises(ValueError) as e:
+        prepare(coco_instances_info(str(tmp_path / "export")), str(tmp_path / "tfds"))
+    assert js in str(e.value) and text in str(e.value), str(e.value)
+
+
+@pytest.fixture
+def no_pycocotools(monkeypatch):
+    """pycocotools' rasteriser and decoder replaced by a tripwire: a malformed segmentation that
+    reached them would allocate without bound (NaN polygons) or write past the mask (RLE)."""
+    from pycocotools import mask as mask_utils
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the segmentation reached pycocotools unchecked")
+    for name in ("frPyObjects", "merge", "decode"):
+        monkeypatch.setattr(mask_utils, name, tripwire)
+
+
+BAD_SEGMENTATIONS = [
+    ([[0, 0, 4, 0, float("nan"), 4]], "non-finite"),  # the finding: NaN passed every comparison
+    ([[0, 0, float("inf"), 0, 4, 4]], "non-finite"),
+    ([[0, 0, 4, 0, 4, -float("inf")]], "non-finite"),
+    ([[0, 0, 4, 0, "4", 4]], "not a flat list of numbers"),
+    ({"size": [8, 8], "counts": [10, -2, 56]}, "integers >= 0"),
+    ({"size": [8, 8], "counts": [10, 2.5, 51.5]}, "integers >= 0"),
+    ({"size": [8, 8], "counts": [10, 4, 60]}, "sum to 74"),  # past the end of the mask
+    ({"size": [8, 8], "counts": [10, 4, 40]}, "sum to 54"),
+    ({"size": [8, 8], "counts": "0\x7f"}, "outside '0'..'o'"),
+    ({"size": [8, 8], "counts": "Z"}, "ends inside a run length"),  # continuation bit, no more
+    ({"size": [8, 8], "counts": "222L"}, "negative run lengths"),  # runs 2, 2, 2, 2 - 4
+    ({"size": [8, 8], "counts": "V2"}, "sum to more than"),  # one run of 70 pixels
+    ({"size": [8, float("nan")], "counts": [64]}, "not [height, width]"),
+]
+
+
+@pytest.mark.parametrize("segm, text", BAD_SEGMENTATIONS)
+def test_malformed_segmentation_is_refused_before_pycocotools(no_pycocotools, segm, text):
+    from segjax.data.builders.coco_instances import decode_segmentation
+    ann = {"id": 7, "image_id": 1, "category_id": 1, "segmentation": segm}
+    with pytest.raises(ValueError) as e:
+        decode_segmentation(ann, (8, 8), tolerance=1.0, where="x.json")
+    assert "x.json: annotation id 7" in str(e.value) and text in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("field, value, text", [
+    ("segmentation", [[0, 0, 4, 0, float("nan"), 4]], "non-finite"),
+    ("bbox", [0, 0, float("nan"), 4], "bbox"), ("bbox", [0, 0, -1, 4], "bbox"),
+    ("bbox", [0, 0, 4], "bbox"), ("area", float("inf"), "area"), ("area", -3.0, "area"),
+    ("iscrowd", "0", "iscrowd"), ("id", 5.5, "annotations[0] has id 5.5"),
+])
+def test_non_finite_or_negative_numbers_stop_the_build(tmp_path, no_pycocotools, field, value,
+                                                       text):
+    """Python's json writes and reads NaN and Infinity, so a COCO file can hold them."""
+    ann = _square(5, 1)
+    ann[field] = value
+    js = _tiny_tree(str(tmp_path / "export"), [_image(1, "x.png")], [ann])
+    with pytest.raises(ValueError) as e:
+        prepare(coco_instances_info(str(tmp_path / "export")), str(tmp_path / "tfds"))
+    assert js in str(e.value) and text in str(e.value), str(e.value)
+    if field != "id":
+        assert "annotation id 5" in str(e.value)

@@ -135,6 +135,20 @@ def _missing_image_set(voc_dir, sbd_dir, written):
     return path
 
 
+def _duplicate_id(voc_dir, sbd_dir, written):
+    path = os.path.join(voc_dir, "ImageSets", "Segmentation", "train.txt")
+    with open(path, "a") as f:
+        f.write(fake_voc.VOC_TRAIN[2] + "\n")  # listed twice: the split would hold it twice
+    return path
+
+
+def _mask_claims_huge_size(voc_dir, sbd_dir, written):
+    from tests.data.test_builder_bounds import png_claiming
+    path = os.path.join(voc_dir, "SegmentationClass", f"{fake_voc.VOC_VAL[1]}.png")
+    png_claiming(path, 9_000, 9_000, palette=True)  # 81 MB if decoded; refused from its header
+    return path
+
+
 @pytest.mark.parametrize("damage, error, text", [
     (_corrupt_jpeg, ValueError, "Corrupt"),
     (_garbage_jpeg, ValueError, "Corrupt"),
@@ -143,6 +157,8 @@ def _missing_image_set(voc_dir, sbd_dir, written):
     (_label_out_of_range, ValueError, r"\[21\] outside"),
     (_sbd_boundary_value, ValueError, r"\[255\] outside"),
     (_missing_image_set, FileNotFoundError, "Missing split list"),
+    (_duplicate_id, ValueError, f"id '{fake_voc.VOC_TRAIN[2]}' twice"),
+    (_mask_claims_huge_size, ValueError, r"size \(9000, 9000\), its image"),
 ])
 def test_bad_input_raises_naming_the_file(tmp_path, np_rng, damage, error, text):
     culprit, build = _build_broken(tmp_path, np_rng, damage)

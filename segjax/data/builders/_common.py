@@ -28,3 +28,44 @@ def manual_dir_of(dl_manager) -> str:
         return os.fspath(dl_manager.manual_dir)
     except AssertionError:  # TFDS: the manual directory does not exist or is empty
         return os.fspath(dl_manager.download_dir / "manual")
+
+
+# The most pixels an image (or a mask, or a COCO entry's declared width x height) may claim: 10^8,
+# e.g. 10,000 x 10,000. Decoding one as RGB plus its label maps takes about 0.6 GB, so a build
+# stays within a few GB; a header that claims more is refused before any pixel is decoded (a
+# 100-byte PNG can claim 10^5 x 10^5 pixels, 30 GB once decoded).
+MAX_IMAGE_PIXELS = 10**8
+
+
+def check_pixel_count(height: int, width: int, what: str) -> None:
+    """Raises ValueError naming `what` when `height` x `width` exceeds MAX_IMAGE_PIXELS."""
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{what} claims {height}x{width} (HxW) = {height * width:,} pixels, "
+                         f"more than the {MAX_IMAGE_PIXELS:,} segjax decodes (a damaged or "
+                         "hostile header; shrink the image if it is real)")
+
+
+def open_image(path: str, what: str = "image file"):
+    """The PIL image at `path` opened lazily (header read, no pixel decoded), its size checked
+    against MAX_IMAGE_PIXELS; the caller closes it (`with open_image(...) as im`).
+
+    Raises FileNotFoundError naming a missing file, ValueError naming a corrupt one or one whose
+    header claims too many pixels.
+    """
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Missing {what} {path}")
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:  # PIL's own limit, 2 x 89.5 megapixels
+        raise ValueError(f"{what} {path} claims too many pixels: {e}") from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"Corrupt or unreadable {what} {path}: {e}") from None
+    width, height = im.size
+    try:
+        check_pixel_count(height, width, f"{what} {path}")
+    except ValueError:
+        im.close()
+        raise
+    return im

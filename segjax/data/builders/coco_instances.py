@@ -32,11 +32,18 @@ earlier one loses them (an instance covered entirely disappears from the map).
 
 Segmentations are polygons or RLE (uncompressed `counts` lists or compressed strings), decoded
 with pycocotools. The build reads every JSON and decodes every image and mask, and stops, naming
-the file and the annotation id, on: a missing JSON or image folder, an annotation whose image id
-is not among the JSON's images, a missing or corrupt image file or one whose size differs from
-its JSON entry, an unknown category id, a polygon with fewer than 3 points or a point more than
-`polygon_tolerance` (default 1) pixels outside the image, an RLE whose `size` is not the image's,
-and more than 65535 instances in one image. Nothing is skipped or clamped.
+the file and the image or annotation id, on: a missing JSON or image folder; a missing,
+non-integer or duplicate image, annotation or category id; an annotation whose image id is not
+among the JSON's images or whose category id is unknown; `iscrowd` other than 0/1, a `bbox` or
+`area` (when given) that is not finite or has a negative size; a missing or corrupt image file,
+one whose header claims more than `MAX_IMAGE_PIXELS` (10^8) pixels or whose size differs from its
+JSON entry; a polygon with fewer than 3 points, a non-finite coordinate or a point more than
+`polygon_tolerance` (default 1) pixels outside the image; more than 10^5 polygon points or 10^7
+pixels of polygon boundary in one annotation; an RLE whose `size` is not the image's or whose
+counts are not integers >= 0 summing to exactly height x width; and more than 65535 instances in
+one image. Nothing reaches pycocotools unchecked (its C code trusts its input: a NaN coordinate
+made it allocate without bound), and nothing is skipped or clamped. The bounds and their
+reasons: `_coco_checks` and docs/data.md.
 """
 from __future__ import annotations
 
@@ -46,9 +53,9 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from segjax.data.builders._common import LocalCodePath, manual_dir_of
+from segjax.data.builders import _coco_checks as _checks
+from segjax.data.builders._common import LocalCodePath, manual_dir_of, open_image
 
 IGNORE = 255
 # Original COCO 2017 category ids 1..90 -> names; the other ids of 0..90 are unused ("N/A").
@@ -156,8 +163,19 @@ def read_json(path: str) -> dict:
 
 
 def categories(data: dict, path: str, *, coco2017: bool) -> dict[int, str]:
-    """`{category id: name}` of a COCO JSON, checked: COCO 2017's ids (`coco2017`) or 1..254."""
-    cats = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+    """`{category id: name}` of a COCO JSON, checked: integer ids, no duplicate, COCO 2017's ids
+    (`coco2017`) or 1..254."""
+    if not isinstance(data["categories"], list):
+        raise ValueError(f"{path}: `categories` is not a list")
+    cats = {}
+    for c in data["categories"]:
+        k = _checks.integer(c.get("id")) if isinstance(c, dict) else None
+        if k is None:
+            raise ValueError(f"{path}: category {c!r} has no integer id")
+        if k in cats:
+            raise ValueError(f"{path}: duplicate category id {k} ({cats[k]!r} and "
+                             f"{c.get('name')!r})")
+        cats[k] = str(c.get("name", k))
     for k in cats:
         if coco2017 and k not in _COCO2017:
             raise ValueError(f"{path}: category id {k} ({cats[k]!r}) is not a COCO 2017 category "
@@ -170,24 +188,31 @@ def categories(data: dict, path: str, *, coco2017: bool) -> dict[int, str]:
     return cats
 
 
-def index_annotations(data: dict, path: str, image_dir: str, known: dict[int, str]) -> list:
+def _declared_hw(entry: dict) -> tuple[int, int] | None:
+    if "height" in entry and "width" in entry:
+        return _checks.integer(entry["height"]), _checks.integer(entry["width"])
+    return None
+
+
+def index_annotations(data: dict, path: str, image_dir: str, known: dict[int, str], *,
+                      tolerance: float = 1.0) -> list:
     """`[(image entry, image path, [annotations in JSON order])]` in the JSON's image order.
 
-    Raises naming `path` and the annotation id: an annotation whose image id is not in
-    `images`, an unknown category id; and naming the image file when it is missing.
+    Raises naming `path` and the image or annotation id (see `_coco_checks`): a missing,
+    malformed or duplicate image or annotation id, an annotation whose image id is not in
+    `images`, an unknown category id, a malformed `bbox`/`area`/`iscrowd`, a malformed
+    segmentation (`check_segmentation` without the image size: non-finite polygon points, too
+    many, RLE counts that are not integers >= 0); and naming the image file when it is missing.
     """
-    images, per_image = {}, {}
-    for entry in data["images"]:
-        images[int(entry["id"])] = entry
-        per_image[int(entry["id"])] = []
-    for ann in data["annotations"]:
-        image_id = int(ann["image_id"])
-        if image_id not in images:
-            raise ValueError(f"{path}: annotation id {ann.get('id')} points at image id "
-                             f"{image_id}, which is not in the file's images")
-        if int(ann["category_id"]) not in known:
-            raise ValueError(f"{path}: annotation id {ann.get('id')} (image id {image_id}) has "
-                             f"unknown category id {ann['category_id']}; known: {sorted(known)}")
+    images = _checks.check_images(data, path)
+    per_image = {image_id: [] for image_id in images}
+    if not isinstance(data["annotations"], list):
+        raise ValueError(f"{path}: `annotations` is not a list")
+    seen = set()
+    for k, ann in enumerate(data["annotations"]):
+        _, image_id = _checks.check_annotation(ann, k, path, images, known, seen)
+        # Size-free checks now, before any image is decoded; against the image's size later.
+        check_segmentation(ann, None, tolerance=tolerance, where=path)
         per_image[image_id].append(ann)
     out = []
     for image_id, entry in images.items():
@@ -202,64 +227,57 @@ def index_annotations(data: dict, path: str, image_dir: str, known: dict[int, st
 
 
 def read_image(path: str, entry: dict) -> tuple[object, tuple[int, int]]:
-    """(what to store as `image`, (height, width)): fully decodes the file; raises naming it
-    if it is corrupt or its size differs from the JSON entry's `height`/`width`."""
-    try:
-        with Image.open(path) as im:
+    """(what to store as `image`, (height, width)): reads the header first, then fully decodes
+    the file; raises naming it if it is missing or corrupt, claims more than
+    `MAX_IMAGE_PIXELS`, or its size differs from the JSON entry's `height`/`width`."""
+    with open_image(path) as im:
+        width, height = im.size
+        declared = _declared_hw(entry)
+        if declared is not None and (height, width) != declared:
+            raise ValueError(f"Image file {path} is {height}x{width} (HxW), its JSON entry "
+                             f"(image id {entry['id']}) says {declared[0]}x{declared[1]}")
+        try:
             im.load()
-            mode, fmt, (width, height) = im.mode, im.format, im.size
+            mode, fmt = im.mode, im.format
             converted = None if (fmt in ("JPEG", "PNG") and mode in ("RGB", "L")) else \
                 np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"Corrupt or unreadable image file {path}: {e}") from None
-    want = (int(entry.get("height", height)), int(entry.get("width", width)))
-    if (height, width) != want:
-        raise ValueError(f"Image file {path} is {height}x{width} (HxW), its JSON entry (image "
-                         f"id {entry['id']}) says {want[0]}x{want[1]}")
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"Corrupt or unreadable image file {path}: {e}") from None
     return (path if converted is None else converted), (height, width)
+
+
+def check_segmentation(ann: dict, hw: tuple[int, int] | None, *, tolerance: float, where: str):
+    """One annotation's segmentation checked against the image size `hw` (`_coco_checks`; None:
+    the checks that need no size):
+    `("polygons", [[x, y, ...], ...])` or `("rle", {"size", "counts"})`; raises ValueError
+    naming `where` (the JSON file) and the annotation id."""
+    segm = ann.get("segmentation")
+    here = f"{where}: annotation id {ann.get('id')}"
+    if isinstance(segm, list):
+        return "polygons", _checks.polygons(segm, hw, tolerance, here)
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        return "rle", _checks.rle(segm, hw, here)
+    raise ValueError(f"{here} has a segmentation that is neither polygons nor RLE")
 
 
 def decode_segmentation(ann: dict, hw: tuple[int, int], *, tolerance: float,
                         where: str) -> np.ndarray:
     """bool [H, W] mask of one annotation's polygons or RLE (pycocotools), checked against
-    the image size `hw`; `where` names the JSON file in errors."""
+    the image size `hw` first (`check_segmentation`); `where` names the JSON file in errors."""
     from pycocotools import mask as mask_utils
 
     h, w = hw
-    segm, aid = ann.get("segmentation"), ann.get("id")
-    if isinstance(segm, list):
-        if not segm:
-            raise ValueError(f"{where}: annotation id {aid} has an empty polygon list")
-        for poly in segm:
-            pts = np.asarray(poly, np.float64)
-            if pts.ndim != 1 or pts.size < 6 or pts.size % 2:
-                raise ValueError(f"{where}: annotation id {aid} has a polygon with {pts.size} "
-                                 "coordinates; a polygon needs x, y pairs of 3 or more points")
-            xs, ys = pts[0::2], pts[1::2]
-            if (xs.min() < -tolerance or ys.min() < -tolerance or xs.max() > w + tolerance
-                    or ys.max() > h + tolerance):
-                raise ValueError(
-                    f"{where}: annotation id {aid} has a polygon outside its {h}x{w} (HxW) image "
-                    f"(x in [{xs.min():g}, {xs.max():g}], y in [{ys.min():g}, {ys.max():g}], "
-                    f"tolerance {tolerance:g} px)")
+    kind, segm = check_segmentation(ann, hw, tolerance=tolerance, where=where)
+    if kind == "polygons":
         rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
-    elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if [int(s) for s in segm["size"]] != [h, w]:
-            raise ValueError(f"{where}: annotation id {aid} has an RLE of size "
-                             f"{list(segm['size'])} (HxW), its image is {h}x{w}")
-        if isinstance(segm["counts"], list):  # uncompressed
-            rle = mask_utils.frPyObjects(segm, h, w)
-        else:
-            counts = segm["counts"]
-            rle = {"size": [h, w], "counts": counts.encode() if isinstance(counts, str)
-                   else counts}
+    elif isinstance(segm["counts"], list):  # uncompressed
+        rle = mask_utils.frPyObjects(segm, h, w)
     else:
-        raise ValueError(f"{where}: annotation id {aid} has a segmentation that is neither "
-                         "polygons nor RLE")
+        rle = segm
     mask = mask_utils.decode(rle)
     if mask.shape != (h, w):
-        raise ValueError(f"{where}: annotation id {aid} decodes to a mask of size {mask.shape}, "
-                         f"its image is {h}x{w}")
+        raise ValueError(f"{where}: annotation id {ann.get('id')} decodes to a mask of size "
+                         f"{mask.shape}, its image is {h}x{w}")
     return mask.astype(bool)
 
 
@@ -284,6 +302,26 @@ def paint(anns: list, hw: tuple[int, int], *, tolerance: float,
         label[mask] = int(ann["category_id"])
         instances[mask] = k
     return label, instances
+
+
+def index_split(js: str, image_dir: str, config: CocoInstancesConfig) -> list:
+    """The JSON-checked `[(image entry, image path, annotations)]` of one split (`read_json`,
+    `categories`, `index_annotations`); no image is decoded."""
+    data = read_json(js)
+    known = categories(data, js, coco2017=config.coco2017_categories)
+    return index_annotations(data, js, image_dir, known, tolerance=config.polygon_tolerance)
+
+
+def read_example(entry: dict, path: str, anns: list, *, tolerance: float,
+                 where: str) -> tuple[int, dict]:
+    """(key, features) of one image of `index_split`: the image read and its annotations
+    painted (`read_image`, `paint`); `where` names the JSON file in errors."""
+    image, hw = read_image(path, entry)
+    label, instances = paint(anns, hw, tolerance=tolerance, where=where)
+    image_id = int(entry["id"])
+    return image_id, {"image": image, "segmentation_mask": label[..., None],
+                      "instance_mask": instances[..., None], "image_id": image_id,
+                      "file_name": str(entry["file_name"])}
 
 
 class CocoInstances(LocalCodePath, tfds.core.GeneratorBasedBuilder):
@@ -313,23 +351,14 @@ class CocoInstances(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         manual_dir = manual_dir_of(dl_manager)
         config = self.builder_config
-        out = {}
-        for split, (js, image_dir) in source_paths(config, manual_dir).items():
-            data = read_json(js)
-            known = categories(data, js, coco2017=config.coco2017_categories)
-            # All JSON-level checks run before any image is decoded.
-            out[split] = self._generate_examples(index_annotations(data, js, image_dir, known), js)
-        return out
+        # All JSON-level checks run before any image is decoded.
+        return {split: self._generate_examples(index_split(js, image_dir, config), js)
+                for split, (js, image_dir) in source_paths(config, manual_dir).items()}
 
     def _generate_examples(self, examples, where: str):
-        tolerance = self.builder_config.polygon_tolerance
         for entry, path, anns in examples:
-            image, hw = read_image(path, entry)
-            label, instances = paint(anns, hw, tolerance=tolerance, where=where)
-            yield int(entry["id"]), {
-                "image": image, "segmentation_mask": label[..., None],
-                "instance_mask": instances[..., None], "image_id": int(entry["id"]),
-                "file_name": str(entry["file_name"])}
+            yield read_example(entry, path, anns, tolerance=self.builder_config.polygon_tolerance,
+                               where=where)
 
     def check_source_data(self, manual_dir: str, *, download: bool = False) -> None:
         """Raises FileNotFoundError with instructions at once if a JSON or image folder is

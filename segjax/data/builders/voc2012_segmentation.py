@@ -10,9 +10,12 @@ others come from SBD `cls/<id>.mat` (struct `GTcls`, field `Segmentation`), whic
 band -- every pixel is labelled, boundary pixels with their object's class. Mixed this way the
 band covers about 14% of `train_aug` images; losses simply ignore it where present.
 
-Every image is decoded once while building: a corrupt or non-RGB JPEG, a mask whose size differs
-from its image, or a mask value outside 0..20 (and 255 for VOC) stops the build with the file
-name. Nothing is skipped.
+Every image is decoded once while building: a missing, corrupt or non-RGB JPEG, a mask whose size
+differs from its image, a mask value outside 0..20 (and 255 for VOC), a split list that names an
+id twice, an image or mask header claiming more than `_common.MAX_IMAGE_PIXELS` (10^8) pixels, or
+an SBD `.mat` file inflating to more than `MAX_MAT_BYTES` (4 x 10^8) stops the build with the file
+name (and the id). Sizes are compared from the headers before any
+pixel is decoded. Nothing is skipped.
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from segjax.data.builders._common import LocalCodePath, manual_dir_of
+from segjax.data.builders._common import (MAX_IMAGE_PIXELS, LocalCodePath, manual_dir_of,
+                                          open_image)
 
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_TAR, VOC_SIZE = "VOCtrainval_11-May-2012.tar", 1999639040
@@ -74,27 +77,39 @@ def find_sources(manual_dir: str) -> dict:
 
 
 def read_ids(path: str) -> list[str]:
-    """Image ids, one per line, from an `ImageSets`/SBD list file; raises naming the file."""
+    """Image ids, one per line, from an `ImageSets`/SBD list file; raises naming the file (and
+    the id) when it is missing, empty, not text, or lists an id twice."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Missing split list file {path}")
-    with open(path) as f:
-        ids = [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            ids = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Split list file {path} is not UTF-8 text: {e}") from None
     if not ids:
         raise ValueError(f"Split list file {path} is empty")
+    seen = set()
+    for i in ids:
+        if i in seen:
+            raise ValueError(f"Split list file {path} lists image id {i!r} twice")
+        if os.sep in i or i in (".", ".."):
+            raise ValueError(f"Split list file {path} lists {i!r}, not an image id")
+        seen.add(i)
     return ids
 
 
 def read_image_size(path: str) -> tuple[int, int]:
-    """Fully decodes an RGB JPEG and returns its `(height, width)`; raises ValueError naming
-    the file if it is missing, corrupt, truncated or not RGB."""
-    try:
-        with Image.open(path) as im:
+    """Fully decodes an RGB JPEG and returns its `(height, width)`; raises naming the file if
+    it is missing (FileNotFoundError), corrupt, truncated, not RGB or its header claims more
+    than `MAX_IMAGE_PIXELS` (ValueError, before any pixel is decoded)."""
+    with open_image(path) as im:
+        mode, (width, height) = im.mode, im.size
+        if mode != "RGB":
+            raise ValueError(f"Image file {path} is {mode}, expected RGB")
+        try:
             im.load()
-            mode, (width, height) = im.mode, im.size
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"Corrupt or unreadable image file {path}: {e}") from None
-    if mode != "RGB":
-        raise ValueError(f"Image file {path} is {mode}, expected RGB")
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"Corrupt or unreadable image file {path}: {e}") from None
     return height, width
 
 
@@ -109,22 +124,81 @@ def _check_mask(mask: np.ndarray, path: str, image_hw: tuple, allowed_ignore: bo
 
 
 def read_voc_mask(path: str, image_hw: tuple) -> np.ndarray:
-    """Class ids uint8 `[H, W, 1]` from a VOC palette PNG (the palette indices, not colours)."""
-    try:
-        with Image.open(path) as im:
+    """Class ids uint8 `[H, W, 1]` from a VOC palette PNG (the palette indices, not colours);
+    its header's size is compared with the image's before any pixel is decoded."""
+    with open_image(path, "mask file") as im:
+        if im.mode not in ("P", "L"):
+            raise ValueError(f"Mask {path} has mode {im.mode}, expected a palette PNG")
+        if (im.size[1], im.size[0]) != tuple(image_hw):
+            raise ValueError(f"Mask {path} has size {(im.size[1], im.size[0])}, its image has "
+                             f"size {tuple(image_hw)}")
+        try:
             im.load()
-            if im.mode not in ("P", "L"):
-                raise ValueError(f"Mask {path} has mode {im.mode}, expected a palette PNG")
             mask = np.asarray(im)
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"Corrupt or unreadable mask file {path}: {e}") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"Corrupt or unreadable mask file {path}: {e}") from None
     return _check_mask(mask, path, image_hw, allowed_ignore=True)
 
 
+# The most bytes an SBD `.mat` file may hold once inflated: its uint8 class map at the image
+# bound plus its boundaries (sparse) and headers. MATLAB compresses each variable with zlib,
+# which inflates up to ~1000x: a 1 MB file can hold 1 GB of zeros, which scipy inflates whole.
+MAX_MAT_BYTES = 4 * MAX_IMAGE_PIXELS
+
+
+def mat_inflated_size(path: str, limit: int | None = None) -> int:
+    """Bytes of a MATLAB v5 file's data elements once inflated, counted by streaming each
+    compressed element through zlib in 1 MB pieces (nothing kept); raises ValueError naming the
+    file as soon as the count passes `limit` (None: MAX_MAT_BYTES), or when the file is not a
+    MATLAB v5 file."""
+    import struct
+    import zlib
+
+    limit = MAX_MAT_BYTES if limit is None else limit
+    total = 0
+    with open(path, "rb") as f:
+        header = f.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            raise ValueError(f"Unreadable SBD file {path}: not a MATLAB v5 .mat file")
+        order = "<" if header[126:128] == b"IM" else ">"
+        while True:
+            tag = f.read(8)
+            if len(tag) < 8:
+                break
+            kind, nbytes = struct.unpack(order + "II", tag)
+            if kind != 15:  # not miCOMPRESSED: stored as is, 8-byte aligned
+                total += nbytes
+                f.seek(nbytes + (-nbytes) % 8, os.SEEK_CUR)
+            else:
+                inflate, left = zlib.decompressobj(), nbytes
+                while left > 0:
+                    piece = f.read(min(left, 1 << 20))
+                    if not piece:
+                        break
+                    left -= len(piece)
+                    data = inflate.decompress(piece, 1 << 20)
+                    while data:
+                        total += len(data)
+                        if total > limit:
+                            break
+                        data = inflate.decompress(inflate.unconsumed_tail, 1 << 20)
+                    if total > limit:
+                        break
+            if total > limit:
+                raise ValueError(f"SBD file {path} inflates to more than {limit:,} bytes (the "
+                                 f"bound for a class map of at most {MAX_IMAGE_PIXELS:,} "
+                                 "pixels)")
+    return total
+
+
 def read_sbd_mask(path: str, image_hw: tuple) -> np.ndarray:
-    """Class ids uint8 `[H, W, 1]` from an SBD `cls/*.mat` file (`GTcls.Segmentation`)."""
+    """Class ids uint8 `[H, W, 1]` from an SBD `cls/*.mat` file (`GTcls.Segmentation`); its
+    inflated size is bounded (`mat_inflated_size`) before scipy reads it."""
     import scipy.io
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Missing SBD file {path}")
+    mat_inflated_size(path)
     try:
         mask = np.asarray(scipy.io.loadmat(path)["GTcls"]["Segmentation"][0, 0])
     except Exception as e:  # scipy raises several types for damaged .mat files
@@ -159,6 +233,14 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_example(image_id: str, image_path: str, mask_path: str, kind: str) -> tuple[str, dict]:
+    """(key, features) of one entry of `split_examples`: the image decoded and checked, its
+    VOC or SBD mask read and checked against it."""
+    hw = read_image_size(image_path)
+    mask = read_voc_mask(mask_path, hw) if kind == "voc" else read_sbd_mask(mask_path, hw)
+    return image_id, {"image": image_path, "segmentation_mask": mask, "image_id": image_id}
 
 
 class Voc2012Segmentation(LocalCodePath, tfds.core.GeneratorBasedBuilder):
@@ -218,10 +300,8 @@ class Voc2012Segmentation(LocalCodePath, tfds.core.GeneratorBasedBuilder):
         return {name: self._generate_examples(examples) for name, examples in splits.items()}
 
     def _generate_examples(self, examples):
-        for image_id, image_path, mask_path, kind in examples:
-            hw = read_image_size(image_path)
-            mask = read_voc_mask(mask_path, hw) if kind == "voc" else read_sbd_mask(mask_path, hw)
-            yield image_id, {"image": image_path, "segmentation_mask": mask, "image_id": image_id}
+        for example in examples:
+            yield read_example(*example)
 
     def check_source_data(self, manual_dir: str, *, download: bool = False) -> None:
         """Raises FileNotFoundError with instructions at once if the raw data is missing and
