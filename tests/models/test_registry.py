@@ -1,8 +1,10 @@
 """Every registered model: init, jit forward, gradients, bfloat16, BatchNorm updates, output strides, errors.
 
 Small width overrides keep this cheap (the family tests compare each model with torch). Output
-strides are checked on each architecture's smallest variant; the ResNet-101 models (same code as
-their ResNet-50 siblings but the block count) and the full-size forward passes are marked slow.
+strides are checked on each architecture's smallest variant. The ResNet-101 models are the same
+code as their ResNet-50 siblings but the block count, and are not run here (~60 CPU seconds each):
+their converted torchvision weights give torchvision's logits (tests/models/test_torchvision_import.py)
+and their parameter counts are checked against torchvision's (tests/models/test_deeplab.py).
 """
 
 import inspect
@@ -30,12 +32,9 @@ NUM_CLASSES = 3
 BF16_TOLERANCE = {"segnet": 0.3, "deconvnet": 0.3}
 
 
-def _slow_if_resnet101(names):
-    """ResNet-101 models differ from their ResNet-50 siblings only in block count (~50 CPU seconds
-    each here): the default config's `deeplabv3plus_resnet101` stands for all of them, in the slow
-    pass (their heads are tested on ResNet-50, their weights against torchvision elsewhere)."""
-    return [pytest.param(n, marks=pytest.mark.slow) if n == "deeplabv3plus_resnet101" else n
-            for n in names if "resnet101" not in n or n == "deeplabv3plus_resnet101"]
+def _without_resnet101(names):
+    """ResNet-101 models differ from their ResNet-50 siblings only in block count (module docstring)."""
+    return [n for n in names if "resnet101" not in n]
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +75,7 @@ def test_contract_names_are_registered():
     assert not missing, f"not registered: {missing}"
 
 
-@pytest.mark.parametrize("name", _slow_if_resnet101(available_models("dense")))
+@pytest.mark.parametrize("name", _without_resnet101(available_models("dense")))
 def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
     overrides = small_overrides(name)
     model = create_model(name, num_classes=NUM_CLASSES, **overrides)
