@@ -112,7 +112,10 @@ def triplet_loss(
           average" of Hermans et al. 2017 (= pytorch-metric-learning's TripletMarginLoss with its
           default AvgNonZeroReducer). Memory O(B^3).
         "hard" (batch-hard, Hermans et al. 2017): per anchor with at least one positive and one
-          negative, its farthest positive and nearest negative; count = such anchors.
+          negative, its farthest positive and nearest negative; count = such anchors. sum =
+          pytorch-metric-learning's TripletMarginLoss on BatchHardMiner's triplets with
+          SumReducer, sum / count = the same with MeanReducer (not its default
+          AvgNonZeroReducer, which divides by the triplets with a non-zero loss only).
         "semi_hard" (FaceNet, as TF-Addons' `triplet_semihard_loss`): per positive pair (a, p),
           the nearest negative with d(a, n) > d(a, p) (strictly), or, if there is none, a's
           farthest negative; count = positive pairs (ordered, a != p) whose anchor has a negative.
