@@ -156,12 +156,12 @@ def triplet_loss(
         return jnp.sum(per), jnp.sum(mask & (per > 0)).astype(dtype)
 
     # A finite fill that is never chosen (distances are >= 0; `big` exceeds every distance).
-    big = jax.lax.stop_gradient(jnp.max(d)) + 1.0
+    big = jax.lax.stop_gradient(jnp.max(d, initial=0.0)) + 1.0  # initial: an empty batch gives (0, 0)
     has_neg = jnp.any(neg, axis=1)
 
     if mining == "hard":
-        hardest_pos = jnp.max(jnp.where(pos, d, -1.0), axis=1)
-        hardest_neg = jnp.min(jnp.where(neg, d, big), axis=1)
+        hardest_pos = jnp.max(jnp.where(pos, d, -1.0), axis=1, initial=-1.0)
+        hardest_neg = jnp.min(jnp.where(neg, d, big), axis=1, initial=jnp.inf)
         counted = jnp.any(pos, axis=1) & has_neg
         per = jnp.where(counted, hinge(hardest_pos - hardest_neg + margin), 0.0)
         return jnp.sum(per), jnp.sum(counted).astype(dtype)
