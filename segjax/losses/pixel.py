@@ -18,6 +18,8 @@ What the pair means per loss:
     counted pixels (or the sum of their class weights, as in `torch.nn.functional.cross_entropy`).
   dice_loss, lovasz_softmax: these are not sums over pixels; they are computed per image and the
     pair is (sum over images of the per-image loss, number of images with a counted pixel).
+Where nothing counts (every pixel ignored or masked, or an empty batch, N = 0) every loss gives
+(0, 0) with a zero gradient, so the global `sum / max(count, 1)` is 0.
 """
 
 from __future__ import annotations

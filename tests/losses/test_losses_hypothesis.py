@@ -147,7 +147,7 @@ def embedding_batch(draw):
     labels = {"same": np.zeros(B, np.int32), "distinct": np.arange(B, dtype=np.int32),
               "mixed": np.asarray(draw(st.lists(st.integers(0, 2), min_size=B, max_size=B)), np.int32)}[labels]
     valid = np.asarray(draw(st.lists(st.booleans(), min_size=B, max_size=B)))
-    return x, labels, valid
+    return x, labels, valid, mode
 
 
 def _np_distances(x, squared):
@@ -199,22 +199,30 @@ TRIPLET_SETTINGS = [dict(mining="all", distance="euclidean"), dict(mining="hard"
 
 @given(embedding_batch())
 def test_triplet_and_contrastive_finite_with_the_promised_counts(batch):
-    x, labels, valid = batch
-    scale = 1.0 + np.abs(x).max() ** 2
+    x, labels, valid, mode = batch
+    # Values are compared on well-spread embeddings only: the distances come from the Gram matrix
+    # (documented), whose float32 cancellation leaves sqrt(eps) * |x| of error in a distance
+    # between (near-)identical rows, up to ~1 at 1e3-scale; there only finiteness and counts are
+    # checked.
+    check = mode == "random"
+    scale = B * B * (1.0 + np.abs(x).max())
     for kw in TRIPLET_SETTINGS:
         s, c, g = _ml_run("triplet_loss", x, labels, valid, margin=0.5, **kw)
-        if not kw.get("soft") and not kw.get("normalize") and kw["mining"] != "semi_hard":
-            want_s, want_c = _np_triplet(x, labels, valid, kw["mining"], 0.5, kw["distance"] == "squared")
+        if kw["mining"] == "semi_hard" or kw.get("normalize"):
+            continue
+        want_s, want_c = _np_triplet(x, labels, valid, kw["mining"], 0.5, kw["distance"] == "squared")
+        if kw["mining"] == "hard":
+            assert c == want_c  # anchors with a positive and a negative: no distance involved
+        if check and not kw.get("soft"):
             np.testing.assert_allclose(s, want_s, rtol=1e-4, atol=1e-4 * scale)
-            if kw["mining"] == "hard":
-                assert c == want_c
     s, c, g = _ml_run("contrastive_loss", x, labels, valid, neg_margin=1.0)
     d = _np_distances(x, False)
     pair = valid[:, None] & valid[None, :] & ~np.eye(B, dtype=bool)
     same = labels[:, None] == labels[None, :]
     want = np.where(pair, np.where(same, d, np.maximum(1.0 - d, 0.0)) ** 2, 0.0).sum()
     assert c == pair.sum()
-    np.testing.assert_allclose(s, want, rtol=1e-4, atol=1e-4 * scale)
+    if check:
+        np.testing.assert_allclose(s, want, rtol=1e-4, atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("mining", ["all", "hard", "semi_hard"])
