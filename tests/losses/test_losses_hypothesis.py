@@ -194,7 +194,8 @@ def _ml_run(name, x, labels, valid, **kw):
 
 TRIPLET_SETTINGS = [dict(mining="all", distance="euclidean"), dict(mining="hard", distance="euclidean"),
                     dict(mining="hard", distance="squared", normalize=True, soft=True),
-                    dict(mining="semi_hard", distance="euclidean"), dict(mining="semi_hard", distance="squared", soft=True)]
+                    dict(mining="semi_hard", distance="euclidean"),
+                    dict(mining="semi_hard", distance="squared", soft=True)]
 
 
 @given(embedding_batch())

@@ -327,7 +327,8 @@ def test_degenerate_box_is_rejected_by_name(small):
     with pytest.raises(ValueError, match=r"invalid box \[nan, 5\.0, 20\.0, 20\.0\] for target at index 0 \(slot 2\)"):
         model.apply(v, im, train=True, targets=bad, rngs={"dropout": jax.random.key(0)})
     bad["boxes"][0, M - 1] = [5, 5, 20, 20]
-    with pytest.raises(ValueError, match=r"invalid box \[10\.0, 10\.0, 10\.0, 30\.0\] for target at index 3 \(slot 0\)"):
+    with pytest.raises(ValueError, match=r"invalid box \[10\.0, 10\.0, 10\.0, 30\.0\] for target at index 3 "
+                                         r"\(slot 0\)"):
         model.apply(v, im, train=True, targets=bad, rngs={"dropout": jax.random.key(0)})
     bad["boxes"][3, 0] = [12, 40, 30, 20]  # y2 < y1
     with pytest.raises(ValueError, match=r"positive height and width.*index 3 \(slot 0\)"):

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import torch
 import torchvision
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops.boxes import _batched_nms_vanilla

@@ -11,7 +11,6 @@ Shapes are fixed (values generated): every jitted function compiles once.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
