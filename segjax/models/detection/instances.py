@@ -55,8 +55,11 @@ def check_boxes(boxes: np.ndarray, classes: np.ndarray, num_instances: np.ndarra
     The message follows torchvision's ("All bounding boxes should have positive height and
     width. Found invalid box ... for target at index ...").
     """
-    valid = np.asarray(gt_valid(classes, num_instances))
-    bad = valid & ~np.asarray(proper_boxes(boxes))
+    # NumPy only: called while tracing too (targets closed over by a jitted function are
+    # concrete, but a jnp op on them would return a tracer).
+    valid = (np.arange(classes.shape[1])[None, :] < num_instances[:, None]) & (classes > 0)
+    proper = np.isfinite(boxes).all(-1) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    bad = valid & ~proper
     if bad.any():
         i, j = (int(v) for v in np.argwhere(bad)[0])
         raise ValueError(f"Mask R-CNN targets['boxes']: all bounding boxes should have finite coordinates and "
