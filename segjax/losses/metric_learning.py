@@ -112,7 +112,10 @@ def triplet_loss(
           average" of Hermans et al. 2017 (= pytorch-metric-learning's TripletMarginLoss with its
           default AvgNonZeroReducer). Memory O(B^3).
         "hard" (batch-hard, Hermans et al. 2017): per anchor with at least one positive and one
-          negative, its farthest positive and nearest negative; count = such anchors.
+          negative, its farthest positive and nearest negative; count = such anchors. sum =
+          pytorch-metric-learning's TripletMarginLoss on BatchHardMiner's triplets with
+          SumReducer, sum / count = the same with MeanReducer (not its default
+          AvgNonZeroReducer, which divides by the triplets with a non-zero loss only).
         "semi_hard" (FaceNet, as TF-Addons' `triplet_semihard_loss`): per positive pair (a, p),
           the nearest negative with d(a, n) > d(a, p) (strictly), or, if there is none, a's
           farthest negative; count = positive pairs (ordered, a != p) whose anchor has a negative.
@@ -153,12 +156,12 @@ def triplet_loss(
         return jnp.sum(per), jnp.sum(mask & (per > 0)).astype(dtype)
 
     # A finite fill that is never chosen (distances are >= 0; `big` exceeds every distance).
-    big = jax.lax.stop_gradient(jnp.max(d)) + 1.0
+    big = jax.lax.stop_gradient(jnp.max(d, initial=0.0)) + 1.0  # initial: an empty batch gives (0, 0)
     has_neg = jnp.any(neg, axis=1)
 
     if mining == "hard":
-        hardest_pos = jnp.max(jnp.where(pos, d, -1.0), axis=1)
-        hardest_neg = jnp.min(jnp.where(neg, d, big), axis=1)
+        hardest_pos = jnp.max(jnp.where(pos, d, -1.0), axis=1, initial=-1.0)
+        hardest_neg = jnp.min(jnp.where(neg, d, big), axis=1, initial=jnp.inf)
         counted = jnp.any(pos, axis=1) & has_neg
         per = jnp.where(counted, hinge(hardest_pos - hardest_neg + margin), 0.0)
         return jnp.sum(per), jnp.sum(counted).astype(dtype)

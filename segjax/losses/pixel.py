@@ -18,6 +18,8 @@ What the pair means per loss:
     counted pixels (or the sum of their class weights, as in `torch.nn.functional.cross_entropy`).
   dice_loss, lovasz_softmax: these are not sums over pixels; they are computed per image and the
     pair is (sum over images of the per-image loss, number of images with a counted pixel).
+Where nothing counts (every pixel ignored or masked, or an empty batch, N = 0) every loss gives
+(0, 0) with a zero gradient, so the global `sum / max(count, 1)` is 0.
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ def dice_loss(
     inter = jnp.sum(p * g, axis=axes)  # [N, K]
     card = jnp.sum(p, axis=axes) + jnp.sum(g, axis=axes)
     dice = (2.0 * inter + smooth) / (card + smooth)
-    image_has_pixels = jnp.any(valid.reshape(valid.shape[0], -1), axis=1)
+    image_has_pixels = jnp.any(valid.reshape(valid.shape[0], int(np.prod(valid.shape[1:]))), axis=1)
     per_image = jnp.where(image_has_pixels, 1.0 - jnp.mean(dice, axis=-1), 0.0)
     return jnp.sum(per_image), jnp.sum(image_has_pixels.astype(jnp.float32))
 
@@ -226,8 +228,9 @@ def lovasz_softmax(
     _check(logits, labels)
     valid = valid_pixels(labels, ignore_label, valid_mask)
     n, k = labels.shape[0], logits.shape[-1]
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(n, -1, k)
-    losses, has_any = jax.vmap(_lovasz_image)(probs, labels.reshape(n, -1), valid.reshape(n, -1))
+    p = int(np.prod(labels.shape[1:]))  # not -1: an empty batch (n = 0) has no size to infer
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(n, p, k)
+    losses, has_any = jax.vmap(_lovasz_image)(probs, labels.reshape(n, p), valid.reshape(n, p))
     return jnp.sum(jnp.where(has_any, losses, 0.0)), jnp.sum(has_any.astype(jnp.float32))
 
 
@@ -264,6 +267,8 @@ def ohem_cross_entropy(
     sg_nll = jax.lax.stop_gradient(nll)
     all_nll = gather(jnp.where(valid, sg_nll, -jnp.inf)).reshape(-1)  # the global batch
     n_images = all_nll.shape[0] // max(1, int(np.prod(nll.shape[1:])))
+    if all_nll.shape[0] == 0:  # an empty batch (static): nothing to rank or keep
+        return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.float32(0.0)
     n_valid = jnp.sum(all_nll > -jnp.inf)
     batch_kept = min_kept * n_images
     if top_k is not None:

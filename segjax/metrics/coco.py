@@ -4,8 +4,10 @@ segjax does not write its own AP: `CocoAccumulator` collects ground-truth instan
 detections per image, converts them to COCO's in-memory format (masks as RLE with
 `pycocotools.mask.encode`, boxes as [x, y, w, h]) and runs `COCOeval` for `bbox` and `segm`.
 Metrics are on the 0-1 scale, like mIoU: `box_ap`, `box_ap50`, `box_ap75`, `mask_ap`,
-`mask_ap50`, `mask_ap75`, and `*_ap_small/medium/large` (None where the split has no ground
-truth of that size, COCOeval's -1).
+`mask_ap50`, `mask_ap75`, and `*_ap_small/medium/large`. Each is None where COCOeval reports -1,
+i.e. where the evaluation has no ground truth of that kind: the size metrics for a size with no
+ground-truth instance, and every metric when there is no ground truth at all (or no image),
+with or without detections. With ground truth and no detections the metrics are 0.0.
 
 Example:
   >>> acc = CocoAccumulator(num_classes=6)
@@ -108,14 +110,19 @@ class CocoAccumulator:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        if not results or not self._gt:
-            return {k: 0.0 for k in _STATS}
+        if not self._images:
+            return {k: None for k in _STATS}
         gt = COCO()
-        gt.dataset = {"images": self._images, "annotations": self._gt,
-                      "categories": [{"id": k} for k in range(1, self.num_classes)]}
+        categories = [{"id": k} for k in range(1, self.num_classes)]
+        gt.dataset = {"images": self._images, "annotations": self._gt, "categories": categories}
         with contextlib.redirect_stdout(io.StringIO()):
             gt.createIndex()
-            dt = gt.loadRes(results)
+            if results:
+                dt = gt.loadRes(results)
+            else:  # loadRes cannot take an empty list: an empty result set, built the same way
+                dt = COCO()
+                dt.dataset = {"images": self._images, "annotations": [], "categories": categories}
+                dt.createIndex()
             ev = COCOeval(gt, dt, iou_type)
             ev.evaluate()
             ev.accumulate()

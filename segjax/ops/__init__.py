@@ -11,7 +11,8 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 * `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
 * `roi_align` (segjax.ops.roi_align; with `roi_align_table`, its gathered form over a stacked
   feature pyramid, and `roi_align_weights`, the sampling matrices, all from one sampling rule)
-* detection: `box_area`, `box_iou`, `clip_boxes`, `remove_small_boxes`, `encode_boxes`, `decode_boxes`
+* detection: `box_area`, `box_iou`, `clip_boxes`, `remove_small_boxes`, `proper_boxes`, `encode_boxes`,
+  `decode_boxes`
   (segjax.ops.boxes), `nms`, `batched_nms` (segjax.ops.nms, static-shaped), `paste_masks`
   (segjax.ops.paste_masks)
 * `swap_align2nat` — TensorMask's aligned -> natural mask representation, upsampled
@@ -20,7 +21,7 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
   skimage.morphology, borders included (segjax.ops.morphology)
 """
 
-from segjax.ops.boxes import (box_area, box_iou, clip_boxes, decode_boxes, encode_boxes,
+from segjax.ops.boxes import (box_area, box_iou, clip_boxes, decode_boxes, encode_boxes, proper_boxes,
                               remove_small_boxes)
 from segjax.ops.conv import atrous_conv2d, conv2d, conv_general_dilated
 from segjax.ops.conv_transpose import conv_as_matrix, conv_transpose2d
@@ -58,6 +59,7 @@ __all__ = [
     "nms",
     "opening",
     "paste_masks",
+    "proper_boxes",
     "remove_small_boxes",
     "resize",
     "roi_align",

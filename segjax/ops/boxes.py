@@ -53,6 +53,19 @@ def clip_boxes(boxes: jax.Array, size: Sequence[int]) -> jax.Array:
     return jnp.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1).astype(boxes.dtype)
 
 
+def proper_boxes(boxes: jax.Array) -> jax.Array:
+    """Validity mask [...] of boxes with finite coordinates and positive width and height
+    (`x2 > x1` and `y2 > y1`).
+
+    The converse is what torchvision's detection models reject as a degenerate training target
+    ("All bounding boxes should have positive height and width"). segjax's detection losses treat
+    a ground-truth box failing this like a padding slot (never matched), so one bad box under
+    `jit` cannot make every anchor positive or a loss infinite.
+    """
+    finite = jnp.all(jnp.isfinite(boxes), axis=-1)
+    return finite & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+
+
 def remove_small_boxes(boxes: jax.Array, min_size: float) -> jax.Array:
     """Validity mask [...] of boxes whose width and height are both >= `min_size`.
 
@@ -122,4 +135,4 @@ def decode_boxes(deltas: jax.Array, boxes: jax.Array,
 
 
 __all__ = ["BBOX_XFORM_CLIP", "box_area", "box_iou", "clip_boxes", "decode_boxes", "encode_boxes",
-           "remove_small_boxes"]
+           "proper_boxes", "remove_small_boxes"]

@@ -14,8 +14,14 @@ dilation with the mirrored footprint, `closing` the reverse. These are skimage's
   dtype's largest / smallest value (+-inf for floats, True/False for bool); `"ignore"` is `"max"`
   in an erosion and `"min"` in a dilation, so outside pixels never win. `"nearest"`, `"mirror"`
   (`d c b | a b c d | c b a`) and `"wrap"` as in `scipy.ndimage`.
-* The output has the input's dtype: bool images give bool (min = AND, max = OR), uint8 gives
-  uint8, float gives float.
+* The output has the input's dtype as JAX holds it, `jax.dtypes.canonicalize_dtype(x.dtype)`:
+  bool images give bool (min = AND, max = OR), uint8 gives uint8, float32 gives float32. A 64-bit
+  input keeps 64 bits only with `jax_enable_x64` (e.g. `with jax.enable_x64(True):`), where float64
+  gives float64 equal to skimage's bit for bit. With x64 off (JAX's default) float64 becomes
+  float32 on the way in, so the output is float32 and equals skimage's float64 result rounded to
+  float32 (rounding is monotone, so it commutes with min and max); int64 / uint64 become int32 /
+  uint32, and a host (NumPy) integer array with a value outside that range raises ValueError
+  instead of wrapping.
 
 The footprint is a host (NumPy) array and static: it decides which shifted slices are taken, so
 close over it (or use `functools.partial`) when you `jax.jit` these functions. Any number of
@@ -101,8 +107,24 @@ def _pad(x: jax.Array, pads, mode: str, cval, *, is_erosion: bool) -> jax.Array:
     return jnp.pad(x, widths, mode=_NUMPY_PAD_MODE[mode])
 
 
+def _as_jax(images) -> jax.Array:
+    """`jnp.asarray(images)`, refusing a host integer array that the canonical (x64 off: 32-bit)
+    dtype would wrap."""
+    if isinstance(images, (np.ndarray, np.generic)) and np.issubdtype(images.dtype, np.integer):
+        target = jax.dtypes.canonicalize_dtype(images.dtype)
+        if target != images.dtype and images.size:
+            info = np.iinfo(target)
+            lo, hi = images.min(), images.max()
+            if lo < info.min or hi > info.max:
+                raise ValueError(
+                    f"images of dtype {images.dtype} hold values in [{lo}, {hi}], outside {target}'s "
+                    f"[{info.min}, {info.max}] that JAX uses with x64 disabled: enable x64 "
+                    "(jax.enable_x64) or rescale the images")
+    return jnp.asarray(images)
+
+
 def _rank_filter(images, footprint, *, is_erosion: bool, mode: str, cval) -> jax.Array:
-    x = jnp.asarray(images)
+    x = _as_jax(images)
     if x.ndim < 2:
         raise ValueError(f"images must be [..., H, W], got shape {x.shape}")
     fp = _odd_footprint(footprint)
@@ -127,7 +149,8 @@ def erosion(images: jax.Array, footprint, *, mode: str = "reflect", cval=0.0) ->
     """Grey-scale erosion of each image [..., H, W] by a flat footprint [kh, kw] (host array).
 
     Equal to `skimage.morphology.erosion(image, footprint, mode=mode, cval=cval)` per image, for
-    bool, integer and float images; same dtype out. See the module docstring for the semantics.
+    bool, integer and float images; the input's dtype out, as JAX holds it (float64 only with x64
+    enabled: see the module docstring, also for the semantics).
     """
     return _rank_filter(images, footprint, is_erosion=True, mode=mode, cval=cval)
 
@@ -136,7 +159,8 @@ def dilation(images: jax.Array, footprint, *, mode: str = "reflect", cval=0.0) -
     """Grey-scale dilation of each image [..., H, W] by a flat footprint [kh, kw] (host array).
 
     Equal to `skimage.morphology.dilation(image, footprint, mode=mode, cval=cval)` per image (the
-    footprint is not mirrored, as in skimage). Same dtype out.
+    footprint is not mirrored, as in skimage). The input's dtype out, as JAX holds it (see
+    `erosion`).
     """
     return _rank_filter(images, footprint, is_erosion=False, mode=mode, cval=cval)
 

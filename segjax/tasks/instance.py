@@ -178,8 +178,10 @@ class InstanceTask(Task):
         return {k: metrics[k] for k in LOGGED if k in metrics}
 
     def summary_line(self, metrics):
-        return (f"mask_ap {metrics['mask_ap']:.4f}  mask_ap50 {metrics['mask_ap50']:.4f}  "
-                f"box_ap {metrics['box_ap']:.4f}")
+        def fmt(key):  # None: no ground truth to score against (COCOeval's -1)
+            return "n/a" if metrics[key] is None else f"{metrics[key]:.4f}"
+
+        return f"mask_ap {fmt('mask_ap')}  mask_ap50 {fmt('mask_ap50')}  box_ap {fmt('box_ap')}"
 
     def save_examples(self, out_dir, step, batch, per_example, *, limit, writer=None) -> int:
         """One picture per valid example: detections (score >= 0.5) drawn over the image next

@@ -157,11 +157,15 @@ class Checkpointer:
     def save(self, step: int, state: Any, *, metrics: dict[str, float] | None = None) -> None:
         """Starts saving `state` (a pytree of arrays on host or device) as `step`.
 
-        `metrics` (e.g. `{"miou": 0.7}`) ranks the step for keep-best; pass plain floats.
+        `metrics` (e.g. `{"miou": 0.7}`) ranks the step for keep-best; pass plain floats. A None
+        value (an undefined metric, e.g. COCO AP of an evaluation without ground truth) saves the
+        step without metrics, as a step that keep-best never picks.
         Raises ValueError if `step` already exists.
         """
         if step in self._manager.all_steps():
             raise ValueError(f"checkpoint step {step} already exists in {self.directory}")
+        if metrics is not None and any(v is None for v in metrics.values()):
+            metrics = None
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                            metrics=metrics, force=True)

@@ -115,6 +115,34 @@ def test_batch_hard_is_pml_batch_hard_miner(np_rng, distance, normalize, soft):
     assert c == len(miner(torch.tensor(x), tl)[0]) == np.sum(np.bincount(labels)[labels] > 1)
 
 
+def test_batch_hard_mean_is_pml_mean_reducer_not_its_default(np_rng):
+    """What docs/embedding.md says, exactly (issue 29: it used to say "TripletMarginLoss (with
+    BatchHardMiner)", true only of the sum with SumReducer): sum / count equals TripletMarginLoss
+    on BatchHardMiner's triplets with MeanReducer, in value and gradient; PML's default
+    AvgNonZeroReducer divides by the triplets whose loss is non-zero and differs on a clustered
+    batch, where some anchors' hardest triplet already meets the margin."""
+    _, labels = batch(np_rng)
+    centers = np_rng.normal(size=(10, 3)) * 3.0
+    x = centers[labels] + np_rng.normal(size=(len(labels), 3)) * 0.6
+    margin = 0.5
+    s, c, g = jax_loss(el.triplet_loss, x, labels, margin=margin, mining="hard", mean=True)
+    dist = pml_distance("euclidean", False)
+    miner = pml_miners.BatchHardMiner(distance=dist)
+    tl = torch.tensor(labels)
+
+    def pml(reducer=None):
+        kw = {} if reducer is None else {"reducer": reducer}
+        loss = pml_losses.TripletMarginLoss(margin=margin, distance=dist, **kw)
+        return torch_loss(lambda t: loss(t, tl, miner(t, tl)), x)
+
+    ref, ref_g = pml(pml_reducers.MeanReducer())
+    np.testing.assert_allclose(s / c, ref, rtol=1e-12)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-10, atol=1e-12)
+    default, _ = pml()
+    nonzero = s / default  # AvgNonZeroReducer: sum / (#triplets with loss > 0)
+    assert abs(nonzero - round(nonzero)) < 1e-9 and 0 < round(nonzero) < c, (s, c, default)
+
+
 def test_semi_hard_through_pml_miners(np_rng):
     """FaceNet's choice per positive pair (a, p) in terms of PML's TripletMarginMiner classes.
 

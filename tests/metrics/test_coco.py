@@ -74,3 +74,50 @@ def test_instances_from_maps_matches_a_loop(np_rng):
     for got, (_, m) in zip(masks, want):
         np.testing.assert_array_equal(got, m)
     assert len(classes) == len(want)
+
+
+def test_no_ground_truth_at_all_is_none_as_documented():
+    """Issue 29: the module promises None where COCOeval has no ground truth to score (its -1).
+    An evaluation without any ground-truth instance -- with detections (all false positives) or
+    without -- has no defined AP; it used to report 0.0, the score of a model that misses every
+    object. With ground truth but no detections AP is 0.0, and the sizes without ground truth
+    are still None (one 8x8 = 64 px instance: small only)."""
+    gt = square(20, 20, 2, 2, 8)
+    for dets in (0, 1):
+        acc = coco.CocoAccumulator(num_classes=3)
+        acc.add_image(gt_classes=[], gt_masks=np.zeros((0, 20, 20), bool),
+                      det_boxes=np.tile(coco.mask_box(gt), (dets, 1)), det_scores=[0.9] * dets,
+                      det_classes=[1] * dets, det_masks=np.repeat(gt[None], dets, 0))
+        r = acc.result()
+        for kind in ("box", "mask"):
+            for stat in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"):
+                assert r[f"{kind}_{stat}"] is None, (dets, kind, stat)
+        assert (r["num_images"], r["num_instances"], r["num_detections"]) == (1, 0, dets)
+    assert all(v is None for k, v in coco.CocoAccumulator(3).result().items() if "_ap" in k)  # no image
+    acc = coco.CocoAccumulator(num_classes=3)
+    acc.add_image(gt_classes=[1], gt_masks=gt[None], det_boxes=np.zeros((0, 4)), det_scores=[],
+                  det_classes=[], det_masks=np.zeros((0, 20, 20), bool))
+    r = acc.result()
+    for kind in ("box", "mask"):
+        assert r[f"{kind}_ap"] == r[f"{kind}_ap50"] == r[f"{kind}_ap_small"] == 0.0
+        assert r[f"{kind}_ap_medium"] is None and r[f"{kind}_ap_large"] is None
+
+
+def test_undefined_ap_reaches_the_log_and_checkpoints(tmp_path):
+    """Downstream of None: the instance task's eval line prints n/a, and a checkpoint whose
+    ranking metric is None is saved without metrics (never the best) instead of float(None)."""
+    import jax.numpy as jnp
+
+    from segjax.tasks.instance import InstanceTask
+    from segjax.train.checkpoint import Checkpointer
+
+    task = InstanceTask(num_classes=3, ignore_label=255, max_instances=4)
+    line = task.summary_line({"mask_ap": None, "mask_ap50": None, "box_ap": 0.25})
+    assert line == "mask_ap n/a  mask_ap50 n/a  box_ap 0.2500"
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=3, best_metric=task.best_metric)
+    state = {"w": jnp.zeros(2)}
+    ckpt.save(1, state, metrics={"mask_ap": 0.1})
+    ckpt.save(2, state, metrics={"mask_ap": None})
+    ckpt.wait()
+    assert ckpt.all_steps() == [1, 2] and ckpt.best_step() == 1
+    ckpt.close()

@@ -186,7 +186,7 @@ def small():
 
     fn = _compile(loss_and_grad, variables, images, targets, jax.random.key(1))
     run = lambda key: jax.tree.map(np.asarray, fn(variables, images, targets, key))  # noqa: E731
-    return dict(model=model, images=images, variables=variables, targets=targets, run=run,
+    return dict(model=model, images=images, variables=variables, targets=targets, run=run, fn=fn,
                 ref=run(jax.random.key(1)))
 
 
@@ -305,6 +305,52 @@ def test_train_mode_errors(small):
     bad = dict(small["targets"], masks=np.zeros((N, M, S // 2, S // 2), np.uint8))
     with pytest.raises(ValueError, match=r"targets\['masks'\]"):
         model.apply(v, im, train=True, targets=bad, rngs={"dropout": jax.random.key(0)})
+
+
+def _with_bad_boxes(targets):
+    """The fixture's targets plus two degenerate ground-truth boxes in former padding slots:
+    a zero-width box in image 3 (which had no instance) and a NaN box in image 0's last slot."""
+    bad = {k: np.array(v) for k, v in targets.items()}
+    assert bad["num_instances"][3] == 0 and bad["num_instances"][0] == M - 1
+    bad["boxes"][3, 0], bad["classes"][3, 0], bad["masks"][3, 0, 10:30, 10:12] = [10, 10, 10, 30], 1, 1
+    bad["boxes"][0, M - 1], bad["classes"][0, M - 1] = [np.nan, 5, 20, 20], 2
+    bad["num_instances"][[0, 3]] += 1
+    return bad
+
+
+def test_degenerate_box_is_rejected_by_name(small):
+    """Issue 29: concrete targets with a zero-width (or inverted, or non-finite) ground-truth box
+    fail naming the image index, the slot and the box, as torchvision does; padding slots, which
+    hold zero boxes, are not checked."""
+    model, v, im = small["model"], small["variables"], small["images"]
+    bad = _with_bad_boxes(small["targets"])
+    with pytest.raises(ValueError, match=r"invalid box \[nan, 5\.0, 20\.0, 20\.0\] for target at index 0 \(slot 2\)"):
+        model.apply(v, im, train=True, targets=bad, rngs={"dropout": jax.random.key(0)})
+    bad["boxes"][0, M - 1] = [5, 5, 20, 20]
+    with pytest.raises(ValueError, match=r"invalid box \[10\.0, 10\.0, 10\.0, 30\.0\] for target at index 3 "
+                                         r"\(slot 0\)"):
+        model.apply(v, im, train=True, targets=bad, rngs={"dropout": jax.random.key(0)})
+    bad["boxes"][3, 0] = [12, 40, 30, 20]  # y2 < y1
+    with pytest.raises(ValueError, match=r"positive height and width.*index 3 \(slot 0\)"):
+        model.apply(v, im, train=True, targets=bad, rngs={"dropout": jax.random.key(0)})
+
+
+def test_degenerate_box_under_jit_is_padding(small):
+    """Issue 29: under jit the targets are traced and cannot be checked; a degenerate ground-truth
+    box must then act as a padding slot. Before the fix a zero-width box made every anchor of its
+    image positive (its best IoU, 0, is every anchor's: low-quality matches) and the RPN box loss
+    infinite, and a NaN box matched everything. Now every loss and gradient is finite and equals
+    the fixture's, which holds the same slots as padding."""
+    out, grads = jax.tree.map(np.asarray, small["fn"](small["variables"], small["images"],
+                                                      _with_bad_boxes(small["targets"]), jax.random.key(1)))
+    ref = small["ref"][0]
+    for name in TRAIN_LOSSES:
+        assert np.isfinite(out[name][0]).all(), name
+        np.testing.assert_array_equal(out[name][1], ref[name][1], err_msg=name)
+        np.testing.assert_allclose(out[name][0], ref[name][0], rtol=1e-5, err_msg=name)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(small["ref"][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("layers", [3, 5])

@@ -198,7 +198,7 @@ class MaskRCNN(nn.Module):
         [N, P + M] and `roi_index`, `roi_sampled` [N, S] (`roi_heads.label_and_sample_proposals`).
         """
         boxes, classes, masks, num = check_targets(targets, images.shape)
-        valid = gt_valid(classes, num)
+        valid = gt_valid(classes, num, boxes)  # a degenerate box (possible under jit) is padding
         if not self.has_rng("dropout"):
             raise ValueError("Mask R-CNN training samples anchors and proposals with the 'dropout' rng: call "
                              "model.apply(variables, images, train=True, targets=..., rngs={'dropout': key})")

@@ -26,7 +26,7 @@ from jax import lax
 
 from segjax.models.detection.matching import (BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match,
                                               sample_balanced_by_noise)
-from segjax.ops.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
+from segjax.ops.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, proper_boxes, remove_small_boxes
 from segjax.ops.nms import nms
 
 # torchvision's box coder weights of the ROI heads (x, y, w, h).
@@ -61,8 +61,9 @@ def proposal_targets(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: 
     (`proposal_valid` False) are -1 too. The matched index is clamped at 0 like torchvision's
     (meaningful only where the label is > 0). torchvision appends the ground-truth boxes to the
     proposals before this (`add_gt_proposals`); do that by concatenating them with `gt_valid`
-    as their validity.
+    as their validity. A degenerate ground-truth box (not `proper_boxes`) counts as padding.
     """
+    gt_valid = gt_valid & proper_boxes(gt_boxes)
     matches = match(box_iou(gt_boxes, proposals), fg_iou_thresh, bg_iou_thresh, gt_valid=gt_valid)
     clamped = jnp.maximum(matches, 0)
     labels = gt_classes[clamped].astype(jnp.int32)
@@ -95,6 +96,7 @@ def label_and_sample_proposals(key: jax.Array, proposals: jax.Array, proposal_va
       (ground-truth index), `reg` [S, 4] (box-coder targets, `weights`; zeros but at positives).
     """
     p, m = proposals.shape[0], gt_boxes.shape[0]
+    gt_valid = gt_valid & proper_boxes(gt_boxes)  # a degenerate box is padding: never a candidate
     cand = jnp.concatenate([proposals, gt_boxes], axis=0)
     cand_valid = jnp.concatenate([proposal_valid, gt_valid], axis=0)
     s = min(batch_size_per_image, p + m)

@@ -31,7 +31,7 @@ from jax import lax
 
 from segjax.models.detection.matching import BETWEEN_THRESHOLDS, match, sample_balanced
 from segjax.models.layers import square_conv
-from segjax.ops.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, remove_small_boxes
+from segjax.ops.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes, proper_boxes, remove_small_boxes
 from segjax.ops.nms import nms
 
 rpn_kernel_init = nn.initializers.normal(0.01)
@@ -122,12 +122,18 @@ def anchor_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array,
 
     torchvision's `RegionProposalNetwork.assign_targets_to_anchors`: label 1 for matched anchors
     (including low-quality matches), 0 below `bg_iou_thresh`, -1 (ignored) in between. Without
-    any valid ground truth every anchor is background, matched to box 0 (a zero box when padded).
+    any valid ground truth every anchor is background, matched to a zero box; otherwise an
+    unmatched anchor gets the first valid box (torchvision's `clamp(min=0)`).
+    A degenerate ground-truth box (zero or negative width or height, or a non-finite coordinate:
+    not `proper_boxes`) counts as padding; torchvision raises on one instead.
     """
+    gt_valid = gt_valid & proper_boxes(gt_boxes)
     matches = match(box_iou(gt_boxes, anchors), fg_iou_thresh, bg_iou_thresh,
                     allow_low_quality_matches=True, gt_valid=gt_valid)
     labels = jnp.where(matches >= 0, 1.0, jnp.where(matches == BETWEEN_THRESHOLDS, -1.0, 0.0))
-    matched = gt_boxes[jnp.maximum(matches, 0)]
+    # Unmatched anchors get the first ground-truth box, as torchvision's clamp(min=0) over its
+    # list of boxes: the first *valid* slot here (slot 0 may be padding or a degenerate box).
+    matched = gt_boxes[jnp.where(matches >= 0, matches, jnp.argmax(gt_valid))]
     any_gt = jnp.any(gt_valid)
     matched = jnp.where(any_gt, matched, 0.0)
     return labels.astype(jnp.float32), matched
