@@ -22,12 +22,12 @@ intervals, the Dice of the oracle's own pick and of the last step), `report.md`,
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 from absl import flags
 
 from experiments import cli
+from segjax import jsonio
 
 FLAGS = flags.FLAGS
 
@@ -190,8 +190,7 @@ def main(argv):
         _overlays(out_dir, name, images[test], truths[test], mask0[test], index[test], apply,
                   variables, best)
 
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    jsonio.dump(report, os.path.join(out_dir, "report.json"), indent=2)
     _plot(out_dir, curves, select, report)
     _markdown(out_dir, report)
     print(f"wrote {os.path.join(out_dir, 'report.json')}, report.md, dice_vs_step.png, overlays/",

@@ -42,6 +42,8 @@ import sys
 
 from absl import app, flags
 
+from segjax import jsonio
+
 
 def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
@@ -174,10 +176,10 @@ def main(argv):
     if _INTERCONNECT.value:
         result = _model(max(int(d) for d in _DEVICES.value))
         if _JSON.value:
-            print(json.dumps(result))
+            print(jsonio.dumps(result))
         return
     if _WORKER.value:
-        print(json.dumps(_worker(_WORKER.value)), flush=True)
+        print(jsonio.dumps(_worker(_WORKER.value)), flush=True)
         return
     rows = []
     for n in (int(d) for d in _DEVICES.value):
@@ -200,7 +202,7 @@ def main(argv):
         eff = r["img_per_s"] / (base["img_per_s"] * r["devices"] / base["devices"])
         print(f"| {r['devices']} | {r['steps_per_s']:.3f} | {r['img_per_s']:.2f} | {eff:.2f} | {r['first_step_s']:.1f} |")
     if _JSON.value:
-        print(json.dumps({"model": _MODEL.value, "rows": rows}))
+        print(jsonio.dumps({"model": _MODEL.value, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from segjax import jsonio
 from segjax.metrics import stats
 from segjax.train import config_utils
 from segjax.train.metric_writers import read_metrics
@@ -260,11 +261,9 @@ def run_sweep(base: ml_collections.ConfigDict, sweeps: Sequence[Sweep], seeds: S
             os.makedirs(d, exist_ok=True)
             train_fn(config, d)
             final = final_metrics(read_metrics(d))
-            tmp = result_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"cell": [[k, v] for k, v in cell], "seed": seed, "final": final}, f,
-                          sort_keys=True, indent=1, default=repr)
-            os.replace(tmp, result_path)  # the marker appears only once the run is complete
+            # The marker appears only once the run is complete (jsonio.dump: tmp + rename).
+            jsonio.dump({"cell": [[k, v] for k, v in cell], "seed": seed, "final": final},
+                        result_path, sort_keys=True, indent=1, default=repr)
         with open(result_path) as f:
             final = json.load(f)["final"]
         results.append(RunResult(cell, seed, final))
