@@ -97,11 +97,12 @@ def main(argv):
         clusterings = parse_clusterings(FLAGS.clusterings, FLAGS.min_pixels)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    cli.check_run_task("run", FLAGS.run, "embedding")
     results = evaluate_run(FLAGS.run, clusterings, checkpoint=FLAGS.checkpoint,
                            batch=FLAGS.batch)
     text = markdown(results)
     print(text)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
     jsonio.dump({"run": FLAGS.run, "checkpoint": FLAGS.checkpoint,
                  "clusterings": clusterings, "results": results},
                 os.path.join(FLAGS.workdir, "report.json"), indent=2)

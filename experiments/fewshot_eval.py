@@ -178,7 +178,8 @@ def main(argv):
     cli.no_arguments(argv)
     if not FLAGS.run or not FLAGS.workdir:
         raise app.UsageError("--run and --workdir are required")
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    for w in FLAGS.run:  # every run, before the first is evaluated
+        cli.check_run_task("run", w, "fewshot")
     results = {}
     for w in FLAGS.run:
         print(f"{w}: ", end="", flush=True)
@@ -189,6 +190,7 @@ def main(argv):
             print(f"  {m:18s} fg_miou {results[w][m]['fg_miou']:.4f}  fb_iou {results[w][m]['fb_iou']:.4f}")
     text = markdown(results, FLAGS.run)
     print(text)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
     jsonio.dump({"runs": FLAGS.run, "finetune_steps": FLAGS.finetune_steps,
                  "finetune_lr": FLAGS.finetune_lr, "finetune_encoder": FLAGS.finetune_encoder,
                  "checkpoint": FLAGS.checkpoint, "results": results},
