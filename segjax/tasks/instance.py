@@ -276,7 +276,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-@register("instance", defaults=defaults)
+@register("instance", defaults=defaults, ranges={"instance.max_instances": "[1, inf)"})
 def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> InstanceTask:
     """The instance task of a run: `config.instance.max_instances` ground-truth slots."""
     del data_dir
