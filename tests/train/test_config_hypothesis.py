@@ -15,7 +15,7 @@ import math
 
 import ml_collections
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from experiments.configs.common import base_config
 from segjax import tasks
@@ -162,7 +162,6 @@ def test_every_key_refuses_a_value_of_the_wrong_type_or_range():
             _assert_refused(task, key, value)
 
 
-@settings(max_examples=60)
 @given(st.data())
 def test_generated_bad_values_are_refused_by_key(data):
     task, key, kind, default, interval = data.draw(st.sampled_from(DECLARED))
@@ -170,7 +169,6 @@ def test_generated_bad_values_are_refused_by_key(data):
     _assert_refused(task, key, value)
 
 
-@settings(max_examples=40)
 @given(st.data())
 def test_values_of_the_declared_type_in_range_pass(data):
     """The check is not stricter than the declarations (keys whose default is None take part in
