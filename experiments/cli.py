@@ -34,7 +34,10 @@ def known_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the input is wrong", not "segjax is wrong"."""
     from segjax.train.loop import KNOWN_ERRORS
 
-    return KNOWN_ERRORS
+    # A --workdir that cannot be created or written (under a file, no permission) is the
+    # user's to fix, like a missing file; the message names the path.
+    return KNOWN_ERRORS + (PermissionError, NotADirectoryError, IsADirectoryError,
+                           FileExistsError)
 
 
 def fail(message: str) -> None:

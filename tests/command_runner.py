@@ -3,7 +3,9 @@
 `run_command("experiments.predict", ["--run=...", ...])` executes the module as `__main__`
 (`runpy`, with `sys.argv` set) and returns `(exit_code, stdout, stderr)`. The command's flags are
 defined into absl's global FLAGS by its `define_flags()`; they are removed again afterwards, so
-that the next command can define its own (several commands share flag names). Much cheaper than
+that the next command can define its own (several commands share flag names). Flags that a
+library defines when the command first imports it (TensorFlow, orbax, array_record) stay: the
+library reads them later and is imported only once. Much cheaper than
 a subprocess per command (no second import of JAX/TensorFlow), and a traceback shows up as the
 exception itself instead of text to grep.
 """
@@ -28,7 +30,8 @@ def run_command(module: str, args: list[str]) -> tuple[int, str, str]:
     before = set(flags.FLAGS)
     out, err = io.StringIO(), io.StringIO()
     old_argv = sys.argv
-    sys.argv = [module.replace(".", "/") + ".py", *args]
+    program = module.replace(".", "/") + ".py"
+    sys.argv = [program, *args]
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
@@ -41,7 +44,12 @@ def run_command(module: str, args: list[str]) -> tuple[int, str, str]:
     finally:
         sys.argv = old_argv
         for name in set(flags.FLAGS) - before:
-            with contextlib.suppress(AttributeError):
-                delattr(flags.FLAGS, name)
+            owner = flags.FLAGS.find_module_defining_flag(name) or ""
+            # The command's own flags (defined by its __main__, which absl names after argv[0],
+            # or by an experiments module) and config_flags' `--config.KEY` overrides.
+            if owner == program or owner.startswith(("experiments", "absl.flags",
+                                                     "ml_collections")):
+                with contextlib.suppress(AttributeError):
+                    delattr(flags.FLAGS, name)
         flags.FLAGS.unparse_flags()
     return code, out.getvalue(), err.getvalue()

@@ -239,6 +239,7 @@ def run_sweep(base: ml_collections.ConfigDict, sweeps: Sequence[Sweep], seeds: S
               log: Callable[[str], None] = print,
               resolve: Callable[[Any], Any] | None = None,
               run_dir_fn: Callable[[Cell, int, ml_collections.ConfigDict], str] | None = None,
+              check: Callable[[ml_collections.ConfigDict], None] | None = None,
               ) -> list[RunResult]:
     """Runs every (cell, seed) not yet finished and returns all results in grid × seed order.
 
@@ -246,10 +247,17 @@ def run_sweep(base: ml_collections.ConfigDict, sweeps: Sequence[Sweep], seeds: S
     reusing the run's work directory makes an interrupted run resume from its checkpoint.
     Configs are all built (and validated) before anything trains; `resolve` as in `make_config`.
     `run_dir_fn(cell, seed, config)` places the runs elsewhere than `run_dir(workdir, ...)`,
-    e.g. `config_run_dir` to share identical runs between sweeps.
+    e.g. `config_run_dir` to share identical runs between sweeps. `check(config)` (e.g.
+    `config_utils.check_config`) validates every run's config before the first one trains or
+    any directory is created: a bad value in the last cell fails at once, naming the cell.
     """
     plan = [(cell, seed, make_config(base, cell, seed, resolve=resolve))
             for cell in grid(sweeps) for seed in seeds]
+    for cell, seed, config in plan if check is not None else ():
+        try:
+            check(config)
+        except ValueError as e:
+            raise ValueError(f"sweep cell {cell_name(cell)}, seed {seed}: {e}") from None
     results = []
     for i, (cell, seed, config) in enumerate(plan, 1):
         d = run_dir_fn(cell, seed, config) if run_dir_fn else run_dir(workdir, cell, seed)
