@@ -41,13 +41,18 @@ def main(argv):
     cli.no_arguments(argv)
     if FLAGS.config is None:
         raise app.UsageError("--base=CONFIG[:PRESET] is required")
-    from segjax.train import sweep
-    from segjax.train import loop
+    from segjax.train import config_utils, loop, sweep
 
     sweeps = [sweep.parse_sweep(s) for s in FLAGS.sweep]
     seeds = sweep.parse_seeds(FLAGS.seeds)
+    sweep.parse_baseline(FLAGS.baseline, sweeps)  # refused before anything trains
+
+    def check(config):
+        config_utils.import_plugins(config)
+        config_utils.check_config(config)
+
     results = sweep.run_sweep(FLAGS.config, sweeps, seeds, FLAGS.workdir,
-                              train_fn=loop.train_and_evaluate)
+                              train_fn=loop.train_and_evaluate, check=check)
     paths = sweep.write_report(results, sweeps, FLAGS.workdir, metric=FLAGS.metric,
                                baseline=sweep.parse_baseline(FLAGS.baseline, sweeps),
                                command=" ".join(shlex.quote(a) for a in _ORIGINAL_ARGV))

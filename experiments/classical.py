@@ -41,6 +41,10 @@ def main(argv):
     cli.no_arguments(argv)
     from segjax.classical import benchmark
 
+    if FLAGS.num_images is not None and FLAGS.num_images < 1:
+        raise ValueError(f"--num_images={FLAGS.num_images} must be at least 1 (or left out: all)")
+    if FLAGS.workers < 0:
+        raise ValueError(f"--workers={FLAGS.workers} must be >= 0 (0: one per core)")
     command = "python -m experiments.classical " + " ".join(shlex.quote(a) for a in argv_flags())
     datasets = [d.strip() for d in FLAGS.dataset.split(",") if d.strip()]
     runs = {}

@@ -13,12 +13,12 @@ detections).
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
 
 from experiments import cli
+from segjax import jsonio
 
 FLAGS = flags.FLAGS
 COLUMNS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "num_detections")
@@ -97,14 +97,15 @@ def main(argv):
         clusterings = parse_clusterings(FLAGS.clusterings, FLAGS.min_pixels)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    cli.check_run_task("run", FLAGS.run, "embedding")
     results = evaluate_run(FLAGS.run, clusterings, checkpoint=FLAGS.checkpoint,
                            batch=FLAGS.batch)
     text = markdown(results)
     print(text)
-    with open(os.path.join(FLAGS.workdir, "report.json"), "w") as f:
-        json.dump({"run": FLAGS.run, "checkpoint": FLAGS.checkpoint,
-                   "clusterings": clusterings, "results": results}, f, indent=2)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    jsonio.dump({"run": FLAGS.run, "checkpoint": FLAGS.checkpoint,
+                 "clusterings": clusterings, "results": results},
+                os.path.join(FLAGS.workdir, "report.json"), indent=2)
     with open(os.path.join(FLAGS.workdir, "report.md"), "w") as f:
         f.write(text + "\n")
     print(f"wrote {FLAGS.workdir}/report.json, report.md")

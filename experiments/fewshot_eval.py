@@ -21,12 +21,12 @@ classes and the FB-IoU, per seed and as mean ± 95 % t-interval over seeds (`seg
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
 
 from experiments import cli
+from segjax import jsonio
 
 FLAGS = flags.FLAGS
 
@@ -178,7 +178,8 @@ def main(argv):
     cli.no_arguments(argv)
     if not FLAGS.run or not FLAGS.workdir:
         raise app.UsageError("--run and --workdir are required")
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    for w in FLAGS.run:  # every run, before the first is evaluated
+        cli.check_run_task("run", w, "fewshot")
     results = {}
     for w in FLAGS.run:
         print(f"{w}: ", end="", flush=True)
@@ -189,10 +190,11 @@ def main(argv):
             print(f"  {m:18s} fg_miou {results[w][m]['fg_miou']:.4f}  fb_iou {results[w][m]['fb_iou']:.4f}")
     text = markdown(results, FLAGS.run)
     print(text)
-    with open(os.path.join(FLAGS.workdir, "report.json"), "w") as f:
-        json.dump({"runs": FLAGS.run, "finetune_steps": FLAGS.finetune_steps,
-                   "finetune_lr": FLAGS.finetune_lr, "finetune_encoder": FLAGS.finetune_encoder,
-                   "checkpoint": FLAGS.checkpoint, "results": results}, f, indent=2)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    jsonio.dump({"runs": FLAGS.run, "finetune_steps": FLAGS.finetune_steps,
+                 "finetune_lr": FLAGS.finetune_lr, "finetune_encoder": FLAGS.finetune_encoder,
+                 "checkpoint": FLAGS.checkpoint, "results": results},
+                os.path.join(FLAGS.workdir, "report.json"), indent=2)
     with open(os.path.join(FLAGS.workdir, "report.md"), "w") as f:
         f.write(text + "\n")
     print(f"wrote {FLAGS.workdir}/report.json, report.md")

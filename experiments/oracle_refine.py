@@ -22,12 +22,13 @@ intervals, the Dice of the oracle's own pick and of the last step), `report.md`,
 from __future__ import annotations
 
 import functools
-import json
+import math
 import os
 
 from absl import flags
 
 from experiments import cli
+from segjax import jsonio
 
 FLAGS = flags.FLAGS
 
@@ -57,10 +58,23 @@ def load_oracle(run_dir: str, checkpoint: str = "best"):
     refused by name when the run is not an oracle run."""
     from segjax.train.restore import load_run
 
+    cli.check_run_task("oracle", run_dir, "oracle")
     run = load_run(run_dir, checkpoint)
-    if run.task.name != "oracle":
-        raise ValueError(f"--oracle={run_dir} is a {run.task.name!r} run, not an oracle run")
     return run.config, run.info, run.model, run.variables, run.task
+
+
+def check_flags() -> None:
+    """The numeric flags, refused by name before anything is read or written. Both halves of
+    the image split need an image: the even indices choose the step, the odd ones report."""
+    if FLAGS.num_images < 2:
+        raise ValueError(f"--num_images={FLAGS.num_images}: need at least 2 images (the even "
+                         "indices choose the step, the odd ones are reported; one image leaves "
+                         "a half empty)")
+    for name, low in (("steps", 0), ("batch", 1), ("num_overlays", 0), ("heldout_copies", 1)):
+        if FLAGS[name].value < low:
+            raise ValueError(f"--{name}={FLAGS[name].value} must be >= {low}")
+    if not (math.isfinite(FLAGS.step_size) and FLAGS.step_size > 0):
+        raise ValueError(f"--step_size={FLAGS.step_size} must be a positive finite number")
 
 
 def _oracle_quality(model, variables, image, mask):
@@ -108,7 +122,10 @@ def main(argv):
     from segjax.train.restore import load_run
 
     out_dir = FLAGS.workdir
-    os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
+    # Everything that can be refused is refused before the output folder exists.
+    check_flags()
+    if FLAGS.segmenter:
+        cli.check_run_task("segmenter", FLAGS.segmenter, "semantic")
     config, info, model, variables, _ = load_oracle(FLAGS.oracle, FLAGS.checkpoint)
     data = pipeline.from_config(config.dataset)
     held = heldout_spearman(model, variables, oracle.OracleTask, config, data,
@@ -130,8 +147,13 @@ def main(argv):
                 classes.append(c)
         if len(index) >= FLAGS.num_images:
             break
+    select = np.asarray(index, np.int64) % 2 == 0
+    if not select.any() or select.all():
+        raise ValueError(f"--num_images={FLAGS.num_images}: the eval split of "
+                         f"{config.dataset.name} gave {len(index)} image(s), {int(select.sum())} "
+                         f"with an even index (choose the step) and {int((~select).sum())} with "
+                         "an odd one (reported): both halves need an image")
     images, truths, index = np.stack(images), np.stack(truths), np.asarray(index)
-    select = index % 2 == 0
 
     starts = {"zeros": np.zeros_like(truths)}
     if FLAGS.segmenter:
@@ -149,6 +171,7 @@ def main(argv):
             probs.append(p)
         probs = np.concatenate(probs)
         starts["segmenter"] = np.stack([probs[i, ..., classes[i]] for i in range(len(index))])
+    os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
 
     apply = functools.partial(_oracle_quality, model)
     report = {"oracle": {"workdir": os.path.abspath(FLAGS.oracle), **held},
@@ -190,8 +213,7 @@ def main(argv):
         _overlays(out_dir, name, images[test], truths[test], mask0[test], index[test], apply,
                   variables, best)
 
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    jsonio.dump(report, os.path.join(out_dir, "report.json"), indent=2)
     _plot(out_dir, curves, select, report)
     _markdown(out_dir, report)
     print(f"wrote {os.path.join(out_dir, 'report.json')}, report.md, dice_vs_step.png, overlays/",

@@ -33,13 +33,39 @@ def define_flags() -> None:
 STARTS = ("zeros", "segmenter")
 
 
+REQUIRED = ("num_images", "num_select", "num_test", "max_steps", "update", "seed")
+ENTRY_KEYS = ("spearman", "dice_before", "dice_after", "steps", "dice_last_step")
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load(dirs):
+    """The `report.json` of each `experiments.oracle_refine` work dir, refused by file name when
+    it is missing, not strict JSON (NaN), lacks a key the table reads, or when the reports refine
+    different images."""
+    if not dirs:
+        raise ValueError("--reports names no directory")
     reports = []
     for d in dirs:
         path = os.path.join(d, "report.json")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: pass experiments.oracle_refine work dirs")
-        reports.append(json.load(open(path)))
+        try:
+            with open(path) as f:
+                report = json.load(f, parse_constant=_refuse_constant)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{path} is not a readable report ({e})") from None
+        if not isinstance(report, dict):
+            raise ValueError(f"{path} holds a JSON {type(report).__name__}, not a report object")
+        missing = [k for k in REQUIRED if k not in report]
+        missing += [f"{s}.{k}" for s in STARTS if isinstance(report.get(s), dict)
+                    for k in ENTRY_KEYS if k not in report[s]]
+        if missing or not any(isinstance(report.get(s), dict) for s in STARTS):
+            raise ValueError(f"{path} is not an experiments.oracle_refine report: it lacks "
+                             f"{missing or [' or '.join(STARTS)]}")
+        reports.append(report)
     keys = {(r["num_images"], r["seed"], r["max_steps"]) for r in reports}
     if len(keys) != 1:
         raise ValueError("the reports refine different images or step budgets "

@@ -46,6 +46,8 @@ def predict_files(run_dir: str, paths: list[str], out_dir: str, *, checkpoint: s
 
     from segjax.train.restore import load_run
 
+    for path in paths:  # every image is checked before anything is loaded or written
+        _check_image(path)
     run = load_run(run_dir, checkpoint)
     predict = run.task.predictor(run.model, run.variables)
     os.makedirs(out_dir, exist_ok=True)
@@ -61,6 +63,21 @@ def predict_files(run_dir: str, paths: list[str], out_dir: str, *, checkpoint: s
         written += outputs
         print(f"{path} -> {', '.join(os.path.basename(p) for p in outputs)}", flush=True)
     return written
+
+
+def _check_image(path: str) -> None:
+    """Refuses, naming it, a file Pillow cannot read as an image (empty, truncated, not an
+    image) or an image with no pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            image.verify()  # the file's structure and checksums, without decoding it
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    if min(size) < 1:
+        raise ValueError(f"image {path} has no pixels (size {size[0]}x{size[1]})")
 
 
 def main(argv):

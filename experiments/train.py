@@ -52,10 +52,10 @@ def parse_flags(argv: list[str], default_config: str | None = None) -> list[str]
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        cli.fail(f"{e}\nPass --helpfull to see the flags.")
+        cli.fail(f"{cli.one_line(e)} (pass --helpfull to see the flags)")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         message = _unknown_override(argv, default_config) or f"{type(e).__name__}: {e}"
-        cli.fail(message)
+        cli.fail(cli.one_line(message))
 
 
 def main(argv):

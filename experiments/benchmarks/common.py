@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import resource
 import statistics
@@ -18,6 +17,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from segjax import jsonio
 
 IGNORE_LABEL = 255
 
@@ -216,7 +217,7 @@ class Result:
             ratio=self.ratio,
             mfu=self.mfu,
         )
-        return json.dumps(d, sort_keys=True)
+        return jsonio.dumps(d, sort_keys=True)
 
     def table(self) -> str:
         def fmt(v, spec):

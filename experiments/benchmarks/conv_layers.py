@@ -19,7 +19,6 @@ one (then both sides run there; note that TF32 defaults differ between the libra
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Callable
 
 import jax
@@ -29,6 +28,7 @@ from absl import app, flags
 from jax import lax
 
 from experiments.benchmarks import common
+from segjax import jsonio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +239,7 @@ def main(argv):
     rows, peaks = run(batch=f.batch, size=f.size, mode=f.mode, steps=f.steps, rounds=f.rounds)
     print(table(rows, peaks, batch=f.batch, size=f.size, mode=f.mode), flush=True)
     if f.json:
-        print(json.dumps({"rows": [dataclasses.asdict(r) for r in rows],
+        print(jsonio.dumps({"rows": [dataclasses.asdict(r) for r in rows],
                           "xla_gemm_flops": peaks[0], "torch_gemm_flops": peaks[1]}))
 
 

@@ -22,6 +22,8 @@ import tempfile
 
 from absl import app, flags
 
+from segjax import jsonio
+
 
 def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
@@ -90,7 +92,7 @@ def main(argv):
     print("largest relative difference from the first layout: " +
           "  ".join(f"{k} {v:.2e}" for k, v in worst.items()))
     if _JSON.value:
-        print(json.dumps({"config": _CONFIG.value, "overrides": _OVERRIDES.value,
+        print(jsonio.dumps({"config": _CONFIG.value, "overrides": _OVERRIDES.value,
                           "layouts": results, "max_rel_diff": worst}))
 
 

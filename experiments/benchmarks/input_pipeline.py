@@ -10,7 +10,6 @@ limited to each thread count. Prints a Markdown table of images/s (and JSON line
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -20,6 +19,7 @@ from absl import flags
 from PIL import Image
 
 from experiments import cli
+from segjax import jsonio
 
 FLAGS = flags.FLAGS
 
@@ -105,7 +105,7 @@ def benchmark(*, images: int = 96, batch: int = 8, steps: int = 10, crop: int = 
             eval_rate = _rate(evaluate, batch, min(steps, images // batch - 1))
             print(f"| {num_threads} | {train_rate:.1f} | {eval_rate:.1f} |")
             if as_json:
-                print(json.dumps({"threads": num_threads, "train_img_per_s": round(train_rate, 2),
+                print(jsonio.dumps({"threads": num_threads, "train_img_per_s": round(train_rate, 2),
                                   "eval_img_per_s": round(eval_rate, 2), "crop": crop}))
 
 

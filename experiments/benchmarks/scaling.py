@@ -42,6 +42,8 @@ import sys
 
 from absl import app, flags
 
+from segjax import jsonio
+
 
 def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
@@ -92,7 +94,7 @@ def _worker(n: int, parallelism: str | None = None) -> dict:
     if jax.device_count() < n:
         return {"devices": n, "skipped": f"only {jax.device_count()} devices"}
     par = parallel.Parallel(parallelism or _parallelism("mesh"), devices=jax.devices()[:n])
-    model = create_model(_MODEL.value, num_classes=21, **json.loads(_OVERRIDES.value))
+    model = create_model(_MODEL.value, num_classes=21, **_overrides())
     shape = (1, _SIZE.value, _SIZE.value, 3)
     variables = state_lib.init_variables(model, jax.random.key(0), shape)
     tx, _ = optim.create_optimizer(variables["params"], base_lr=1e-3, num_steps=1000, momentum=0.9)
@@ -131,7 +133,7 @@ def _model(devices: int) -> dict:
         acc = collectives.step_collectives(
             _MODEL.value, per_device_batch=_PER_DEVICE.value, size=_SIZE.value,
             parallelism=parallelism, num_devices=devices, num_classes=_NUM_CLASSES,
-            overrides=json.loads(_OVERRIDES.value))
+            overrides=_overrides())
     print(acc.table())
     if _STEP_TIME.value is not None:
         step_time, source = _STEP_TIME.value, "given"
@@ -169,15 +171,27 @@ def _model(devices: int) -> dict:
             "variants": variants, "kind": "model"}
 
 
+def _overrides() -> dict:
+    """--overrides as a dict, refused by name when it is not a JSON object."""
+    try:
+        value = json.loads(_OVERRIDES.value)
+    except ValueError as e:
+        raise ValueError(f"--overrides={_OVERRIDES.value!r} is not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--overrides={_OVERRIDES.value!r} must be a JSON object of model overrides")
+    return value
+
+
 def main(argv):
     del argv
+    _overrides()  # refused before anything is built
     if _INTERCONNECT.value:
         result = _model(max(int(d) for d in _DEVICES.value))
         if _JSON.value:
-            print(json.dumps(result))
+            print(jsonio.dumps(result))
         return
     if _WORKER.value:
-        print(json.dumps(_worker(_WORKER.value)), flush=True)
+        print(jsonio.dumps(_worker(_WORKER.value)), flush=True)
         return
     rows = []
     for n in (int(d) for d in _DEVICES.value):
@@ -200,9 +214,10 @@ def main(argv):
         eff = r["img_per_s"] / (base["img_per_s"] * r["devices"] / base["devices"])
         print(f"| {r['devices']} | {r['steps_per_s']:.3f} | {r['img_per_s']:.2f} | {eff:.2f} | {r['first_step_s']:.1f} |")
     if _JSON.value:
-        print(json.dumps({"model": _MODEL.value, "rows": rows}))
+        print(jsonio.dumps({"model": _MODEL.value, "rows": rows}))
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    from experiments import cli  # one `error:` line for a bad flag value or model name
+
+    cli.run(main, define_flags)

@@ -12,11 +12,12 @@ image size, so a small size is compiled), then `scaling_model` predicts 513² at
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from absl import app, flags
+
+from segjax import jsonio
 
 
 def define_flags() -> None:
@@ -96,8 +97,7 @@ def main(argv):
                    title=f"MODEL (not measured): {model} {SIZE}², {batch}/device, tree + "
                          f"overlap per interconnect; ASSUMED step {t * 1e3:.1f} ms")
         report["models"][model] = entry
-    with open(os.path.join(_OUT.value, "scaling_model.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    jsonio.dump(report, os.path.join(_OUT.value, "scaling_model.json"), indent=1)
 
 
 if __name__ == "__main__":

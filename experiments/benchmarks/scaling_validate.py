@@ -27,6 +27,8 @@ import time
 
 from absl import app, flags
 
+from segjax import jsonio
+
 
 def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
@@ -138,8 +140,8 @@ def _worker(pid: int) -> None:
         rows.append({"bytes": n * 4, "median_s": statistics.median(times), "min_s": min(times)})
     if pid == 0:
         bw = link["bandwidth"]
-        with open(_OUT.value, "w") as f:
-            json.dump({"link": {"bandwidth": bw, "latency": link["latency"]}, "psum": rows}, f)
+        jsonio.dump({"link": {"bandwidth": bw, "latency": link["latency"]}, "psum": rows},
+                    _OUT.value)
     jax.distributed.shutdown()
 
 
@@ -207,7 +209,7 @@ def main(argv):
           f"ms); best bus bandwidth {peak['bus_bandwidth'] / 1e9:.2f} GB/s at {peak['bytes']:,} B "
           f"(loopback link {link['bandwidth'] / 1e9:.2f} GB/s)")
     if _JSON.value:
-        print(json.dumps({"link": link, "rows": rows, "load_before": load_before,
+        print(jsonio.dumps({"link": link, "rows": rows, "load_before": load_before,
                           "load_after": os.getloadavg()}))
 
 

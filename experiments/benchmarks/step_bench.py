@@ -28,7 +28,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 from experiments.benchmarks import common
 from segjax.models import create_model
@@ -189,4 +189,7 @@ def cli(mode: str) -> None:
         if f.json:
             print(result.as_json(), flush=True)
 
-    app.run(main)
+    # The commands' shared preamble: a bad flag or model name ends with one `error:` line.
+    from experiments import cli as command
+
+    command.run(main, lambda: None)

@@ -24,6 +24,7 @@ import torchvision
 
 from experiments.benchmarks import common
 from experiments.benchmarks.common import IGNORE_LABEL, TORCHVISION_TWINS
+from segjax import jsonio
 
 
 STATIONARY_LR = 0.0  # every step does a full update's work without changing the weights
@@ -141,7 +142,7 @@ class TwinProcess:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "experiments.benchmarks.torch_twin"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.first_step_s = float(self._ask(json.dumps(spec))["first_step_s"])
+        self.first_step_s = float(self._ask(jsonio.dumps(spec))["first_step_s"])
 
     def _ask(self, line: str) -> dict:
         self._proc.stdin.write(line + "\n")
@@ -176,14 +177,14 @@ def _serve() -> None:
     data = make(spec["batch"], spec["size"], spec["num_classes"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])  # the same random weights, hence the same detector workload, every run
     step, first = build(spec["name"], spec["num_classes"], data, spec["dtype"], spec["train"])
-    print(json.dumps({"first_step_s": first}), file=replies, flush=True)
+    print(jsonio.dumps({"first_step_s": first}), file=replies, flush=True)
     for line in sys.stdin:
         n = int(line)
         step()  # untimed: the first step after the other side ran is not a steady one
         start = time.perf_counter()
         for _ in range(n):
             step()
-        print(json.dumps({"seconds_per_step": (time.perf_counter() - start) / n}), file=replies,
+        print(jsonio.dumps({"seconds_per_step": (time.perf_counter() - start) / n}), file=replies,
               flush=True)
 
 

@@ -13,7 +13,6 @@ example i of the validation split, i = 0..num_images-1.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import platform
@@ -22,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from segjax import jsonio
 from segjax.classical import INPUTS_TEXT, LABELLING_TEXT, METHODS, segment
 
 _UNSUPERVISED = ("num_regions", "boundary_recall", "undersegmentation_error")
@@ -201,8 +201,9 @@ def write_outputs(workdir: str, dataset: str, results: dict, predictions: dict,
     from segjax.data.datasets import get_dataset_info
 
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)  # methods in run order
+    # Methods in run order. The IoU of a class absent from both truth and prediction is
+    # undefined (NaN in memory): null in the file, which is strict JSON.
+    jsonio.dump(jsonio.finite_or_none(results), os.path.join(workdir, "results.json"), indent=1)
     figure_grid(os.path.join(workdir, "figure.png"), examples, predictions,
                 get_dataset_info(dataset).palette, max_rows=figure_rows)
     lines = [f"# Classical baselines on `{dataset}`", "",

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax import jsonio
 from segjax.models.backbones.resnet import ResNet
 from segjax.models.registry import create_model
 
@@ -325,8 +326,7 @@ def save_converted(directory: str, variables: Mapping[str, Any], config: Mapping
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(target, jax.tree.map(np.asarray, dict(variables)))
         ckptr.wait_until_finished()
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(dict(config), f, indent=2, sort_keys=True)
+    jsonio.dump(dict(config), os.path.join(directory, CONFIG_FILE), indent=2, sort_keys=True)
 
 
 def load_converted(directory: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from segjax.tasks.base import Accumulator, StepContext, Task
 from segjax.tasks.registry import (available_tasks, build_task, check_task_config,
-                                   register, section, task_defaults)
+                                   register, section, task_defaults, task_ranges)
 
 __all__ = ["Accumulator", "StepContext", "Task", "available_tasks", "build_task",
-           "check_task_config", "register", "section", "task_defaults"]
+           "check_task_config", "register", "section", "task_defaults", "task_ranges"]

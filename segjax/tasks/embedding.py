@@ -241,7 +241,12 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-@register("embedding", defaults=defaults)
+@register("embedding", defaults=defaults, ranges={
+    "instance.max_instances": "[1, inf)", "embedding.delta_v": "[0, inf)",
+    "embedding.delta_d": "[0, inf)", "embedding.alpha": "[0, inf)", "embedding.beta": "[0, inf)",
+    "embedding.gamma": "[0, inf)", "embedding.disc_weight": "[0, inf)",
+    "embedding.cluster.radius": "(0, inf) or None", "embedding.cluster.bandwidth": "(0, inf) or None",
+    "embedding.cluster.min_pixels": "[0, inf) or None"})
 def build(config, info, data_dir) -> EmbeddingTask:
     """The embedding task of a run: `config.embedding` (loss and clustering) on dataset `info`."""
     del data_dir

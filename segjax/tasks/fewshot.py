@@ -334,7 +334,12 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-@register("fewshot", defaults=defaults)
+@register("fewshot", defaults=defaults, ranges={
+    "fewshot.ways": "[1, inf)", "fewshot.shots": "[1, inf)", "fewshot.pool": "[1, inf)",
+    "fewshot.eval_episodes": "[1, inf)", "fewshot.min_pixels": "[0, inf)",
+    "fewshot.align_weight": "[0, inf)", "fewshot.proto_weight": "[0, inf)",
+    "fewshot.triplet_weight": "[0, inf)", "fewshot.triplet_pixels": "[1, inf)",
+    "fewshot.triplet.margin": "[0, inf)"})
 def build(config, info, data_dir) -> FewShotTask:
     """The few-shot task of a run: `config.fewshot` on dataset `info`."""
     del data_dir

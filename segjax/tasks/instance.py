@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import visualize
+from segjax import jsonio, visualize
 from segjax.metrics import coco
 from segjax.tasks.base import Accumulator, StepContext, Task, class_palette
 from segjax.tasks.registry import register, section
@@ -253,18 +253,16 @@ class InstanceTask(Task):
     def write_prediction(self, stem, image, prediction, *, alpha=0.5, score_thresh=0.5):
         """`<stem>_instances.png` (masks, boxes, class names and scores of the detections
         scoring >= `score_thresh`) and `<stem>_instances.json` (one object per detection)."""
-        import json
-
         keep = prediction["scores"] >= score_thresh
         masks, boxes = prediction["masks"][keep], prediction["boxes"][keep]
         classes, scores = prediction["classes"][keep], prediction["scores"][keep]
         visualize.save_png(f"{stem}_instances.png", visualize.draw_instances(
             image, masks, boxes, classes, palette=self._palette(),
             class_names=self.class_names, scores=scores, alpha=alpha))
-        with open(f"{stem}_instances.json", "w") as f:
-            json.dump([{"class": self.class_names[int(c)], "class_id": int(c),
-                        "score": float(sc), "box": [float(v) for v in b], "area": int(m.sum())}
-                       for m, b, c, sc in zip(masks, boxes, classes, scores)], f, indent=1)
+        jsonio.dump([{"class": self.class_names[int(c)], "class_id": int(c),
+                      "score": float(sc), "box": [float(v) for v in b], "area": int(m.sum())}
+                     for m, b, c, sc in zip(masks, boxes, classes, scores)],
+                    f"{stem}_instances.json", indent=1)
         return [f"{stem}_instances.png", f"{stem}_instances.json"]
 
     def _palette(self) -> np.ndarray:
@@ -280,7 +278,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-@register("instance", defaults=defaults)
+@register("instance", defaults=defaults, ranges={"instance.max_instances": "[1, inf)"})
 def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> InstanceTask:
     """The instance task of a run: `config.instance.max_instances` ground-truth slots."""
     del data_dir

@@ -274,7 +274,9 @@ def defaults() -> ml_collections.ConfigDict:
 
 # Runs written before the rename say `task: "quality"` with a `quality` section: the registry
 # reads both as "oracle" (`segjax.tasks.registry._RENAMED`).
-@register("oracle", defaults=defaults)
+@register("oracle", defaults=defaults, ranges={
+    "oracle.calibration_masks": "[1, inf)", "oracle.eval_copies": "[1, inf)",
+    "oracle.background": "[0, inf) or None"})
 def build(config, info, data_dir) -> OracleTask:
     """The oracle task of a run: `config.oracle` on dataset `info`."""
     del data_dir

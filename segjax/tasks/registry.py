@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -52,6 +52,7 @@ class TaskEntry:
     build: Callable[..., Any]
     defaults: Callable[[], ml_collections.ConfigDict]
     check: Callable[[Any], None] | None = None
+    ranges: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, TaskEntry] = {}
@@ -64,7 +65,8 @@ def _no_sections() -> ml_collections.ConfigDict:
 
 def register(name: str, *,
              defaults: Callable[[], ml_collections.ConfigDict] | None = None,
-             check: Callable[[Any], None] | None = None):
+             check: Callable[[Any], None] | None = None,
+             ranges: Mapping[str, str] | None = None):
     """Decorator registering `build(config, info, data_dir) -> Task` as task `name` (unique).
 
     Args:
@@ -73,6 +75,9 @@ def register(name: str, *,
         reads no section of its own).
       check: `check(config)` raises ValueError naming a bad value of the task's sections, before
         anything is built (optional; unknown keys are refused without it).
+      ranges: dotted key of its sections -> interval (`"[1, inf)"`, `"(0, 1] or None"`; see
+        `segjax.train.config_utils.parse_range`). Every key's type is its default's (a
+        placeholder's declared type); `check_config` checks types and ranges by key.
     """
 
     def decorator(build: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,7 +86,8 @@ def register(name: str, *,
         if name in _RENAMED:
             raise ValueError(f"task name {name!r} is the old name of the {_RENAMED[name]!r} task "
                              "(runs written before the rename use it): choose another name")
-        _REGISTRY[name] = TaskEntry(name, build, defaults or _no_sections, check)
+        _REGISTRY[name] = TaskEntry(name, build, defaults or _no_sections, check,
+                                    dict(ranges or {}))
         return build
 
     return decorator
@@ -120,6 +126,11 @@ def get(name: str) -> TaskEntry:
 def task_defaults(name: str) -> ml_collections.ConfigDict:
     """The config sections task `name` owns, with their defaults (a fresh copy)."""
     return get(name).defaults()
+
+
+def task_ranges(name: str) -> dict[str, str]:
+    """The ranges task `name` declares for keys of its sections (dotted key -> interval)."""
+    return dict(get(name).ranges)
 
 
 def build_task(config, info, data_dir: str | None):

@@ -314,7 +314,13 @@ def check(config: ml_collections.ConfigDict) -> None:
                          f"({ev.window}) or windows leave gaps")
 
 
-@register("semantic", defaults=defaults, check=check)
+RANGES = {"loss.aux_weight": "[0, inf)", "loss.label_smoothing": "[0, 1)",
+          "loss.gamma": "[0, inf) or None", "loss.thresh": "(0, 1] or None",
+          "loss.top_k": "(0, 1] or None", "loss.min_kept": "[0, inf) or None",
+          "eval.window": "[1, inf)", "eval.stride": "[1, inf)"}
+
+
+@register("semantic", defaults=defaults, check=check, ranges=RANGES)
 def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> SemanticTask:
     """The semantic task of a run: `config.loss` and `config.eval` on dataset `info`."""
     check(config)

@@ -129,7 +129,7 @@ def import_plugins(config) -> None:
     Raises:
       ValueError: a module that cannot be imported, naming it.
     """
-    for name in config.get("imports") or ():
+    for name in _imports(config):
         try:
             importlib.import_module(name)
         except ImportError as e:
@@ -137,8 +137,20 @@ def import_plugins(config) -> None:
                              "PYTHONPATH (or the package installed)?") from e
 
 
+def _imports(config) -> tuple[str, ...]:
+    """`config.imports` as a tuple of module names, refused by key when it is not one."""
+    imports = config.get("imports") or ()
+    if not isinstance(imports, (list, tuple)) or not all(isinstance(n, str) for n in imports):
+        raise ValueError(f"config.imports must be a tuple of module names, got {imports!r}")
+    return tuple(imports)
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Validates values that the loop would otherwise trip over later (fail early, name the key).
+
+    Every key is the trainer's (`segjax.train.defaults`) or in a section the task declares; every
+    declared key has its default's type and lies in its declared range (`check_values` with
+    `defaults.RANGES` and the task's `ranges`); the task's own `check` passes.
 
     Raises:
       ValueError: naming the offending key and the accepted values.
@@ -154,16 +166,111 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     from segjax import tasks
     from segjax.train.parallel import PARALLELISMS
 
-    if config.parallelism not in PARALLELISMS:
+    if not isinstance(config.parallelism, str) or config.parallelism not in PARALLELISMS:
         raise ValueError(f"config.parallelism must be one of {sorted(PARALLELISMS)}, "
                          f"got {config.parallelism!r}")
     task = config.get("task", "semantic")
+    if not isinstance(task, str):
+        raise ValueError(f"config.task must be a task name (a str), got {task!r}")
+    _imports(config)
     task_sections = tasks.task_defaults(task)  # an unknown task fails here, listing the known
     _check_trainer_keys(config, task, task_sections)
+    from segjax.train import defaults
+
+    # Types and ranges before the task's own check reads the values.
+    check_values(config, defaults.trainer_defaults(), defaults.RANGES)
+    for key in defaults.STEP_UNITS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"config.{key} must be a finite number (or None), got {value!r}")
+    check_values({k: tasks.section(config, k, task) for k in task_sections.keys()},
+                 task_sections, tasks.task_ranges(task))
     tasks.check_task_config(config)
-    for key in ("batch_size", "keep_checkpoints"):
-        if not isinstance(flat[key], int) or flat[key] < 1:
-            raise ValueError(f"config.{key} must be a positive int, got {flat[key]!r}")
+    if config.dataset.min_scale > config.dataset.max_scale:
+        raise ValueError(f"config.dataset.min_scale ({config.dataset.min_scale}) must be <= "
+                         f"config.dataset.max_scale ({config.dataset.max_scale})")
+
+
+def parse_range(spec: str) -> tuple[float, bool, float, bool, bool]:
+    """`"[0, 1)"` -> (low, low_closed, high, high_closed, none_ok); `" or None"` allows None."""
+    text, _, none = spec.partition(" or ")
+    if none not in ("", "None") or text[0] not in "[(" or text[-1] not in "])":
+        raise ValueError(f"bad range {spec!r}: write it like '[0, 1)' or '(0, inf) or None'")
+    low, high = (float(v) for v in text[1:-1].split(","))
+    return low, text[0] == "[", high, text[-1] == "]", none == "None"
+
+
+def _declared_leaves(node, prefix: str = ""):
+    """(dotted key, declared type or None, default) of every leaf of a defaults ConfigDict: the
+    default's type, a placeholder's declared type; None for a plain None default (any value)."""
+    for key in node.keys():
+        value = node[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _declared_leaves(value, f"{prefix}{key}.")
+            continue
+        declared = node.get_type(key)
+        yield f"{prefix}{key}", (None if declared is type(None) else declared), value
+
+
+def _lookup(config, key: str):
+    """(present, value) of dotted `key` in a (nested) ConfigDict or dict."""
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _type_ok(value, declared) -> bool:
+    if declared is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if declared is int:
+        return isinstance(value, int)
+    if declared is float:
+        return isinstance(value, (int, float))
+    if declared in (tuple, list):
+        return isinstance(value, (tuple, list))
+    if declared is str:
+        return isinstance(value, str)
+    return True  # a type this check does not know (a nested object): the code reading it checks
+
+
+def check_values(config, declared: ml_collections.ConfigDict,
+                 ranges: Mapping[str, str] | None = None, *, skip: Sequence[str] = ()) -> None:
+    """Every key of `declared` (a defaults ConfigDict) that `config` holds has its default's
+    type (int for an int default, a number for a float one, ...; a placeholder's declared type)
+    and lies in its range (`ranges`: dotted key -> interval, see `parse_range`). None is
+    accepted where the default is None or the range says "or None". Floats must be finite.
+
+    Raises:
+      ValueError: naming the first key (`config.KEY`) with a wrong type or an out-of-range value.
+    """
+    ranges = dict(ranges or {})
+    for key, kind, default in _declared_leaves(declared):
+        present, value = _lookup(config, key)
+        if not present or key in skip:
+            continue
+        spec = ranges.get(key)
+        bounds = parse_range(spec) if spec else None
+        none_ok = default is None or bool(bounds and bounds[4])
+        if value is None and none_ok:
+            continue
+        if value is None or not _type_ok(value, kind):
+            name = {float: "a number", int: "an int"}.get(kind, f"a {getattr(kind, '__name__', kind)}")
+            raise ValueError(f"config.{key} must be {name}{' (or None)' if none_ok else ''}, got "
+                             f"{value!r} ({type(value).__name__})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.{key} must be a finite number, got {value!r}")
+        if bounds:
+            low, low_closed, high, high_closed, _ = bounds
+            if (value < low or (value == low and not low_closed) or value > high
+                    or (value == high and not high_closed)):
+                raise ValueError(f"config.{key}={value!r} is out of its range "
+                                 f"{spec.partition(' or ')[0]}")
 
 
 def _check_trainer_keys(config, task: str, task_sections) -> None:

@@ -31,6 +31,43 @@ STEP_UNITS = tuple(f"{name}_{unit}" for name in ("num_train", "log_every", "eval
                    for unit in ("steps", "epochs", "examples"))
 
 
+# Ranges of the trainer's keys that have one, as intervals ("[1, inf)": >= 1; "(0, 1]": > 0 and
+# <= 1; "... or None": None is allowed too). The type of every key is its default's (a
+# placeholder's declared type); `segjax.train.config_utils.check_values` checks both. A task
+# declares the ranges of its own sections where it is registered (`segjax.tasks.register`).
+RANGES = {
+    "seed": "[0, inf)",
+    # A step count is > 0 (`config_utils.get_steps`); None when given as *_epochs / *_examples.
+    "num_train_steps": "(0, inf) or None",
+    "log_every_steps": "(0, inf) or None",
+    "eval_every_steps": "(0, inf) or None",
+    "checkpoint_every_steps": "(0, inf) or None",
+    "batch_size": "[1, inf)",
+    "keep_checkpoints": "[1, inf)",
+    "model.output_stride": "[1, inf) or None",
+    "dataset.crop_size": "[1, inf)",
+    "dataset.min_scale": "(0, inf)",
+    "dataset.max_scale": "(0, inf)",
+    "dataset.num_train_examples": "[1, inf) or None",
+    "dataset.fold": "[0, inf) or None",
+    "dataset.num_folds": "[2, inf)",
+    "dataset.leave_out": "[1, inf) or None",
+    "optimizer.base_lr": "[0, inf)",
+    "optimizer.decay_factor": "[0, inf)",
+    "optimizer.warmup_steps": "[0, inf)",
+    "optimizer.power": "[0, inf)",
+    "optimizer.end_lr": "[0, inf)",
+    "optimizer.momentum": "[0, 1)",
+    "optimizer.weight_decay": "[0, inf)",
+    "optimizer.backbone_lr_mult": "[0, inf)",
+    "eval.batch_size": "[1, inf)",
+    "eval.pad_to": "[1, inf)",
+    "eval.num_visualizations": "[0, inf)",
+    "distributed.num_processes": "[1, inf) or None",
+    "distributed.process_id": "[0, inf) or None",
+}
+
+
 def trainer_defaults() -> ml_collections.ConfigDict:
     """The trainer's keys with their defaults (the DeepLab v3+ R101 VOC recipe's values)."""
     c = ml_collections.ConfigDict()

@@ -9,7 +9,6 @@ Only process 0 writes; on other processes every method is a no-op.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -17,20 +16,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from segjax import jsonio
+
 METRICS_FILE = "metrics.jsonl"
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy/jax scalars and arrays to Python, NaN/inf to None."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+# JSON-ready copy: numpy/jax scalars and arrays to Python, NaN/inf to None (`null`).
+_plain = jsonio.finite_or_none
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -74,7 +66,7 @@ class MetricWriter:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             for r in records:
-                f.write(json.dumps(r) + "\n")
+                f.write(jsonio.dumps(r, where=path) + "\n")
         os.replace(tmp, path)
 
     def write(self, step: int, split: str, metrics: Mapping[str, Any], *,
@@ -87,7 +79,7 @@ class MetricWriter:
             return
         record = {"step": int(step), "split": split, **_plain(dict(metrics))}
         with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(jsonio.dumps(record, where=METRICS_FILE) + "\n")
         if self._tb is not None:
             scalars = dict(metrics)
             scalars.update(extra_scalars or {})

@@ -51,6 +51,21 @@ class Run:
     step: int
 
 
+def run_task(run_dir: str) -> str:
+    """The task of the run in `run_dir` (its registered name; an old name in the registry's
+    renames gives the new one), read from its config.json alone: a command checks that a run is
+    of the task it needs before restoring anything or creating its output.
+
+    Raises:
+      FileNotFoundError: no config.json; ValueError: unreadable, or an unknown task.
+    """
+    from segjax.tasks import registry
+
+    config = load_config(run_dir)
+    config_utils.import_plugins(config)
+    return registry.get(config.get("task", "semantic")).name
+
+
 def load_run(run_dir: str, checkpoint: str | int = "latest") -> Run:
     """The run in `run_dir` with the variables of one of its checkpoints.
 

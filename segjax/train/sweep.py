@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from segjax import jsonio
 from segjax.metrics import stats
 from segjax.train import config_utils
 from segjax.train.metric_writers import read_metrics
@@ -238,6 +239,7 @@ def run_sweep(base: ml_collections.ConfigDict, sweeps: Sequence[Sweep], seeds: S
               log: Callable[[str], None] = print,
               resolve: Callable[[Any], Any] | None = None,
               run_dir_fn: Callable[[Cell, int, ml_collections.ConfigDict], str] | None = None,
+              check: Callable[[ml_collections.ConfigDict], None] | None = None,
               ) -> list[RunResult]:
     """Runs every (cell, seed) not yet finished and returns all results in grid × seed order.
 
@@ -245,10 +247,17 @@ def run_sweep(base: ml_collections.ConfigDict, sweeps: Sequence[Sweep], seeds: S
     reusing the run's work directory makes an interrupted run resume from its checkpoint.
     Configs are all built (and validated) before anything trains; `resolve` as in `make_config`.
     `run_dir_fn(cell, seed, config)` places the runs elsewhere than `run_dir(workdir, ...)`,
-    e.g. `config_run_dir` to share identical runs between sweeps.
+    e.g. `config_run_dir` to share identical runs between sweeps. `check(config)` (e.g.
+    `config_utils.check_config`) validates every run's config before the first one trains or
+    any directory is created: a bad value in the last cell fails at once, naming the cell.
     """
     plan = [(cell, seed, make_config(base, cell, seed, resolve=resolve))
             for cell in grid(sweeps) for seed in seeds]
+    for cell, seed, config in plan if check is not None else ():
+        try:
+            check(config)
+        except ValueError as e:
+            raise ValueError(f"sweep cell {cell_name(cell)}, seed {seed}: {e}") from None
     results = []
     for i, (cell, seed, config) in enumerate(plan, 1):
         d = run_dir_fn(cell, seed, config) if run_dir_fn else run_dir(workdir, cell, seed)
@@ -260,11 +269,9 @@ def run_sweep(base: ml_collections.ConfigDict, sweeps: Sequence[Sweep], seeds: S
             os.makedirs(d, exist_ok=True)
             train_fn(config, d)
             final = final_metrics(read_metrics(d))
-            tmp = result_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"cell": [[k, v] for k, v in cell], "seed": seed, "final": final}, f,
-                          sort_keys=True, indent=1, default=repr)
-            os.replace(tmp, result_path)  # the marker appears only once the run is complete
+            # The marker appears only once the run is complete (jsonio.dump: tmp + rename).
+            jsonio.dump({"cell": [[k, v] for k, v in cell], "seed": seed, "final": final},
+                        result_path, sort_keys=True, indent=1, default=repr)
         with open(result_path) as f:
             final = json.load(f)["final"]
         results.append(RunResult(cell, seed, final))

@@ -13,6 +13,7 @@ import os
 import jax
 import ml_collections
 
+from segjax import jsonio
 from segjax.train import config_utils
 
 CONFIG_FILE = "config.json"
@@ -72,10 +73,7 @@ def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> N
         os.makedirs(workdir, exist_ok=True)
         record = json.loads(config.to_json())
         record[_ENV_KEY] = env
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        jsonio.dump(record, path, indent=2, sort_keys=True)  # whole or not at all
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -83,8 +81,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training work dir?")
-    with open(path) as f:
-        record = json.load(f)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}): is {workdir!r} a training work "
+                         "dir written completely?") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds a JSON {type(record).__name__}, not a config object")
     record.pop(_ENV_KEY, None)
     return ml_collections.ConfigDict(record)
 

@@ -90,4 +90,16 @@ def test_command_prints_the_contract_json(tmp_path):
         assert r["img_per_s"] == pytest.approx(r["devices"] * 2 * r["efficiency"] / 0.05)
     assert set(result["variants"]) == {"ring", "ring+overlap", "tree", "tree+overlap"}
     assert plot.stat().st_size > 0
-    assert math.isclose(result["gradient_bytes"], result["param_bytes"])
+    # The parameter bytes of that U-Net, counted here from its own init (not from the compiled
+    # step the command reads): every gradient is all-reduced once, in float32.
+    import jax
+    import numpy as np
+
+    from segjax.models import create_model
+
+    unet = create_model("unet", num_classes=21, base_features=2, depth=1)
+    shapes = jax.eval_shape(lambda: unet.init(jax.random.key(0), np.zeros((1, 8, 8, 3),
+                                                                             np.float32)))
+    want = sum(4 * math.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
+    assert result["param_bytes"] == want
+    assert result["gradient_bytes"] == want and result["gradient_all_reduces"] >= 1

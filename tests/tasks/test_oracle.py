@@ -156,7 +156,11 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     evals = [r for r in records if r["split"] == "validation"]
     assert [r["step"] for r in train] == [1, 2] and all(np.isfinite(r["loss"]) for r in train)
     assert evals[-1]["num_examples"] == 16 * 2  # 16 val images x 2 degradations
-    assert -1 <= result["spearman"] <= 1 and result["mae"] >= 0
+    assert result["spearman"] == evals[-1]["spearman"] and result["mae"] == evals[-1]["mae"]
+    # MAE <= RMSE <= sqrt(MAE) for errors in [0, 1] (a relation of two independently reduced
+    # statistics that fails if either is mis-normalised); Spearman in [-1, 1].
+    assert 0 <= result["mae"] <= result["rmse"] <= np.sqrt(result["mae"]) + 1e-9
+    assert -1 <= result["spearman"] <= 1
     # The refinement command on that run: report.json as DESIGN section 3 says.
     # In its own process, as a user runs it (its flags are defined under __main__ only).
     import json
@@ -171,10 +175,18 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
          f"--workdir={out}", "--num_images=4", "--steps=2", "--batch=4", "--num_overlays=1"],
         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.load(open(out / "report.json"))
+    report = json.load(open(out / "report.json"),
+                       parse_constant=lambda name: pytest.fail(f"{name} in report.json"))
     entry = report["zeros"]
     assert {"dice_before", "dice_after", "steps", "spearman"} <= set(entry)
     assert 0 <= entry["steps"] <= 2 and entry["dice_before"] == 0.0  # empty vs present class
+    # Images 0..3: the even indices choose the step, the odd ones are reported; the held-out
+    # Spearman is over 16 val images x 2 fresh degradations; the paired gain's mean is the
+    # difference of the means; IoU = Dice / (2 - Dice) image by image (0 for Dice 0).
+    assert (report["num_images"], report["num_select"], report["num_test"]) == (4, 2, 2)
+    assert report["oracle"]["num_examples"] == 32
+    assert entry["dice_gain_ci95"][0] == pytest.approx(entry["dice_after"] - entry["dice_before"])
+    assert entry["iou_before"] == 0.0 and entry["spearman"] == report["oracle"]["spearman"]
     assert os.path.exists(out / "report.md") and os.path.exists(out / "dice_vs_step.png")
     assert len(os.listdir(out / "overlays")) == 1
     # The same run as written before the rename (task "quality", section `quality`) still loads,

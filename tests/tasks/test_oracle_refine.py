@@ -37,7 +37,14 @@ def test_analytic_oracle_reaches_dice_above_099(np_rng, start):
     assert np.all(dice[-1] > 0.99)
     assert np.all(np.asarray(oracle_refine.hard_dice(out["mask"], truth)) > 0.99)
     first = int(np.argmax(np.all(dice > 0.99, axis=1)))
-    assert first <= 50
+    # The paper's update moves a pixel by at most step_size * tanh(2.5) < 0.1 per step, so from
+    # zeros no pixel passes 0.5 before step 6: the Dice is exactly 0 until then. It gets above
+    # 0.99 before the last step (not only at it).
+    if start == "zeros":
+        assert np.all(dice[:6] == 0.0)
+        assert 6 <= first < 50, first
+    else:
+        assert np.any(dice[0] <= 0.99) and 1 <= first < 50, (dice[0], first)
     q = np.asarray(out["quality"])
     assert np.all(q[-1] > q[0])
 
