@@ -61,7 +61,7 @@ def test_init_is_torchvisions_kaiming_uniform():
 def test_avg_fusion_is_detectron2s(np_rng):
     """`fuse_type="avg"` (detectron2's FPN with FUSE_TYPE avg, RetinaNet/TensorMask): each lateral +
     upsampled top-down sum halved before its 3x3 conv, transcribed in torch on torchvision's convs."""
-    channels, sizes = [8, 16, 24, 32], [(16, 12), (8, 6), (4, 3), (2, 2)]
+    channels, sizes = [8, 16, 24, 32], [(16, 24), (8, 12), (4, 6), (2, 3)]
     torch.manual_seed(1)
     tv = FeaturePyramidNetwork(channels, 12).eval()
     for p in tv.parameters():
