@@ -233,8 +233,10 @@ class TensorMask(nn.Module):
         padded = backbone_lib.pad_to_multiple(images, self.size_divisible)
         c = self.backbone(padded, train=False)
         p = self.fpn(c)
-        p6, p7 = self.top(c["layer4"])
-        return [p["p2"], p["p3"], p["p4"], p["p5"], p6, p7][:len(self.anchor_sizes)]
+        maps = [p["p2"], p["p3"], p["p4"], p["p5"]]
+        if len(self.anchor_sizes) > len(maps):  # P6, P7 only where they are used
+            maps.extend(self.top(c["layer4"]))
+        return maps[:len(self.anchor_sizes)]
 
     def windows(self, features: Sequence[jax.Array]):
         """numpy constants over all windows, level-major then (y, x, anchor): boxes [T, 4], strides [T]."""

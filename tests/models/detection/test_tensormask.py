@@ -86,3 +86,98 @@ def test_head_parameters_match_detectron2s_config_count():
     assert count(shapes["top"]) == top
     resnet50 = sum(p.numel() for k, p in torchvision.models.resnet50().named_parameters() if not k.startswith("fc."))
     assert count(shapes["backbone"]) == resnet50
+
+
+def _tiny_model(**kw):
+    return create_model("tensormask_resnet18_fpn", num_classes=3, backbone_width=8, fpn_channels=8, cls_channels=8,
+                        bbox_channels=8, mask_channels=8, num_convs=1, anchor_sizes=((16, 24), (32, 48)),
+                        size_divisible=32, **kw)
+
+
+def _tiny_batch():
+    masks = np.zeros((2, 3, 32, 32), np.float32)
+    masks[0, 0, 4:18, 6:20] = 1
+    masks[0, 1, 16:30, 14:31] = 1
+    masks[1, 0, 2:29, 3:30] = 1
+    boxes = np.array([[[6, 4, 20, 18], [14, 16, 31, 30], [0, 0, 0, 0]], [[3, 2, 30, 29], [0, 0, 0, 0], [0, 0, 0, 0]]],
+                     np.float32)
+    return {"boxes": boxes, "classes": np.array([[1, 2, 0], [2, 0, 0]]), "masks": masks,
+            "num_instances": np.array([2, 1])}
+
+
+def test_training_losses_equal_an_independent_recomputation_from_the_head(np_rng):
+    """The three losses of `train_outputs`, recomputed from the head's raw outputs with the
+    references: windows written out, the loop assignment above, fvcore's FL*, torchvision's box
+    coder, swap_align2nat on the whole map, torchvision's roi_align targets and torch's BCE."""
+    model = _tiny_model(mask_slots=64)
+    x = jnp.asarray(np_rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    tg = _tiny_batch()
+    losses, samples = jax.jit(lambda v, x, t: model.apply(v, x, t, method=tm.TensorMask.train_outputs))(
+        variables, x, tg)
+    logits, deltas, aligned = model.apply(variables, x, method=lambda m, x: m.head(m.features(x)))
+
+    from fvcore.nn import sigmoid_focal_loss_star
+    from segjax.ops import swap_align2nat
+    from torchvision.models.detection._utils import BoxCoder
+
+    coder = BoxCoder((1.5, 1.5, 0.75, 0.75))
+    for i in range(2):
+        wins, units, where = [], [], []
+        for lvl, sizes in enumerate(((16, 24), (32, 48))):
+            s = 4 * 2 ** lvl
+            for y in range(32 // s):
+                for xx in range(32 // s):
+                    for a, z in enumerate(sizes):
+                        wins.append([xx * s - z / 2, y * s - z / 2, xx * s + z / 2, y * s + z / 2])
+                        units.append(s)
+                        where.append((lvl, y, xx, a))
+        wins, units = np.asarray(wins, np.float32), np.asarray(units, np.float32)
+        ok = np.arange(3) < tg["num_instances"][i]
+        match, pos = assignment_reference(tg["boxes"][i], ok, wins, units, 12.0)
+        np.testing.assert_array_equal(np.asarray(samples["positive"][i]), pos)
+        num_fg = pos.sum()
+        assert num_fg > 0
+        cls = np.concatenate([np.asarray(l[i]).reshape(-1, 2) for l in logits])
+        target = np.zeros_like(cls)
+        target[pos, tg["classes"][i][match[pos]] - 1] = 1
+        want_cls = sigmoid_focal_loss_star(torch.tensor(cls), torch.tensor(target), 0.3, 3.0, "sum").item()
+        np.testing.assert_allclose(losses["loss_cls"][0][i], want_cls, rtol=1e-4)
+        dl = np.concatenate([np.asarray(d[i]).reshape(-1, 4) for d in deltas])[pos]
+        reg = coder.encode_single(torch.tensor(tg["boxes"][i][match[pos]]), torch.tensor(wins[pos])).numpy()
+        np.testing.assert_allclose(losses["loss_box_reg"][0][i], np.abs(dl - reg).sum(), rtol=1e-4)
+        mask_total = 0.0
+        for k in np.flatnonzero(pos):
+            lvl, y, xx, a = where[k]
+            v = (4, 6)[a]
+            nat = np.asarray(swap_align2nat(aligned[lvl][a][i:i + 1], 2 ** lvl))[0, y, xx]
+            size = v * 2 ** lvl
+            roi = torch.tensor([[0, *wins[k]]], dtype=torch.float32)
+            soft = torchvision.ops.roi_align(torch.tensor(tg["masks"][i, match[k]])[None, None], roi, (size, size),
+                                             1.0, 0, aligned=True)[0, 0]
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(
+                torch.tensor(nat.reshape(size, size)), (soft >= 0.5).float(), pos_weight=torch.tensor(1.5),
+                reduction="sum")
+            mask_total += 2.0 * bce.item() / size ** 2
+        np.testing.assert_allclose(losses["loss_mask"][0][i], mask_total, rtol=1e-4)
+        assert int(losses["loss_cls"][1][i]) == int(losses["loss_mask"][1][i]) == num_fg
+    assert not np.asarray(samples["mask_overflow"]).any()
+
+
+def test_outputs_keep_mask_rcnns_contract_and_overflowing_slots_are_counted(np_rng):
+    model = _tiny_model(mask_slots=1, detections_per_img=5, topk_candidates=50, score_thresh=0.0)
+    x = jnp.asarray(np_rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    out = jax.jit(model.apply)(variables, x)
+    assert {k: v.shape for k, v in out.items()} == {
+        "boxes": (2, 5, 4), "scores": (2, 5), "classes": (2, 5), "num_detections": (2,),
+        "mask_probs": (2, 5, 28, 28), "mask_boxes": (2, 5, 4)}
+    assert np.all(np.asarray(out["num_detections"]) == 5)  # score_thresh 0: every slot is filled
+    assert set(np.unique(np.asarray(out["classes"]))) <= {1, 2}
+    _, samples = jax.jit(lambda v, x, t: model.apply(v, x, t, method=tm.TensorMask.train_outputs))(
+        variables, x, _tiny_batch())
+    pos = np.asarray(samples["positive"])
+    # 2 levels x 2 anchors = 4 groups of 1 slot each: positives past one per group overflow.
+    groups = [slice(0, 128), slice(128, 160)]
+    want = [sum(max(int(pos[i, g][a::2].sum()) - 1, 0) for g in groups for a in range(2)) for i in range(2)]
+    np.testing.assert_array_equal(np.asarray(samples["mask_overflow"]), want)
