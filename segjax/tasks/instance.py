@@ -167,7 +167,9 @@ class InstanceTask(Task):
             if not (isinstance(value, tuple) and len(value) == 2):
                 continue
             term_sum, term_count = jnp.sum(value[0]), jnp.sum(value[1])  # per image or total
-            scale = global_images / jnp.maximum(ctx.global_sum(term_count), 1e-12)
+            # Counts are integers: dividing by max(count, 1) is torchvision's mean where a term has
+            # a count and detectron2's max(1, #positives) normaliser (TensorMask) where it has none.
+            scale = global_images / jnp.maximum(ctx.global_sum(term_count), 1.0)
             total = total + term_sum * jax.lax.stop_gradient(scale)
         return total, images
 
