@@ -20,7 +20,10 @@ task, COCOeval and pictures as Mask R-CNN):
 
 * `demo`: a narrow TensorMask (`tensormask_resnet18_fpn`: ResNet-18 at width 32, FPN 64) on P2-P5
   with windows of 24-256 pixels (the synthetic objects are 15-65 pixels), trained from scratch on
-  the built-in `synthetic_shapes` (instance view, 128x128), on a CPU.
+  the built-in `synthetic_shapes` (instance view, 128x128), on a CPU. Its towers have GroupNorm
+  (`model.head_norm="GN"`): detectron2's unnormalised 4-conv towers with N(0, 0.01) weights, at
+  this width and from scratch, pass almost no signal and learn only the class prior (measured:
+  mask AP 0.0 at step 250, logits within 0.7 of each other over all windows).
 
       python -m experiments.train --workdir=/tmp/tensormask_demo \
         --config=experiments/configs/tensormask.py:demo
@@ -55,6 +58,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.model.trainable_backbone_layers = None
         c.model.anchor_sizes = ((24, 32), (48, 64), (96, 128), (192, 256))
         c.model.mask_slots = 32
+        c.model.head_norm = "GN"  # narrow towers from scratch: see TensorMaskHead
         c.model.topk_candidates = 1000
         c.model.detections_per_img = 30
         c.num_train_steps = 1000
