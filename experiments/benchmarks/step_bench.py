@@ -46,7 +46,7 @@ def _task(model, batch):
 
 def _variables(model, batch, init_shape):
     variables = state_lib.init_variables(model, jax.random.key(0), init_shape)
-    if "boxes" in batch and common.ZERO_RPN_DELTAS:
+    if "boxes" in batch and common.ZERO_RPN_DELTAS and "rpn_head" in variables["params"]:
         variables = common.zero_rpn_deltas(variables)
     return variables
 
@@ -112,9 +112,14 @@ def setup(model_name: str, batch: int, size: int, dtype: str, num_classes: int |
     if num_classes is None:
         num_classes = 91 if instance else 21
     if instance:
+        from segjax.models.registry import accepted_overrides
+
+        # Every detection slot filled on both sides (Mask R-CNN's box threshold, TensorMask's score one).
+        thresholds = {"box_score_thresh": common.BENCH_BOX_SCORE_THRESH, "score_thresh": common.BENCH_BOX_SCORE_THRESH}
+        accepted = accepted_overrides(model_name) or set()
         model = create_model(model_name, num_classes=num_classes, dtype=dtype,
                              trainable_backbone_layers=common.TRAINABLE_BACKBONE_LAYERS,
-                             box_score_thresh=common.BENCH_BOX_SCORE_THRESH)
+                             **{k: v for k, v in thresholds.items() if k in accepted})
         return model, common.synthetic_instances(batch, size, num_classes), common.TORCHVISION_DETECTION_TWINS
     model = create_model(model_name, num_classes=num_classes, dtype=dtype)
     return model, common.synthetic_batch(batch, size, num_classes), common.TORCHVISION_TWINS

@@ -36,8 +36,41 @@ def smooth_l1(x: jax.Array, beta: float = SMOOTH_L1_BETA) -> jax.Array:
 
 
 def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Elementwise binary cross-entropy with logits (torch's stable form)."""
-    return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    """Elementwise binary cross-entropy with logits, `softplus(x) - x t` (torch's values; its
+    gradient is exactly `sigmoid(x) - t`, also at x = 0, where the `max(x, 0) + log1p(exp(-|x|))`
+    form gets JAX's subgradients of max and abs and returns `-t`)."""
+    return jax.nn.softplus(logits) - logits * targets
+
+
+def bce_with_logits_pos_weight(logits: jax.Array, targets: jax.Array, pos_weight: float) -> jax.Array:
+    """Elementwise BCE with logits, the positive term weighted by `pos_weight` (torch's
+    `binary_cross_entropy_with_logits(..., pos_weight=p, reduction='none')`):
+    `(1 - t) x + (1 + (p - 1) t) softplus(-x)`."""
+    log_weight = 1.0 + (pos_weight - 1.0) * targets
+    return (1.0 - targets) * logits + log_weight * jax.nn.softplus(-logits)
+
+
+def sigmoid_focal_loss(logits: jax.Array, targets: jax.Array, alpha: float = 0.25, gamma: float = 2.0) -> jax.Array:
+    """Elementwise sigmoid focal loss FL (Lin et al. 2017, RetinaNet; `torchvision.ops.sigmoid_focal_loss`
+    with reduction 'none'): `alpha_t (1 - p_t)^gamma BCE(x, t)`; `alpha < 0` disables alpha_t."""
+    p = jax.nn.sigmoid(logits)
+    ce = bce_with_logits(logits, targets)
+    p_t = p * targets + (1.0 - p) * (1.0 - targets)
+    loss = ce * (1.0 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1.0 - alpha) * (1.0 - targets)) * loss
+    return loss
+
+
+def sigmoid_focal_loss_star(logits: jax.Array, targets: jax.Array, alpha: float = -1.0,
+                            gamma: float = 1.0) -> jax.Array:
+    """Elementwise FL* (RetinaNet paper, appendix; fvcore's `sigmoid_focal_loss_star`, which
+    detectron2's TensorMask trains with): `-log sigmoid(gamma x (2 t - 1)) / gamma`, times
+    `alpha_t` when `alpha >= 0`. TensorMask uses gamma 3, alpha 0.3."""
+    loss = -jax.nn.log_sigmoid(gamma * logits * (2.0 * targets - 1.0)) / gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1.0 - alpha) * (1.0 - targets)) * loss
+    return loss
 
 
 def _count(mask: jax.Array, scale: int = 1) -> jax.Array:
@@ -131,5 +164,6 @@ def normalize(losses: Mapping[str, tuple[jax.Array, jax.Array]], axis_name: str 
     return out
 
 
-__all__ = ["SMOOTH_L1_BETA", "bce_with_logits", "fast_rcnn_losses", "mask_loss", "normalize", "rpn_losses",
+__all__ = ["SMOOTH_L1_BETA", "bce_with_logits", "bce_with_logits_pos_weight", "sigmoid_focal_loss",
+           "sigmoid_focal_loss_star", "fast_rcnn_losses", "mask_loss", "normalize", "rpn_losses",
            "smooth_l1"]

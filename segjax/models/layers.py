@@ -74,6 +74,7 @@ def square_conv(
     dtype: Any = jnp.float32,
     name: str | None = None,
     kernel_init: Any = nn.initializers.lecun_normal(),
+    bias_init: Any = nn.initializers.zeros,
 ) -> nn.Conv:
     """`nn.Conv` with a square kernel and torch's symmetric padding `dilation * (kernel - 1) // 2`.
 
@@ -93,6 +94,7 @@ def square_conv(
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=kernel_init,
+        bias_init=bias_init,
         name=name,
     )
 

@@ -31,7 +31,7 @@ from segjax.ops.paste_masks import paste_masks
 from segjax.ops.pool import max_pool
 from segjax.ops.resize import resize
 from segjax.ops.roi_align import roi_align
-from segjax.ops.swap_align2nat import swap_align2nat
+from segjax.ops.swap_align2nat import swap_align2nat, swap_align2nat_windows
 from segjax.ops.unpool import bed_of_nails_unpool, max_pool_with_argmax, max_unpool, nearest_unpool
 from segjax.ops.winograd import winograd_conv3x3
 
@@ -65,5 +65,6 @@ __all__ = [
     "roi_align",
     "square",
     "swap_align2nat",
+    "swap_align2nat_windows",
     "winograd_conv3x3",
 ]

@@ -20,8 +20,15 @@ axes) reading `pad_val`. Here it is written with gathers and `where`, so JAX dif
 (the adjoint is the scatter-add of the kernel's backward) to any order, and it works under `jit`
 and `vmap` for any float dtype.
 
+`swap_align2nat_windows(x, lam, ys, xs, size)` evaluates the same interpolant only at chosen
+windows (a model's positive windows or its detections), optionally on a `size` x `size` grid of
+sub-positions spanning the window instead of its lam V integer pixels; with `size=None` it equals
+`swap_align2nat(x, lam)[n, ys, xs]` exactly, at a cost that grows with the number of windows, not
+with the map.
+
 Example:
   >>> y = swap_align2nat(x, 2)   # x [N, H, W, 15 * 15] -> y [N, ceil(H/2), ceil(W/2), 30 * 30]
+  >>> m = swap_align2nat_windows(x, 2, ys, xs)  # ys, xs [N, K] -> m [N, K, 30, 30]
 """
 
 from __future__ import annotations
@@ -104,3 +111,72 @@ def swap_align2nat(x: jax.Array, lam: int, pad_val: float = -6.0) -> jax.Array:
                     weight = (row_w * col_w * mrow_w * mcol_w).astype(dtype)
                     out = out + weight * value
     return out.reshape(n, ho, wo, vo * vo)
+
+
+def _window_taps(positions: jax.Array):
+    lo = jnp.floor(positions)
+    frac = positions - lo
+    return (lo.astype(jnp.int32), jnp.ceil(positions).astype(jnp.int32)), (1.0 - frac, frac)
+
+
+@functools.partial(jax.jit, static_argnames=("lam", "size"))
+def swap_align2nat_windows(x: jax.Array, lam: int, ys: jax.Array, xs: jax.Array, size: int | None = None,
+                           pad_val: float = -6.0) -> jax.Array:
+    """The natural masks of chosen windows: `swap_align2nat(x, lam)` at (ys, xs) only.
+
+    Args:
+      x: [N, H, W, V * V] aligned masks (as `swap_align2nat`).
+      lam: the integer upsampling factor (static).
+      ys, xs: int [N, K] output window rows / columns (on the grid `lam` times coarser than x's).
+      size: None for the lam V x lam V mask pixels (exactly `swap_align2nat`'s values); an int S
+        samples the same 16-tap interpolant at the centres of an S x S grid over the window
+        (mask coordinate v' = (i + 0.5) lam V / S - 0.5), e.g. to resample every level's masks
+        to one size for the output.
+      pad_val: the value of neighbours outside the input.
+
+    Returns:
+      [N, K, S, S] in x's dtype (S = lam V without `size`). Differentiable in x.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"swap_align2nat_windows needs x [N, H, W, V * U], got shape {tuple(x.shape)}")
+    if not isinstance(lam, (int, np.integer)) or lam < 1:
+        raise ValueError(f"swap_align2nat_windows needs an integer lam >= 1, got {lam!r}")
+    n, h, w, c = x.shape
+    v = int(round(np.sqrt(c)))
+    if v * v != c:
+        raise ValueError(f"swap_align2nat_windows: the channels ({c}) must be V * U with V == U")
+    if ys.shape != xs.shape or ys.ndim != 2 or ys.shape[0] != n:
+        raise ValueError(f"ys and xs must both be [N, K] with N = {n}, got {ys.shape} and {xs.shape}")
+    vo = lam * v
+    steps = np.arange(vo, dtype=np.float64) if size is None else (np.arange(size) + 0.5) * vo / size - 0.5
+    half = vo / 2.0
+    om = (steps + 0.5) / float(lam) - 0.5
+    mask_idx, mask_w = _taps(om)  # [2, S] each: floor / ceil neighbours on the V x V mask
+    offsets = jnp.asarray(steps - half + 0.5, jnp.float32)
+    grid = x.reshape(n, h, w, v, v)
+    dtype = x.dtype
+
+    def one(g, y, xx):
+        oy = y.astype(jnp.float32)[:, None] * lam + offsets[None, :]  # [K, S]
+        ox = xx.astype(jnp.float32)[:, None] * lam + offsets[None, :]
+        ri, rw = _window_taps(oy)
+        ci, cw = _window_taps(ox)
+        out = jnp.zeros((y.shape[0], len(steps), len(steps)), dtype)
+        for a in range(2):
+            row, row_w = ri[a][:, :, None], rw[a][:, :, None]
+            for b in range(2):
+                col, col_w = ci[b][:, None, :], cw[b][:, None, :]
+                for c_ in range(2):
+                    mrow, mrow_w = mask_idx[c_][None, :, None], mask_w[c_][None, :, None]
+                    for d in range(2):
+                        mcol, mcol_w = mask_idx[d][None, None, :], mask_w[d][None, None, :]
+                        inside = ((row >= 0) & (row < h) & (col >= 0) & (col < w) & (mrow >= 0)
+                                  & (mrow < v) & (mcol >= 0) & (mcol < v))
+                        value = g[jnp.clip(row, 0, h - 1), jnp.clip(col, 0, w - 1),
+                                  np.clip(mrow, 0, v - 1), np.clip(mcol, 0, v - 1)]
+                        value = jnp.where(inside, value, jnp.asarray(pad_val, dtype))
+                        weight = (row_w * col_w * np.float32(1) * (mrow_w * mcol_w).astype(np.float32)).astype(dtype)
+                        out = out + weight * value
+        return out
+
+    return jax.vmap(one)(grid, ys, xs)

@@ -9,7 +9,8 @@ augmentation moves image, masks and boxes together and an instance cropped away 
 Loss: the model's train-mode output maps loss names to `(sum, count)` pairs (RPN objectness and
 box regression, classifier, box regression, mask); the task adds them, each normalised by its own
 *global* count. Evaluation: detections per image come back to the host, masks are pasted at the
-image size (`segjax.ops.paste_masks`, threshold 0.5) and scored with pycocotools' COCOeval
+image size (`segjax.ops.paste_masks` into each mask's frame: `mask_boxes` where the model gives
+one, TensorMask's windows, else the detection box; threshold 0.5) and scored with pycocotools' COCOeval
 (`segjax.metrics.coco`); checkpoints are ranked by `mask_ap`.
 """
 
@@ -69,6 +70,12 @@ def instance_targets(label: np.ndarray, instance: np.ndarray, *, max_instances: 
     return out
 
 
+def mask_frames(outputs) -> Any:
+    """The boxes the masks of `outputs` live in: `mask_boxes` (TensorMask: the windows) when the
+    model returns them, else the detection `boxes` (Mask R-CNN)."""
+    return outputs["mask_boxes"] if "mask_boxes" in outputs else outputs["boxes"]
+
+
 class InstanceAccumulator(Accumulator):
     """Pastes each valid image's detections and feeds them, with its ground truth, to COCOeval."""
 
@@ -83,7 +90,7 @@ class InstanceAccumulator(Accumulator):
     def update(self, sums, per_example, batch) -> None:
         del sums
         canvas = tuple(np.shape(batch["label"])[1:3])
-        probs = np.asarray(self._paste(per_example["mask_probs"], per_example["boxes"], canvas))
+        probs = np.asarray(self._paste(per_example["mask_probs"], mask_frames(per_example), canvas))
         for i in range(len(batch["valid"])):
             if not bool(batch["valid"][i]):
                 continue
@@ -160,7 +167,9 @@ class InstanceTask(Task):
             if not (isinstance(value, tuple) and len(value) == 2):
                 continue
             term_sum, term_count = jnp.sum(value[0]), jnp.sum(value[1])  # per image or total
-            scale = global_images / jnp.maximum(ctx.global_sum(term_count), 1e-12)
+            # Counts are integers: dividing by max(count, 1) is torchvision's mean where a term has
+            # a count and detectron2's max(1, #positives) normaliser (TensorMask) where it has none.
+            scale = global_images / jnp.maximum(ctx.global_sum(term_count), 1.0)
             total = total + term_sum * jax.lax.stop_gradient(scale)
         return total, images
 
@@ -168,8 +177,8 @@ class InstanceTask(Task):
 
     def eval_outputs(self, apply_fn, variables, batch):
         out = apply_fn(variables, batch["image"], train=False)
-        keep = ("boxes", "scores", "classes", "num_detections", "mask_probs")
-        return {}, {k: out[k] for k in keep}
+        keep = ("boxes", "scores", "classes", "num_detections", "mask_probs", "mask_boxes")
+        return {}, {k: out[k] for k in keep if k in out}
 
     def new_accumulator(self) -> InstanceAccumulator:
         return InstanceAccumulator(self.num_classes, self.ignore_label)
@@ -190,7 +199,7 @@ class InstanceTask(Task):
 
         canvas = tuple(np.shape(batch["label"])[1:3])
         probs = np.asarray(jax.jit(paste_masks, static_argnums=2)(
-            per_example["mask_probs"], per_example["boxes"], canvas))
+            per_example["mask_probs"], mask_frames(per_example), canvas))
 
         def panel(i, h, w):
             d = int(per_example["num_detections"][i])
@@ -232,7 +241,8 @@ class InstanceTask(Task):
         h, w = hw
         d = int(outputs["num_detections"][0])
         boxes = outputs["boxes"][0, :d]
-        probs = np.asarray(paste_masks(outputs["mask_probs"][0, :d], boxes, tuple(canvas_hw)))
+        frames = mask_frames(outputs)[0, :d]
+        probs = np.asarray(paste_masks(outputs["mask_probs"][0, :d], frames, tuple(canvas_hw)))
         return {"masks": probs[:, :h, :w] >= 0.5, "boxes": np.asarray(boxes),
                 "classes": np.asarray(outputs["classes"][0, :d]),
                 "scores": np.asarray(outputs["scores"][0, :d])}

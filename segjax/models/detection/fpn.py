@@ -37,6 +37,8 @@ class FPN(nn.Module):
       out_channels: channels of every output (256 in Mask R-CNN).
       extra_max_pool: add torchvision's LastLevelMaxPool level.
       extra_name: its name.
+      fuse_type: "sum" (torchvision) or "avg" (detectron2's `FUSE_TYPE: avg`, RetinaNet/TensorMask:
+        the lateral + top-down sum halved).
       dtype: compute dtype.
 
     Children: `inner_{i}` (1x1) and `layer_{i}` (3x3) per input level (torchvision's
@@ -48,12 +50,15 @@ class FPN(nn.Module):
     out_channels: int = 256
     extra_max_pool: bool = True
     extra_name: str = "p6"
+    fuse_type: str = "sum"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array]) -> dict[str, jax.Array]:
         if len(self.in_features) != len(self.out_names):
             raise ValueError(f"FPN needs one output name per input: {self.in_features} vs {self.out_names}")
+        if self.fuse_type not in ("sum", "avg"):
+            raise ValueError(f"FPN fuse_type must be 'sum' or 'avg', got {self.fuse_type!r}")
         missing = [k for k in self.in_features if k not in features]
         if missing:
             raise ValueError(f"FPN inputs {missing} not among the backbone's maps {sorted(features)}")
@@ -70,6 +75,8 @@ class FPN(nn.Module):
             lateral = conv(1, i, "inner")(xs[i])
             upsampled = ops.resize(top_down, lateral.shape[1:3], "nearest")
             top_down = lateral + upsampled
+            if self.fuse_type == "avg":
+                top_down = top_down / 2
             outputs.insert(0, conv(3, i, "layer")(top_down))
         result = dict(zip(self.out_names, outputs))
         if self.extra_max_pool:

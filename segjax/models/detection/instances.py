@@ -1,7 +1,9 @@
 """The instance models' contract (Mask R-CNN, TensorMask, PANet): output keys and ground-truth targets.
 
 Outputs (inference): `boxes` [N, D, 4] (x1, y1, x2, y2, input pixels), `scores` [N, D], `classes`
-int32 [N, D] (1..K-1), `num_detections` int32 [N] (valid slots first), `mask_probs` [N, D, 28, 28].
+int32 [N, D] (1..K-1), `num_detections` int32 [N] (valid slots first), `mask_probs` [N, D, 28, 28];
+optionally `mask_boxes` [N, D, 4], the frame each mask lives in (TensorMask: its window) where it
+is not the detection box.
 
 Targets (training): `{"boxes": [N, M, 4] float (input pixels), "classes": [N, M] int (1..K-1; 0
 marks a padding slot), "masks": [N, M, H, W] binary full-image masks (any real/bool/uint8 dtype,
@@ -22,6 +24,7 @@ import numpy as np
 from segjax.ops.boxes import proper_boxes
 
 BOXES, SCORES, CLASSES, NUM_DETECTIONS, MASK_PROBS = "boxes", "scores", "classes", "num_detections", "mask_probs"
+MASK_BOXES = "mask_boxes"
 TARGET_KEYS = ("boxes", "classes", "masks", "num_instances")
 
 
@@ -74,5 +77,5 @@ def gt_valid(classes: jax.Array, num_instances: jax.Array, boxes: jax.Array | No
     return valid if boxes is None else valid & proper_boxes(boxes)
 
 
-__all__ = ["BOXES", "CLASSES", "MASK_PROBS", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS", "check_boxes", "check_targets",
+__all__ = ["BOXES", "CLASSES", "MASK_BOXES", "MASK_PROBS", "NUM_DETECTIONS", "SCORES", "TARGET_KEYS", "check_boxes", "check_targets",
            "gt_valid"]

@@ -56,3 +56,28 @@ def test_init_is_torchvisions_kaiming_uniform():
     assert np.abs(k).max() <= bound and np.abs(k).max() > 0.95 * bound
     np.testing.assert_allclose(k.std(), bound / np.sqrt(3), rtol=0.02)
     assert not np.asarray(params["inner_0"]["bias"]).any()
+
+
+def test_avg_fusion_is_detectron2s(np_rng):
+    """`fuse_type="avg"` (detectron2's FPN with FUSE_TYPE avg, RetinaNet/TensorMask): each lateral +
+    upsampled top-down sum halved before its 3x3 conv, transcribed in torch on torchvision's convs."""
+    channels, sizes = [8, 16, 24, 32], [(16, 24), (8, 12), (4, 6), (2, 3)]
+    torch.manual_seed(1)
+    tv = FeaturePyramidNetwork(channels, 12).eval()
+    for p in tv.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    feats = {f"layer{i + 1}": np_rng.normal(size=(2, h, w, c)).astype(np.float32)
+             for i, ((h, w), c) in enumerate(zip(sizes, channels))}
+    xs = [torch.tensor(v).permute(0, 3, 1, 2) for v in feats.values()]
+    with torch.no_grad():
+        prev = tv.inner_blocks[-1](xs[-1])
+        ref = [tv.layer_blocks[-1](prev)]
+        for i in range(len(xs) - 2, -1, -1):
+            prev = (tv.inner_blocks[i](xs[i]) + torch.nn.functional.interpolate(prev, scale_factor=2.0,
+                                                                                 mode="nearest")) / 2
+            ref.insert(0, tv.layer_blocks[i](prev))
+    out = jax.jit(FPN(out_channels=12, extra_max_pool=False, fuse_type="avg").apply)(fpn_variables_from_torch(tv),
+                                                                                     feats)
+    assert list(out) == ["p2", "p3", "p4", "p5"]
+    for y, ty in zip(out.values(), ref):
+        np.testing.assert_allclose(y, ty.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
