@@ -117,6 +117,7 @@ CASES = [
     ("experiments.benchmarks.scaling", ["--overrides=notjson", "--interconnect=eth100",
                                         "--step_time_s=0.1"], ["--overrides", "notjson"]),
     ("experiments.benchmarks.scaling", ["--interconnect=bogus"], ["--interconnect", "bogus"]),
+    ("experiments.benchmarks.swap_align2nat", ["--windows=0"], ["--windows", "0"]),
 ]
 
 
