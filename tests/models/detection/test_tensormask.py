@@ -8,6 +8,7 @@ hand from detectron2's TensorMask config; the model's outputs keep Mask R-CNN's 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 import torchvision
 
@@ -105,17 +106,25 @@ def _tiny_batch():
             "num_instances": np.array([2, 1])}
 
 
-def test_training_losses_equal_an_independent_recomputation_from_the_head(np_rng):
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, variables, images): one init shared by the model tests (the settings they vary
+    create no parameters)."""
+    model = _tiny_model(mask_slots=64)
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 32, 32, 3)), jnp.float32)
+    return model, jax.jit(model.init)(jax.random.key(0), x), x
+
+
+def test_training_losses_equal_an_independent_recomputation_from_the_head(tiny):
     """The three losses of `train_outputs`, recomputed from the head's raw outputs with the
     references: windows written out, the loop assignment above, fvcore's FL*, torchvision's box
     coder, swap_align2nat on the whole map, torchvision's roi_align targets and torch's BCE."""
-    model = _tiny_model(mask_slots=64)
-    x = jnp.asarray(np_rng.normal(size=(2, 32, 32, 3)), jnp.float32)
-    variables = model.init(jax.random.key(0), x)
+    model, variables, x = tiny
     tg = _tiny_batch()
     losses, samples = jax.jit(lambda v, x, t: model.apply(v, x, t, method=tm.TensorMask.train_outputs))(
         variables, x, tg)
-    logits, deltas, aligned = model.apply(variables, x, method=lambda m, x: m.head(m.features(x)))
+    logits, deltas, aligned = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.head(m.features(x))))(
+        variables, x)
 
     from fvcore.nn import sigmoid_focal_loss_star
     from segjax.ops import swap_align2nat
@@ -164,10 +173,9 @@ def test_training_losses_equal_an_independent_recomputation_from_the_head(np_rng
     assert not np.asarray(samples["mask_overflow"]).any()
 
 
-def test_outputs_keep_mask_rcnns_contract_and_overflowing_slots_are_counted(np_rng):
-    model = _tiny_model(mask_slots=1, detections_per_img=5, topk_candidates=50, score_thresh=0.0)
-    x = jnp.asarray(np_rng.normal(size=(2, 32, 32, 3)), jnp.float32)
-    variables = model.init(jax.random.key(0), x)
+def test_outputs_keep_mask_rcnns_contract_and_overflowing_slots_are_counted(tiny):
+    base, variables, x = tiny
+    model = base.clone(mask_slots=1, detections_per_img=5, topk_candidates=50, score_thresh=0.0)
     out = jax.jit(model.apply)(variables, x)
     assert {k: v.shape for k, v in out.items()} == {
         "boxes": (2, 5, 4), "scores": (2, 5), "classes": (2, 5), "num_detections": (2,),
