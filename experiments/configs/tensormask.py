@@ -27,6 +27,9 @@ task, COCOeval and pictures as Mask R-CNN):
 
       python -m experiments.train --workdir=/tmp/tensormask_demo \
         --config=experiments/configs/tensormask.py:demo
+
+  Measured (2026-12-07, 2 CPU cores shared with tests, 23 min): mask AP 0.775 (AP50 1.00, AP75
+  0.99), box AP 0.879 at step 1000; 0.687 at step 250.
 """
 
 from __future__ import annotations
