@@ -222,12 +222,16 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, data_dir):
     assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
 
 
-def test_non_finite_update_is_never_checkpointed(tmp_path, data_dir):
-    """A finite loss whose update is not (an infinite learning rate): the step is refused
-    before its state is saved, although its loss was fine."""
+def test_non_finite_update_is_never_checkpointed(tmp_path, data_dir, monkeypatch):
+    """A finite loss whose update is not (an infinite learning rate, given to the optimiser past
+    the config check, which refuses `optimizer.base_lr=inf` by name): the step is refused before
+    its state is saved, although its loss was fine."""
+    from segjax.train import build
+
+    real = build.optimizer_kwargs
+    monkeypatch.setattr(build, "optimizer_kwargs", lambda c: {**real(c), "base_lr": float("inf")})
     workdir = tmp_path / "inf"
-    config = tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=1,
-                         **{"optimizer.base_lr": float("inf")})
+    config = tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=1)
     with pytest.raises(loop.NonFiniteLossError,
                        match=r"updated parameter is not finite .*at step 1\b.*No checkpoint") as e:
         loop.train_and_evaluate(config, str(workdir))
