@@ -1,12 +1,14 @@
 r"""Regenerates the lecture decks' figures and worked examples from segjax's own code.
 
-    python -m experiments.lectures --workdir=/tmp/lectures [--figures=1,2,5] [--skip_training]
+    python -m experiments.lectures --workdir=/tmp/lectures [--figures=1,2,5] [--skip_training] \
+      [--tensormask_run=/tmp/tensormask_demo]
 
 Writes one PNG per figure, `numbers.json` (the numbers each figure shows, under its number) and
 `index.md` (one line per figure on what it teaches) into --workdir. Figures 1-5, 7 and 8 take
 seconds; figure 6 trains three tiny FCNs (a minute or two on a 2-core CPU; --skip_training skips
 it); figure 9 needs `segjax.losses.triplet_loss` and is skipped, with a line in index.md, without
-it. See docs/lectures.md. The figures themselves live in `segjax.lectures`.
+it; figure 10 reads a trained `tensormask.py:demo` run (`--tensormask_run`) and is skipped
+without. See docs/lectures.md. The figures themselves live in `segjax.lectures`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
     importing this module next to another command's (tests do) cannot collide on a name."""
     flags.DEFINE_string("workdir", None, "Output directory (written; created if missing).")
-    flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-9).")
+    flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-10).")
     flags.DEFINE_bool("skip_training", False, "Skip figure 6 (trains FCN-32s/16s/8s briefly).")
+    flags.DEFINE_string("tensormask_run", None, "Work directory of a trained "
+                        "experiments/configs/tensormask.py:demo run (figure 10; skipped without).")
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -39,7 +43,8 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise app.UsageError(f"--figures: unknown figure(s) {unknown}; figures are "
                              f"{sorted(lectures.BY_NUMBER)}")
-    result = lectures.write(FLAGS.workdir, figures, skip_training=FLAGS.skip_training,
+    runs = {"tensormask": FLAGS.tensormask_run} if FLAGS.tensormask_run else {}
+    result = lectures.write(FLAGS.workdir, figures, skip_training=FLAGS.skip_training, runs=runs,
                             log=logging.info)
     print(f"wrote {len(result['pngs'])} figure(s), numbers.json and index.md to {FLAGS.workdir}"
           + (f"; skipped {sorted(result['skipped'])}" if result["skipped"] else ""))

@@ -97,8 +97,11 @@ def test_write_skips_figures_with_a_line(tmp_path, monkeypatch):
     assert "6. **FCN-32s / 16s / 8s**: skipped (--skip_training)" in index
     assert "9. **Triplet loss and class imbalance**: skipped: segjax.losses has no triplet_loss" in index
     assert json.loads((tmp_path / "numbers.json").read_text()) == {}
+    result = lectures.write(str(tmp_path), [10])
+    assert result["skipped"] == {10: lectures.skip_reason(lectures.BY_NUMBER[10], False)}
+    assert "--tensormask_run=DIR" in (tmp_path / "index.md").read_text()
     with pytest.raises(ValueError, match="unknown figure"):
-        lectures.write(str(tmp_path), [10])
+        lectures.write(str(tmp_path), [11])
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,3 +351,50 @@ def test_metric_learning_geometry(monkeypatch):
     b = d["boundaries"]
     assert b["imbalanced"]["boundary_x"] > b["balanced"]["boundary_x"] + 0.3
     assert abs(b["imbalanced_weighted"]["boundary_x"] - b["balanced"]["boundary_x"]) < 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# 10: TensorMask
+
+
+def test_tensormask_figure_reads_the_models_tensors(np_rng, tmp_path):
+    """Figure 10 on a narrow random TensorMask: the detections are the model's own (score, box and
+    the window `mask_boxes` names), each mask is the loop transcription of swap_align2nat over the
+    head's aligned tensor at the detection's window, the bipyramid's masks grow as 2**l V, and
+    the drawing is written."""
+    import jax
+
+    from segjax.lectures import draw
+    from segjax.models import create_model
+    from tests.ops.test_swap_align2nat import reference
+
+    model = create_model("tensormask_resnet18_fpn", num_classes=3, backbone_width=8, fpn_channels=8,
+                         cls_channels=8, bbox_channels=8, mask_channels=8, num_convs=1,
+                         anchor_sizes=((16, 24), (32, 48)), size_divisible=32, score_thresh=0.0)
+    image = np_rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    from segjax.tasks.base import padded_input
+
+    x = padded_input(image)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    d = data.tensormask_windows(model, variables, image, score_thresh=0.0, max_detections=3)
+    out, aligned = jax.device_get(jax.jit(lambda v, x: model.apply(
+        v, x, method=lambda m, x: (m(x), m.head(m.features(x))[2])))(variables, x))
+    sigmoid = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    natural = functools.lru_cache(lambda lvl, a: reference(aligned[lvl][a], 2 ** lvl, -6.0))
+    assert len(d["detections"]) == 3
+    for k, det in enumerate(d["detections"]):
+        assert det["score"] == pytest.approx(float(out["scores"][0, k]))
+        np.testing.assert_allclose(det["box"], out["boxes"][0, k], rtol=1e-6)
+        np.testing.assert_allclose(det["window"], out["mask_boxes"][0, k])
+        lvl, anchor, (y, xx) = det["level"], det["anchor"], det["cell"]
+        side = (4, 6)[anchor] * 2 ** lvl
+        want = natural(lvl, anchor)[0, y, xx].reshape(side, side)
+        np.testing.assert_allclose(det["mask"], sigmoid(want), atol=1e-5)
+    n = d["natural_vs_aligned"]
+    (y, xx), v = n["cell"], n["V"]
+    assert v == (4, 6)[n["anchor"]] and [b["mask_side"] for b in d["bipyramid"]] == [v, 2 * v]
+    np.testing.assert_allclose(n["aligned"], sigmoid(aligned[0][n["anchor"]][0, y, xx].reshape(v, v)), atol=1e-6)
+    want = natural(0, n["anchor"])[0, y, xx].reshape(v, v)
+    np.testing.assert_allclose(n["natural"], sigmoid(want), atol=1e-5)
+    draw.draw_tensormask(d, str(tmp_path / "fig10.png"))
+    assert (tmp_path / "fig10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -36,6 +36,7 @@ class Figure:
     draw: Callable[[dict, str], None]
     numbers: Callable[[dict], dict]
     needs_training: bool = False
+    needs_run: str = ""  # a trained run the figure reads (`write(runs={needs_run: DIR})`)
 
     @property
     def png(self) -> str:
@@ -77,6 +78,16 @@ def _difficulty_numbers(d: dict) -> dict:
             "class_count_images": d["class_count_images"],
             "factors": {k: {n: v for n, v in f.items() if n not in ("image", "label")}
                         for k, f in d["factors"].items()}}
+
+
+def _tensormask_numbers(d: dict) -> dict:
+    strip = lambda items: [{k: v for k, v in x.items() if k != "mask"} for x in items]  # noqa: E731
+    out = {k: v for k, v in d.items() if k not in ("image", "detections", "bipyramid", "natural_vs_aligned")}
+    out["detections"] = strip(d["detections"])
+    if "bipyramid" in d:
+        out["bipyramid"] = strip(d["bipyramid"])
+        out["natural_vs_aligned"] = {k: d["natural_vs_aligned"][k] for k in ("cell", "anchor", "V")}
+    return out
 
 
 FIGURES: tuple[Figure, ...] = (
@@ -122,12 +133,26 @@ FIGURES: tuple[Figure, ...] = (
            "(class weights move it back).",
            data.metric_learning, draw.draw_metric_learning,
            _drop("loss_map", "points", "labels", "grid")),
+    Figure(10, "tensormask", "TensorMask: dense masks over 4-D tensors",
+           "a trained TensorMask predicts a mask at every window of every level: each "
+           "detection's mask is its window's natural V x U mask; in the tensor bipyramid a "
+           "window 2**l times larger has a mask 2**l times finer; the aligned representation "
+           "holds at each cell the values that the windows covering it give that cell, and "
+           "swap_align2nat turns it into the natural one.",
+           data.tensormask, draw.draw_tensormask, _tensormask_numbers, needs_run="tensormask"),
 )
 BY_NUMBER = {f.number: f for f in FIGURES}
 
 
-def skip_reason(figure: Figure, skip_training: bool) -> str | None:
+RUN_FLAGS = {"tensormask": ("--tensormask_run", "experiments/configs/tensormask.py:demo")}
+
+
+def skip_reason(figure: Figure, skip_training: bool, runs: dict[str, str] | None = None) -> str | None:
     """Why `figure` is not generated now, or None."""
+    if figure.needs_run and not (runs or {}).get(figure.needs_run):
+        flag, config = RUN_FLAGS[figure.needs_run]
+        return (f"skipped: it reads a trained model; pass {flag}=DIR, the work directory of "
+                f"`python -m experiments.train --config={config}`")
     if figure.needs_training and skip_training:
         return "skipped (--skip_training): it trains three small models"
     if figure.number == 9 and not data.has_triplet_loss():
@@ -151,8 +176,11 @@ def _index_line(figure: Figure, d: dict | None, reason: str | None) -> str:
 
 
 def write(out_dir: str, figures: Sequence[int] | None = None, *, skip_training: bool = False,
-          log: Callable[[str], Any] | None = None) -> dict:
+          runs: dict[str, str] | None = None, log: Callable[[str], Any] | None = None) -> dict:
     """Writes the PNGs, `numbers.json` and `index.md` of `figures` (all by default) to `out_dir`.
+
+    `runs` maps a figure's `needs_run` to a trained run's directory (figure 10:
+    `{"tensormask": DIR}`); a figure whose run is not given is skipped with a line in index.md.
 
     Returns {"pngs": {number: path}, "numbers": the dict written to numbers.json (keys are
     figure numbers as strings), "skipped": {number: reason}, "seconds": {number: seconds}}.
@@ -165,11 +193,11 @@ def write(out_dir: str, figures: Sequence[int] | None = None, *, skip_training: 
     pngs, numbers, skipped, seconds, lines = {}, {}, {}, {}, []
     for n in numbers_wanted:
         figure = BY_NUMBER[n]
-        reason = skip_reason(figure, skip_training)
+        reason = skip_reason(figure, skip_training, runs)
         d = None
         if reason is None:
             start = time.perf_counter()
-            d = figure.make()
+            d = figure.make(runs[figure.needs_run]) if figure.needs_run else figure.make()
             path = os.path.join(out_dir, figure.png)
             figure.draw(d, path)
             numbers[str(n)] = data.to_json(figure.numbers(d))

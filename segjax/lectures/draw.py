@@ -339,3 +339,73 @@ def draw_metric_learning(d: dict, path: str) -> None:
     fig.suptitle("9. Metric learning and class imbalance", fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     _save(fig, path)
+
+
+# 10 ------------------------------------------------------------------------------------------
+def _window(ax, box, colour, ls="--", lw=1.5) -> None:
+    x1, y1, x2, y2 = box
+    ax.add_patch(_plt().Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, ec=colour, ls=ls, lw=lw))
+
+
+def _image(ax, image, title: str) -> None:
+    ax.imshow(image)
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+
+
+def _mask(ax, mask, title: str) -> None:
+    ax.imshow(mask, cmap="magma", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+
+
+def draw_tensormask(d: dict, path: str) -> None:
+    plt = _plt()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    dets, image = d["detections"], np.asarray(d["image"])
+    levels = len(d.get("bipyramid", ()))
+    cols = max(1 + len(dets), 1 + levels, 4)
+    fig = plt.figure(figsize=(2.6 * cols, 8.4))
+    gs = fig.add_gridspec(3, cols)
+    ax = fig.add_subplot(gs[0, 0])
+    _image(ax, image, "detections: box (solid) and\nthe window whose mask it is (dashed)")
+    for k, det in enumerate(dets):
+        _window(ax, det["window"], colours[k % len(colours)])
+        _window(ax, det["box"], colours[k % len(colours)], ls="-", lw=1)
+    for k, det in enumerate(dets):
+        side = np.asarray(det["mask"]).shape[0]
+        z = det["window"][2] - det["window"][0]
+        _mask(fig.add_subplot(gs[0, 1 + k]), det["mask"],
+              f"P{det['level'] + 2} window {z:g} px, score {det['score']:.2f}\nnatural mask {side}x{side}")
+    if not dets:
+        fig.suptitle("10. TensorMask: no detection above the threshold", fontsize=12)
+        _save(fig, path)
+        return
+    ax = fig.add_subplot(gs[1, 0])
+    _image(ax, image, "tensor bipyramid: one window per level\nat the best detection's centre")
+    for b in d["bipyramid"]:
+        _window(ax, b["window"], colours[b["level"] % len(colours)])
+        z = b["window"][2] - b["window"][0]
+        _mask(fig.add_subplot(gs[1, 1 + b["level"]]), b["mask"],
+              f"P{b['level'] + 2}: window {z:g} px, lambda={2 ** b['level']}\n"
+              f"mask {b['mask_side']}x{b['mask_side']} (1 px = 4 image px)")
+    n = d["natural_vs_aligned"]
+    y, x = n["cell"]
+    ax = fig.add_subplot(gs[2, 0])
+    _image(ax, image, f"P2 cell ({y}, {x}) (dot) and its\n{4 * n['V']} px window (dashed)")
+    ax.plot([4 * x], [4 * y], "o", color="red", mec="white", ms=6)
+    _window(ax, d["bipyramid"][0]["window"], "red")
+    grid(fig.add_subplot(gs[2, 1]), n["natural"], f"natural: the {n['V']}x{n['V']} mask\nof the window at the cell",
+         cmap="magma", numbers=False, vmin=0, vmax=1)
+    grid(fig.add_subplot(gs[2, 2]), n["aligned"], f"aligned: the {n['V']}x{n['V']} channels at the cell,\n"
+         "each from another window", cmap="magma", numbers=False, vmin=0, vmax=1)
+    _mask(fig.add_subplot(gs[2, 3]), n["aligned_centre_map"],
+          "aligned centre channel over P2:\neach window's own centre pixel")
+    fig.suptitle(f"10. TensorMask: a V x U mask at every window (4-D tensors), {d.get('dataset', '')} "
+                 f"validation #{d.get('index', '')}, step {d.get('step', '')}", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    _save(fig, path)

@@ -1,8 +1,8 @@
 """The numbers behind the lecture figures, each computed with segjax's own operators and models.
 
 One function per figure, one module per figure or topic (`operators`: figures 1-4, `dilation`: 5,
-`roi_align`: 7, `difficulty`: 8, `metric_learning`: 9; `_common`: the decks' example); each returns a dict whose values are numpy arrays, numbers, strings or
-nested lists/dicts of them (`to_json` turns one into what `numbers.json` stores). Nothing here
+`roi_align`: 7, `difficulty`: 8, `metric_learning`: 9, `tensormask`: 10; `_common`: the decks'
+example); each returns a dict whose values are numpy arrays, numbers, strings or nested lists/dicts of them (`to_json` turns one into what `numbers.json` stores). Nothing here
 draws: `segjax.lectures.draw` turns these dicts into PNGs. The functions take no flags, so the
 tests call them directly.
 
@@ -16,6 +16,8 @@ tests call them directly.
   7 `roi_align_sampling`     roi_align's bilinear sampling points, re-derived and checked
   8 `difficulty`             one synthetic_shapes image per difficulty factor
   9 `metric_learning`        triplet_loss geometry and a class-imbalance decision boundary
+ 10 `tensormask`             a trained TensorMask's window masks, bipyramid, natural vs aligned
+                             (`tensormask_windows` on any model and image)
 """
 
 from segjax.lectures.data._common import (DECK_INPUT, DECK_KERNEL, DECK_OUTPUT_GRADIENT,
@@ -30,11 +32,12 @@ from segjax.lectures.data.operators import (INTERPOLATION_IMAGE, INTERPOLATION_S
                                             sample_positions, unpooling)
 from segjax.lectures.data.roi_align import (ROI_BOX, bilinear_at, roi_align_sampling,
                                             roi_sampling_points)
+from segjax.lectures.data.tensormask import tensormask, tensormask_windows
 
 __all__ = ["DECK_INPUT", "DECK_KERNEL", "DECK_OUTPUT_GRADIENT", "DEEPLAB_MODELS",
            "INTERPOLATION_IMAGE", "INTERPOLATION_SAMPLES", "RF_LAYERS", "RF_RATES", "ROI_BOX",
            "STRIDED_INPUT", "UNPOOL_INPUT", "bilinear_at", "conv_layers", "convolution",
            "deeplab_heads", "difficulty", "dilation", "extent", "fractionally_strided",
            "has_triplet_loss", "interpolation", "metric_learning", "receptive_field",
-           "roi_align_sampling", "roi_sampling_points", "sample_positions", "to_json",
-           "unpooling", "_builder_config"]
+           "roi_align_sampling", "roi_sampling_points", "sample_positions", "tensormask",
+           "tensormask_windows", "to_json", "unpooling", "_builder_config"]
