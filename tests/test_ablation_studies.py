@@ -38,7 +38,8 @@ def test_every_cell_of_every_study_builds_a_valid_config_and_model(name):
             semantic.loss_kwargs(config)
         for metric in part.metrics:  # every metric name parses against a plausible eval record
             record = {"val": {"miou": 0.5, "boundary_iou": 0.4, "pixel_accuracy": 0.9,
-                              "mean_accuracy": 0.6, "iou_per_class": [0.1] * 6}}
+                              "mean_accuracy": 0.6, "iou_per_class": [0.1] * 6, "mask_ap": 0.5,
+                              "mask_ap50": 0.9, "mask_ap75": 0.6, "box_ap": 0.6}}
             assert sweep.metric_value(record, metric) >= 0
 
 

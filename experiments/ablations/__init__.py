@@ -24,7 +24,7 @@ import importlib
 from typing import Any, Mapping
 
 STUDIES = ("upsampling", "receptive_field", "class_imbalance", "augmentation", "difficulty",
-           "transfer")
+           "transfer", "instance_models")
 
 
 @dataclasses.dataclass(frozen=True)

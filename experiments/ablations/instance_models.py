@@ -1,0 +1,95 @@
+"""Dense sliding-window masks (TensorMask) vs detect-then-segment (Mask R-CNN) on the same data.
+
+Both demos as they ship (`tensormask.py:demo`: R18-FPN P2-P5, GroupNorm towers, 1000 steps;
+`maskrcnn.py:demo`: R18-FPN, 600 steps; both ResNet-18 at width 32, FPN 64, batch 8 of 128x128,
+from scratch), on `synthetic_shapes` and on `synthetic_shapes/overlap` (later objects drawn over
+earlier ones), 2 seeds each, scored by the same COCOeval.
+
+The speeds come from each run's TensorBoard events (`train/images_per_s`, logged every 25 steps,
+and `validation/eval_seconds` over the 128 validation images):
+
+    python -m experiments.ablations.instance_models DIR   # DIR: the --workdir of the study
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import statistics
+import sys
+
+from experiments.ablations import Part, Study
+
+_SWEEP = "dataset.name=synthetic_shapes,synthetic_shapes/overlap"
+_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap")
+
+STUDY = Study(
+    name="instance_models",
+    question="On the same data and CPU budget, how do dense sliding-window masks (TensorMask) "
+             "compare with detect-then-segment (Mask R-CNN), on separate and on overlapping "
+             "objects?",
+    parts=(
+        Part(name="tensormask", title="TensorMask (`tensormask.py:demo`, 1000 steps)",
+             base="experiments/configs/tensormask.py:demo", sweeps=(_SWEEP,), seeds=(0, 1),
+             metrics=_METRICS),
+        Part(name="maskrcnn", title="Mask R-CNN (`maskrcnn.py:demo`, 600 steps)",
+             base="experiments/configs/maskrcnn.py:demo", sweeps=(_SWEEP,), seeds=(0, 1),
+             metrics=_METRICS),
+    ),
+)
+
+
+def run_speeds(run_dir: str) -> dict:
+    """{train_img_per_s: median of the logged training throughput after the first log (which
+    includes compilation), eval_img_per_s: validation images / the fastest evaluation after the
+    first, minutes: wall time between the first and last event, summed over restarts}."""
+    from tensorflow.core.util import event_pb2
+    import tensorflow as tf
+
+    from segjax.data.builders.synthetic_shapes import BUILDER_CONFIGS
+
+    with open(os.path.join(run_dir, "config.json")) as f:
+        name = json.load(f)["dataset"]["name"]
+    images = {c.name: c.num_validation for c in BUILDER_CONFIGS}[name.partition("/")[2] or "clean"]
+    train, evals, seconds = [], [], 0.0
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):  # one per (re)start
+        walls = []
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            walls.append(event.wall_time)
+            for v in event.summary.value:
+                value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+                if v.tag == "train/images_per_s":
+                    train.append(value)
+                elif v.tag == "validation/eval_seconds":
+                    evals.append(value)
+        seconds += max(walls) - min(walls) if walls else 0.0
+    return {"train_img_per_s": statistics.median(train[1:]) if len(train) > 1 else None,
+            "eval_img_per_s": images / min(evals[1:]) if len(evals) > 1 else None,
+            "minutes": seconds / 60}
+
+
+def main(workdir: str) -> None:
+    from segjax.train import sweep
+    from experiments.ablations.runner import load_base
+
+    print("| model | dataset | seed | " + " | ".join(_METRICS) + " | train img/s | eval img/s | minutes |")
+    print("|---|---|---:|" + "---:|" * (len(_METRICS) + 3))
+    for part in STUDY.parts:
+        base = load_base(part.base)
+        for cell in sweep.grid([sweep.parse_sweep(s) for s in part.sweeps]):
+            for seed in part.seeds:
+                d = sweep.config_run_dir(os.path.join(workdir, "runs"), sweep.make_config(base, cell, seed))
+                final = sweep.final_metrics(sweep.read_metrics(d))
+                s = run_speeds(d)
+                fmt = lambda v, p=1: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+                print(f"| {part.name} | {cell[0][1]} | {seed} | " +
+                      " | ".join(fmt(sweep.metric_value(final, m), 3) for m in _METRICS) +
+                      f" | {fmt(s['train_img_per_s'])} | {fmt(s['eval_img_per_s'])} | {fmt(s['minutes'], 0)} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])
