@@ -103,26 +103,31 @@ def test_accumulator_scores_ground_truth_detections(np_rng):
     assert 0.1 < r["mask_ap"] < 1.0
 
 
+def _two_steps(model, rng, size, sizes):
+    """(fresh SGD state, two 8-image batches of `size`² from class/instance maps, the task, and
+    the 1-device reference of two train steps, compiled once)."""
+    from tests.train.test_device_invariance import one_device, sgd_state
+
+    state = sgd_state(model, (1, size, size, 3), 0.05)
+    batches = []
+    for _ in range(2):
+        label, instance = maps(rng, b=8, h=size, w=size, n_max=3, sizes=sizes)
+        t = instance_targets(label, instance, max_instances=4, ignore_label=IGNORE)
+        batches.append({"image": rng.normal(size=(8, size, size, 3)).astype(np.float32), **t})
+    task = InstanceTask(num_classes=5, ignore_label=IGNORE, max_instances=4)
+    return state, batches, task, one_device(state, batches, task)
+
+
 @pytest.fixture(scope="module")
 def maskrcnn_run():
     """A narrow Mask R-CNN, its train state and two 8-image batches from class/instance maps."""
     from segjax.models import create_model
-    from tests.train.test_device_invariance import sgd_state
 
     rng = np.random.default_rng(11)
     model = create_model("maskrcnn_resnet18_fpn", num_classes=5, backbone_width=8, fpn_channels=16,
                          representation_size=32, mask_channels=8, rpn_pre_nms_top_n_train=64,
                          rpn_post_nms_top_n_train=64, box_batch_size_per_image=32)
-    state = sgd_state(model, (1, 48, 48, 3), 0.05)
-    batches = []
-    for _ in range(2):
-        label, instance = maps(rng, b=8, h=48, w=48, n_max=3, sizes=(8, 20))
-        t = instance_targets(label, instance, max_instances=4, ignore_label=IGNORE)
-        batches.append({"image": rng.normal(size=(8, 48, 48, 3)).astype(np.float32), **t})
-    task = InstanceTask(num_classes=5, ignore_label=IGNORE, max_instances=4)
-    from tests.train.test_device_invariance import one_device
-
-    return state, batches, task, one_device(state, batches, task)  # the reference, compiled once
+    return _two_steps(model, rng, 48, (8, 20))
 
 
 @pytest.mark.slow
@@ -152,20 +157,12 @@ def test_maskrcnn_train_step_on_four_devices_equals_one_device(maskrcnn_run, mod
 def tensormask_run():
     """A narrow TensorMask (GroupNorm towers, 2 levels), its train state and two 8-image batches."""
     from segjax.models import create_model
-    from tests.train.test_device_invariance import one_device, sgd_state
 
     rng = np.random.default_rng(12)
     model = create_model("tensormask_resnet18_fpn", num_classes=5, backbone_width=8, fpn_channels=8,
                          cls_channels=8, bbox_channels=8, mask_channels=8, num_convs=1, head_norm="GN",
                          anchor_sizes=((16, 24), (32, 48)), size_divisible=32, mask_slots=8)
-    state = sgd_state(model, (1, 32, 32, 3), 0.05)
-    batches = []
-    for _ in range(2):
-        label, instance = maps(rng, b=8, h=32, w=32, n_max=3, sizes=(10, 22))
-        t = instance_targets(label, instance, max_instances=4, ignore_label=IGNORE)
-        batches.append({"image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32), **t})
-    task = InstanceTask(num_classes=5, ignore_label=IGNORE, max_instances=4)
-    return state, batches, task, one_device(state, batches, task)
+    return _two_steps(model, rng, 32, (10, 22))
 
 
 @pytest.mark.slow
