@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -93,30 +94,47 @@ def swap_align2nat(x: jax.Array, lam: int, pad_val: float = -6.0) -> jax.Array:
     wo = ci.shape[1]
     grid = x.reshape(n, h, w, v, v)
     dtype = x.dtype
-    out = jnp.zeros((n, ho, wo, vo, vo), dtype)
     # Index arrays broadcast to [Ho, Wo, Vo, Uo]: rows depend on (y, v), cols on (x, u).
-    for a in range(2):
-        row, row_w = ri[a][:, None, :, None], rw[a][:, None, :, None]
-        for b in range(2):
-            col, col_w = ci[b][None, :, None, :], cw[b][None, :, None, :]
-            for c_ in range(2):
-                mrow, mrow_w = vi[c_][None, None, :, None], vw[c_][None, None, :, None]
-                for d in range(2):
-                    mcol, mcol_w = ui[d][None, None, None, :], uw[d][None, None, None, :]
-                    inside = ((row >= 0) & (row < h) & (col >= 0) & (col < w) & (mrow >= 0)
-                              & (mrow < v) & (mcol >= 0) & (mcol < v))
-                    value = grid[:, np.clip(row, 0, h - 1), np.clip(col, 0, w - 1),
-                                 np.clip(mrow, 0, v - 1), np.clip(mcol, 0, v - 1)]
-                    value = jnp.where(inside, value, jnp.asarray(pad_val, dtype))
-                    weight = (row_w * col_w * mrow_w * mcol_w).astype(dtype)
-                    out = out + weight * value
+    out = _sixteen_taps(lambda r, c, m, u: grid[:, r, c, m, u], (h, w, v),
+                        (ri[:, :, None, :, None], rw[:, :, None, :, None]),
+                        (ci[:, None, :, None, :], cw[:, None, :, None, :]),
+                        (vi[:, None, None, :, None], vw[:, None, None, :, None]),
+                        (ui[:, None, None, None, :], uw[:, None, None, None, :]), pad_val, dtype)
     return out.reshape(n, ho, wo, vo * vo)
 
 
 def _window_taps(positions: jax.Array):
     lo = jnp.floor(positions)
     frac = positions - lo
-    return (lo.astype(jnp.int32), jnp.ceil(positions).astype(jnp.int32)), (1.0 - frac, frac)
+    return jnp.stack([lo, jnp.ceil(positions)]).astype(jnp.int32), jnp.stack([1.0 - frac, frac])
+
+
+def _sixteen_taps(gather, bounds, rows, cols, mask_rows, mask_cols, pad_val, dtype):
+    """The kernel's sum over the 2**4 floor/ceil neighbours of (image row, image col, mask row,
+    mask col): each axis is (indices [2, ...], weights [2, ...]), broadcastable to the output;
+    `gather(r, c, m, u)` reads the input at clipped indices, `bounds` = (H, W, V) and every
+    neighbour outside them reads `pad_val`. Image weights may be traced (float32), mask weights
+    are numpy constants: their product is taken first, then cast (as the kernel's float math)."""
+    h, w, v = bounds
+    out = 0
+    for a, b, c_, d in itertools.product(range(2), repeat=4):
+        row, col, mrow, mcol = rows[0][a], cols[0][b], mask_rows[0][c_], mask_cols[0][d]
+        inside = ((row >= 0) & (row < h) & (col >= 0) & (col < w) & (mrow >= 0) & (mrow < v)
+                  & (mcol >= 0) & (mcol < v))
+        value = gather(_clip(row, h), _clip(col, w), _clip(mrow, v), _clip(mcol, v))
+        value = jnp.where(inside, value, jnp.asarray(pad_val, dtype))
+        image_w = rows[1][a] * cols[1][b]
+        mask_w = mask_rows[1][c_] * mask_cols[1][d]
+        if isinstance(image_w, np.ndarray):  # all constants: one float64 product, as before
+            weight = (image_w * mask_w).astype(dtype)
+        else:
+            weight = (image_w * mask_w.astype(np.float32)).astype(dtype)
+        out = out + weight * value
+    return out
+
+
+def _clip(index, size):
+    return (np.clip if isinstance(index, np.ndarray) else jnp.clip)(index, 0, size - 1)
 
 
 @functools.partial(jax.jit, static_argnames=("lam", "size"))
@@ -161,22 +179,9 @@ def swap_align2nat_windows(x: jax.Array, lam: int, ys: jax.Array, xs: jax.Array,
         ox = xx.astype(jnp.float32)[:, None] * lam + offsets[None, :]
         ri, rw = _window_taps(oy)
         ci, cw = _window_taps(ox)
-        out = jnp.zeros((y.shape[0], len(steps), len(steps)), dtype)
-        for a in range(2):
-            row, row_w = ri[a][:, :, None], rw[a][:, :, None]
-            for b in range(2):
-                col, col_w = ci[b][:, None, :], cw[b][:, None, :]
-                for c_ in range(2):
-                    mrow, mrow_w = mask_idx[c_][None, :, None], mask_w[c_][None, :, None]
-                    for d in range(2):
-                        mcol, mcol_w = mask_idx[d][None, None, :], mask_w[d][None, None, :]
-                        inside = ((row >= 0) & (row < h) & (col >= 0) & (col < w) & (mrow >= 0)
-                                  & (mrow < v) & (mcol >= 0) & (mcol < v))
-                        value = g[jnp.clip(row, 0, h - 1), jnp.clip(col, 0, w - 1),
-                                  np.clip(mrow, 0, v - 1), np.clip(mcol, 0, v - 1)]
-                        value = jnp.where(inside, value, jnp.asarray(pad_val, dtype))
-                        weight = (row_w * col_w * np.float32(1) * (mrow_w * mcol_w).astype(np.float32)).astype(dtype)
-                        out = out + weight * value
-        return out
+        return _sixteen_taps(lambda r, c, m, u: g[r, c, m, u], (h, w, v),
+                             (ri[:, :, :, None], rw[:, :, :, None]), (ci[:, :, None, :], cw[:, :, None, :]),
+                             (mask_idx[:, None, :, None], mask_w[:, None, :, None]),
+                             (mask_idx[:, None, None, :], mask_w[:, None, None, :]), pad_val, dtype)
 
     return jax.vmap(one)(grid, ys, xs)
