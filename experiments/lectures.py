@@ -24,7 +24,7 @@ def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
     importing this module next to another command's (tests do) cannot collide on a name."""
     flags.DEFINE_string("workdir", None, "Output directory (written; created if missing).")
-    flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-10).")
+    flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-11).")
     flags.DEFINE_bool("skip_training", False, "Skip figure 6 (trains FCN-32s/16s/8s briefly).")
     flags.DEFINE_string("tensormask_run", None, "Work directory of a trained "
                         "experiments/configs/tensormask.py:demo run (figure 10; skipped without).")

@@ -101,7 +101,7 @@ def test_write_skips_figures_with_a_line(tmp_path, monkeypatch):
     assert result["skipped"] == {10: lectures.skip_reason(lectures.BY_NUMBER[10], False)}
     assert "--tensormask_run=DIR" in (tmp_path / "index.md").read_text()
     with pytest.raises(ValueError, match="unknown figure"):
-        lectures.write(str(tmp_path), [11])
+        lectures.write(str(tmp_path), [12])
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,3 +398,31 @@ def test_tensormask_figure_reads_the_models_tensors(np_rng, tmp_path):
     np.testing.assert_allclose(n["natural"], sigmoid(want), atol=1e-5)
     draw.draw_tensormask(d, str(tmp_path / "fig10.png"))
     assert (tmp_path / "fig10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------
+# 11: patch classifier vs FCN
+
+
+def test_patch_figure_counts_reads_and_times_both_ways(monkeypatch, tmp_path):
+    """Each pixel is read by the patches of the pixel centres within the window around it (a
+    product of per-axis counts, written here as loops); the timings are `measure`'s (tested with
+    the model in tests/models/test_patch.py: same outputs both ways), called per size."""
+    from experiments.benchmarks import patch_vs_fcn
+    from segjax.lectures import draw
+
+    def fake(size, rounds=3):
+        return {"size": size, "patch_size": 46, "fcn_s_per_image": 0.1, "patches_s_per_image": 1.0,
+                "time_ratio": 10.0, "fcn_gflops": 2.0, "patches_gflops": 30.0, "flops_ratio": 15.0,
+                "max_abs_difference": 0.0, "device": "cpu"}
+
+    calls = []
+    monkeypatch.setattr(patch_vs_fcn, "measure", lambda size, rounds=3: calls.append(size) or fake(size))
+    d = data.patch_vs_fcn(size=60, sizes=(16, 24))
+    assert calls == [16, 24] and [r["size"] for r in d["timings"]] == [16, 24]
+    p, lo = 46, 23
+    per_axis = [sum(1 for c in range(60) if c - lo <= i <= c - lo + p - 1) for i in range(60)]
+    np.testing.assert_array_equal(d["read_counts"], np.outer(per_axis, per_axis))
+    assert d["max_reads"] == p * p and d["pad"] == [23, 22] and d["image"].shape == (60, 60, 3)
+    draw.draw_patch_vs_fcn(d, str(tmp_path / "fig11.png"))
+    assert (tmp_path / "fig11.png").stat().st_size > 5000

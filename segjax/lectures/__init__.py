@@ -140,6 +140,12 @@ FIGURES: tuple[Figure, ...] = (
            "holds at each cell the values that the windows covering it give that cell, and "
            "swap_align2nat turns it into the natural one.",
            data.tensormask, draw.draw_tensormask, _tensormask_numbers, needs_run="tensormask"),
+    Figure(11, "patch_vs_fcn", "Patch classification and its fully convolutional twin",
+           "a CNN that labels each pixel from the patch around it (Farabet et al.'s 46x46) reads "
+           "every pixel in thousands of overlapping patches; the same weights run as one "
+           "fully convolutional network (stride-1 pooling, dilated later layers) give the same "
+           "outputs for a fraction of the FLOPs and time.",
+           data.patch_vs_fcn, draw.draw_patch_vs_fcn, _drop("image", "read_counts")),
 )
 BY_NUMBER = {f.number: f for f in FIGURES}
 

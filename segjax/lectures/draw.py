@@ -409,3 +409,43 @@ def draw_tensormask(d: dict, path: str) -> None:
                  f"validation #{d.get('index', '')}, step {d.get('step', '')}", fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     _save(fig, path)
+
+
+# 11 ------------------------------------------------------------------------------------------
+def draw_patch_vs_fcn(d: dict, path: str) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    image, p = np.asarray(d["image"]), d["patch_size"]
+    ax = axes[0]
+    _image(ax, image, f"the {p}x{p} patches of three pixels\n2 apart: almost the same input")
+    colours = ("tab:red", "white", "tab:blue")
+    for (top, left, size), colour in zip(d["patches"], colours):
+        ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), size, size, fill=False, ec=colour, lw=1.5))
+        ax.plot([left + size // 2], [top + size // 2], "o", color=colour, ms=4)
+    ax.set_xlim(-0.5 - p // 2, image.shape[1] + p // 2)
+    ax.set_ylim(image.shape[0] + p // 2, -0.5 - p // 2)
+    ax = axes[1]
+    im = ax.imshow(d["read_counts"], cmap="viridis")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"patches that read each pixel (sliding window):\nup to {d['max_reads']}; "
+                 "the FCN reads it once per layer", fontsize=9)
+    ax = axes[2]
+    rows = d["timings"]
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["patches_gflops"] for r in rows], 0.4, label="sliding window", color="tab:red")
+    ax.bar(x + 0.2, [r["fcn_gflops"] for r in rows], 0.4, label="FCN twin", color="tab:blue")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r['flops_ratio']:.0f}x FLOPs\n{r['time_ratio']:.0f}x time", (i, r["patches_gflops"]),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(top=4 * max(r["patches_gflops"] for r in rows))
+    ax.set_xticks(x, [f"{r['size']}x{r['size']}" for r in rows])
+    ax.set_ylabel("GFLOPs per image")
+    diff = max(r["max_abs_difference"] for r in rows)
+    ax.set_title(f"same weights, same outputs (max |difference| {diff:.1e}):\ncost per image", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle("11. Classifying every pixel from its patch, and the fully convolutional twin", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    _save(fig, path)

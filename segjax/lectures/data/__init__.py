@@ -1,8 +1,9 @@
 """The numbers behind the lecture figures, each computed with segjax's own operators and models.
 
 One function per figure, one module per figure or topic (`operators`: figures 1-4, `dilation`: 5,
-`roi_align`: 7, `difficulty`: 8, `metric_learning`: 9, `tensormask`: 10; `_common`: the decks'
-example); each returns a dict whose values are numpy arrays, numbers, strings or nested lists/dicts of them (`to_json` turns one into what `numbers.json` stores). Nothing here
+`roi_align`: 7, `difficulty`: 8, `metric_learning`: 9, `tensormask`: 10, `patches`: 11; `_common`:
+the decks' example); each returns a dict whose values are numpy arrays, numbers, strings or
+nested lists/dicts of them (`to_json` turns one into what `numbers.json` stores). Nothing here
 draws: `segjax.lectures.draw` turns these dicts into PNGs. The functions take no flags, so the
 tests call them directly.
 
@@ -18,6 +19,7 @@ tests call them directly.
   9 `metric_learning`        triplet_loss geometry and a class-imbalance decision boundary
  10 `tensormask`             a trained TensorMask's window masks, bipyramid, natural vs aligned
                              (`tensormask_windows` on any model and image)
+ 11 `patch_vs_fcn`           the patch classifier by sliding window vs its FCN twin: reads, time, FLOPs
 """
 
 from segjax.lectures.data._common import (DECK_INPUT, DECK_KERNEL, DECK_OUTPUT_GRADIENT,
@@ -30,6 +32,7 @@ from segjax.lectures.data.operators import (INTERPOLATION_IMAGE, INTERPOLATION_S
                                             STRIDED_INPUT, UNPOOL_INPUT, convolution,
                                             fractionally_strided, interpolation,
                                             sample_positions, unpooling)
+from segjax.lectures.data.patches import patch_vs_fcn
 from segjax.lectures.data.roi_align import (ROI_BOX, bilinear_at, roi_align_sampling,
                                             roi_sampling_points)
 from segjax.lectures.data.tensormask import tensormask, tensormask_windows
@@ -38,6 +41,6 @@ __all__ = ["DECK_INPUT", "DECK_KERNEL", "DECK_OUTPUT_GRADIENT", "DEEPLAB_MODELS"
            "INTERPOLATION_IMAGE", "INTERPOLATION_SAMPLES", "RF_LAYERS", "RF_RATES", "ROI_BOX",
            "STRIDED_INPUT", "UNPOOL_INPUT", "bilinear_at", "conv_layers", "convolution",
            "deeplab_heads", "difficulty", "dilation", "extent", "fractionally_strided",
-           "has_triplet_loss", "interpolation", "metric_learning", "receptive_field",
-           "roi_align_sampling", "roi_sampling_points", "sample_positions", "tensormask",
+           "has_triplet_loss", "interpolation", "metric_learning", "patch_vs_fcn",
+           "receptive_field", "roi_align_sampling", "roi_sampling_points", "sample_positions", "tensormask",
            "tensormask_windows", "to_json", "unpooling", "_builder_config"]
