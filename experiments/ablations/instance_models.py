@@ -6,9 +6,11 @@ from scratch), on `synthetic_shapes` and on `synthetic_shapes/overlap` (later ob
 earlier ones), 2 seeds each, scored by the same COCOeval.
 
 The speeds come from each run's TensorBoard events (`train/images_per_s`, logged every 25 steps,
-and `validation/eval_seconds` over the 128 validation images):
+and `validation/eval_seconds` over the 128 validation images); the picture puts the last
+evaluation's first validation images of seed 0 side by side (truth | Mask R-CNN | TensorMask):
 
-    python -m experiments.ablations.instance_models DIR   # DIR: the --workdir of the study
+    python -m experiments.ablations --study=instance_models --workdir=DIR   # trains, REPORT.md
+    python -m experiments.ablations.instance_models DIR   # the table with speeds, DIR/instance_models/*.png
 """
 
 from __future__ import annotations
@@ -70,23 +72,69 @@ def run_speeds(run_dir: str) -> dict:
             "minutes": seconds / 60}
 
 
-def main(workdir: str) -> None:
-    from segjax.train import sweep
+def _run_dirs(workdir: str) -> dict:
+    """{(part, dataset, seed): run directory} of every run of the study."""
     from experiments.ablations.runner import load_base
+    from segjax.train import sweep
 
-    print("| model | dataset | seed | " + " | ".join(_METRICS) + " | train img/s | eval img/s | minutes |")
-    print("|---|---|---:|" + "---:|" * (len(_METRICS) + 3))
+    out = {}
     for part in STUDY.parts:
         base = load_base(part.base)
         for cell in sweep.grid([sweep.parse_sweep(s) for s in part.sweeps]):
             for seed in part.seeds:
-                d = sweep.config_run_dir(os.path.join(workdir, "runs"), sweep.make_config(base, cell, seed))
-                final = sweep.final_metrics(sweep.read_metrics(d))
-                s = run_speeds(d)
-                fmt = lambda v, p=1: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
-                print(f"| {part.name} | {cell[0][1]} | {seed} | " +
-                      " | ".join(fmt(sweep.metric_value(final, m), 3) for m in _METRICS) +
-                      f" | {fmt(s['train_img_per_s'])} | {fmt(s['eval_img_per_s'])} | {fmt(s['minutes'], 0)} |")
+                out[part.name, cell[0][1], seed] = sweep.config_run_dir(
+                    os.path.join(workdir, "runs"), sweep.make_config(base, cell, seed))
+    return out
+
+
+def picture(workdir: str, dataset: str, seed: int = 0, images: int = 3) -> str:
+    """DIR/instance_models/<dataset>.png: per validation image, truth | Mask R-CNN | TensorMask
+    (the last evaluation's pictures, each `truth | prediction` from the trainer)."""
+    import numpy as np
+    from PIL import Image
+
+    dirs = _run_dirs(workdir)
+    rows = []
+    for i in range(images):
+        cells = []
+        for part in ("maskrcnn", "tensormask"):
+            pred = os.path.join(dirs[part, dataset, seed], "predictions")
+            last = sorted(os.listdir(pred))[-1]
+            pair = np.asarray(Image.open(os.path.join(pred, last, f"{i:05d}.png")).convert("RGB"))
+            half = (pair.shape[1] - 2) // 2
+            if not cells:
+                cells.append(pair[:, :half])
+            cells.append(pair[:, -half:])
+        gap = np.full((cells[0].shape[0], 2, 3), 255, np.uint8)
+        rows.append(np.concatenate(sum(([c, gap] for c in cells), [])[:-1], axis=1))
+    gap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    grid = np.concatenate(sum(([r, gap] for r in rows), [])[:-1], axis=0)
+    path = os.path.join(workdir, STUDY.name, dataset.replace("/", "_") + ".png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+    return path
+
+
+def main(workdir: str) -> None:
+    from segjax.train import sweep
+
+    print("| model | dataset | seed | " + " | ".join(_METRICS) + " | train img/s | eval img/s | minutes |")
+    print("|---|---|---:|" + "---:|" * (len(_METRICS) + 3))
+    fmt = lambda v, p=1: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+    for (part, dataset, seed), d in _run_dirs(workdir).items():
+        if not os.path.exists(os.path.join(d, sweep.RESULT_FILE)):
+            print(f"| {part} | {dataset} | {seed} | not run |")
+            continue
+        final = sweep.final_metrics(sweep.read_metrics(d))
+        s = run_speeds(d)
+        print(f"| {part} | {dataset} | {seed} | " +
+              " | ".join(fmt(sweep.metric_value(final, m), 3) for m in _METRICS) +
+              f" | {fmt(s['train_img_per_s'])} | {fmt(s['eval_img_per_s'])} | {fmt(s['minutes'], 0)} |")
+    for dataset in ("synthetic_shapes", "synthetic_shapes/overlap"):
+        try:
+            print("wrote", picture(workdir, dataset))
+        except (KeyError, FileNotFoundError) as e:
+            print(f"no picture for {dataset}: {e}")
 
 
 if __name__ == "__main__":
