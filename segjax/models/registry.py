@@ -30,6 +30,7 @@ _MODEL_MODULES = (
     "segjax.models.deeplab",
     "segjax.models.pspnet",
     "segjax.models.patch",
+    "segjax.models.enet",
     "segjax.models.detection.maskrcnn",
     "segjax.models.detection.tensormask",
     "segjax.models.oracle",

@@ -28,8 +28,9 @@ H, W = 37, 45  # odd and not multiples of 8/16/32
 NUM_CLASSES = 3
 # Relative L2 error allowed between bfloat16-compute and float32 logits. Max-unpooling moves values to
 # their argmax, and bfloat16 rounding flips near-ties between window entries (measured 0.09 / 0.17 for
-# SegNet / DeconvNet at width 4, 0.01 with nearest unpooling), so those models get a looser bound.
-BF16_TOLERANCE = {"segnet": 0.3, "deconvnet": 0.3}
+# SegNet / DeconvNet at width 4, 0.01 with nearest unpooling), so those models get a looser bound;
+# ENet max-unpools its upsampling shortcuts the same way (measured 0.11 at random init).
+BF16_TOLERANCE = {"segnet": 0.3, "deconvnet": 0.3, "enet": 0.3}
 
 
 def _without_resnet101(names):

@@ -166,13 +166,16 @@ def tensormask_run():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["pmap", "mesh"])
-def test_tensormask_train_step_on_four_devices_equals_one_device(tensormask_run, mode):
+def test_tensormask_train_step_on_four_devices_equals_one_device(tensormask_run):
     """TensorMask's train step (window assignment, the bounded mask slots per image, focal, box
     and mask terms each over the global number of positive windows, BatchNorm statistics over
     the global batch): 4 devices = 1 device for two steps. Losses, gradient norms and every
     parameter leaf to 1e-5 relative; the tower convolutions' biases, followed by GroupNorm, have
-    an exactly zero gradient and hold ~1e-9 of float32 noise either way (`param_atol`)."""
+    an exactly zero gradient and hold ~1e-9 of float32 noise either way (`param_atol`).
+    pmap only (it passed under mesh too when written): what is TensorMask's own here is the
+    model's (sum, count) terms, which both modes reduce through the same task code; the mesh
+    path of that code is the Mask R-CNN test's above (CI time)."""
+    mode = "pmap"
     from tests.train.test_device_invariance import assert_same_run, devices
     from tests.train.test_parallel import rel_diff
 
