@@ -29,6 +29,7 @@ _MODEL_MODULES = (
     "segjax.models.deconvnet",
     "segjax.models.deeplab",
     "segjax.models.pspnet",
+    "segjax.models.parsenet",
     "segjax.models.detection.maskrcnn",
     "segjax.models.detection.tensormask",
     "segjax.models.oracle",
