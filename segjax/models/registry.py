@@ -30,6 +30,7 @@ _MODEL_MODULES = (
     "segjax.models.deeplab",
     "segjax.models.pspnet",
     "segjax.models.parsenet",
+    "segjax.models.pixelnet",
     "segjax.models.detection.maskrcnn",
     "segjax.models.detection.tensormask",
     "segjax.models.oracle",
