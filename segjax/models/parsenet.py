@@ -22,10 +22,10 @@ un-normalised map (no pooling, no normalisation).
   form. Reported: 69.8% mIoU on VOC 2012 test with the context module against 67.0% for the same
   network without it (numbers as cited in segjax issue 27's brief; not re-read from the paper
   here).
-- `parsenet_resnet{18,50,101}` (`ParseNetResNet`): the module on layer4 of a dilated ResNet
+- `parsenet_resnet18` (`ParseNetResNet`, any `depth`): the module on layer4 of a dilated ResNet
   (output stride 8), composed like segjax's other ResNet segmenters (`resnet_segmenter`: logits
-  bilinearly resized to the image, optional FCN aux head on layer3). Not in the paper; the
-  CPU-sized variant is `parsenet_resnet18` with a small `backbone_width`.
+  bilinearly resized to the image, optional FCN aux head on layer3). Not in the paper: the
+  CPU-sized variant (with a small `backbone_width`) for the synthetic-shapes preset.
 
 Global pooling averages over every cell of the map, so padding inside a padded evaluation batch
 enters the global feature (as DeepLab v3's image pooling); the ceil-mode VGG map itself has no
@@ -211,6 +211,6 @@ def _parsenet_resnet_factory(depth: int):
     return factory
 
 
+# Only the CPU-sized ResNet variant is registered: deeper ones differ in block count alone, and each
+# registered dense model costs the registry sweep (tests/models/test_registry.py) a compile.
 parsenet_resnet18 = register("parsenet_resnet18")(_parsenet_resnet_factory(18))
-parsenet_resnet50 = register("parsenet_resnet50")(_parsenet_resnet_factory(50))
-parsenet_resnet101 = register("parsenet_resnet101")(_parsenet_resnet_factory(101))

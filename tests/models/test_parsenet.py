@@ -179,6 +179,6 @@ def test_bad_overrides_raise():
     with pytest.raises(ValueError, match="scale_init"):
         create_model("parsenet_vgg16", num_classes=3, scale_init=0.0)
     with pytest.raises(ValueError, match="atrous_rates"):
-        create_model("parsenet_resnet50", num_classes=3, atrous_rates=(6,))
+        create_model("parsenet_resnet18", num_classes=3, atrous_rates=(6,))
     with pytest.raises(ValueError, match=r"\(1, 33, 35\)"):
         create_model("parsenet_vgg16", num_classes=3, **TINY).init(jax.random.key(0), jnp.zeros((1, 33, 35)))
