@@ -5,8 +5,9 @@ Presets (`--config=experiments/configs/parsenet_voc.py:PRESET`):
 * default (no preset): `parsenet_vgg16`, the global context module (global average pooling, L2
   normalisation with learned scales initialised to 10, unpool, concatenate) on fc7 of the
   LargeFOV-reduced VGG-16 at output stride 8, ImageNet VGG-16 init. The paper reports 69.8% mIoU
-  on VOC 2012 *test* with the context module against 67.0% for its FCN baseline without it (as
-  cited in segjax issue 27's brief; not re-read from the paper here). The schedule is segjax's
+  on VOC 2012 *test* with the context module (also what public benchmark indexes list for it)
+  against 67.0% for its FCN baseline without it (as cited in segjax issue 27's brief; not re-read
+  from the paper here). The schedule is segjax's
   adaptation of DeepLab v1's (SGD momentum 0.9, lr 1e-3 poly 0.9, weight decay 5e-4, batch 20
   crops of 321, 20k steps), not the paper's: not measured here (needs accelerators and VOC).
 

@@ -19,9 +19,9 @@ un-normalised map (no pooling, no normalisation).
   follow the reduced VGG-16 of DeepLab-LargeFOV that ParseNet's VOC 2012 model is built on:
   output stride 8, fc6 a 3x3 conv of 1024 channels at dilation 12 (scaled like DeepLab v1's with
   the output stride), fc7 1x1 1024. `fc6_kernel=7, fc_dim=4096, output_stride=32` is the FCN-32s
-  form. Reported: 69.8% mIoU on VOC 2012 test with the context module against 67.0% for the same
-  network without it (numbers as cited in segjax issue 27's brief; not re-read from the paper
-  here).
+  form. Reported: 69.8% mIoU on VOC 2012 test with the context module (also what public
+  benchmark indexes list for the paper) against 67.0% for the same network without it (the
+  baseline as cited in segjax issue 27's brief; not re-read from the paper here).
 - `parsenet_resnet18` (`ParseNetResNet`, any `depth`): the module on layer4 of a dilated ResNet
   (output stride 8), composed like segjax's other ResNet segmenters (`resnet_segmenter`: logits
   bilinearly resized to the image, optional FCN aux head on layer3). Not in the paper: the
