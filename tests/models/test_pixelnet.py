@@ -56,10 +56,18 @@ def pixelnet():
     rng = np.random.default_rng(27)
     model = create_model("pixelnet_vgg16", num_classes=4, **TINY)
     variables = random_variables(model, (2, H, W, 3), rng)
-    dense = jax.jit(lambda v, x: model.apply(v, x)[LOGITS])
+
+    @jax.jit
+    def dense_and_grad(v, x, cot):  # one compile: dense logits and d(sum(logits * cot)) / d images
+        logits, vjp = jax.vjp(lambda x: model.apply(v, x)[LOGITS], x)
+        return logits, vjp(cot)[0]
+
+    def dense(v, x):
+        return dense_and_grad(v, x, np.zeros((*x.shape[:3], 4), np.float32))[0]
+
     sparse = jax.jit(lambda v, x, idx: model.apply(v, x, pixel_index=idx)[LOGITS])
     train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}))
-    return model, variables, dense, sparse, train
+    return model, variables, dense_and_grad, dense, sparse, train
 
 
 @pytest.mark.parametrize("stride", [1, 2, 4, 32])
@@ -87,23 +95,22 @@ def test_hypercolumn_sampling_equals_interpolate_and_grid_sample(np_rng, stride)
 
 
 def test_dense_logits_and_input_gradients_match_torch_reference(pixelnet, np_rng):
-    model, variables, dense, _, _ = pixelnet
+    _, variables, dense_and_grad, _, _, _ = pixelnet
     assert set(variables["params"]) == {"backbone", "fc1_kernel", "fc1_bias", "fc2", "classifier"}
     assert variables["params"]["fc1_kernel"].shape == (4 + 8 + 16 + 32 + 32 + 16, 12)  # the hypercolumn
     x = np_rng.normal(size=(2, H, W, 3)).astype(np.float32)
-    got = dense(variables, x)
+    cot = np_rng.normal(size=(2, H, W, 4)).astype(np.float32)
+    got, grad = dense_and_grad(variables, x, cot)
     xt = nchw(x).requires_grad_(True)
     want = torch_pixelnet(jax.tree.map(np.asarray, variables["params"]), xt)
     assert got.shape == (2, H, W, 4) and got.dtype == jnp.float32
     assert rel_err(got, want.detach().numpy()) <= 1e-4
-    cot = np_rng.normal(size=got.shape).astype(np.float32)
     want.backward(torch.from_numpy(cot))
-    g = jax.jit(jax.grad(lambda x: jnp.sum(model.apply(variables, x)[LOGITS] * cot)))(jnp.asarray(x))
-    assert rel_err(g, nhwc(xt.grad)) <= 1e-4
+    assert rel_err(grad, nhwc(xt.grad)) <= 1e-4
 
 
 def test_sparse_logits_are_the_dense_ones_at_the_chosen_pixels(pixelnet, np_rng):
-    _, variables, dense, sparse, _ = pixelnet
+    _, variables, _, dense, sparse, _ = pixelnet
     x = np_rng.normal(size=(2, H, W, 3)).astype(np.float32)
     idx = np_rng.integers(0, H * W, (2, 40)).astype(np.int32)
     idx[0, :3] = [0, W - 1, H * W - 1]
@@ -113,7 +120,7 @@ def test_sparse_logits_are_the_dense_ones_at_the_chosen_pixels(pixelnet, np_rng)
 
 
 def test_training_samples_distinct_pixels_per_image_from_the_dropout_key(pixelnet, np_rng):
-    _, variables, dense, _, train = pixelnet
+    _, variables, _, dense, _, train = pixelnet
     x = np_rng.normal(size=(2, H, W, 3)).astype(np.float32)
     out = train(variables, x, jax.random.key(5))
     idx = np.asarray(out[PIXEL_INDEX])
@@ -161,7 +168,7 @@ def test_semantic_loss_reads_labels_at_pixel_index(np_rng):
 
 
 def test_bfloat16_dense_forward(pixelnet, np_rng):
-    _, variables, dense, _, _ = pixelnet
+    _, variables, _, dense, _, _ = pixelnet
     model = create_model("pixelnet_vgg16", num_classes=4, dtype="bfloat16", **TINY)
     x = np_rng.normal(size=(2, H, W, 3)).astype(np.float32)
     out = jax.jit(model.apply)(variables, x)[LOGITS]
