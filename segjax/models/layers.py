@@ -9,6 +9,9 @@
 * `Dropout`: dropout whose mask of each example is drawn from the dropout key folded with the
   example's *global* position in the batch, so 1 device and N devices (pmap or mesh) drop the
   same units.
+* `L2Normalize`: ParseNet's / SSD's Caffe `Normalize` layer (`across_spatial: false`,
+  `channel_shared: false`): each position's channel vector divided by its L2 norm, times a learned
+  per-channel scale.
 * `bilinear_upsample_kernel` / `bilinear_init`: the FCN paper's fixed bilinear interpolation kernel
   for a transposed conv with kernel 2f - f % 2, stride f, padding f // 2 (output exactly f x the
   input; equal to `resize(..., "bilinear", align_corners=False)` away from the border).
@@ -248,4 +251,34 @@ class ConvTranspose(nn.Module):
         return y
 
 
-__all__ = ["AtrousConv", "ConvTranspose", "bilinear_init", "bilinear_upsample_kernel", "check_images", "square_conv"]
+class L2Normalize(nn.Module):
+    """`y = scale * x / sqrt(sum_c x_c^2 + eps)` per position over the last (channel) axis.
+
+    Liu, Rabinovich & Berg (ParseNet, 2015), Sec. 3.3: features of different layers differ in
+    scale by orders of magnitude, so each is L2-normalised per position and rescaled by a learned
+    per-channel `scale` [C] (float32) before they are combined. The authors' Caffe `Normalize`
+    layer (weiliu89/caffe, also SSD's) has `across_spatial: false`, `channel_shared: false`, eps
+    1e-10 inside the square root; ParseNet initialises the scale to 10 for fc7 and its pooled
+    global feature (SSD uses 20 for conv4_3). The norm is taken in float32 whatever the input's
+    dtype; the output has the input's dtype.
+
+    Attributes:
+      scale_init: initial value of every `scale` entry.
+      eps: added to the squared norm (keeps an all-zero vector finite, gradient included).
+
+    `__call__(x [..., C])` -> [..., C].
+    """
+
+    scale_init: float = 10.0
+    eps: float = 1e-10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.constant(self.scale_init), (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        inv = lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * inv * scale).astype(x.dtype)
+
+
+__all__ = ["AtrousConv", "ConvTranspose", "L2Normalize", "bilinear_init", "bilinear_upsample_kernel",
+           "check_images", "square_conv"]

@@ -3,3 +3,5 @@
 LOGITS = "logits"  # [N, H, W, num_classes] float32, at the input resolution.
 AUX_LOGITS = "aux_logits"  # same shape, from an auxiliary head (FCN/DeepLab aux, PSPNet).
 EMBEDDINGS = "embeddings"  # [N, H, W, D] float32 per-pixel instance embeddings (embedding models).
+PIXEL_INDEX = "pixel_index"  # [N, S] int32 flat positions y * W + x: "logits" is then [N, S, K], the
+# scores of those pixels only (PixelNet's sparse training); the task reads the labels there.

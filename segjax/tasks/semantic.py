@@ -3,7 +3,9 @@
 Batches: train `{"image" [B, H, W, 3] float32, "label" [B, H, W] int32}`; eval adds `"valid"`
 [B] (False for filler examples), `"height"`, `"width"` (original size) and `"index"`.
 Loss: `segjax.losses.LOSSES[config.loss.kind]` on `"logits"`, plus `aux_weight` times the same
-loss on `"aux_logits"` when the model has them, each normalised by its own global count.
+loss on `"aux_logits"` when the model has them, each normalised by its own global count. A model
+that scores only some pixels in training (PixelNet) returns `"pixel_index"` [B, S] (flat
+positions y * W + x) with `"logits"` [B, S, K]; the loss then reads the labels at those pixels.
 Evaluation: the confusion matrix (and Boundary IoU counts) of the argmax of
 `segjax.tasks.semantic_predict.predict_probs` (whole image, multi-scale + flip TTA or sliding
 window), summed as int64 on the host; checkpoints are ranked by `miou`.
@@ -20,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from segjax import losses, metrics as metrics_lib, visualize
-from segjax.models.outputs import AUX_LOGITS, LOGITS
+from segjax.models.outputs import AUX_LOGITS, LOGITS, PIXEL_INDEX
 from segjax.tasks import semantic_predict
 from segjax.tasks.base import Accumulator, StepContext, Task, class_palette
 from segjax.tasks.registry import register, section
@@ -113,10 +115,13 @@ class SemanticTask(Task):
         """
         if LOGITS not in outputs:
             raise ValueError(f"outputs must contain {LOGITS!r}, got keys {sorted(outputs)}")
-        total, count = self._head_loss(outputs[LOGITS], batch["label"], ctx)
+        labels = batch["label"]
+        if outputs.get(PIXEL_INDEX) is not None:  # sparse logits [B, S, K] at these pixels
+            labels = jnp.take_along_axis(labels.reshape(labels.shape[0], -1), outputs[PIXEL_INDEX], axis=1)
+        total, count = self._head_loss(outputs[LOGITS], labels, ctx)
         count = jax.lax.stop_gradient(count)
         if self.aux_weight and outputs.get(AUX_LOGITS) is not None:
-            aux_sum, aux_count = self._head_loss(outputs[AUX_LOGITS], batch["label"], ctx)
+            aux_sum, aux_count = self._head_loss(outputs[AUX_LOGITS], labels, ctx)
             ratio = ctx.global_sum(count) / jnp.maximum(ctx.global_sum(aux_count), 1e-12)
             total = total + self.aux_weight * aux_sum * jax.lax.stop_gradient(ratio)
         return total, count

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from segjax.models import AUX_LOGITS, LOGITS, available_models, create_model
+from segjax.models.outputs import PIXEL_INDEX
 from segjax.models.registry import _REGISTRY
 
 CONTRACT = (
@@ -53,12 +54,21 @@ def small_overrides(name):
     """Narrow widths for every family that has one, and aux heads on where the model has them."""
     accepted, vgg = _accepted(name), ("vgg" in name or name in ("segnet", "deconvnet"))
     table = {"backbone_width": 4 if vgg else 8, "width": 4, "fc_dim": 16, "head_channels": 16, "base_features": 4,
-             "aux_loss": True}
+             "aux_loss": True, "mlp_dims": (16, 16), "train_samples": 64}
     return {k: v for k, v in table.items() if k in accepted}
 
 
 def _has_output_stride(name):
     return "output_stride" in _accepted(name)
+
+
+def _weighted_sum(out, cot):
+    """sum(output * cot) over the score maps in `out`; logits of sampled pixels (`PIXEL_INDEX`,
+    PixelNet in training) are weighted by the cotangent at their pixels."""
+    index = out.get(PIXEL_INDEX)
+    if index is not None:
+        cot = jnp.take_along_axis(cot.reshape(cot.shape[0], -1, cot.shape[-1]), index[..., None], axis=1)
+    return sum(jnp.sum(v * cot) for k, v in out.items() if k != PIXEL_INDEX)
 
 
 def _compiled(fun, *args):
@@ -93,7 +103,7 @@ def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
         def loss_fn(params):
             out, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                                    mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
-            return sum(jnp.sum(v * cot) for v in out.values()), upd
+            return _weighted_sum(out, cot), upd
 
         grads, upd = jax.grad(loss_fn, has_aux=True)(params)
         return params, stats, eval_out, bf16_out, grads, upd.get("batch_stats", {})
