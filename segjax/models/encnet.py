@@ -6,12 +6,13 @@ head on layer3):
 
 1. `bottleneck`: 3x3 conv + BN + ReLU, layer4 -> D = 512 channels (mmseg `EncHead.bottleneck`,
    PyTorch-Encoding `EncHead.conv5`);
-2. `encode`: 1x1 conv + BN + ReLU (D -> D), then the Encoding layer (`Encoding`): K = 32 learned
-   codewords c_k [D] and smoothing factors; for every position i, residuals r_ik = x_i - c_k,
+2. `context` (`ContextEncoding`): `project`, a 1x1 conv + BN + ReLU (D -> D), then the Encoding
+   layer (`encoding`, `Encoding`): K = 32 learned codewords c_k [D] and smoothing factors; for
+   every position i, residuals r_ik = x_i - c_k,
    soft assignment a_ik = softmax_k(-s_k ||r_ik||^2), codes e_k = sum_i a_ik r_ik [N, K, D];
-   BatchNorm over the K codes (torch's BatchNorm1d(K) on [N, K, D]: statistics over N and D per
-   code) + ReLU, and the mean over k: the encoded vector e [N, D];
-3. `attention`: a fully connected layer D -> D + sigmoid: the channel attention gamma [N, D];
+   BatchNorm over the K codes (`codes_bn`, torch's BatchNorm1d(K) on [N, K, D]: statistics over N
+   and D per code) + ReLU, and the mean over k: the encoded vector e [N, D];
+3. `context/attention`: a fully connected layer D -> D + sigmoid: the channel attention gamma [N, D];
    the feature map becomes relu(x + x * gamma) as in both reference implementations
    (`residual_attention=True`); `residual_attention=False` is the paper's Eq. y = x * gamma;
 4. Dropout 0.1 and the 1x1 classifier `cls`;
@@ -24,13 +25,14 @@ Defaults are the authors' (PyTorch-Encoding, Hang Zhang: `EncModule`, `Encoding`
 mmsegmentation's (`configs/_base_/models/encnet_r50-d8.py`, read with the search tool):
 `channels=512`, `num_codes=32`, `use_se_loss=True`, `add_lateral=False`, `dropout_ratio=0.1`,
 `loss_se_decode` a sigmoid cross-entropy with `loss_weight=0.2`, and an auxiliary `FCNHead` on
-layer3 (1024 -> 256 channels) with `loss_weight=0.4` (PyTorch-Encoding's training script uses
-0.2 for both the aux and the SE weights). Initialisation as `Encoding` in both: codewords
+layer3 (1024 -> 256 channels) with `loss_weight=0.4` (PyTorch-Encoding's
+`experiments/segmentation/option.py` defaults to `--aux-weight 0.2`, `--se-weight 0.2`). Initialisation as `Encoding` in both: codewords
 ~ U(-1/sqrt(K D), 1/sqrt(K D)), `scale` ~ U(-1, 0). The stored `scale` is the authors'
 parameter, the *negative* smoothing factor: a_ik = softmax_k(scale_k ||r_ik||^2), so s_k = -scale_k
 (weights copy one-to-one from either implementation).
 
-Reported: 51.7% mIoU on PASCAL-Context (paper, ResNet-101, with SE-loss and multi-scale test);
+Reported: 51.7% mIoU on PASCAL-Context (paper, ResNet-101, with SE-loss and multi-scale test)
+and 85.9% on VOC 2012 test with COCO pretraining (both as cited in segjax issue 27);
 mmsegmentation's model zoo lists EncNet R50-D8 75.67% and R101-D8 78.55% on Cityscapes val
 (512x1024, 40k iterations). Not measured here (needs accelerators and the datasets).
 
