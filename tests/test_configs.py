@@ -148,7 +148,7 @@ def test_poly_floor_matches_mmseg_formula():
 
 
 @pytest.mark.parametrize("spec", ["deeplab_voc.py:deeplabv3_r50", "fcn_voc.py:fcn_r50",
-                                  "pspnet_voc.py:", "pspnet_voc.py:r101"])
+                                  "pspnet_voc.py:", "pspnet_voc.py:r101", "encnet_cityscapes.py:"])
 def test_mmseg_presets_decay_what_mmseg_decays(spec):
     """mmsegmentation's (and torchvision's reference) SGD decays every parameter, BatchNorm
     scales and biases included; the recipes that claim mmseg's must too."""
@@ -158,6 +158,21 @@ def test_mmseg_presets_decay_what_mmseg_decays(spec):
               "head": {"bias": jnp.zeros(2)}}
     kw = build.optimizer_kwargs(config)
     assert all(jax.tree.leaves(optim.decay_mask(params, kw["decay_norm_and_bias"])))
+
+
+@pytest.mark.parametrize("preset,weight", [("", 0.2), ("shapes", 0.2)])
+def test_encnet_presets_se_weight_reaches_the_task(preset, weight):
+    """`loss.se_weight` (declared 0 by the semantic task) is the SE-loss weight of the built task,
+    and not an option handed to the pixel loss."""
+    from types import SimpleNamespace
+
+    from experiments.configs import encnet_cityscapes, pspnet_voc
+
+    info = SimpleNamespace(num_classes=3, ignore_label=255, class_names=None, palette=None)
+    c = encnet_cityscapes.get_config(preset)
+    assert "se_weight" not in semantic.loss_kwargs(c)
+    assert semantic.build(c, info, None).se_weight == weight
+    assert semantic.build(pspnet_voc.get_config(), info, None).se_weight == 0.0
 
 
 def test_a_presets_model_fields_do_not_leak_into_another_model(capsys):

@@ -29,6 +29,7 @@ _MODEL_MODULES = (
     "segjax.models.deconvnet",
     "segjax.models.deeplab",
     "segjax.models.pspnet",
+    "segjax.models.encnet",
     "segjax.models.parsenet",
     "segjax.models.pixelnet",
     "segjax.models.enet",
@@ -43,8 +44,9 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # What each model's output dict holds, in the model's own terms (a task declares which of these
 # it consumes, `Task.model_output`; the registry knows nothing of tasks).
 OUTPUTS = {
-    "dense": '"logits" [N, H, W, K] at the input resolution (and "aux_logits"); in training a model '
-             'may score sampled pixels only: "logits" [N, S, K] with their "pixel_index" [N, S] (PixelNet)',
+    "dense": '"logits" [N, H, W, K] at the input resolution (and "aux_logits"; EncNet adds "se_logits" '
+             '[N, K], per-image class presence); in training a model may score sampled pixels only: '
+             '"logits" [N, S, K] with their "pixel_index" [N, S] (PixelNet)',
     "detections": '"boxes", "scores", "classes", "num_detections", "mask_probs" (Mask R-CNN\'s '
                   'contract)',
     "score": '"quality" [N]: one score per image (and mask)',

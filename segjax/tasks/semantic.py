@@ -3,7 +3,9 @@
 Batches: train `{"image" [B, H, W, 3] float32, "label" [B, H, W] int32}`; eval adds `"valid"`
 [B] (False for filler examples), `"height"`, `"width"` (original size) and `"index"`.
 Loss: `segjax.losses.LOSSES[config.loss.kind]` on `"logits"`, plus `aux_weight` times the same
-loss on `"aux_logits"` when the model has them, each normalised by its own global count. A model
+loss on `"aux_logits"` when the model has them, each normalised by its own global count, plus
+`se_weight` times the SE-loss (`segjax.losses.se_loss`: BCE of `"se_logits"` [B, K] against the
+classes present in each label map; EncNet) over its global count of B * K entries. A model
 that scores only some pixels in training (PixelNet) returns `"pixel_index"` [B, S] (flat
 positions y * W + x) with `"logits"` [B, S, K]; the loss then reads the labels at those pixels.
 Evaluation: the confusion matrix (and Boundary IoU counts) of the argmax of
@@ -22,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from segjax import losses, metrics as metrics_lib, visualize
-from segjax.models.outputs import AUX_LOGITS, LOGITS, PIXEL_INDEX
+from segjax.models.outputs import AUX_LOGITS, LOGITS, PIXEL_INDEX, SE_LOGITS
 from segjax.tasks import semantic_predict
 from segjax.tasks.base import Accumulator, StepContext, Task, class_palette
 from segjax.tasks.registry import register, section
@@ -57,6 +59,7 @@ class SemanticTask(Task):
       loss_kind: a key of `segjax.losses.LOSSES`.
       loss_kwargs: keyword arguments of that loss (class_weights, gamma, thresh, ...).
       aux_weight: weight of the loss on "aux_logits" (0 disables it).
+      se_weight: weight of the SE-loss on "se_logits" (0, the default, disables it).
       scales, flip, window, stride: evaluation (see `segjax.tasks.semantic_predict.predict_probs`).
       boundary_iou: also count Boundary IoU at evaluation, with a boundary width of
         `boundary_dilation_ratio` times the padded batch's diagonal (Cheng et al.: 2%).
@@ -70,6 +73,7 @@ class SemanticTask(Task):
 
     def __init__(self, *, num_classes: int, ignore_label: int, loss_kind: str = "ce",
                  loss_kwargs: Mapping[str, Any] | None = None, aux_weight: float = 0.4,
+                 se_weight: float = 0.0,
                  scales: Sequence[float] = (1.0,), flip: bool = False, window: int | None = None,
                  stride: int | None = None, boundary_iou: bool = True,
                  boundary_dilation_ratio: float = 0.02,
@@ -82,6 +86,7 @@ class SemanticTask(Task):
         self.loss_kind = loss_kind
         self.loss_kwargs = dict(loss_kwargs or {})
         self.aux_weight = aux_weight
+        self.se_weight = se_weight
         self.scales, self.flip = tuple(scales), flip
         self.window, self.stride = window, stride
         self.boundary_iou = boundary_iou
@@ -106,7 +111,7 @@ class SemanticTask(Task):
         return fn(logits, labels, ignore_label=self.ignore_label, **kwargs)
 
     def loss(self, outputs, batch, ctx: StepContext):
-        """`(sum, count)`: main + aux_weight * aux, each over its own global count.
+        """`(sum, count)`: main + aux_weight * aux + se_weight * se, each over its own global count.
 
         The aux term is rescaled by `global count / global aux count`, so that dividing the
         pair's global sum by the global count gives main/count + w * aux/aux_count exactly,
@@ -124,6 +129,10 @@ class SemanticTask(Task):
             aux_sum, aux_count = self._head_loss(outputs[AUX_LOGITS], labels, ctx)
             ratio = ctx.global_sum(count) / jnp.maximum(ctx.global_sum(aux_count), 1e-12)
             total = total + self.aux_weight * aux_sum * jax.lax.stop_gradient(ratio)
+        if self.se_weight and outputs.get(SE_LOGITS) is not None:  # from the whole label maps
+            se_sum, se_count = losses.se_loss(outputs[SE_LOGITS], batch["label"], num_classes=self.num_classes)
+            ratio = ctx.global_sum(count) / jnp.maximum(ctx.global_sum(se_count), 1e-12)
+            total = total + self.se_weight * se_sum * jax.lax.stop_gradient(ratio)
         return total, count
 
     # ---------------------------------------------------------------------------- evaluation
@@ -228,6 +237,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.kind = "ce"  # a name of segjax.losses.LOSSES: "ce", "focal", "dice", "lovasz", "ohem"
     c.loss.aux_weight = 0.4  # weight of "aux_logits" when the model has them
+    c.loss.se_weight = 0.0  # weight of the SE-loss on "se_logits" (EncNet; the paper's 0.2)
     c.loss.label_smoothing = 0.0  # ce/ohem only
     # Options of one loss kind (None: the loss's default); a set field the kind does not take
     # fails naming it.
@@ -261,6 +271,7 @@ def loss_kwargs(config: ml_collections.ConfigDict,
     cfg = section(config, "loss", "semantic").to_dict()
     kind = cfg.pop("kind")
     aux_weight = cfg.pop("aux_weight")
+    cfg.pop("se_weight", None)  # a term of the task (`build`), not an option of the pixel loss
     cfg.pop("class_weights", None)
     if kind not in losses.LOSSES:
         raise ValueError(f"config.loss.kind={kind!r} is not one of {sorted(losses.LOSSES)}")
@@ -319,8 +330,8 @@ def check(config: ml_collections.ConfigDict) -> None:
                          f"({ev.window}) or windows leave gaps")
 
 
-RANGES = {"loss.aux_weight": "[0, inf)", "loss.label_smoothing": "[0, 1)",
-          "loss.gamma": "[0, inf) or None", "loss.thresh": "(0, 1] or None",
+RANGES = {"loss.aux_weight": "[0, inf)", "loss.se_weight": "[0, inf)",
+          "loss.label_smoothing": "[0, 1)", "loss.gamma": "[0, inf) or None", "loss.thresh": "(0, 1] or None",
           "loss.top_k": "(0, 1] or None", "loss.min_kept": "[0, inf) or None",
           "eval.window": "[1, inf)", "eval.stride": "[1, inf)"}
 
@@ -334,7 +345,7 @@ def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> Sema
     ev = section(config, "eval", "semantic")
     return SemanticTask(
         num_classes=info.num_classes, ignore_label=info.ignore_label, loss_kind=kind,
-        loss_kwargs=kw, aux_weight=aux_weight,
+        loss_kwargs=kw, aux_weight=aux_weight, se_weight=section(config, "loss", "semantic").se_weight,
         scales=tuple(ev.tta_scales) if ev.tta else (1.0,), flip=bool(ev.tta and ev.tta_flip),
         window=ev.window if ev.sliding_window else None,
         stride=ev.stride if ev.sliding_window else None, boundary_iou=ev.boundary_iou,

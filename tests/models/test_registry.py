@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from segjax.models import AUX_LOGITS, LOGITS, available_models, create_model
-from segjax.models.outputs import PIXEL_INDEX
+from segjax.models.outputs import PIXEL_INDEX, SE_LOGITS
 from segjax.models.registry import _REGISTRY
 
 CONTRACT = (
@@ -64,11 +64,13 @@ def _has_output_stride(name):
 
 def _weighted_sum(out, cot):
     """sum(output * cot) over the score maps in `out`; logits of sampled pixels (`PIXEL_INDEX`,
-    PixelNet in training) are weighted by the cotangent at their pixels."""
+    PixelNet in training) are weighted by the cotangent at their pixels, per-image class logits
+    (`SE_LOGITS`, EncNet) by its spatial mean."""
+    total = jnp.sum(out[SE_LOGITS] * cot.mean((1, 2))) if SE_LOGITS in out else 0.0
     index = out.get(PIXEL_INDEX)
     if index is not None:
         cot = jnp.take_along_axis(cot.reshape(cot.shape[0], -1, cot.shape[-1]), index[..., None], axis=1)
-    return sum(jnp.sum(v * cot) for k, v in out.items() if k != PIXEL_INDEX)
+    return total + sum(jnp.sum(v * cot) for k, v in out.items() if k not in (PIXEL_INDEX, SE_LOGITS))
 
 
 def _compiled(fun, *args):
@@ -112,9 +114,12 @@ def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
     params, stats, eval_out, bf16_out, grads, new_stats = _compiled(run, key, x)(key, x)
 
     expected_keys = {LOGITS, AUX_LOGITS} if overrides.get("aux_loss") else {LOGITS}
+    if getattr(model, "se_loss", False):  # EncNet's per-image class-presence logits
+        expected_keys.add(SE_LOGITS)
     assert set(eval_out) == expected_keys
     for key, value in eval_out.items():
-        assert value.shape == (2, H, W, NUM_CLASSES) and value.dtype == jnp.float32, key
+        shape = (2, NUM_CLASSES) if key == SE_LOGITS else (2, H, W, NUM_CLASSES)
+        assert value.shape == shape and value.dtype == jnp.float32, key
         assert np.all(np.isfinite(value)) and np.std(np.asarray(value)) > 0, key
         # bfloat16 compute: logits stay float32 and close to the float32 model's (values, not shapes).
         low = np.asarray(bf16_out[key])
@@ -163,7 +168,8 @@ def _check_output_stride(np_rng, name, output_stride):
     x = jnp.asarray(np_rng.normal(size=(1, H, W, 3)), jnp.float32)
     out = _compiled(lambda x: model.apply(model.init(jax.random.key(0), x), x), x)(x)
     for key, value in out.items():
-        assert value.shape == (1, H, W, NUM_CLASSES) and np.all(np.isfinite(value)), key
+        shape = (1, NUM_CLASSES) if key == SE_LOGITS else (1, H, W, NUM_CLASSES)
+        assert value.shape == shape and np.all(np.isfinite(value)), key
     # The parameters do not depend on the output stride (dilation only).
     default = create_model(name, num_classes=NUM_CLASSES, **overrides)
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)
