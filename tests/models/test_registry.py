@@ -4,7 +4,11 @@ Small width overrides keep this cheap (the family tests compare each model with 
 strides are checked on each architecture's smallest variant. The ResNet-101 models are the same
 code as their ResNet-50 siblings but the block count, and are not run here (~60 CPU seconds each):
 their converted torchvision weights give torchvision's logits (tests/models/test_torchvision_import.py)
-and their parameter counts are checked against torchvision's (tests/models/test_deeplab.py).
+and their parameter counts are checked against torchvision's (tests/models/test_deeplab.py). Likewise
+a ResNet-50 model whose family has a ResNet-18 variant runs only at ResNet-18 here (20-30 CPU seconds
+each): the head code is the same, and the ResNet-50 backbone (bottleneck blocks, dilation, train-mode
+BatchNorm) is compared with torchvision in tests/models/test_resnet.py, with the FCN and DeepLab v3
+ResNet-50 models as a whole in test_torchvision_import.py and test_deeplab.py.
 """
 
 import inspect
@@ -34,9 +38,11 @@ NUM_CLASSES = 3
 BF16_TOLERANCE = {"segnet": 0.3, "deconvnet": 0.3, "enet": 0.3}
 
 
-def _without_resnet101(names):
-    """ResNet-101 models differ from their ResNet-50 siblings only in block count (module docstring)."""
-    return [n for n in names if "resnet101" not in n]
+def _one_depth_per_family(names):
+    """ResNet-101 models differ from their ResNet-50 siblings only in block count, and ResNet-50
+    models from their ResNet-18 siblings only in the backbone (module docstring)."""
+    return [n for n in names if "resnet101" not in n
+            and not (n.endswith("_resnet50") and n.replace("_resnet50", "_resnet18") in names)]
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +94,7 @@ def test_contract_names_are_registered():
     assert not missing, f"not registered: {missing}"
 
 
-@pytest.mark.parametrize("name", _without_resnet101(available_models("dense")))
+@pytest.mark.parametrize("name", _one_depth_per_family(available_models("dense")))
 def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
     overrides = small_overrides(name)
     model = create_model(name, num_classes=NUM_CLASSES, **overrides)
