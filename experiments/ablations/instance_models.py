@@ -11,6 +11,7 @@ evaluation's first validation images of seed 0 side by side (truth | Mask R-CNN 
 
     python -m experiments.ablations --study=instance_models --workdir=DIR   # trains, REPORT.md
     python -m experiments.ablations.instance_models DIR   # the table with speeds, DIR/instance_models/*.png
+    python -m experiments.ablations.instance_models --ceiling   # what each mask frame can represent
 """
 
 from __future__ import annotations
@@ -117,6 +118,66 @@ def picture(workdir: str, dataset: str, seed: int = 0, images: int = 4) -> str:
     return path
 
 
+def mask_frame_ceiling(dataset: str = "clean", min_anchor_size: float = 20.0) -> dict:
+    """How well each method's mask frame can represent the validation objects at all: every
+    ground-truth mask cut into the frame at the frame's resolution (ROI Align aligned, >= 0.5, as
+    the targets are made), pasted back (`paste_masks`) and compared with itself (IoU). Mask R-CNN:
+    28 x 28 in the object's box. TensorMask (the demo's anchors): window / 4 pixels a side in each
+    positive window of the assignment rule (the best window per object, and all of them). Also the
+    share of objects with a positive window and the positives per object."""
+    import numpy as np
+    import jax.numpy as jnp
+
+    from segjax.data.builders.synthetic_shapes import BUILDER_CONFIGS, generate
+    from segjax.models.detection.anchors import grid_anchors
+    from segjax.models.detection.tensormask import assignment_rule, window_mask_targets
+    from segjax.ops import paste_masks
+    from segjax.tasks.instance import instance_targets
+
+    cfg = {c.name: c for c in BUILDER_CONFIGS}[dataset]
+    size = cfg.image_size
+    sizes = ((24, 32), (48, 64), (96, 128), (192, 256))  # tensormask.py:demo
+    wins, units = [], []
+    for lvl, zs in enumerate(sizes):
+        s = 4 * 2 ** lvl
+        wins.append(grid_anchors((size // s, size // s), (s, s),
+                                 np.asarray([[-z / 2, -z / 2, z / 2, z / 2] for z in zs], np.float32)))
+        units.append(np.full(len(wins[-1]), s, np.float32))
+    wins, units = np.concatenate(wins), np.concatenate(units)
+
+    def iou(box, gt, j, side):
+        target = window_mask_targets(gt, jnp.asarray(box[None]), jnp.asarray([j]), side)
+        pasted = np.asarray(paste_masks(target, jnp.asarray(box[None]), (size, size)))[0] >= 0.5
+        mask = np.asarray(gt[j]) > 0.5
+        return float((pasted & mask).sum() / max((pasted | mask).sum(), 1))
+
+    maskrcnn, best, every, hit, positives = [], [], [], 0, 0
+    for i in range(cfg.num_validation):
+        ex = generate(cfg, "validation", i)
+        t = instance_targets(ex["label"][None, ..., 0].astype(np.int32),
+                             ex["instances"][None, ..., 0].astype(np.int32), max_instances=16, ignore_label=255)
+        k, gt = int(t["num_instances"][0]), jnp.asarray(t["masks"][0])
+        match, pos = map(np.asarray, assignment_rule(jnp.asarray(t["boxes"][0]), jnp.arange(16) < k,
+                                                     jnp.asarray(wins), jnp.asarray(units), min_anchor_size))
+        for j in range(k):
+            maskrcnn.append(iou(t["boxes"][0][j], gt, j, 28))
+            ious = [iou(wins[w], gt, j, int(round((wins[w, 2] - wins[w, 0]) / 4)))
+                    for w in np.flatnonzero(pos & (match == j))]
+            hit, positives = hit + bool(ious), positives + len(ious)
+            if ious:
+                best.append(max(ious))
+                every += ious
+
+    def summary(v):
+        v = np.asarray(v)
+        return {"mean": float(v.mean()), "at_least_0.75": float((v >= 0.75).mean()),
+                "at_least_0.9": float((v >= 0.9).mean())}
+
+    return {"dataset": dataset, "objects": len(maskrcnn), "with_positive_window": hit / len(maskrcnn),
+            "positives_per_object": positives / len(maskrcnn), "maskrcnn_28_in_box": summary(maskrcnn),
+            "tensormask_best_window": summary(best), "tensormask_every_positive": summary(every)}
+
+
 def main(workdir: str) -> None:
     from segjax.train import sweep
 
@@ -143,4 +204,8 @@ def main(workdir: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    main(sys.argv[1])
+    if sys.argv[1] == "--ceiling":
+        for name in ("clean", "overlap"):
+            print(json.dumps(mask_frame_ceiling(name)))
+    else:
+        main(sys.argv[1])
