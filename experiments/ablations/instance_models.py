@@ -206,6 +206,8 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     if sys.argv[1] == "--ceiling":
         for name in ("clean", "overlap"):
-            print(json.dumps(mask_frame_ceiling(name)))
+            from segjax import jsonio
+
+            print(jsonio.dumps(mask_frame_ceiling(name)))
     else:
         main(sys.argv[1])

@@ -12,7 +12,6 @@ Farabet et al.'s network (46 x 46 patches, 7 x 7 convolutions with 16, 64, 256 f
 
 from __future__ import annotations
 
-import json
 import time
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.benchmarks import common
+from segjax import jsonio
 
 FLAGS = flags.FLAGS
 
@@ -79,7 +79,7 @@ def main(argv) -> None:
               f"{r['flops_ratio']:.1f}x | {r['max_abs_difference']:.1e} |")
     if FLAGS.json:
         for r in rows:
-            print(json.dumps(r))
+            print(jsonio.dumps(r))
 
 
 if __name__ == "__main__":
