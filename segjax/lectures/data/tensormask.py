@@ -31,9 +31,10 @@ def _window_of(t: int, grids, num_anchors: int) -> tuple[int, int, int, int]:
 
 def _natural(aligned_level: np.ndarray, lam: int, y: int, x: int) -> np.ndarray:
     """The natural (lam V) x (lam V) mask probabilities of window (y, x) of one level."""
-    nat = np.asarray(ops.swap_align2nat(aligned_level, lam))[0, y, x]
-    side = int(round(np.sqrt(nat.size)))
-    return np.asarray(jax.nn.sigmoid(nat.reshape(side, side)))
+    # The windows form computes this one window (equal to swap_align2nat(...)[0, y, x] exactly)
+    # instead of the level's whole natural map.
+    nat = ops.swap_align2nat_windows(aligned_level, lam, np.asarray([[y]]), np.asarray([[x]]))[0, 0]
+    return np.asarray(jax.nn.sigmoid(nat))
 
 
 def tensormask_windows(model, variables, image: np.ndarray, *, score_thresh: float = 0.5,
