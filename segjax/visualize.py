@@ -118,9 +118,11 @@ def legend(class_names, palette: np.ndarray, *, height: int, width: int = 120,
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     row = max(1, min(14, height // max(1, len(ids))))
+    pad = 1 if row >= 3 else 0  # rows of 1-2 pixels (many classes, a small panel) fill the row
     for i, k in enumerate(ids):
         y = i * row
-        draw.rectangle([2, y + 1, 2 + row - 3, y + row - 2], fill=tuple(int(c) for c in palette[k]))
+        draw.rectangle([2, y + pad, 1 + row - 2 * pad, y + row - 1 - pad],
+                       fill=tuple(int(c) for c in palette[k]))
         if row >= 9:
             draw.text((row + 4, y), str(class_names[k]), fill=(0, 0, 0))
     return np.asarray(canvas, np.uint8)

@@ -57,3 +57,19 @@ def test_save_png_roundtrip_and_side_by_side(tmp_path, np_rng):
 def test_to_uint8_image_stretches_range():
     img = np.array([[[-1.0, 0.0, 1.0]]])
     np.testing.assert_array_equal(visualize.to_uint8_image(img), [[[0, 128, 255]]])
+
+
+def test_legend_with_more_classes_than_rows_of_three_pixels():
+    """60 classes in a 120-pixel legend: rows of 2 pixels, each filled with its class's colour
+    (PIL refused the inset swatch of a row under 3 pixels: found on PASCAL-Context's 60 classes
+    with a 32-pixel evaluation panel)."""
+    palette = np.stack([np.arange(60), 255 - np.arange(60), np.full(60, 7)], axis=1).astype(np.uint8)
+    names = [f"c{k}" for k in range(60)]
+    out = visualize.legend(names, palette, height=120, width=40)
+    for k in range(60):
+        np.testing.assert_array_equal(out[2 * k:2 * k + 2, 2:4], np.broadcast_to(palette[k], (2, 2, 3)))
+    assert (out[:, 4:] == 255).all()  # no text at this size
+    tall = visualize.legend(names[:2], palette, height=28, width=40)  # 14-pixel rows: inset swatch
+    np.testing.assert_array_equal(tall[1:13, 2:14], np.broadcast_to(palette[0], (12, 12, 3)))
+    assert (tall[0, :] == 255).all() and (tall[1:13, 14] == 255).all()
+    visualize.legend(names, palette, height=25)  # rows of 1 pixel, the rest off the canvas
