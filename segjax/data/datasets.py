@@ -2,7 +2,8 @@
 
 `get_dataset_info("voc2012")` returns a `DatasetInfo`: the TFDS name, class names and colours,
 the ignore label, which feature holds the image and the mask, and how raw mask values map to
-training class ids. Names: `voc2012` (splits `train`, `val`, `train_aug`), `synthetic_shapes`
+training class ids. Names: `voc2012` (splits `train`, `val`, `train_aug`), `pascal_context`
+(60 classes incl. background) and `pascal_context59` (background ignored), `synthetic_shapes`
 and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `scene_parse150`, `coco2017`
 (manual directory, splits `train`/`validation`, 91 classes) and `coco_instances` (the
 COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any other).
@@ -207,6 +208,26 @@ def coco_instances_info(root: str, *, splits: tuple | None = None,
         notes=f"COCO-format tree {root}. " + _COCO_NOTES)
 
 
+def _pascal_context(background: bool) -> DatasetInfo:
+    """PASCAL-Context's 59 classes with background as class 0 (60 classes) or ignored (59)."""
+    from segjax.data.builders.pascal_context import CLASSES_59
+
+    names = (("background",) if background else ()) + CLASSES_59
+    common = dict(tfds_name="pascal_context", ignore_label=255, train_split="train",
+                  eval_split="val", builder_module="segjax.data.builders.pascal_context")
+    if background:
+        return DatasetInfo(name="pascal_context", num_classes=60, class_names=names,
+                           palette=voc_palette(60),
+                           notes="0 = background (unlabelled and the other 400 classes), "
+                                 "1..59 the 59 classes.", **common)
+    return DatasetInfo(name="pascal_context59", num_classes=59, class_names=names,
+                       palette=voc_palette(60)[1:], label_map=_table(
+                           {0: 255, **{k: k - 1 for k in range(1, 60)}}, -1),
+                       notes="Background (0) -> ignore 255; classes 1..59 -> 0..58 "
+                             "(mmsegmentation's PascalContextDataset59, EncNet's protocol).",
+                       **common)
+
+
 def _make_registry() -> dict[str, Any]:
     pet_notes = ("Trimap 1 (pet) -> class 1 'pet', 2 (background) -> class 0, 3 (border, "
                  "'not classified') -> ignore 255; any other value is invalid.")
@@ -217,6 +238,8 @@ def _make_registry() -> dict[str, Any]:
             eval_split="val", builder_module="segjax.data.builders.voc2012_segmentation",
             notes="Palette-PNG ids kept as is; 255 marks boundaries/difficult pixels. SBD "
                   "masks (train_aug only) have no 255 boundary band."),
+        "pascal_context": lambda: _pascal_context(background=True),
+        "pascal_context59": lambda: _pascal_context(background=False),
         "coco2017": lambda: _coco2017(),
         "coco_instances": lambda: coco_instances_info(_coco_root_from_env()),
         "synthetic_shapes": lambda: _synthetic(None),

@@ -146,7 +146,7 @@ def read_voc_mask(path: str, image_hw: tuple) -> np.ndarray:
 MAX_MAT_BYTES = 4 * MAX_IMAGE_PIXELS
 
 
-def mat_inflated_size(path: str, limit: int | None = None) -> int:
+def mat_inflated_size(path: str, limit: int | None = None, what: str = "SBD file") -> int:
     """Bytes of a MATLAB v5 file's data elements once inflated, counted by streaming each
     compressed element through zlib in 1 MB pieces (nothing kept); raises ValueError naming the
     file as soon as the count passes `limit` (None: MAX_MAT_BYTES), or when the file is not a
@@ -159,7 +159,7 @@ def mat_inflated_size(path: str, limit: int | None = None) -> int:
     with open(path, "rb") as f:
         header = f.read(128)
         if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
-            raise ValueError(f"Unreadable SBD file {path}: not a MATLAB v5 .mat file")
+            raise ValueError(f"Unreadable {what} {path}: not a MATLAB v5 .mat file")
         order = "<" if header[126:128] == b"IM" else ">"
         while True:
             tag = f.read(8)
@@ -185,7 +185,7 @@ def mat_inflated_size(path: str, limit: int | None = None) -> int:
                     if total > limit:
                         break
             if total > limit:
-                raise ValueError(f"SBD file {path} inflates to more than {limit:,} bytes (the "
+                raise ValueError(f"{what} {path} inflates to more than {limit:,} bytes (the "
                                  f"bound for a class map of at most {MAX_IMAGE_PIXELS:,} "
                                  "pixels)")
     return total
