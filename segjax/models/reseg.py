@@ -220,6 +220,7 @@ class ReSegVGG16(nn.Module):
       backbone_width: VGG-16's stage-1 width (64; smaller for tests).
       dtype: compute dtype (logits are float32).
       in_channels: channels of the input images.
+      axis_name: the trainer's pmap axis, accepted as every model's (no BatchNorm to synchronise).
 
     Children: `backbone` (`VGG16Features`), `renet_{i}` (`ReNetLayer`), `upsample_{i}`
     (`ConvTranspose`), `classifier` (1x1 conv).
@@ -234,6 +235,7 @@ class ReSegVGG16(nn.Module):
     backbone_width: int = 64
     dtype: Any = jnp.float32
     in_channels: int = 3
+    axis_name: str | None = None  # the trainer's pmap axis; no BatchNorm here to synchronise
 
     def upsample_strides(self) -> list[tuple[int, int]]:
         """(sh, sw) of each transposed conv; raises ValueError naming a bad option."""
@@ -277,14 +279,14 @@ def reseg_vgg16(
     *, num_classes: int, vgg_stages: int = RESEG_CAMVID["vgg_stages"],
     num_renet_layers: int = RESEG_CAMVID["num_renet_layers"], hidden: int = RESEG_CAMVID["hidden"],
     patch: Any = RESEG_CAMVID["patch"], upsample_filters: Sequence[int] = RESEG_CAMVID["upsample_filters"],
-    backbone_width: int = 64, dtype: Any = jnp.float32, in_channels: int = 3,
+    backbone_width: int = 64, dtype: Any = jnp.float32, in_channels: int = 3, axis_name: str | None = None,
 ) -> ReSegVGG16:
     """ReSeg (VGG-16 to conv3_3, 2 ReNet layers of 100 GRU units, 1x1 patches, 2 transposed convs of
     50): the authors' CamVid model, 58.8% mIoU / 88.7% global accuracy reported on CamVid."""
     model = ReSegVGG16(
         num_classes=num_classes, vgg_stages=vgg_stages, num_renet_layers=num_renet_layers, hidden=hidden,
         patch=patch, upsample_filters=tuple(upsample_filters), backbone_width=backbone_width, dtype=dtype,
-        in_channels=in_channels,
+        in_channels=in_channels, axis_name=axis_name,
     )
     model.validate()  # fail in create_model, not at the first init
     return model
