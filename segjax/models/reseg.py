@@ -95,7 +95,7 @@ class BiGRU(nn.Module):
     """Bidirectional GRU over a time-major sequence: `[T, B, D] -> [T, B, 2 * hidden]`.
 
     Per step the output is `[forward state, backward state]`, as `torch.nn.GRU(D, hidden,
-    bidirectional=True)`. Parameters per direction (`forward`, `backward`): `input_kernel`
+    bidirectional=True)`. Parameters, for each direction `{forward,backward}_`: `input_kernel`
     `[D, 3 * hidden]` (= torch's `weight_ih_l0{,_reverse}.T`), `input_bias`, `hidden_kernel`
     `[hidden, 3 * hidden]`, `hidden_bias` `[3 * hidden]`; gate order r, z, n.
 
