@@ -27,10 +27,10 @@ import ml_collections
 from experiments.configs.common import base_config, use_synthetic_shapes
 
 # One model per architecture (registry names).
-ZOO = ("fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "fcn_resnet18", "unet", "segnet",
-       "deconvnet", "deeplabv1_vgg16", "deeplabv2_resnet101", "deeplabv3_resnet18",
-       "deeplabv3plus_resnet18", "pspnet_resnet18", "encnet_resnet18", "parsenet_vgg16",
-       "parsenet_resnet18", "pixelnet_vgg16", "reseg_vgg16", "enet", "patch_classifier")
+ZOO = ("unet", "segnet", "enet", "fcn_resnet18", "deeplabv3_resnet18", "deeplabv3plus_resnet18",
+       "pspnet_resnet18", "encnet_resnet18", "parsenet_resnet18", "deeplabv2_resnet101",
+       "deconvnet", "patch_classifier", "reseg_vgg16", "pixelnet_vgg16", "parsenet_vgg16",
+       "deeplabv1_vgg16", "fcn8s_vgg16", "fcn16s_vgg16", "fcn32s_vgg16")
 PRESETS = ZOO
 
 # CPU-sized widths: each model takes the options it has (`accepted_overrides`).
@@ -47,7 +47,7 @@ def cpu_overrides(name: str) -> dict:
     return {k: v for k, v in widths.items() if k in accepted}
 
 
-def get_config(preset: str = "fcn8s_vgg16") -> ml_collections.ConfigDict:
+def get_config(preset: str = "unet") -> ml_collections.ConfigDict:
     """Returns the config for `preset` (one of PRESETS)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for model_zoo.py; presets: {PRESETS}")
