@@ -64,28 +64,30 @@ def _max_pool(x, window, stride, pads):
 
 
 def _max_pool_fwd(x, window, stride, pads):
-    y = _pool_fwd_only(x, window, stride, pads)
-    return y, (x, y)
+    return _pool_fwd_only(x, window, stride, pads), x
 
 
-def _max_pool_bwd(window, stride, pads, res, g):
-    x, y = res
+def _max_pool_bwd(window, stride, pads, x, g):
     n, _, _, c = x.shape
     (kh, kw), (sh, sw) = window, stride
-    ho, wo = y.shape[1:3]
+    ho, wo = g.shape[1:3]
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
     hp, wp = xp.shape[1:3]
     zero = jnp.zeros((), g.dtype)
-    # Which output's cotangent each tap passes on: the first maximum in row-major window order.
-    taken = jnp.zeros(y.shape, bool)
-    routed = {}
-    for i in range(kh):
-        for j in range(kw):
-            tap = lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                            (1, sh, sw, 1))
-            hit = (tap == y) & ~taken
-            taken = taken | hit
-            routed[i, j] = jnp.where(hit, g, zero)
+    # Which output's cotangent each tap passes on: the first maximum in row-major window order,
+    # found by a running strict maximum over the taps. Not by comparing each tap with the forward's
+    # output: XLA may recompute `x` for the backward in another fusion, rounded differently (e.g.
+    # BatchNorm's affine map with and without a fused multiply-add), and a window whose maximum
+    # then differs from `y` by one ulp would pass its cotangent to no input at all. Seen as a
+    # ResNet stem gradient that depended on how the batch was split over devices.
+    taps = [lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                      (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+    best, first = taps[0], jnp.zeros(g.shape, jnp.int32)
+    for t, tap in enumerate(taps[1:], 1):
+        better = tap > best
+        best = jnp.where(better, tap, best)
+        first = jnp.where(better, t, first)
+    routed = {(i, j): jnp.where(first == i * kw + j, g, zero) for i in range(kh) for j in range(kw)}
     # Tap (i, j) of output (a, b) reads padded input (i + sh*a, j + sw*b): input phase
     # (i % sh, j % sw), at (a + i // sh, b + j // sw) of that phase's grid. Summing shifted
     # output-sized arrays per phase and interleaving the phases avoids scattering or
