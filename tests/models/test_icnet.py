@@ -1,9 +1,9 @@
-"""ICNet against a torch transcription of the paper written here (torchvision's ResNet-18 dilated by
-hand, the PSP pyramid pooling of tests/models/tv_reference.py, the cascade and CFF units of Fig. 2
+"""ICNet against a torch transcription of the paper written here (a narrow ResNet-18 of
+torchvision's BasicBlocks dilated by hand, the PSP pyramid pooling of tests/models/tv_reference.py, the cascade and CFF units of Fig. 2
 and 3 with the classifier applied after the x2 upsampling, as the paper orders it), the torch
 weights copied into segjax: logits, guidance logits and the gradients of every parameter and of
-the input, on an odd-sized input. (Train-mode BatchNorm is the shared layer, compared with torch in
-tests/models/test_norm.py and through the ResNet and PSPNet tests.)"""
+the input, on an odd-sized input. (Train-mode BatchNorm is the shared layer, whose values,
+gradients and statistics tests/models/test_norm.py compares with torch's.)"""
 
 import math
 
