@@ -20,7 +20,8 @@ BN; the high-resolution map F2 through a 1x1 conv + BN (both `fusion_channels` =
 goes through ReLU. Cascade label guidance (Sec. 3.4): a 1x1 classifier on the upsampled F1.
 CFF(1/32, 1/16) -> 1/16 and CFF(1/16, 1/8) -> 1/8; the 1/8 map is upsampled x2 and classified
 (`cls`, computed at 1/8 and resized: a 1x1 conv commutes with bilinear resizing) and the 1/4
-logits upsampled x4 and resized to the input size (the paper's test-time path).
+logits are resized bilinearly to the input size: the paper's x4 upsampling at test time when 8
+divides H and W, and one interpolation (not x4, then another) otherwise.
 
 Outputs: `"logits"` [N, H, W, K]; with `aux_loss` `"aux_logits"`: a tuple of the two guidance
 heads' logits (at 1/16 and at 1/8), each resized to the input size. The paper's loss weights the
@@ -157,10 +158,8 @@ class ICNet(nn.Module):
         sub12, guide8 = cff("cff_sub12")(sub24, sub1, train)
 
         logits = square_conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name="cls")(sub12)
-        logits = logits.astype(jnp.float32)
-        quarter_size = tuple(2 * s for s in sub12.shape[1:3])
-        logits = resize(resize(logits, quarter_size), tuple(4 * s for s in quarter_size))  # 1/4, x4
-        out = {LOGITS: resize(logits, size)}
+        quarter = resize(logits.astype(jnp.float32), tuple(2 * s for s in sub12.shape[1:3]))
+        out = {LOGITS: resize(quarter, size)}  # x4 when 8 divides H and W
         if self.aux_loss:
             out[AUX_LOGITS] = (resize(guide16, size), resize(guide8, size))
         return out

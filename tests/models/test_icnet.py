@@ -80,7 +80,8 @@ def _torch_resnet18(width):
 class TorchICNet(tnn.Module):
     """Fig. 2: the 1/2 image through the shared stem..layer2, its map halved through the dilated
     layer3, layer4 and the pyramid pooling module; the full image through three stride-2
-    conv-BN-ReLU; CFF(1/32, 1/16), CFF(1/16, 1/8); x2, classifier, x4, resize to the input."""
+    conv-BN-ReLU; CFF(1/32, 1/16), CFF(1/16, 1/8); x2, classifier, resize to the input (x4 when
+    8 divides H and W; H, W here are odd)."""
 
     def __init__(self):
         super().__init__()
@@ -106,9 +107,8 @@ class TorchICNet(tnn.Module):
         sub24, guide16 = self.cff_sub24(sub4, sub2)
         sub12, guide8 = self.cff_sub12(sub24, self.sub1(x))
         quarter = self.cls(_up(sub12, [2 * s for s in sub12.shape[-2:]]))
-        logits = _up(_up(quarter, [4 * s for s in quarter.shape[-2:]]), x.shape[-2:])
         size = x.shape[-2:]
-        return logits, _up(guide16, size), _up(guide8, size)
+        return _up(quarter, size), _up(guide16, size), _up(guide8, size)
 
 
 def _path_map(parts):
@@ -191,9 +191,11 @@ def test_semantic_loss_weights_each_guidance_head(np_rng):
     np.testing.assert_allclose(float(total) / float(count), ce[0] + 0.4 * (ce[1] + ce[2]), rtol=1e-5)
 
 
-def test_defaults_build_at_cityscapes_size():
+def test_defaults_build_at_cityscapes_size(monkeypatch):
     """The paper's widths (eval_shape only) at 1024 x 2048; without `aux_loss` no guidance heads."""
-    model = create_model("icnet_resnet50", num_classes=19)
+    monkeypatch.setenv("SEGJAX_CONV_IMPL", "lax")  # shapes only: lax's conv traces 4x faster
+    assert create_model("icnet_resnet50", num_classes=19).backbone_depth == 50
+    model = create_model("icnet_resnet18", num_classes=19)
     assert (model.head_channels, model.fusion_channels, tuple(model.branch_channels)) == (256, 128, (32, 32, 64))
     out = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.zeros((1, 1024, 2048, 3)))[0]
     assert out[LOGITS].shape == (1, 1024, 2048, 19) and [a.shape for a in out[AUX_LOGITS]] == [(1, 1024, 2048, 19)] * 2
