@@ -259,10 +259,12 @@ class PyramidPoolingHead(nn.Module):
     (align_corners=True, as the reference PSPNet/Caffe interpolation). The input and the four
     maps are concatenated and fused by `bottleneck` (3x3 ConvBNReLU, `channels` = 512).
 
-    `__call__(x [N, h, w, C], train)` -> logits `[N, h, w, num_classes]` float32.
+    `__call__(x [N, h, w, C], train)` -> logits `[N, h, w, num_classes]` float32; with
+    `num_classes=None` the pyramid pooling module alone: the fused `[N, h, w, channels]` features
+    in the compute dtype (no dropout, no `cls`; ICNet's low-resolution branch).
     """
 
-    num_classes: int
+    num_classes: int | None
     bins: Sequence[int] = (1, 2, 3, 6)
     channels: int = 512
     dropout_rate: float = 0.1
@@ -279,5 +281,7 @@ class PyramidPoolingHead(nn.Module):
             y = ConvBNReLU(reduced, 1, name=f"pool_{i}", **kw)(adaptive_avg_pool(x, b), train)
             maps.append(resize(y, x.shape[1:3], "bilinear", align_corners=self.align_corners))
         x = ConvBNReLU(self.channels, 3, name="bottleneck", **kw)(jnp.concatenate(maps, -1), train)
+        if self.num_classes is None:
+            return x
         x = Dropout(self.dropout_rate, self.axis_name)(x, not train)
         return _conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name="cls")(x).astype(jnp.float32)

@@ -34,6 +34,7 @@ _MODEL_MODULES = (
     "segjax.models.pixelnet",
     "segjax.models.enet",
     "segjax.models.reseg",
+    "segjax.models.icnet",
     "segjax.models.patch",
     "segjax.models.detection.maskrcnn",
     "segjax.models.detection.tensormask",
@@ -45,8 +46,9 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # What each model's output dict holds, in the model's own terms (a task declares which of these
 # it consumes, `Task.model_output`; the registry knows nothing of tasks).
 OUTPUTS = {
-    "dense": '"logits" [N, H, W, K] at the input resolution (and "aux_logits"; EncNet adds "se_logits" '
-             '[N, K], per-image class presence); in training a model may score sampled pixels only: '
+    "dense": '"logits" [N, H, W, K] at the input resolution (and "aux_logits", the same shape, or a '
+             'tuple of such maps, one per auxiliary head: ICNet\'s two label-guidance heads; EncNet adds '
+             '"se_logits" [N, K], per-image class presence); in training a model may score sampled pixels only: '
              '"logits" [N, S, K] with their "pixel_index" [N, S] (PixelNet)',
     "detections": '"boxes", "scores", "classes", "num_detections", "mask_probs" (Mask R-CNN\'s '
                   'contract)',

@@ -3,7 +3,8 @@
 Batches: train `{"image" [B, H, W, 3] float32, "label" [B, H, W] int32}`; eval adds `"valid"`
 [B] (False for filler examples), `"height"`, `"width"` (original size) and `"index"`.
 Loss: `segjax.losses.LOSSES[config.loss.kind]` on `"logits"`, plus `aux_weight` times the same
-loss on `"aux_logits"` when the model has them, each normalised by its own global count, plus
+loss on `"aux_logits"` when the model has them (on each map of a tuple of them: ICNet's two
+label-guidance heads), each normalised by its own global count, plus
 `se_weight` times the SE-loss (`segjax.losses.se_loss`: BCE of `"se_logits"` [B, K] against the
 classes present in each label map; EncNet) over its global count of B * K entries. A model
 that scores only some pixels in training (PixelNet) returns `"pixel_index"` [B, S] (flat
@@ -58,7 +59,8 @@ class SemanticTask(Task):
       num_classes, ignore_label: the dataset's.
       loss_kind: a key of `segjax.losses.LOSSES`.
       loss_kwargs: keyword arguments of that loss (class_weights, gamma, thresh, ...).
-      aux_weight: weight of the loss on "aux_logits" (0 disables it).
+      aux_weight: weight of the loss on "aux_logits", or on each of them when the model returns
+        a tuple (0 disables it).
       se_weight: weight of the SE-loss on "se_logits" (0, the default, disables it).
       scales, flip, window, stride: evaluation (see `segjax.tasks.semantic_predict.predict_probs`).
       boundary_iou: also count Boundary IoU at evaluation, with a boundary width of
@@ -116,7 +118,7 @@ class SemanticTask(Task):
         The aux term is rescaled by `global count / global aux count`, so that dividing the
         pair's global sum by the global count gives main/count + w * aux/aux_count exactly,
         on any number of devices (the counts differ for OHEM, whose selection depends on the
-        head).
+        head). A tuple of aux maps adds one such term per map, each with `aux_weight`.
         """
         if LOGITS not in outputs:
             raise ValueError(f"outputs must contain {LOGITS!r}, got keys {sorted(outputs)}")
@@ -125,10 +127,12 @@ class SemanticTask(Task):
             labels = jnp.take_along_axis(labels.reshape(labels.shape[0], -1), outputs[PIXEL_INDEX], axis=1)
         total, count = self._head_loss(outputs[LOGITS], labels, ctx)
         count = jax.lax.stop_gradient(count)
-        if self.aux_weight and outputs.get(AUX_LOGITS) is not None:
-            aux_sum, aux_count = self._head_loss(outputs[AUX_LOGITS], labels, ctx)
-            ratio = ctx.global_sum(count) / jnp.maximum(ctx.global_sum(aux_count), 1e-12)
-            total = total + self.aux_weight * aux_sum * jax.lax.stop_gradient(ratio)
+        aux = outputs.get(AUX_LOGITS)
+        if self.aux_weight and aux is not None:
+            for aux_logits in (aux if isinstance(aux, (tuple, list)) else (aux,)):
+                aux_sum, aux_count = self._head_loss(aux_logits, labels, ctx)
+                ratio = ctx.global_sum(count) / jnp.maximum(ctx.global_sum(aux_count), 1e-12)
+                total = total + self.aux_weight * aux_sum * jax.lax.stop_gradient(ratio)
         if self.se_weight and outputs.get(SE_LOGITS) is not None:  # from the whole label maps
             se_sum, se_count = losses.se_loss(outputs[SE_LOGITS], batch["label"], num_classes=self.num_classes)
             ratio = ctx.global_sum(count) / jnp.maximum(ctx.global_sum(se_count), 1e-12)
@@ -236,7 +240,7 @@ def defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.loss = ml_collections.ConfigDict()
     c.loss.kind = "ce"  # a name of segjax.losses.LOSSES: "ce", "focal", "dice", "lovasz", "ohem"
-    c.loss.aux_weight = 0.4  # weight of "aux_logits" when the model has them
+    c.loss.aux_weight = 0.4  # weight of "aux_logits" (of each, ICNet's tuple) when the model has them
     c.loss.se_weight = 0.0  # weight of the SE-loss on "se_logits" (EncNet; the paper's 0.2)
     c.loss.label_smoothing = 0.0  # ce/ohem only
     # Options of one loss kind (None: the loss's default); a set field the kind does not take

@@ -68,6 +68,15 @@ def _has_output_stride(name):
     return "output_stride" in _accepted(name)
 
 
+def _maps(out):
+    """(key, array) pairs of an output dict, a tuple of maps (ICNet's "aux_logits") as key[i]."""
+    for key, value in out.items():
+        if isinstance(value, (tuple, list)):
+            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value))
+        else:
+            yield key, value
+
+
 def _weighted_sum(out, cot):
     """sum(output * cot) over the score maps in `out`; logits of sampled pixels (`PIXEL_INDEX`,
     PixelNet in training) are weighted by the cotangent at their pixels, per-image class logits
@@ -76,7 +85,7 @@ def _weighted_sum(out, cot):
     index = out.get(PIXEL_INDEX)
     if index is not None:
         cot = jnp.take_along_axis(cot.reshape(cot.shape[0], -1, cot.shape[-1]), index[..., None], axis=1)
-    return total + sum(jnp.sum(v * cot) for k, v in out.items() if k not in (PIXEL_INDEX, SE_LOGITS))
+    return total + sum(jnp.sum(v * cot) for k, v in _maps(out) if k not in (PIXEL_INDEX, SE_LOGITS))
 
 
 def _compiled(fun, *args):
@@ -123,13 +132,14 @@ def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
     if getattr(model, "se_loss", False):  # EncNet's per-image class-presence logits
         expected_keys.add(SE_LOGITS)
     assert set(eval_out) == expected_keys
-    for key, value in eval_out.items():
+    bf16_maps = dict(_maps(bf16_out))
+    for key, value in _maps(eval_out):
         shape = (2, NUM_CLASSES) if key == SE_LOGITS else (2, H, W, NUM_CLASSES)
         assert value.shape == shape and value.dtype == jnp.float32, key
         assert np.all(np.isfinite(value)) and np.std(np.asarray(value)) > 0, key
         # bfloat16 compute: logits stay float32 and close to the float32 model's (values, not shapes).
-        low = np.asarray(bf16_out[key])
-        assert bf16_out[key].dtype == jnp.float32
+        low = np.asarray(bf16_maps[key])
+        assert bf16_maps[key].dtype == jnp.float32
         ref = np.asarray(value)
         rel = np.linalg.norm(low - ref) / np.linalg.norm(ref)
         assert rel < BF16_TOLERANCE.get(name, 5e-2), f"{key}: bfloat16 relative error {rel:.3g}"
@@ -173,7 +183,7 @@ def _check_output_stride(np_rng, name, output_stride):
     model = create_model(name, num_classes=NUM_CLASSES, output_stride=output_stride, **overrides)
     x = jnp.asarray(np_rng.normal(size=(1, H, W, 3)), jnp.float32)
     out = _compiled(lambda x: model.apply(model.init(jax.random.key(0), x), x), x)(x)
-    for key, value in out.items():
+    for key, value in _maps(out):
         shape = (1, NUM_CLASSES) if key == SE_LOGITS else (1, H, W, NUM_CLASSES)
         assert value.shape == shape and np.all(np.isfinite(value)), key
     # The parameters do not depend on the output stride (dilation only).

@@ -161,6 +161,12 @@ class ResNet(nn.Module):
     `__call__(x [N, H, W, in_channels], train)` returns `{"stem", "layer1", ..., "layer4"}`
     feature maps `[N, ceil(H / s), ceil(W / s), C]` with `s, C` from `feature_strides` and
     `feature_channels` (exactly torch's sizes for any H, W).
+
+    `__call__(x, train, start=..., stop=...)` runs only the stages `start` to `stop` (names of
+    `FEATURE_NAMES`) and returns their maps; when `start` is not "stem", `x` is that stage's input
+    (the previous stage's channels). The stages are the same submodules whichever part runs, so
+    calling one `ResNet` twice on two parts shares its weights (ICNet feeds layer3 a resized
+    layer2 map).
     """
 
     depth: int = 50
@@ -226,22 +232,37 @@ class ResNet(nn.Module):
         return out
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, train: bool = False, *, start: str = "stem",
+                 stop: str = "layer4") -> dict[str, jax.Array]:
         self.validate()
-        check_images(x, self.in_channels, "ResNet")
+        if start not in FEATURE_NAMES or stop not in FEATURE_NAMES[FEATURE_NAMES.index(start):]:
+            raise ValueError(f"start={start!r}, stop={stop!r} must be names of {FEATURE_NAMES}, "
+                             "start not after stop")
+        first, last = FEATURE_NAMES.index(start), FEATURE_NAMES.index(stop)
         kind, blocks = _DEPTHS[self.depth]
         block = Bottleneck if kind == "bottleneck" else BasicBlock
-        x = x.astype(self.dtype)
-        x = conv(self.width, 7, stride=2, dtype=self.dtype, name="conv1")(x)
-        x = BatchNorm(not train, self.axis_name, dtype=self.dtype, name="bn1")(x)
-        x = nn.relu(x)
-        x = max_pool(x, 3, 2, 1)
-        if self.frozen_stages >= 1:
-            x = jax.lax.stop_gradient(x)
-        features = {"stem": x}
+        features = {}
+        if first == 0:
+            check_images(x, self.in_channels, "ResNet")
+            x = x.astype(self.dtype)
+            x = conv(self.width, 7, stride=2, dtype=self.dtype, name="conv1")(x)
+            x = BatchNorm(not train, self.axis_name, dtype=self.dtype, name="bn1")(x)
+            x = nn.relu(x)
+            x = max_pool(x, 3, 2, 1)
+            if self.frozen_stages >= 1:
+                x = jax.lax.stop_gradient(x)
+            features["stem"] = x
+        else:
+            channels = self.feature_channels[FEATURE_NAMES[first - 1]]
+            if x.ndim != 4 or x.shape[-1] != channels:
+                raise ValueError(f"ResNet stage {start} expects [N, h, w, {channels}], got shape {tuple(x.shape)}")
+            x = x.astype(self.dtype)
         dilate = (False, False) + _DILATE[self.output_stride]
         in_ch = self.width
         for k, rates in enumerate(self.stage_dilations().values()):
+            if not first <= k + 1 <= last:
+                in_ch = self.width * 2**k * block.expansion
+                continue
             planes = self.width * 2**k
             stride = 1 if k == 0 or dilate[k] else 2
             x = _Stage(
