@@ -182,6 +182,7 @@ def test_adaptive_pooling_and_box_head_match_torchvision_roi_align_per_level_and
         _close(g_params[f"fc6_{lv}"]["kernel"], want, what=f"d/dfc6_{lv}")
         _close(g_params[f"fc6_{lv}"]["bias"], b.grad, what=f"d/dfc6_{lv}.bias")
     _close(g_params["fc7"]["kernel"], fc7[0].grad.T, what="d/dfc7")
+    _close(g_params["fc7"]["bias"], fc7[1].grad, what="d/dfc7.bias")
     # Each level wins the max somewhere (the fusion is not one level's head).
     assert all(np.abs(g_params[f"fc6_{lv}"]["kernel"]).max() > 0 for lv in range(4))
     assert _rel_l2(low, out) < 5e-2
@@ -230,8 +231,10 @@ def test_adaptive_mask_head_and_fused_predictor_match_torch(np_rng):
     _close(out, ref.detach().permute(0, 2, 3, 1), what="mask logits")
     assert np.abs(fc.detach().numpy()).max() > 0  # the fc path contributes
     _close(g_pooled, x.grad.permute(0, 1, 3, 4, 2), what="d/dpooled")
+    grads_of = {**{n: g_params["head"] for n in hp}, **{n: g_params["predictor"] for n in pp},
+                **{n: g_params["predictor"]["predictor"] for n in pp["predictor"]}}
     for name, (w, b) in tw.items():
-        g = g_params["head"] if name in hp else g_params["predictor"] if name in pp else g_params["predictor"]["predictor"]
+        g = grads_of[name]
         if name == "mask_fc":  # back to (y, x, c) rows
             want = w.grad.numpy().T.reshape(c // 2, 14, 14, -1).transpose(1, 2, 0, 3).reshape(-1, 784)
         else:  # OIHW (the deconv's IOHW) -> segjax's HWIO (its [kh, kw, out, in])
