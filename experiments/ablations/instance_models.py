@@ -1,13 +1,16 @@
-"""Dense sliding-window masks (TensorMask) vs detect-then-segment (Mask R-CNN) on the same data.
+"""Dense sliding-window masks (TensorMask) vs detect-then-segment (Mask R-CNN, and PANet's paths
+on top of it) on the same data.
 
-Both demos as they ship (`tensormask.py:demo`: R18-FPN P2-P5, GroupNorm towers, 1000 steps;
-`maskrcnn.py:demo`: R18-FPN, 600 steps; both ResNet-18 at width 32, FPN 64, batch 8 of 128x128,
-from scratch), on `synthetic_shapes` and on `synthetic_shapes/overlap` (later objects drawn over
-earlier ones), 2 seeds each, scored by the same COCOeval.
+The demos as they ship (`tensormask.py:demo`: R18-FPN P2-P5, GroupNorm towers, 1000 steps;
+`maskrcnn.py:demo`: R18-FPN, 600 steps; `panet.py:shapes`: the Mask R-CNN demo with PANet's
+bottom-up path, adaptive feature pooling and fused mask branch; all ResNet-18 at width 32, FPN 64,
+batch 8 of 128x128, from scratch), on `synthetic_shapes` and on `synthetic_shapes/overlap` (later
+objects drawn over earlier ones), 2 seeds each, scored by the same COCOeval.
 
 The speeds come from each run's TensorBoard events (`train/images_per_s`, logged every 25 steps,
 and `validation/eval_seconds` over the 128 validation images); the picture puts the last
-evaluation's first validation images of seed 0 side by side (truth | Mask R-CNN | TensorMask):
+evaluation's first validation images of seed 0 side by side (truth | Mask R-CNN | TensorMask |
+PANet):
 
     python -m experiments.ablations --study=instance_models --workdir=DIR   # trains, REPORT.md
     python -m experiments.ablations.instance_models DIR   # the table with speeds, DIR/instance_models/*.png
@@ -31,13 +34,16 @@ STUDY = Study(
     name="instance_models",
     question="On the same data and CPU budget, how do dense sliding-window masks (TensorMask) "
              "compare with detect-then-segment (Mask R-CNN), on separate and on overlapping "
-             "objects?",
+             "objects, and what do PANet's paths add to Mask R-CNN?",
     parts=(
         Part(name="tensormask", title="TensorMask (`tensormask.py:demo`, 1000 steps)",
              base="experiments/configs/tensormask.py:demo", sweeps=(_SWEEP,), seeds=(0, 1),
              metrics=_METRICS),
         Part(name="maskrcnn", title="Mask R-CNN (`maskrcnn.py:demo`, 600 steps)",
              base="experiments/configs/maskrcnn.py:demo", sweeps=(_SWEEP,), seeds=(0, 1),
+             metrics=_METRICS),
+        Part(name="panet", title="PANet (`panet.py:shapes`, the Mask R-CNN demo's 600 steps)",
+             base="experiments/configs/panet.py:shapes", sweeps=(_SWEEP,), seeds=(0, 1),
              metrics=_METRICS),
     ),
 )
@@ -91,8 +97,8 @@ def _run_dirs(workdir: str) -> dict:
 
 
 def picture(workdir: str, dataset: str, seed: int = 0, images: int = 4) -> str:
-    """DIR/instance_models/<dataset>.png: per validation image, truth | Mask R-CNN | TensorMask
-    (the last evaluation's pictures, each `truth | prediction` from the trainer)."""
+    """DIR/instance_models/<dataset>.png: per validation image, truth | Mask R-CNN | TensorMask |
+    PANet (the last evaluation's pictures, each `truth | prediction` from the trainer)."""
     import numpy as np
     from PIL import Image
 
@@ -100,7 +106,7 @@ def picture(workdir: str, dataset: str, seed: int = 0, images: int = 4) -> str:
     rows = []
     for i in range(images):
         cells = []
-        for part in ("maskrcnn", "tensormask"):
+        for part in ("maskrcnn", "tensormask", "panet"):
             pred = os.path.join(dirs[part, dataset, seed], "predictions")
             last = sorted(os.listdir(pred))[-1]
             pair = np.asarray(Image.open(os.path.join(pred, last, f"{i:05d}.png")).convert("RGB"))

@@ -38,6 +38,7 @@ _MODEL_MODULES = (
     "segjax.models.patch",
     "segjax.models.detection.maskrcnn",
     "segjax.models.detection.tensormask",
+    "segjax.models.detection.panet",
     "segjax.models.oracle",
     "segjax.models.fewshot",
 )

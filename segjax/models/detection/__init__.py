@@ -15,4 +15,6 @@ that the instance models (Mask R-CNN; TensorMask, PANet) compose.
   `segjax.losses.detection`.
 * `instances` — the instance models' output keys and ground-truth target contract.
 * `maskrcnn` — the Mask R-CNN meta-architecture and its registered variants.
+* `panet` — PANet: Mask R-CNN with a bottom-up path, adaptive feature pooling and the fused mask
+  branch (a `MaskRCNN` subclass).
 """

@@ -15,6 +15,7 @@ conv and the logits conv kaiming-normal fan_out with torch's default bias.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -122,7 +123,8 @@ def mask_chunks(total: int, first: int) -> list[tuple[int, int]]:
 def chunked_mask_losses(logits_fn: Callable[[jax.Array], jax.Array], table: jax.Array,
                         geometry: Sequence[tuple[int, int]], masks: jax.Array, boxes: jax.Array,
                         positive: jax.Array, labels: jax.Array, matched: jax.Array, *, chunk: int,
-                        scales: Sequence[float]) -> dict[str, tuple[jax.Array, jax.Array]]:
+                        scales: Sequence[float], pooler: Callable[..., jax.Array] | None = None
+                        ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """`mask_losses` running pooling, targets and the head on the positive slots only.
 
     The N * Q slots are ordered positives first over the whole batch and cut into chunks of c,
@@ -136,6 +138,9 @@ def chunked_mask_losses(logits_fn: Callable[[jax.Array], jax.Array], table: jax.
         (the head and predictor applied with their parameters).
       table, geometry: the batch's pyramid (`segjax.ops.roi_align.pyramid_table`, `pyramid_geometry`).
       masks, boxes, positive, labels, matched: as `mask_losses`. scales: the pyramid's levels' scales.
+      pooler: `f(table, geometry, boxes [k, 4], image_index [k], output_size)` -> the head's input
+        (default: each box at its FPN level, `multiscale_roi_align_table` at `scales`; PANet pools
+        every level).
     Returns:
       {"loss_mask": (sum [N], count [N])}, equal to `mask_losses` (tested).
     """
@@ -148,9 +153,10 @@ def chunked_mask_losses(logits_fn: Callable[[jax.Array], jax.Array], table: jax.
     boxes_s, labels_s, pos_s = take(boxes), take(labels), take(positive)
     gt_index = image * m + take(matched)  # into the batch's masks [N * M, H, W]
     flat_masks = masks.reshape(n * m, *masks.shape[2:])
+    pool = pooler or functools.partial(multiscale_roi_align_table, scales=scales)
 
     def chunk_bce(table, b, img, lab, j, pos):
-        pooled = multiscale_roi_align_table(table, geometry, b, img, MASK_POOL_SIZE, scales=scales)
+        pooled = pool(table, geometry, b, img, MASK_POOL_SIZE)
         tgt = mask_targets(flat_masks, b, j, MASK_SIZE)
         return loss_lib.mask_bce_per_slot(logits_fn(pooled), lab, tgt, pos)
 

@@ -5,7 +5,10 @@ Inference: pad to a multiple of 32 -> ResNet + FPN P2-P6 (`backbone`) -> RPN pro
 ROI Align 7x7 on P2-P5 (`poolers`, the exact scales of the padded maps) -> box head, detections
 (`roi_heads`) -> ROI Align 14x14 -> mask head, each detection's 28x28 class mask (`mask_head`);
 the outputs of `instances`. Stages are methods (`method=MaskRCNN.<name>`): `pad`, `features`,
-`rpn_outputs`, `anchors`, `proposals`, `box_outputs`, `detect`, `mask_logits`, `train_outputs`.
+`rpn_outputs`, `anchors`, `proposals`, `roi_features`, `box_outputs`, `detect`, `mask_logits`,
+`train_outputs`. A variant (PANet) overrides the maps the RPN and ROI heads read (`RPN_MAPS`,
+`ROI_MAPS`), the pooling (`roi_pooler`) and the heads (`make_box_head`, `make_mask_head`,
+`make_mask_predictor`); everything else, training included, is shared.
 
 Training: `model.apply(variables, images, train=True, targets=targets, rngs={"dropout": key},
 mutable=["batch_stats"])` (unchanged: BatchNorm is frozen), targets as `instances.TARGET_KEYS`,
@@ -19,7 +22,7 @@ g)` (g: its global batch position, `matching.image_keys`) folded with 0 (anchors
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,7 +36,7 @@ from segjax.models.detection import mask_head as mask_lib
 from segjax.models.detection.instances import (BOXES, CLASSES, MASK_PROBS, NUM_DETECTIONS, SCORES, TARGET_KEYS,
                                                check_targets, gt_valid)
 from segjax.models.detection.matching import image_keys
-from segjax.models.detection.poolers import multiscale_roi_align_batch, pyramid_of
+from segjax.models.detection.poolers import multiscale_roi_align_table, pyramid_of
 from segjax.models.detection.roi_heads import (BOX_CODER_WEIGHTS, FastRCNNPredictor, TwoMLPHead, batched_detections,
                                                label_and_sample_proposals)
 from segjax.models.detection.rpn import RPNHead, batched_proposals, label_and_sample_anchors
@@ -95,6 +98,10 @@ class MaskRCNN(nn.Module):
     trainable_backbone_layers: int | None = None
     mask_chunk: int | None = 8
 
+    # The feature maps the RPN and the ROI heads read (PANet: its bottom-up path's N2-N6).
+    RPN_MAPS: ClassVar[tuple[str, ...]] = RPN_LEVELS
+    ROI_MAPS: ClassVar[tuple[str, ...]] = ROI_LEVELS
+
     def frozen_parameters(self, params):
         """Bool pytree like `params` (True = never updated), or None when everything trains."""
         if self.trainable_backbone_layers is None:
@@ -115,14 +122,41 @@ class MaskRCNN(nn.Module):
             depth=self.depth, width=self.backbone_width, fpn_channels=self.fpn_channels, dtype=self.dtype,
             in_channels=self.in_channels, trainable_backbone_layers=self.trainable_backbone_layers)
         self.rpn_head = RPNHead(num_anchors=counts.pop(), dtype=self.dtype)
-        self.box_head = TwoMLPHead(self.representation_size, dtype=self.dtype)
+        self.box_head = self.make_box_head()
         self.box_predictor = FastRCNNPredictor(self.num_classes, dtype=self.dtype)
-        self.mask_head = mask_lib.MaskHead((self.mask_channels,) * 4, dtype=self.dtype)
-        self.mask_predictor = mask_lib.MaskPredictor(self.num_classes, self.mask_channels, dtype=self.dtype)
+        self.mask_head = self.make_mask_head()
+        self.mask_predictor = self.make_mask_predictor()
+
+    @nn.nowrap
+    def make_box_head(self) -> nn.Module:
+        """The box head on `roi_pooler`'s 7x7 features (fc6, fc7)."""
+        return TwoMLPHead(self.representation_size, dtype=self.dtype)
+
+    @nn.nowrap
+    def make_mask_head(self) -> nn.Module:
+        """The mask head on `roi_pooler`'s 14x14 features (four 3x3 convs)."""
+        return mask_lib.MaskHead((self.mask_channels,) * 4, dtype=self.dtype)
+
+    @nn.nowrap
+    def make_mask_predictor(self) -> nn.Module:
+        """The mask head's features -> mask logits [K, 28, 28, num_classes]."""
+        return mask_lib.MaskPredictor(self.num_classes, self.mask_channels, dtype=self.dtype)
+
+    @nn.nowrap
+    def roi_pooler(self) -> Callable[..., jax.Array]:
+        """Pure `f(table, geometry, boxes [K, 4], image_index [K], output_size)` -> the ROI heads'
+        input: each box ROI-Aligned at its FPN level, [K, s, s, C] (`poolers.multiscale_roi_align_table`)."""
+        return functools.partial(multiscale_roi_align_table, scales=ROI_SCALES)
+
+    def roi_features(self, features: dict[str, jax.Array], boxes: jax.Array, output_size: int) -> jax.Array:
+        """`roi_pooler` on boxes [N, K, 4] (box k of image i) over the `ROI_MAPS`: [N * K, ...]."""
+        n, k = boxes.shape[:2]
+        image = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
+        return self.roi_pooler()(*pyramid_of(features, self.ROI_MAPS), boxes.reshape(n * k, 4), image, output_size)
 
     def pad(self, images: jax.Array) -> jax.Array:
         """Zero-pads [N, H, W, C] bottom/right to multiples of `size_divisible` (torchvision's batching)."""
-        check_images(images, self.in_channels, "MaskRCNN")
+        check_images(images, self.in_channels, type(self).__name__)
         return backbone_lib.pad_to_multiple(images, self.size_divisible)
 
     def features(self, images: jax.Array) -> dict[str, jax.Array]:
@@ -131,11 +165,11 @@ class MaskRCNN(nn.Module):
 
     def rpn_outputs(self, features: dict[str, jax.Array]):
         """(objectness per level [N, H_l * W_l * A], deltas per level [N, H_l * W_l * A, 4])."""
-        return self.rpn_head([features[k] for k in RPN_LEVELS])
+        return self.rpn_head([features[k] for k in self.RPN_MAPS])
 
     def anchors(self, padded_size: Sequence[int], features: dict[str, jax.Array]) -> list[np.ndarray]:
         """Anchors per RPN level [H_l * W_l * A, 4] (numpy constants; torchvision's order)."""
-        sizes = [features[k].shape[1:3] for k in RPN_LEVELS]
+        sizes = [features[k].shape[1:3] for k in self.RPN_MAPS]
         return anchor_lib.anchors_for(padded_size, sizes, self.anchor_sizes, self.aspect_ratios)
 
     def proposals(self, images: jax.Array, features: dict[str, jax.Array] | None = None,
@@ -156,8 +190,7 @@ class MaskRCNN(nn.Module):
     def box_outputs(self, features: dict[str, jax.Array], boxes: jax.Array):
         """Box head on boxes [N, K, 4]: (class logits [N, K, num_classes], deltas [N, K, 4 num_classes])."""
         n, k = boxes.shape[:2]
-        pooled = multiscale_roi_align_batch(*pyramid_of(features, ROI_LEVELS), boxes, 7, scales=ROI_SCALES)
-        logits, deltas = self.box_predictor(self.box_head(pooled.reshape(n * k, *pooled.shape[2:])))
+        logits, deltas = self.box_predictor(self.box_head(self.roi_features(features, boxes, 7)))
         return logits.reshape(n, k, -1), deltas.reshape(n, k, -1)
 
     def detect(self, images: jax.Array, features: dict[str, jax.Array] | None = None):
@@ -172,9 +205,7 @@ class MaskRCNN(nn.Module):
     def mask_logits(self, features: dict[str, jax.Array], boxes: jax.Array) -> jax.Array:
         """Mask logits [N, K, 28, 28, num_classes] of boxes [N, K, 4]."""
         n, k = boxes.shape[:2]
-        pooled = multiscale_roi_align_batch(*pyramid_of(features, ROI_LEVELS), boxes, mask_lib.MASK_POOL_SIZE,
-                                            scales=ROI_SCALES)
-        logits = self.mask_predictor(self.mask_head(pooled.reshape(n * k, *pooled.shape[2:])))
+        logits = self.mask_predictor(self.mask_head(self.roi_features(features, boxes, mask_lib.MASK_POOL_SIZE)))
         return logits.reshape(n, k, *logits.shape[1:])
 
     def _mask_losses(self, features, masks, boxes, positive, labels, matched):
@@ -185,8 +216,9 @@ class MaskRCNN(nn.Module):
         head_vars = {"params": self.mask_head.variables["params"]}
         predictor_vars = {"params": self.mask_predictor.variables["params"]}
         logits_fn = lambda pooled: predictor.apply(predictor_vars, head.apply(head_vars, pooled))  # noqa: E731
-        return mask_lib.chunked_mask_losses(logits_fn, *pyramid_of(features, ROI_LEVELS), masks, boxes, positive,
-                                            labels, matched, chunk=self.mask_chunk, scales=ROI_SCALES)
+        return mask_lib.chunked_mask_losses(logits_fn, *pyramid_of(features, self.ROI_MAPS), masks, boxes, positive,
+                                            labels, matched, chunk=self.mask_chunk, scales=ROI_SCALES,
+                                            pooler=self.roi_pooler())
 
     def train_outputs(self, images: jax.Array, targets: dict[str, jax.Array]):
         """Training losses and the samples behind them: (losses, samples).
