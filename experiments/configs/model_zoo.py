@@ -3,7 +3,7 @@ r"""Every semantic segmentation architecture of segjax at CPU size, trained one 
 One preset per architecture (`--config=experiments/configs/model_zoo.py:MODEL`, MODEL in `ZOO`):
 the registered model with its paper's structure and defaults, narrowed to run on a CPU
 (`CPU_WIDTHS`: ResNet stems of 16 channels with 64-channel heads, VGG at 1/8 width with 64-channel
-fc layers (ReSeg: 32 GRU units), U-Net / SegNet / DeconvNet at 8 base channels; ENet and the patch classifier are
+fc layers (ReSeg: 32 GRU units; ICNet: 64-channel fusion), U-Net / SegNet / DeconvNet at 8 base channels; ENet and the patch classifier are
 CPU-sized already), then the same recipe for all: `synthetic_shapes`, 64 x 64 crops of the
 128 x 128 images, batch 16, 300 steps of SGD (momentum 0.9, poly lr 0.05; 0.02 for the VGG models,
 which have no normalisation layers), weight decay 1e-4, the auxiliary loss at 0.4 where a model
@@ -28,14 +28,14 @@ from experiments.configs.common import base_config, use_synthetic_shapes
 
 # One model per architecture (registry names).
 ZOO = ("unet", "segnet", "enet", "fcn_resnet18", "deeplabv3_resnet18", "deeplabv3plus_resnet18",
-       "pspnet_resnet18", "encnet_resnet18", "parsenet_resnet18", "deeplabv2_resnet101",
+       "pspnet_resnet18", "icnet_resnet18", "encnet_resnet18", "parsenet_resnet18", "deeplabv2_resnet101",
        "deconvnet", "patch_classifier", "reseg_vgg16", "pixelnet_vgg16", "parsenet_vgg16",
        "deeplabv1_vgg16", "fcn8s_vgg16", "fcn16s_vgg16", "fcn32s_vgg16")
 PRESETS = ZOO
 
 # CPU-sized widths: each model takes the options it has (`accepted_overrides`).
 CPU_WIDTHS = {"width": 8, "base_features": 8, "fc_dim": 64, "head_channels": 64, "num_codes": 8,
-              "mlp_dims": (128, 128), "hidden": 32}
+              "mlp_dims": (128, 128), "hidden": 32, "fusion_channels": 64}
 
 
 def cpu_overrides(name: str) -> dict:
