@@ -1,6 +1,7 @@
 """Benchmark plumbing (timings themselves are never asserted): the step builders and the
 profiler's attribution of trace time to layers."""
 
+import os
 import jax
 
 from experiments.benchmarks import common, profile_step, step_bench
@@ -173,3 +174,25 @@ def test_model_flops_count_direct_convolutions_while_segjax_runs_winograd(monkey
     assert model == common.compiled_flops(jax.jit(direct).lower(x, w))
     assert runs < 0.5 * model
     assert common.compiled_flops(jax.jit(lambda a, b: conv(a, b)).lower(x, w)) == runs
+
+
+def test_model_table_reads_the_zoo_study_and_plots_it(tmp_path):
+    """model_table --study_dir: each part's results_miou.csv (as the study runner writes it) gives
+    mean +- sample SD (n) per dataset, beside the zoo model's own params and FLOPs."""
+    from experiments.benchmarks import model_table
+
+    for model, rows in (("unet", [("clean", 0, 0.5), ("clean", 1, 0.7), ("all", 0, 0.4)]),
+                        ("enet", [("clean", 0, 0.25)])):
+        os.makedirs(tmp_path / model)
+        with open(tmp_path / model / "results_miou.csv", "w") as f:
+            f.write("dataset.name,seed,miou\n")
+            f.writelines(f"synthetic_shapes/{d},{s},{v!r}\n" for d, s, v in rows)
+    zoo = model_table.zoo_results(str(tmp_path))
+    assert zoo == {"unet": {"synthetic_shapes/clean": [0.5, 0.7], "synthetic_shapes/all": [0.4]},
+                   "enet": {"synthetic_shapes/clean": [0.25]}}
+    row = dict(name="unet", params=31_040_000, flops=5.5e9, output_stride=None, aux=False,
+               zoo_params=487_000, zoo_flops=0.125e9, zoo_miou=zoo["unet"])
+    text = model_table.markdown([row], 64)
+    assert "| unet | 31.04 | 5.5 |  |  | 0.487 | 0.12 | 0.600 ± 0.141 (2) | 0.400 (1) |" in text
+    model_table.plot([row], str(tmp_path / "zoo.png"))
+    assert os.path.getsize(tmp_path / "zoo.png") > 1000
