@@ -2,6 +2,7 @@
 
   python -m experiments.benchmarks.model_table [--models=fcn8s_vgg16,unet] [--size=513] [--num_classes=21]
       [--speed_size=256] [--study_dir=DIR/model_zoo] [--plot=zoo.png] [--json=rows.json]
+      [--speeds_from=rows.json]
 
 Columns:
   params (M)   trainable parameters ("params" collection; BatchNorm running statistics excluded), 1e6.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import csv
 import glob
 import inspect
+import json
 import os
 import statistics
 import time
@@ -52,6 +54,7 @@ def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
     importing this module next to another command's (tests do) cannot collide on a name."""
     global _MODELS, _SIZE, _CLASSES, _SPEED_SIZE, _SPEED_BATCH, _SPEED_STEPS, _STUDY, _PLOT, _JSON
+    global _SPEEDS_FROM
     _MODELS = flags.DEFINE_list("models", [], "Model names (default: every registered model).")
     _SIZE = flags.DEFINE_integer("size", 513, "Square input size.")
     _CLASSES = flags.DEFINE_integer("num_classes", 21, "Number of classes.")
@@ -61,6 +64,8 @@ def define_flags() -> None:
     _STUDY = flags.DEFINE_string("study_dir", "", "A model_zoo study directory (its mIoU columns).")
     _PLOT = flags.DEFINE_string("plot", "", "Where to draw the zoo's mIoU against GFLOPs (PNG).")
     _JSON = flags.DEFINE_string("json", "", "Where to write the rows as JSON.")
+    _SPEEDS_FROM = flags.DEFINE_string("speeds_from", "", "A --json file of an earlier run whose "
+                                       "speed columns are reused (measure once, join later).")
 
 
 def model_row(name: str, size: int, num_classes: int, **overrides) -> dict:
@@ -189,10 +194,16 @@ def main(argv):
     zoo = zoo_results(_STUDY.value) if _STUDY.value else {}
     if _STUDY.value and not zoo:
         raise app.UsageError(f"--study_dir={_STUDY.value} holds no */results_miou.csv")
+    earlier = {}
+    if _SPEEDS_FROM.value:
+        with open(_SPEEDS_FROM.value) as f:
+            earlier = {r["name"]: r for r in json.load(f)}
     rows = []
     for name in names:
         row = model_row(name, _SIZE.value, _CLASSES.value)
-        if _SPEED_SIZE.value:
+        if _SPEED_SIZE.value and "eval_img_s" in earlier.get(name, {}):
+            row.update({k: earlier[name][k] for k in ("eval_img_s", "train_img_s")})
+        elif _SPEED_SIZE.value:
             row.update(speed_row(name, _SPEED_SIZE.value, _SPEED_BATCH.value, _CLASSES.value,
                                  _SPEED_STEPS.value))
         if name in zoo:
