@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import statistics
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -40,27 +38,14 @@ def define_flags() -> None:
 
 
 def time_eval(name: str, height: int, width: int, steps: int, num_classes: int = 19) -> dict:
-    """{"fps", "gflops", "compile_s"} of model `name`'s compiled eval forward + argmax."""
-    import time
+    """{"fps", "gflops", "compile_s"} of model `name`'s compiled eval forward + argmax
+    (`step_bench`'s eval step)."""
+    from experiments.benchmarks import step_bench
 
     overrides = {"aux_loss": False} if "aux_loss" in (accepted_overrides(name) or set()) else {}
     model = create_model(name, num_classes=num_classes, **overrides)
-    image = jnp.asarray(np.random.default_rng(0).normal(size=(1, height, width, 3)), jnp.float32)
-    variables = jax.jit(model.init)(jax.random.key(0), image)
-
-    def predict(v, x):
-        return jnp.argmax(model.apply(v, x)["logits"], axis=-1)
-
-    with common.direct_convolutions():
-        flops = common.model_flops(predict, variables, image)
-    start = time.perf_counter()
-    compiled = jax.jit(predict).lower(variables, image).compile()
-    compile_s = time.perf_counter() - start
-
-    def run():
-        common.block(compiled(variables, image))
-
-    run()
+    image = np.random.default_rng(0).normal(size=(1, height, width, 3)).astype(np.float32)
+    run, compile_s, flops = step_bench._segjax_eval(model, {"image": image})  # run once: warm
     seconds = statistics.median(common.time_calls(run, 1) for _ in range(steps))
     return {"fps": 1.0 / seconds, "gflops": (flops or float("nan")) / 1e9, "compile_s": compile_s}
 

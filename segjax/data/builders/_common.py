@@ -1,6 +1,8 @@
-"""What both segjax TFDS builders share."""
+"""What segjax's TFDS builders share."""
 import os
 import sys
+
+import tensorflow_datasets as tfds
 
 from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
@@ -69,3 +71,13 @@ def open_image(path: str, what: str = "image file"):
         im.close()
         raise
     return im
+
+
+def semantic_features() -> "tfds.features.FeaturesDict":
+    """The features of a semantic segmentation builder: `image` (JPEG bytes kept as they are),
+    `segmentation_mask` uint8 `[H, W, 1]` (PNG) and `image_id`."""
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "segmentation_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        "image_id": tfds.features.Text(),
+    })

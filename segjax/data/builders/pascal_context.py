@@ -31,7 +31,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data.builders._common import LocalCodePath, manual_dir_of
+from segjax.data.builders._common import LocalCodePath, manual_dir_of, semantic_features
 from segjax.data.builders.voc2012_segmentation import (_find_tree, mat_inflated_size, read_ids,
                                                        read_image_size)
 
@@ -171,12 +171,7 @@ class PascalContext(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "segmentation_mask": tfds.features.Image(shape=(None, None, 1),
-                                                         encoding_format="png"),
-                "image_id": tfds.features.Text(),
-            }),
+            features=semantic_features(),
             supervised_keys=("image", "segmentation_mask"),
             homepage="https://cs.stanford.edu/~roozbeh/pascal-context/",
         )

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segjax.data.builders._common import (MAX_IMAGE_PIXELS, LocalCodePath, manual_dir_of,
-                                          open_image)
+                                          open_image, semantic_features)
 
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_TAR, VOC_SIZE = "VOCtrainval_11-May-2012.tar", 1999639040
@@ -263,12 +263,7 @@ class Voc2012Segmentation(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "segmentation_mask": tfds.features.Image(shape=(None, None, 1),
-                                                         encoding_format="png"),
-                "image_id": tfds.features.Text(),
-            }),
+            features=semantic_features(),
             supervised_keys=("image", "segmentation_mask"),
             homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
         )
