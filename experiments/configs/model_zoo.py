@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs.common import base_config, use_synthetic_shapes
+from experiments.configs.shapes_ablation import short_shapes_recipe
 
 # One model per architecture (registry names).
 ZOO = ("unet", "segnet", "enet", "fcn_resnet18", "deeplabv3_resnet18", "deeplabv3plus_resnet18",
@@ -51,19 +51,8 @@ def get_config(preset: str = "unet") -> ml_collections.ConfigDict:
     """Returns the config for `preset` (one of PRESETS)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for model_zoo.py; presets: {PRESETS}")
-    c = base_config()
-    use_synthetic_shapes(c, crop_size=64)
+    c = short_shapes_recipe(base_lr=0.02 if preset.endswith("_vgg16") else 0.05)
     c.model.name = preset
     for key, value in cpu_overrides(preset).items():
         c.model[key] = value
-    c.batch_size = 16
-    c.num_train_steps = 300
-    c.log_every_steps = 50
-    c.eval_every_steps = 300
-    c.checkpoint_every_steps = 300
-    c.keep_checkpoints = 1
-    c.optimizer.base_lr = 0.02 if preset.endswith("_vgg16") else 0.05
-    c.optimizer.weight_decay = 1e-4
-    c.eval.batch_size = 16
-    c.eval.num_visualizations = 0
     return c

@@ -30,11 +30,10 @@ from experiments.configs.common import base_config, placeholder, use_synthetic_s
 PRESETS = ("", "unet", "segnet", "fcn", "deeplab")
 
 
-def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    """Returns the config for `preset` (one of PRESETS; "" is `unet`)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r} for shapes_ablation.py; presets: {PRESETS}")
-    preset = preset or "unet"
+def short_shapes_recipe(base_lr: float = 0.05) -> ml_collections.ConfigDict:
+    """The recipe every study preset shares (and `model_zoo.py`): synthetic shapes, 64x64 crops,
+    batch 16, 300 steps of SGD at `base_lr` (poly), weight decay 1e-4, one evaluation at the end,
+    no pictures. The model is the caller's to set."""
     c = base_config()
     use_synthetic_shapes(c, crop_size=64)
     c.batch_size = 16
@@ -43,10 +42,19 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.eval_every_steps = 300
     c.checkpoint_every_steps = 300
     c.keep_checkpoints = 1
-    c.optimizer.base_lr = 0.05
+    c.optimizer.base_lr = base_lr
     c.optimizer.weight_decay = 1e-4
     c.eval.batch_size = 16
     c.eval.num_visualizations = 0
+    return c
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    """Returns the config for `preset` (one of PRESETS; "" is `unet`)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} for shapes_ablation.py; presets: {PRESETS}")
+    preset = preset or "unet"
+    c = short_shapes_recipe()
     if preset == "unet":
         c.model.name = "unet"
         c.model.base_features = 8
