@@ -29,6 +29,21 @@ The sharded-batch rules every task follows (DESIGN §4):
   (`ctx.example_offset`).
 * Randomness comes from `ctx.rng` folded with the example's global position
   (`ctx.example_keys`), never the device index, so 1 and N devices draw the same numbers.
+
+A task that learns more than one network, or calls the model more than once per step, uses
+three optional hooks (the defaults give the one-call, stateless step every built-in
+single-model task uses):
+* `train_forward(apply, batch, ctx)`: how the model is called in a train step. `apply(*args,
+  **kwargs)` runs the model being trained (BatchNorm statistics threaded from call to call,
+  each call its own dropout key), e.g. once on source and once on target images.
+* `init_task_state(rng, variables)`: state the task keeps beside the model's (an EMA teacher,
+  a discriminator and its optimiser state). It lives in `TaskTrainState.task_state`: replicated,
+  checkpointed and restored with the rest, so resume stays exact.
+* `update_task_state(task_state, params, outputs, batch, ctx)`: the task state after the
+  model's update (the EMA step, the discriminator's own optimiser step: its gradients summed
+  with `ctx.global_sum` like the model's), plus metrics to log. `ctx.task_state` is the state
+  before the step, which `train_forward` and `loss` read (the teacher's weights, the frozen
+  discriminator of the adversarial term); `ctx.apply_fn` runs the model on other variables.
 """
 
 from __future__ import annotations
@@ -61,10 +76,15 @@ class StepContext:
       rng: the step's PRNG key, the same on every device (already folded with the step).
       axis_name: the pmap axis, or None under jit over a mesh (the batch is then one global
         array and every reduction is already global).
+      task_state: `TaskTrainState.task_state` before this step (None for tasks that keep none).
+      apply_fn: the model's `apply`, for calls on variables other than those being trained
+        (e.g. an EMA teacher's); None outside a train step.
     """
 
     rng: jax.Array
     axis_name: str | None = None
+    task_state: Any = None
+    apply_fn: ApplyFn | None = None
 
     def global_sum(self, x: Any) -> Any:
         """`x` summed over the data axis (identity under jit over a mesh)."""
@@ -129,6 +149,29 @@ class Task(abc.ABC):
         """`(args, kwargs)` of `model.apply(variables, *args, train=..., **kwargs)`."""
         del train
         return (batch["image"],), {}
+
+    def train_forward(self, apply: Callable[..., Any], batch: Batch, ctx: StepContext
+                      ) -> Mapping[str, jax.Array]:
+        """The model outputs a train step's `loss` sees; `apply(*args, **kwargs)` runs the
+        model being trained with `train=True` (see the module docstring). The default is one
+        call on `model_inputs(batch, train=True)`."""
+        del ctx
+        args, kwargs = self.model_inputs(batch, train=True)
+        return apply(*args, **kwargs)
+
+    def init_task_state(self, rng: jax.Array, variables: Mapping[str, Any]) -> Any:
+        """The task's own state at step 0 from the model's initial `variables` (default None).
+        Must be a pure function of its arguments: resume rebuilds its shapes by tracing it."""
+        del rng, variables
+        return None
+
+    def update_task_state(self, task_state: Any, params: Any, outputs: Mapping[str, jax.Array],
+                          batch: Batch, ctx: StepContext) -> tuple[Any, dict[str, jax.Array]]:
+        """`(task state after the step, metrics)`: called in the train step after the model's
+        update with its new `params` and the step's `outputs` (of `train_forward`). Metrics are
+        global scalars (logged as the mean since the last log line). Default: unchanged, none."""
+        del params, outputs, batch, ctx
+        return task_state, {}
 
     def init_inputs(self, image_shape: tuple[int, ...]) -> tuple[tuple, dict]:
         """Dummy `(args, kwargs)` to initialise the model for images of `image_shape`."""

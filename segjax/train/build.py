@@ -69,6 +69,13 @@ def _init_inputs(task, shape):
     return None if task is None else task.init_inputs(shape)
 
 
+def _init_task_state(task, config, variables):
+    """The task's own state at step 0 (`Task.init_task_state`), from a key of its own."""
+    if task is None:
+        return None
+    return task.init_task_state(jax.random.fold_in(jax.random.key(config.seed), 2), variables)
+
+
 def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: int, task=None):
     """(TrainState of ShapeDtypeStructs on the first device, lr schedule) without running init.
 
@@ -82,7 +89,9 @@ def abstract_state(config: ml_collections.ConfigDict, model, num_train_steps: in
                                           frozen=frozen_parameters(model, variables["params"]),
                                           **optimizer_kwargs(config))
     abstract = jax.eval_shape(
-        lambda v: state_lib.create_train_state(model, None, shape, tx, variables=v), variables)
+        lambda v: state_lib.create_train_state(model, None, shape, tx, variables=v,
+                                               task_state=_init_task_state(task, config, v)),
+        variables)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                             abstract)
@@ -105,5 +114,6 @@ def create_state(config: ml_collections.ConfigDict, model, num_train_steps: int,
     tx, schedule = optim.create_optimizer(variables["params"], num_steps=num_train_steps,
                                           frozen=frozen_parameters(model, variables["params"]),
                                           **optimizer_kwargs(config))
-    state = state_lib.create_train_state(model, rng, shape, tx, variables=variables)
+    state = state_lib.create_train_state(model, rng, shape, tx, variables=variables,
+                                         task_state=_init_task_state(task, config, variables))
     return state, schedule

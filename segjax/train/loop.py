@@ -63,6 +63,12 @@ class NonFiniteLossError(FloatingPointError):
 KNOWN_ERRORS = (NonFiniteLossError, IncompatibleWorkdirError, ValueError, FileNotFoundError)
 
 
+# What every train step returns; anything else is a task's metric (`Task.update_task_state`),
+# logged as its mean since the last log line, like the loss.
+_STEP_METRICS = frozenset({"loss", "grad_norm", "lr", "valid_pixels", "grads_finite",
+                           "params_finite"})
+
+
 def _should(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
@@ -215,6 +221,8 @@ class _Run:
                 for key in ("grad_norm", "lr", "valid_pixels"):
                     if key in stacked:
                         line[key] = float(stacked[key][-1])
+                for key in sorted(set(stacked) - _STEP_METRICS):  # the task's own
+                    line[key] = float(stacked[key].mean())
                 images_per_s = progress.update(step, line["loss"])
                 writer.write(step, "train", line, extra_scalars={"images_per_s": images_per_s})
             if do_eval or do_ckpt:

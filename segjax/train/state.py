@@ -17,6 +17,15 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
+class TaskTrainState(TrainState):
+    """A `TrainState` plus the task's own state (`Task.init_task_state`: an EMA teacher's
+    weights, a discriminator and its optimiser state). Only tasks that keep such state get this
+    class, so the pytree, and with it the checkpoints, of every other run stay as they were
+    (orbax refuses to restore a checkpoint into a template with a field it lacks)."""
+
+    task_state: Any = None
+
+
 def init_variables(model: nn.Module, rng: jax.Array, input_shape: Sequence[int], *,
                    inputs: tuple[tuple, dict] | None = None) -> dict[str, Any]:
     """Initial variables {"params", "batch_stats"} of `model` for float32 images `input_shape` [N, H, W, C].
@@ -46,6 +55,7 @@ def create_train_state(
     tx: optax.GradientTransformation,
     *,
     variables: dict[str, Any] | None = None,
+    task_state: Any = None,
 ) -> TrainState:
     """A fresh `TrainState` (step 0) for `model` with optimiser `tx`.
 
@@ -56,12 +66,16 @@ def create_train_state(
       tx: the optimiser, e.g. from `segjax.train.optim.create_optimizer`.
       variables: already initialised {"params", "batch_stats"} (e.g. converted pretrained weights),
         used instead of initialising from `rng`.
+      task_state: the task's own state (`Task.init_task_state`); not None gives a
+        `TaskTrainState`.
     """
     if variables is None:
         variables = init_variables(model, rng, input_shape)
-    return TrainState.create(
+    kwargs = {} if task_state is None else {"task_state": task_state}
+    return (TrainState if task_state is None else TaskTrainState).create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
         batch_stats=variables.get("batch_stats", {}),
+        **kwargs,
     )

@@ -73,35 +73,65 @@ def train_step(
       counted pixels for ce/focal/ohem, their class-weight sum with class weights, images for
       dice/lovasz; the task's unit otherwise), `grads_finite` and `params_finite` (1.0 when
       every gradient / updated parameter is finite, else 0.0: the loop stops before such a
-      state is checkpointed; norms would overflow long before the values do), and `lr`.
+      state is checkpointed; norms would overflow long before the values do), `lr`, and the
+      task's own metrics (`Task.update_task_state`).
     """
     check_axis(axis_name)
     task.check_batch(batch, task.train_keys)
     step_rng = jax.random.fold_in(rng, state.step)
     model_rng, task_rng = jax.random.split(step_rng)
-    ctx = StepContext(rng=task_rng, axis_name=axis_name)
-    args, kwargs = task.model_inputs(batch, train=True)
+    old_task_state = getattr(state, "task_state", None)  # a TaskTrainState's only
+    ctx = StepContext(rng=task_rng, axis_name=axis_name, task_state=old_task_state,
+                      apply_fn=state.apply_fn)
 
     def compute_loss(params):
-        outputs, mutated = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, *args, train=True,
-            mutable=["batch_stats"], rngs={"dropout": model_rng}, **kwargs)
+        model = _TrainingModel(state.apply_fn, params, state.batch_stats, model_rng)
+        outputs = task.train_forward(model, batch, ctx)
         loss_sum, count = task.loss(outputs, batch, ctx)
         global_count = lax.stop_gradient(_psum(count, axis_name))
         # d(local_sum / global_count) summed over devices is the gradient of the global loss.
         local = loss_sum / jnp.maximum(global_count, 1e-12)
-        return local, (mutated, loss_sum, global_count)
+        return local, (model.batch_stats, loss_sum, global_count, outputs)
 
-    grads, (mutated, loss_sum, global_count) = jax.grad(compute_loss, has_aux=True)(state.params)
+    grads, (batch_stats, loss_sum, global_count, outputs) = jax.grad(
+        compute_loss, has_aux=True)(state.params)
     grads = _psum(grads, axis_name)
-    new_state = state.apply_gradients(
-        grads=grads, batch_stats=mutated.get("batch_stats", state.batch_stats))
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    task_state, task_metrics = task.update_task_state(
+        old_task_state, new_state.params, jax.lax.stop_gradient(outputs), batch, ctx)
+    if task_state is not None:
+        new_state = new_state.replace(task_state=task_state)
     loss = _psum(loss_sum, axis_name) / jnp.maximum(global_count, 1e-12)
     out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "valid_pixels": global_count,
            "grads_finite": _all_finite(grads), "params_finite": _all_finite(new_state.params)}
+    out.update(task_metrics)
     if learning_rate_fn is not None:
         out["lr"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
     return new_state, out
+
+
+class _TrainingModel:
+    """The model being trained, as `Task.train_forward` calls it inside one train step.
+
+    Each call applies the model with `train=True` to the parameters being differentiated,
+    starting from the BatchNorm statistics the previous call left (the state's for the first
+    call) and mutating them; the first call's dropout key is the step's model key, call k's is
+    that key folded with k. `batch_stats` after the last call is what the step keeps.
+    """
+
+    def __init__(self, apply_fn, params, batch_stats, rng):
+        self._apply_fn, self._params, self._rng = apply_fn, params, rng
+        self.batch_stats = batch_stats
+        self._calls = 0
+
+    def __call__(self, *args, **kwargs):
+        rng = self._rng if self._calls == 0 else jax.random.fold_in(self._rng, self._calls)
+        self._calls += 1
+        outputs, mutated = self._apply_fn(
+            {"params": self._params, "batch_stats": self.batch_stats}, *args, train=True,
+            mutable=["batch_stats"], rngs={"dropout": rng}, **kwargs)
+        self.batch_stats = mutated.get("batch_stats", self.batch_stats)
+        return outputs
 
 
 def eval_step(
