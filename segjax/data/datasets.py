@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 _SYNTHETIC_CONFIGS = ("clean", "illumination", "occlusion", "overlap", "shape_variation",
-                      "imbalance", "noise", "label_noise", "all", "shape_only", "tiny")
+                      "imbalance", "noise", "label_noise", "all", "shape_only", "tiny",
+                      "restyled")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
