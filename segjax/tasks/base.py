@@ -39,7 +39,7 @@ single-model task uses):
 * `init_task_state(rng, variables)`: state the task keeps beside the model's (an EMA teacher,
   a discriminator and its optimiser state). It lives in `TaskTrainState.task_state`: replicated,
   checkpointed and restored with the rest, so resume stays exact.
-* `update_task_state(task_state, params, outputs, batch, ctx)`: the task state after the
+* `update_task_state(task_state, variables, outputs, batch, ctx)`: the task state after the
   model's update (the EMA step, the discriminator's own optimiser step: its gradients summed
   with `ctx.global_sum` like the model's), plus metrics to log. `ctx.task_state` is the state
   before the step, which `train_forward` and `loss` read (the teacher's weights, the frozen
@@ -165,12 +165,14 @@ class Task(abc.ABC):
         del rng, variables
         return None
 
-    def update_task_state(self, task_state: Any, params: Any, outputs: Mapping[str, jax.Array],
-                          batch: Batch, ctx: StepContext) -> tuple[Any, dict[str, jax.Array]]:
+    def update_task_state(self, task_state: Any, variables: Mapping[str, Any],
+                          outputs: Mapping[str, jax.Array], batch: Batch, ctx: StepContext
+                          ) -> tuple[Any, dict[str, jax.Array]]:
         """`(task state after the step, metrics)`: called in the train step after the model's
-        update with its new `params` and the step's `outputs` (of `train_forward`). Metrics are
-        global scalars (logged as the mean since the last log line). Default: unchanged, none."""
-        del params, outputs, batch, ctx
+        update with its new `variables` ({"params", "batch_stats"}) and the step's `outputs`
+        (of `train_forward`, gradients stopped). Metrics are global scalars (logged as the mean
+        since the last log line). Default: unchanged, none."""
+        del variables, outputs, batch, ctx
         return task_state, {}
 
     def init_inputs(self, image_shape: tuple[int, ...]) -> tuple[tuple, dict]:

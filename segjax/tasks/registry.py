@@ -31,6 +31,7 @@ _BUILTIN_MODULES = (
     "segjax.tasks.oracle",
     "segjax.tasks.fewshot",
     "segjax.tasks.embedding",
+    "segjax.tasks.uda",
 )
 
 

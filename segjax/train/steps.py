@@ -98,7 +98,8 @@ def train_step(
     grads = _psum(grads, axis_name)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     task_state, task_metrics = task.update_task_state(
-        old_task_state, new_state.params, jax.lax.stop_gradient(outputs), batch, ctx)
+        old_task_state, {"params": new_state.params, "batch_stats": new_state.batch_stats},
+        jax.lax.stop_gradient(outputs), batch, ctx)
     if task_state is not None:
         new_state = new_state.replace(task_state=task_state)
     loss = _psum(loss_sum, axis_name) / jnp.maximum(global_count, 1e-12)

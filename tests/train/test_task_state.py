@@ -61,8 +61,9 @@ class TwoStreamTask(SemanticTask):
         pixels = ctx.global_sum(jnp.float32(logit.size))
         return seg_sum + ADV * adv_sum * jax.lax.stop_gradient(ctx.global_sum(count)) / pixels, count
 
-    def update_task_state(self, task_state, params, outputs, batch, ctx):
-        teacher = jax.tree.map(lambda t, p: EMA * t + (1 - EMA) * p, task_state["teacher"], params)
+    def update_task_state(self, task_state, variables, outputs, batch, ctx):
+        teacher = jax.tree.map(lambda t, p: EMA * t + (1 - EMA) * p, task_state["teacher"],
+                               variables["params"])
         source = jax.nn.softmax(outputs["logits"])
         target = jax.nn.softmax(outputs["target_logits"])
         pixels = ctx.global_sum(jnp.float32(source[..., 0].size + target[..., 0].size))
