@@ -2,7 +2,7 @@
 `strongTransform`'s mix (vikolss/DACS utils/transformmasks.py, utils/transformsgpu.py) given the
 same chosen classes, plus properties hunted by Hypothesis (the mask is exactly the union of the
 chosen classes; ceil(n / 2) of the n present values, DACS's `int((n + n % 2) / 2)`; the ignore
-label in or out of the draw), uniformity, jit and vmap."""
+label in or out of the draw; malformed values never chosen), uniformity, jit and vmap."""
 
 import functools
 
@@ -58,12 +58,16 @@ def test_classmix_matches_dacs_given_the_same_classes(np_rng):
     assert 0 < mask.sum() < mask.size
 
 
-@given(seed=st.integers(0, 2**32 - 1), n_values=st.integers(1, K + 1), ignore_is_class=st.booleans())
-def test_half_of_the_present_values_and_the_mask_is_their_union(seed, n_values, ignore_is_class):
+@given(seed=st.integers(0, 2**32 - 1), n_values=st.integers(1, K + 1), ignore_is_class=st.booleans(),
+       outsider=st.sampled_from([None, -1, K, 254, 2**20]))
+def test_half_of_the_present_values_and_the_mask_is_their_union(seed, n_values, ignore_is_class, outsider):
+    """`outsider`: a malformed value (not a class, not the ignore label) is never chosen."""
     rng = np.random.default_rng(seed)
     label = random_label(rng, n_values)
+    if outsider is not None:
+        label[rng.integers(H), :] = outsider
     chosen = np.asarray(select(jax.random.key(seed), label, ignore_is_class))
-    present = set(np.unique(label).tolist()) - (set() if ignore_is_class else {IGNORE})
+    present = set(np.unique(label).tolist()) - {outsider} - (set() if ignore_is_class else {IGNORE})
     picked = set(chosen_values(chosen))
     assert picked <= present
     assert len(picked) == int((len(present) + len(present) % 2) / 2)  # DACS's count
