@@ -5,7 +5,7 @@ Real-time with Adaptive Instance Normalization"), as in naoto0804/pytorch-AdaIN.
   (Bessel's correction, `torch.var`'s default) plus eps inside the square root: the reference's
   `calc_mean_std`.
 * `adain(content, style)`: Eq. 8, AdaIN(x, y) = sigma(y) (x - mu(x)) / sigma(x) + mu(y).
-* `adain_blend(content, style, alpha)`: the content-style trade-off of Sec. 7.1,
+* `adain_blend(content, style, alpha)`: the content-style trade-off of Sec. 7 (runtime control),
   t = alpha AdaIN(f_c, f_s) + (1 - alpha) f_c (the reference's `style_transfer(..., alpha)`).
 * `AdaINDecoder`: the decoder g, the mirror of VGG-19 up to relu4_1 (Sec. 6): reflection padding,
   3x3 convs, ReLU, nearest x2 upsampling, no normalisation layers (the reference's `net.decoder`).
@@ -71,7 +71,7 @@ def adain(content: jax.Array, style: jax.Array, eps: float = 1e-5) -> jax.Array:
 
 
 def adain_blend(content: jax.Array, style: jax.Array, alpha: float = 1.0, eps: float = 1e-5) -> jax.Array:
-    """The decoder's target t = alpha AdaIN(content, style) + (1 - alpha) content (Sec. 7.1).
+    """The decoder's target t = alpha AdaIN(content, style) + (1 - alpha) content (Sec. 7).
 
     alpha = 1 is full stylisation, alpha = 0 reconstructs the content; shapes as `adain`.
     """

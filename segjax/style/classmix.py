@@ -1,11 +1,11 @@
 """ClassMix (Olsson et al., WACV 2021, "ClassMix: Segmentation-Based Data Augmentation for
 Semi-Supervised Learning") across domains, as DACS uses it (Tranheden et al., WACV 2021, "DACS:
-Domain Adaptation via Cross-domain Mixed Sampling", Sec. 3.2; vikolss/DACS `trainUDA.py` and
+Domain Adaptation via Cross-domain Mixed Sampling", Sec. 3; vikolss/DACS `trainUDA.py` and
 `utils/transformmasks.py`).
 
 Half of the classes present in the SOURCE label are chosen at random; their source pixels are
 pasted onto the target image, and the mixed label is the source label there and the target's
-pseudo-label elsewhere (Eq. 3-4 of DACS).
+pseudo-label elsewhere.
 
 * How many: DACS takes `int((n + n % 2) / 2)` of the n values present, ceil(n / 2), at least one
   class when one is present (ClassMix's own code takes floor(n / 2)).

@@ -2,7 +2,7 @@
 Semantic Segmentation"), following the authors' NumPy code (YanchaoYang/FDA `utils/__init__.py`,
 `FDA_source_to_target_np` and `low_freq_mutate_np`).
 
-* `fda(source, target, beta)`: Eq. 1, x_{s->t} = F^-1([M_beta . A_t + (1 - M_beta) . A_s, P_s]):
+* `fda(source, target, beta)`: the paper's Eq. 1, x_{s->t} = F^-1([M_beta . A_t + (1 - M_beta) . A_s, P_s]):
   the 2-D FFT of every channel, the amplitude A inside a centred low-frequency window replaced by
   the target's, the source's phase P kept, the inverse FFT's real part returned. After `fftshift`
   the window is rows c_h - b .. c_h + b and columns c_w - b .. c_w + b, inclusive, with
@@ -13,10 +13,12 @@ Semantic Segmentation"), following the authors' NumPy code (YanchaoYang/FDA `uti
   is not followed: it uses the removed `torch.rfft` and swaps the four corners of the unshifted
   spectrum, frequencies -b .. b - 1, a window not symmetric around 0, so the mixed spectrum is not
   Hermitian and the inverse FFT has an imaginary part (issue 40 of their repository).
-* `fda_entropy_loss`: the Charbonnier-penalised entropy of Eq. 3, as their `model/deeplab.py`
-  computes it in training: ent = -sum_k p_k log p_k / log K (they divide by 2.9444 = log 19),
-  rho(ent) = (ent^2 + eps^2)^eta with eps^2 = 1e-8 and eta = 2 (`--ita 2.0`).
-* `ensemble_probabilities`: the multi-band transfer's prediction (Sec. 3.2, Eq. 5; their
+* `fda_entropy_loss`: the Charbonnier-penalised entropy, as their `model/deeplab.py` computes it
+  in training: ent = -sum_k p_k log p_k / log K (they divide by 2.9444 = log 19),
+  rho(ent) = (ent^2 + eps^2)^eta with eps^2 = 1e-8 and eta = 2 (`--ita 2.0`). The paper writes
+  rho(x) = (x^2 + 0.001^2)^eta; the default follows the code (eps = 1e-4), `eps=1e-3` gives the
+  paper's.
+* `ensemble_probabilities`: the multi-band transfer's prediction (their
   `getSudoLabel_multi.py`): the mean of the softmax probabilities of models trained with
   different beta (0.01, 0.05, 0.09 in the paper).
 """
@@ -58,7 +60,7 @@ def _amplitude(z: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def fda(source: jax.Array, target: jax.Array, beta: float) -> jax.Array:
-    """The source images with the target's low-frequency amplitude spectrum (FDA, Eq. 1).
+    """The source images with the target's low-frequency amplitude spectrum (FDA's Eq. 1).
 
     Args:
       source: [N, H, W, C] floating images (any range; the authors use 0..255 before the mean
@@ -86,7 +88,7 @@ def fda(source: jax.Array, target: jax.Array, beta: float) -> jax.Array:
 
 def fda_entropy_loss(logits: jax.Array, *, eta: float = 2.0, eps: float = 1e-4,
                      valid_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """FDA's robust entropy on target predictions (Eq. 3) as a global `(sum, count)` pair.
+    """FDA's robust entropy on target predictions as a global `(sum, count)` pair.
 
     Per pixel: ent = -sum_k p_k log p_k / log K with p = softmax(logits), then
     (ent^2 + eps^2)^eta; the authors' loss is the mean, sum / count.
@@ -94,7 +96,7 @@ def fda_entropy_loss(logits: jax.Array, *, eta: float = 2.0, eps: float = 1e-4,
     Args:
       logits: [N, H, W, K] (K >= 2).
       eta: the Charbonnier exponent (2.0, their `--ita`).
-      eps: their 1e-8 is eps^2.
+      eps: their code's 1e-8 is eps^2 (the paper's text: eps = 0.001).
       valid_mask: optional [N, H, W] bool; pixels outside it add nothing.
     Returns:
       (sum, count) float32 scalars.

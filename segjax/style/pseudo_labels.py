@@ -1,4 +1,4 @@
-"""DACS's confidence-weighted pseudo-labels and mean teacher (Tranheden et al., WACV 2021, Sec. 3.2;
+"""DACS's confidence-weighted pseudo-labels and mean teacher (Tranheden et al., WACV 2021, Sec. 3;
 vikolss/DACS `trainUDA.py`).
 
 * `confident_pseudo_labels`: the teacher's argmax as the target label, and one weight for all

@@ -92,6 +92,7 @@ class TransformerNet(nn.Module):
 
 _TORCH_CONV = re.compile(r"^(.*)\.conv2d\.(weight|bias)$")
 _TORCH_NORM = re.compile(r"^(.*)\.(weight|bias)$")
+_UPSAMPLE_CONVS = ("deconv1", "deconv2")
 _TORCH_STALE = re.compile(r"in\d+\.running_(mean|var)$")  # in old .pth files; the reference drops them
 
 
@@ -116,8 +117,8 @@ def from_torch_transformer_net(state_dict: Mapping[str, np.ndarray]) -> dict:
             continue
         conv, norm = _TORCH_CONV.match(key), _TORCH_NORM.match(key)
         if conv:
-            path = conv.group(1).split(".") + (["conv"] if conv.group(1).startswith("deconv") and
-                                               conv.group(1) != "deconv3" else [])
+            # deconv1/2 are `UpsampleConv`s, whose `ReflectConv` is one level further down.
+            path = conv.group(1).split(".") + (["conv"] if conv.group(1) in _UPSAMPLE_CONVS else [])
             leaf = "kernel" if conv.group(2) == "weight" else "bias"
             put(path + ["conv", leaf], np.transpose(value, (2, 3, 1, 0)) if leaf == "kernel" else value)
         elif norm and re.fullmatch(r"(res\d\.)?in\d", norm.group(1)):
