@@ -106,9 +106,8 @@ def outline_distance(rng: np.random.Generator, size: int, area: float) -> np.nda
     c, s = np.cos(angle), np.sin(angle)
     u, v = c * dx + s * dy, (-s * dx + c * dy) / aspect
     rho, t = np.hypot(u, v), np.arctan2(v, u)
-    radius = r0 * (1 + np.sum(amp[:, None, None] * np.cos(k[:, None, None] * t + phase[:, None,
-                                                                                        None]),
-                              axis=0))
+    harmonics = amp[:, None, None] * np.cos(k[:, None, None] * t + phase[:, None, None])
+    radius = r0 * (1 + harmonics.sum(0))
     return np.maximum(radius, 0.2 * r0) - rho
 
 
@@ -184,7 +183,8 @@ class SyntheticLesions(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, count: int):
         for index in range(count):
             ex = generate(self.builder_config, split, index)
-            yield index, {"image": _png(ex["image"]), "segmentation_mask": _png(ex["label"][..., 0]),
+            yield index, {"image": _png(ex["image"]),
+                          "segmentation_mask": _png(ex["label"][..., 0]),
                           "image_id": f"{split}_{index:06d}"}
 
 
