@@ -15,6 +15,20 @@ Presets:
 * `demo`: a small gossip oracle (base_features 8, depth 4) on synthetic_shapes, 128x128, batch
   16, 600 steps: ~15 minutes on 2 shared CPU cores. Measured in docs/oracle.md (Spearman on held-out degraded
   masks).
+* `lesion`: `demo` on `synthetic_lesions` (one lesion-like blob per 96x96 image, 2 classes: the
+  paper's single-object PH2 setting without the download), 96x96 inputs. Smoke-tested only
+  (docs/oracle.md, "The paper's setting"); the full study is not measured yet.
+
+    python -m experiments.train --workdir=/tmp/oracle_lesion \
+      --config=experiments/configs/oracle.py:lesion
+    python -m experiments.oracle_refine --oracle=/tmp/oracle_lesion --workdir=/tmp/refine_lesion
+
+* `ph2`: the default recipe on PH2 resized to 128x128 (`ph2/128`; the authors' 128x128 inputs,
+  gossip network, Dice-uniform degradations), for a user who has PH2 in the manual directory
+  (`python -m segjax.data prepare ph2/128 --manual_dir=...`, see segjax/data/builders/ph2.py).
+  The authors then ascend 500 steps from an all-zero mask (Dice 0.0004 -> 0.739 on PH2):
+  `python -m experiments.oracle_refine --oracle=DIR --workdir=OUT --steps=500 --num_images=50`.
+  Not measured (PH2 is not on the CI machines).
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ import ml_collections
 
 from experiments.configs.common import base_config, use_synthetic_shapes
 
-PRESETS = ("", "demo")
+PRESETS = ("", "demo", "lesion", "ph2")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -50,7 +64,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer.base_lr = 0.02
     c.optimizer.weight_decay = 1e-4
     c.eval.batch_size = 32
-    if preset == "demo":
+    if preset == "ph2":
+        c.dataset.name = "ph2/128"  # 100 / 50 / 50 cases: see segjax/data/builders/ph2.py
+    if preset in ("demo", "lesion"):
         c.model.base_features = 8
         c.batch_size = 16
         c.eval.batch_size = 16
@@ -58,4 +74,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.log_every_steps = 50
         c.eval_every_steps = 200
         c.checkpoint_every_steps = 200
+    if preset == "lesion":
+        c.dataset.name = "synthetic_lesions"  # 96x96, 1000 train / 200 validation images
+        c.dataset.crop_size = 96
+        c.eval.pad_to = 96
     return c

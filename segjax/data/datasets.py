@@ -6,8 +6,11 @@ training class ids. Names: `voc2012` (splits `train`, `val`, `train_aug`), `pasc
 (60 classes incl. background) and `pascal_context59` (background ignored), `synthetic_shapes`
 and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `camvid` (facts only: segjax
 has no CamVid builder, see its notes), `scene_parse150`, `coco2017`
-(manual directory, splits `train`/`validation`, 91 classes) and `coco_instances` (the
-COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any other).
+(manual directory, splits `train`/`validation`, 91 classes), `coco_instances` (the
+COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any other),
+`synthetic_lesions` and `synthetic_lesions/<config>` (one lesion-like blob per image, 2 classes)
+and `ph2`, `ph2/<config>` (the PH2 dermoscopy database from its manual directory, splits
+`train`/`validation`/`test`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import numpy as np
 _SYNTHETIC_CONFIGS = ("clean", "illumination", "occlusion", "overlap", "shape_variation",
                       "imbalance", "noise", "label_noise", "all", "shape_only", "tiny",
                       "restyled")
+_LESION_CONFIGS = ("default", "small", "tiny")  # synthetic_lesions.CONFIG_NAMES
+_PH2_CONFIGS = ("original", "128", "192")  # ph2.CONFIG_NAMES
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -163,6 +168,29 @@ def _synthetic(config: str | None) -> DatasetInfo:
         notes="Generated from a seed; no download.")
 
 
+_LESION_PALETTE = np.array([[0, 0, 0], [128, 0, 0]], np.uint8)
+
+
+def _synthetic_lesions(config: str | None) -> DatasetInfo:
+    from segjax.data.builders.synthetic_lesions import CLASS_NAMES  # numpy + tfds only
+    name = "synthetic_lesions" if config is None else f"synthetic_lesions/{config}"
+    return DatasetInfo(
+        name=name, tfds_name=f"synthetic_lesions/{config or 'default'}", num_classes=2,
+        ignore_label=255, class_names=CLASS_NAMES, palette=_LESION_PALETTE,
+        builder_module="segjax.data.builders.synthetic_lesions",
+        notes="Generated from a seed; no download. 0 = skin, 1 = lesion.")
+
+
+def _ph2(config: str | None) -> DatasetInfo:
+    name = "ph2" if config is None else f"ph2/{config}"
+    return DatasetInfo(
+        name=name, tfds_name=f"ph2/{config or 'original'}", num_classes=2, ignore_label=255,
+        class_names=("background", "lesion"), palette=_LESION_PALETTE,
+        builder_module="segjax.data.builders.ph2",
+        notes="PH2 lesion masks 0/255 -> classes 0 (skin) / 1 (lesion); splits train / "
+              "validation / test = 100 / 50 / 50 cases, by a hash of the case id.")
+
+
 COCO_ROOT_ENV = "SEGJAX_COCO_ROOT"
 _COCO_NOTES = ("Class ids are category ids (0 = background); crowd regions (iscrowd=1) are the "
                "ignore label 255 with instance 0; instance ids 1..n in annotation order, later "
@@ -262,6 +290,11 @@ def _make_registry() -> dict[str, Any]:
         "coco_instances": lambda: coco_instances_info(_coco_root_from_env()),
         "synthetic_shapes": lambda: _synthetic(None),
         **{f"synthetic_shapes/{c}": (lambda c=c: _synthetic(c)) for c in _SYNTHETIC_CONFIGS},
+        "synthetic_lesions": lambda: _synthetic_lesions(None),
+        **{f"synthetic_lesions/{c}": (lambda c=c: _synthetic_lesions(c))
+           for c in _LESION_CONFIGS},
+        "ph2": lambda: _ph2(None),
+        **{f"ph2/{c}": (lambda c=c: _ph2(c)) for c in _PH2_CONFIGS},
         "oxford_iiit_pet": lambda: DatasetInfo(
             name="oxford_iiit_pet", tfds_name="oxford_iiit_pet", num_classes=2, ignore_label=255,
             class_names=("background", "pet"),

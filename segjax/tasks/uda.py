@@ -26,7 +26,6 @@ checkpointed and resumed with the model (`segjax.tasks.base`).
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import ml_collections
