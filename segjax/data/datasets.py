@@ -18,6 +18,10 @@ import numpy as np
 
 _SYNTHETIC_CONFIGS = ("clean", "illumination", "occlusion", "overlap", "shape_variation",
                       "imbalance", "noise", "label_noise", "all", "shape_only", "tiny")
+_VOLUME_CONFIGS = ("clean", "noise", "bias", "anisotropic", "all", "tiny")
+_VOLUME_NOTES = ("Volumes: `image` float32 [D, H, W, C], `label` uint8 [D, H, W], `spacing` "
+                 "float32 [3] (mm along D, H, W), `id`. The 2-D pipelines do not read them: "
+                 "sample patches with segjax.data.patches (docs/volumetric.md).")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -162,6 +166,17 @@ def _synthetic(config: str | None) -> DatasetInfo:
         notes="Generated from a seed; no download.")
 
 
+def _synthetic_volumes(config: str | None) -> DatasetInfo:
+    from segjax.data.builders.synthetic_volumes import CLASS_NAMES  # numpy + tfds only
+    name = "synthetic_volumes" if config is None else f"synthetic_volumes/{config}"
+    return DatasetInfo(
+        name=name, tfds_name=f"synthetic_volumes/{config or 'clean'}",
+        num_classes=len(CLASS_NAMES), ignore_label=255, class_names=CLASS_NAMES,
+        palette=voc_palette(len(CLASS_NAMES)), label_key="label", id_key="id",
+        builder_module="segjax.data.builders.synthetic_volumes",
+        notes="Generated from a seed; no download. " + _VOLUME_NOTES)
+
+
 COCO_ROOT_ENV = "SEGJAX_COCO_ROOT"
 _COCO_NOTES = ("Class ids are category ids (0 = background); crowd regions (iscrowd=1) are the "
                "ignore label 255 with instance 0; instance ids 1..n in annotation order, later "
@@ -261,6 +276,9 @@ def _make_registry() -> dict[str, Any]:
         "coco_instances": lambda: coco_instances_info(_coco_root_from_env()),
         "synthetic_shapes": lambda: _synthetic(None),
         **{f"synthetic_shapes/{c}": (lambda c=c: _synthetic(c)) for c in _SYNTHETIC_CONFIGS},
+        "synthetic_volumes": lambda: _synthetic_volumes(None),
+        **{f"synthetic_volumes/{c}": (lambda c=c: _synthetic_volumes(c))
+           for c in _VOLUME_CONFIGS},
         "oxford_iiit_pet": lambda: DatasetInfo(
             name="oxford_iiit_pet", tfds_name="oxford_iiit_pet", num_classes=2, ignore_label=255,
             class_names=("background", "pet"),

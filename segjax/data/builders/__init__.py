@@ -7,4 +7,5 @@ builders with TFDS for code that calls `tfds.builder(name)` directly.
 from segjax.data.builders import coco_instances  # noqa: F401
 from segjax.data.builders import pascal_context  # noqa: F401
 from segjax.data.builders import synthetic_shapes  # noqa: F401
+from segjax.data.builders import synthetic_volumes  # noqa: F401
 from segjax.data.builders import voc2012_segmentation  # noqa: F401
