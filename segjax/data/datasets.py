@@ -8,6 +8,8 @@ and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `camvid` (fact
 has no CamVid builder, see its notes), `scene_parse150`, `coco2017`
 (manual directory, splits `train`/`validation`, 91 classes) and `coco_instances` (the
 COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any other).
+Volumes: `synthetic_volumes[/<config>]` and `msd/<task>` (the Medical Segmentation Decathlon from
+`$SEGJAX_MSD_ROOT`; `msd_info(task, root)` for any other folder).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import numpy as np
 
 _SYNTHETIC_CONFIGS = ("clean", "illumination", "occlusion", "overlap", "shape_variation",
                       "imbalance", "noise", "label_noise", "all", "shape_only", "tiny")
+_MSD_TASKS = ("Task01_BrainTumour", "Task02_Heart", "Task03_Liver", "Task04_Hippocampus",
+              "Task05_Prostate", "Task06_Lung", "Task07_Pancreas", "Task08_HepaticVessel",
+              "Task09_Spleen", "Task10_Colon")  # = segjax.data.builders.msd.TASKS
 _VOLUME_CONFIGS = ("clean", "noise", "bias", "anisotropic", "all", "tiny")
 _VOLUME_NOTES = ("Volumes: `image` float32 [D, H, W, C], `label` uint8 [D, H, W], `spacing` "
                  "float32 [3] (mm along D, H, W), `id`. The 2-D pipelines do not read them: "
@@ -240,6 +245,36 @@ def coco_instances_info(root: str, *, splits: tuple | None = None,
         notes=f"COCO-format tree {root}. " + _COCO_NOTES)
 
 
+MSD_ROOT_ENV = "SEGJAX_MSD_ROOT"
+
+
+def msd_info(task: str, root: str | None = None) -> DatasetInfo:
+    """The `DatasetInfo` of Medical Segmentation Decathlon `task` (e.g. "Task04_Hippocampus"):
+    class names and their number from `<root>/<task>/dataset.json`'s "labels" (never assumed),
+    `root` defaulting to `$SEGJAX_MSD_ROOT`. Build it with `prepare(info, data_dir,
+    manual_dir=root)`."""
+    import os
+
+    from segjax.data.builders import msd
+
+    if task not in msd.TASKS:
+        raise ValueError(f"task: unknown MSD task {task!r}; known: {', '.join(msd.TASKS)}")
+    root = root or os.environ.get(MSD_ROOT_ENV)
+    if not root:
+        raise ValueError(f"dataset 'msd/{task}' reads its class names from ${MSD_ROOT_ENV}/"
+                         f"{task}/dataset.json, and {MSD_ROOT_ENV} is not set: export "
+                         f"{MSD_ROOT_ENV}=MANUAL_DIR, the folder holding the extracted {task}/")
+    meta = msd.read_dataset_json(msd.task_dir_of(root, task))
+    names = tuple(meta["labels"][k] for k in range(len(meta["labels"])))
+    modalities = ", ".join(meta["modality"][k] for k in range(len(meta["modality"])))
+    return DatasetInfo(
+        name=f"msd/{task}", tfds_name=f"msd/{task}", num_classes=len(names), ignore_label=255,
+        class_names=names, palette=voc_palette(len(names)), label_key="label", id_key="id",
+        builder_module="segjax.data.builders.msd",
+        notes=f"Medical Segmentation Decathlon {task} from {root}; labels and image channels "
+              f"({modalities}) as its dataset.json lists them. " + _VOLUME_NOTES)
+
+
 def _pascal_context(background: bool) -> DatasetInfo:
     """PASCAL-Context's 59 classes with background as class 0 (60 classes) or ignored (59)."""
     from segjax.data.builders.pascal_context import CLASSES_59
@@ -279,6 +314,7 @@ def _make_registry() -> dict[str, Any]:
         "synthetic_volumes": lambda: _synthetic_volumes(None),
         **{f"synthetic_volumes/{c}": (lambda c=c: _synthetic_volumes(c))
            for c in _VOLUME_CONFIGS},
+        **{f"msd/{task}": (lambda task=task: msd_info(task)) for task in _MSD_TASKS},
         "oxford_iiit_pet": lambda: DatasetInfo(
             name="oxford_iiit_pet", tfds_name="oxford_iiit_pet", num_classes=2, ignore_label=255,
             class_names=("background", "pet"),
