@@ -134,3 +134,32 @@ def test_tfds_build_stores_the_generated_volumes(tmp_path):
             for key in ("image", "label", "spacing"):
                 assert got[key].dtype == want[key].dtype
                 np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_read_volumes_feeds_the_patch_sampler(tmp_path):
+    """read_volumes returns the generated volumes in record order; patches drawn from them keep
+    image and label aligned (the patch equals the volume's window) and forced slots see lesions
+    or organ."""
+    from segjax.data import patches
+    from segjax.data.volumes import read_volumes
+
+    config = CONFIGS["tiny"]
+    volumes = read_volumes("synthetic_volumes/tiny", "validation", str(tmp_path))
+    by_id = {v["id"]: v for v in volumes}
+    assert sorted(by_id) == [f"validation_{i:06d}" for i in range(config.num_validation)]
+    for i in range(config.num_validation):
+        want, got = sv.generate(config, "validation", i), by_id[f"validation_{i:06d}"]
+        np.testing.assert_array_equal(got["label"], want["label"])
+        np.testing.assert_array_equal(got["image"], want["image"])
+        assert got["label"].dtype == np.int32
+    images, labels = [v["image"] for v in volumes], [v["label"] for v in volumes]
+    batch = patches.sample_patches(images, labels, patch_size=(8, 12, 12), batch_size=3, seed=0,
+                                   step=0)
+    for b in range(3):
+        start, case = batch["start"][b], batch["case"][b]
+        window = tuple(slice(s, s + p) for s, p in zip(start, (8, 12, 12)))
+        np.testing.assert_array_equal(batch["label"][b], labels[case][window])
+        np.testing.assert_array_equal(batch["image"][b], images[case][window])
+    assert (batch["label"][2] > 0).any() and batch["forced"].tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="split 'test'"):
+        read_volumes("synthetic_volumes/tiny", "test", str(tmp_path))
