@@ -45,7 +45,7 @@ def preprocess_image(image: np.ndarray) -> np.ndarray:
 
 # What the first use of a dataset does, for the console (preparing can take a while).
 _PREPARE_NOTE = {"synthetic_shapes": "generating the images, about 30 s on 2 cores",
-                 "synthetic_volumes": "generating the volumes, a few seconds",
+                 "synthetic_volumes": "generating the volumes, about 10 s on 2 cores",
                  "msd": "reading and checking every NIfTI volume, minutes",
                  "voc2012_segmentation": "decoding and checking every image and mask, minutes",
                  "pascal_context": "decoding and checking every image and label map, minutes",
