@@ -103,8 +103,9 @@ def sample_patches(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *
                    oversample_foreground: float = OVERSAMPLE_FOREGROUND,
                    locations: Sequence[dict] | None = None, ignore_label: int | None = 255,
                    image_pad_value: float = 0.0, label_pad_value: int = 255) -> dict:
-    """One training batch of patches (`patch_size` `(pd, ph, pw)`, or an int for a cube) from the cases (`images[i]` `[D_i, H_i, W_i, C]`,
-    `labels[i]` `[D_i, H_i, W_i]` integer; sizes may differ between cases).
+    """One training batch of patches of `patch_size` `(pd, ph, pw)` (an int: a cube) from the
+    cases (`images[i]` `[D_i, H_i, W_i, C]`, `labels[i]` `[D_i, H_i, W_i]` integer; sizes may
+    differ between cases).
 
     Returns `image` float32 `[B, pd, ph, pw, C]`, `label` int32 `[B, pd, ph, pw]`, `case` int32
     `[B]` (which case), `start` int32 `[B, 3]` (the patch's first voxel, negative where padded)

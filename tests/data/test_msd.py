@@ -245,5 +245,6 @@ def test_build_stops_naming_the_bad_file_and_missing_task_fails_at_once(tmp_path
     _save(bad, np.full((4, 3, 2), 7, np.uint8), (0.8, 0.9, 2.5))
     with pytest.raises(ValueError, match="hippocampus_001.nii.gz.*values \\[7\\]"):
         prepare(msd_info(HIPPO, root), str(tmp_path / "tfds"), manual_dir=root)
-    with pytest.raises(FileNotFoundError, match="(?s)Task09_Spleen/dataset.json.*Task09_Spleen.tar.*medicaldecathlon"):
+    with pytest.raises(FileNotFoundError,
+                       match="(?s)Task09_Spleen/dataset.json.*Task09_Spleen.tar.*medicaldecathlon"):
         msd_info("Task09_Spleen", root)
