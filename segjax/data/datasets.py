@@ -250,7 +250,8 @@ MSD_ROOT_ENV = "SEGJAX_MSD_ROOT"
 
 def msd_info(task: str, root: str | None = None) -> DatasetInfo:
     """The `DatasetInfo` of Medical Segmentation Decathlon `task` (e.g. "Task04_Hippocampus"):
-    class names and their number from `<root>/<task>/dataset.json`'s "labels" (never assumed),
+    class names and their number from `<root>/<task>/dataset.json`'s "labels" (never assumed;
+    read from `<root>/<task>.tar` when the task is not extracted),
     `root` defaulting to `$SEGJAX_MSD_ROOT`. Build it with `prepare(info, data_dir,
     manual_dir=root)`."""
     import os
@@ -263,8 +264,8 @@ def msd_info(task: str, root: str | None = None) -> DatasetInfo:
     if not root:
         raise ValueError(f"dataset 'msd/{task}' reads its class names from ${MSD_ROOT_ENV}/"
                          f"{task}/dataset.json, and {MSD_ROOT_ENV} is not set: export "
-                         f"{MSD_ROOT_ENV}=MANUAL_DIR, the folder holding the extracted {task}/")
-    meta = msd.read_dataset_json(msd.task_dir_of(root, task))
+                         f"{MSD_ROOT_ENV}=MANUAL_DIR, the folder holding {task}/ or {task}.tar")
+    meta = msd.read_task_meta(root, task)
     names = tuple(meta["labels"][k] for k in range(len(meta["labels"])))
     modalities = ", ".join(meta["modality"][k] for k in range(len(meta["modality"])))
     return DatasetInfo(

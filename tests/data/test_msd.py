@@ -248,3 +248,34 @@ def test_build_stops_naming_the_bad_file_and_missing_task_fails_at_once(tmp_path
     with pytest.raises(FileNotFoundError,
                        match="(?s)Task09_Spleen/dataset.json.*Task09_Spleen.tar.*medicaldecathlon"):
         msd_info("Task09_Spleen", root)
+
+
+def test_task_archive_as_downloaded_builds_the_same(tmp_path):
+    """`<manual>/<task>.tar` (the download, not extracted): dataset.json read from the archive for
+    the registry, the volumes as written; a file that is not a tar stops naming it."""
+    import tarfile
+
+    from segjax.data import prepare
+    from segjax.data.records import _builder
+
+    written = write_task(str(tmp_path / "stage"), HIPPO, [(4, 3, 2), (2, 5, 3)],
+                         np.random.default_rng(4))
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with tarfile.open(manual / f"{HIPPO}.tar", "w") as archive:
+        archive.add(tmp_path / "stage" / HIPPO, arcname=HIPPO)
+    info = msd_info(HIPPO, str(manual))
+    assert info.class_names == ("background", "Anterior", "Posterior")
+    prepare(info, str(tmp_path / "tfds"), manual_dir=str(manual))
+    builder = _builder(info, str(tmp_path / "tfds"))
+    got = {}
+    for split in ("train", "validation"):
+        source = builder.as_data_source(split)
+        got.update({source[i]["id"].decode(): source[i] for i in range(len(source))})
+    assert sorted(got) == sorted(written)
+    for case, (image, label) in written.items():
+        np.testing.assert_array_equal(got[case]["image"], image.transpose(2, 1, 0, 3))
+        np.testing.assert_array_equal(got[case]["label"], label.transpose(2, 1, 0))
+    (manual / f"{BRAIN}.tar").write_bytes(b"not a tar")
+    with pytest.raises(ValueError, match=f"{BRAIN}.tar is not a Decathlon task archive"):
+        msd_info(BRAIN, str(manual))

@@ -2,7 +2,8 @@
 built from a manual directory as the tasks are distributed.
 
 One builder config per task (`msd/Task01_BrainTumour` ... `msd/Task10_Colon`), each read from
-`<manual_dir>/<task>/`:
+`<manual_dir>/<task>/` or, if that is absent, from the archive as downloaded,
+`<manual_dir>/<task>.tar` (extracted by TFDS into its download folder):
 
     dataset.json         "labels" {"0": "background", "1": ...}, "modality" {"0": "MRI", ...},
                          "training" [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/..."}]
@@ -36,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tarfile
 import zlib
 
 import numpy as np
@@ -53,8 +55,8 @@ MSD_URL = "http://medicaldecathlon.com/"
 
 INSTRUCTIONS = f"""\
 The Medical Segmentation Decathlon task is not prepared yet. Download the task's archive
-<task>.tar from {MSD_URL}, extract it into the manual directory so that
-<manual_dir>/<task>/dataset.json, imagesTr/ and labelsTr/ exist, then build with
+<task>.tar from {MSD_URL} into the manual directory (as it is, or extracted so that
+<manual_dir>/<task>/dataset.json, imagesTr/ and labelsTr/ exist), then build with
   python -m segjax.data prepare msd/<task> --data_dir=DATA_DIR --manual_dir=MANUAL_DIR
 (export SEGJAX_MSD_ROOT=MANUAL_DIR too: the dataset registry reads the class names from there)."""
 
@@ -101,16 +103,19 @@ def _id_map(entries, key: str, path: str) -> dict[int, str]:
     return table
 
 
-def read_dataset_json(task_dir: str) -> dict:
+def read_dataset_json(task_dir: str, text: bytes | None = None) -> dict:
     """dataset.json of a task folder with `labels` and `modality` as `{int: name}` and
-    `training` as `[(case id, image path, label path)]` (absolute). Raises naming the file."""
+    `training` as `[(case id, image path, label path)]` (absolute). Raises naming the file.
+    `text`: the file's bytes when it is read from elsewhere (a task archive)."""
     path = os.path.join(task_dir, "dataset.json")
-    if not os.path.isfile(path):
+    if text is None and not os.path.isfile(path):
         raise FileNotFoundError(f"Missing {path}.\n" + INSTRUCTIONS.replace(
             "<manual_dir>/<task>", task_dir).replace("<task>", os.path.basename(task_dir)))
     try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
+        if text is None:
+            with open(path, "rb") as f:
+                text = f.read()
+        meta = json.loads(text.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict):
@@ -213,14 +218,34 @@ def read_case(image_path: str, label_path: str, num_labels: int, num_channels: i
             "spacing": zooms[::-1].astype(np.float32)}
 
 
-def task_dir_of(manual_dir: str, task: str) -> str:
-    """`<manual_dir>/<task>`; raises FileNotFoundError with instructions if it has no
-    dataset.json."""
+def find_task(manual_dir: str, task: str) -> tuple[str, str]:
+    """`("dir", <manual_dir>/<task>)` when the extracted task is there (it has dataset.json),
+    else `("tar", <manual_dir>/<task>.tar)` (the archive as downloaded); raises
+    FileNotFoundError with instructions when neither is."""
     task_dir = os.path.join(manual_dir, task)
-    if not os.path.isfile(os.path.join(task_dir, "dataset.json")):
-        raise FileNotFoundError(f"Missing {os.path.join(task_dir, 'dataset.json')}.\n"
-                                + INSTRUCTIONS.replace("<task>", task))
-    return task_dir
+    if os.path.isfile(os.path.join(task_dir, "dataset.json")):
+        return "dir", task_dir
+    archive = os.path.join(manual_dir, task + ".tar")
+    if os.path.isfile(archive):
+        return "tar", archive
+    raise FileNotFoundError(f"Missing {os.path.join(task_dir, 'dataset.json')} (and "
+                            f"{archive}).\n" + INSTRUCTIONS.replace("<task>", task))
+
+
+def read_task_meta(manual_dir: str, task: str) -> dict:
+    """`read_dataset_json` of the task in `manual_dir`, extracted or still in its archive (only
+    `<task>/dataset.json` is read from it)."""
+    kind, path = find_task(manual_dir, task)
+    if kind == "dir":
+        return read_dataset_json(path)
+    member = f"{task}/dataset.json"
+    try:
+        with tarfile.open(path) as archive:
+            text = archive.extractfile(member).read()
+    except (tarfile.TarError, KeyError, AttributeError, OSError) as e:
+        raise ValueError(f"{path} is not a Decathlon task archive holding {member}: "
+                         f"{e!r}") from None
+    return read_dataset_json(os.path.join(path, task), text)
 
 
 class Msd(LocalCodePath, tfds.core.GeneratorBasedBuilder):
@@ -248,7 +273,10 @@ class Msd(LocalCodePath, tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
-        meta = read_dataset_json(task_dir_of(manual_dir_of(dl_manager), config.name))
+        kind, task_dir = find_task(manual_dir_of(dl_manager), config.name)
+        if kind == "tar":
+            task_dir = os.path.join(os.fspath(dl_manager.extract(task_dir)), config.name)
+        meta = read_dataset_json(task_dir)
         splits = split_cases(meta["training"], config.validation_fraction, config.seed,
                              config.name)
         return {name: self._generate_examples(cases, len(meta["labels"]), len(meta["modality"]))
@@ -260,7 +288,7 @@ class Msd(LocalCodePath, tfds.core.GeneratorBasedBuilder):
                          "id": case}
 
     def check_source_data(self, manual_dir: str, *, download: bool = False) -> None:
-        """Raises at once, with instructions, when the task's dataset.json is missing or
-        malformed (MSD has no automatic download here)."""
+        """Raises at once, with instructions, when the task (extracted or as `<task>.tar`) is
+        missing or its dataset.json is malformed (MSD has no automatic download here)."""
         del download
-        read_dataset_json(task_dir_of(manual_dir, self.builder_config.name))
+        read_task_meta(manual_dir, self.builder_config.name)
