@@ -129,7 +129,7 @@ def _scene(rng: np.random.Generator, shape: tuple) -> tuple:
                   size * rng.uniform(0.28, 0.38, 3), lumps=0.12)
     label = organ.astype(np.uint8)
     depth = ndimage.distance_transform_edt(organ)  # mm from the organ's surface
-    num_a, num_b = rng.integers(0, 3, size=2)
+    num_a, num_b = rng.integers(0, 3, size=2)  # 0-2 of each kind, at least one lesion in all
     kinds = [2] * max(int(num_a), 1 - int(num_b > 0)) + [3] * int(num_b)
     for cls in kinds:
         radius = rng.uniform(2.5, 4.5) if cls == 2 else rng.uniform(3.0, 5.5)
