@@ -11,6 +11,8 @@ COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any 
 `synthetic_lesions` and `synthetic_lesions/<config>` (one lesion-like blob per image, 2 classes)
 and `ph2`, `ph2/<config>` (the PH2 dermoscopy database from its manual directory, splits
 `train`/`validation`/`test`).
+Volumes: `synthetic_volumes[/<config>]` and `msd/<task>` (the Medical Segmentation Decathlon from
+`$SEGJAX_MSD_ROOT`; `msd_info(task, root)` for any other folder).
 """
 from __future__ import annotations
 
@@ -24,6 +26,13 @@ _SYNTHETIC_CONFIGS = ("clean", "illumination", "occlusion", "overlap", "shape_va
                       "restyled")
 _LESION_CONFIGS = ("default", "small", "tiny")  # synthetic_lesions.CONFIG_NAMES
 _PH2_CONFIGS = ("original", "128", "192")  # ph2.CONFIG_NAMES
+_MSD_TASKS = ("Task01_BrainTumour", "Task02_Heart", "Task03_Liver", "Task04_Hippocampus",
+              "Task05_Prostate", "Task06_Lung", "Task07_Pancreas", "Task08_HepaticVessel",
+              "Task09_Spleen", "Task10_Colon")  # = segjax.data.builders.msd.TASKS
+_VOLUME_CONFIGS = ("clean", "noise", "bias", "anisotropic", "all", "tiny")
+_VOLUME_NOTES = ("Volumes: `image` float32 [D, H, W, C], `label` uint8 [D, H, W], `spacing` "
+                 "float32 [3] (mm along D, H, W), `id`. The 2-D pipelines do not read them: "
+                 "sample patches with segjax.data.patches (docs/volumetric.md).")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -191,6 +200,17 @@ def _ph2(config: str | None) -> DatasetInfo:
               "validation / test = 100 / 50 / 50 cases, by a hash of the case id.")
 
 
+def _synthetic_volumes(config: str | None) -> DatasetInfo:
+    from segjax.data.builders.synthetic_volumes import CLASS_NAMES  # numpy + tfds only
+    name = "synthetic_volumes" if config is None else f"synthetic_volumes/{config}"
+    return DatasetInfo(
+        name=name, tfds_name=f"synthetic_volumes/{config or 'clean'}",
+        num_classes=len(CLASS_NAMES), ignore_label=255, class_names=CLASS_NAMES,
+        palette=voc_palette(len(CLASS_NAMES)), label_key="label", id_key="id",
+        builder_module="segjax.data.builders.synthetic_volumes",
+        notes="Generated from a seed; no download. " + _VOLUME_NOTES)
+
+
 COCO_ROOT_ENV = "SEGJAX_COCO_ROOT"
 _COCO_NOTES = ("Class ids are category ids (0 = background); crowd regions (iscrowd=1) are the "
                "ignore label 255 with instance 0; instance ids 1..n in annotation order, later "
@@ -254,6 +274,37 @@ def coco_instances_info(root: str, *, splits: tuple | None = None,
         notes=f"COCO-format tree {root}. " + _COCO_NOTES)
 
 
+MSD_ROOT_ENV = "SEGJAX_MSD_ROOT"
+
+
+def msd_info(task: str, root: str | None = None) -> DatasetInfo:
+    """The `DatasetInfo` of Medical Segmentation Decathlon `task` (e.g. "Task04_Hippocampus"):
+    class names and their number from `<root>/<task>/dataset.json`'s "labels" (never assumed;
+    read from `<root>/<task>.tar` when the task is not extracted),
+    `root` defaulting to `$SEGJAX_MSD_ROOT`. Build it with `prepare(info, data_dir,
+    manual_dir=root)`."""
+    import os
+
+    from segjax.data.builders import msd
+
+    if task not in msd.TASKS:
+        raise ValueError(f"task: unknown MSD task {task!r}; known: {', '.join(msd.TASKS)}")
+    root = root or os.environ.get(MSD_ROOT_ENV)
+    if not root:
+        raise ValueError(f"dataset 'msd/{task}' reads its class names from ${MSD_ROOT_ENV}/"
+                         f"{task}/dataset.json, and {MSD_ROOT_ENV} is not set: export "
+                         f"{MSD_ROOT_ENV}=MANUAL_DIR, the folder holding {task}/ or {task}.tar")
+    meta = msd.read_task_meta(root, task)
+    names = tuple(meta["labels"][k] for k in range(len(meta["labels"])))
+    modalities = ", ".join(meta["modality"][k] for k in range(len(meta["modality"])))
+    return DatasetInfo(
+        name=f"msd/{task}", tfds_name=f"msd/{task}", num_classes=len(names), ignore_label=255,
+        class_names=names, palette=voc_palette(len(names)), label_key="label", id_key="id",
+        builder_module="segjax.data.builders.msd",
+        notes=f"Medical Segmentation Decathlon {task} from {root}; labels and image channels "
+              f"({modalities}) as its dataset.json lists them. " + _VOLUME_NOTES)
+
+
 def _pascal_context(background: bool) -> DatasetInfo:
     """PASCAL-Context's 59 classes with background as class 0 (60 classes) or ignored (59)."""
     from segjax.data.builders.pascal_context import CLASSES_59
@@ -295,6 +346,10 @@ def _make_registry() -> dict[str, Any]:
            for c in _LESION_CONFIGS},
         "ph2": lambda: _ph2(None),
         **{f"ph2/{c}": (lambda c=c: _ph2(c)) for c in _PH2_CONFIGS},
+        "synthetic_volumes": lambda: _synthetic_volumes(None),
+        **{f"synthetic_volumes/{c}": (lambda c=c: _synthetic_volumes(c))
+           for c in _VOLUME_CONFIGS},
+        **{f"msd/{task}": (lambda task=task: msd_info(task)) for task in _MSD_TASKS},
         "oxford_iiit_pet": lambda: DatasetInfo(
             name="oxford_iiit_pet", tfds_name="oxford_iiit_pet", num_classes=2, ignore_label=255,
             class_names=("background", "pet"),

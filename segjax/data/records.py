@@ -47,6 +47,8 @@ def preprocess_image(image: np.ndarray) -> np.ndarray:
 _PREPARE_NOTE = {"synthetic_shapes": "generating the images, about 30 s on 2 cores",
                  "synthetic_lesions": "generating the images, about 40 s on 2 cores",
                  "ph2": "decoding and checking every image and mask, about a minute",
+                 "synthetic_volumes": "generating the volumes, about 10 s on 2 cores",
+                 "msd": "reading and checking every NIfTI volume, minutes",
                  "voc2012_segmentation": "decoding and checking every image and mask, minutes",
                  "pascal_context": "decoding and checking every image and label map, minutes",
                  "coco_instances": "decoding and checking every image and annotation, "
