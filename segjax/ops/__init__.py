@@ -10,7 +10,7 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 * `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
 * `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
 * 3-D (NDHWC volumes, DHWIO kernels): `conv3d`, `atrous_conv3d`, `conv_transpose3d`
-  (segjax.ops.conv3d)
+  (segjax.ops.conv3d), `max_pool3d_with_argmax`, `max_unpool3d` (segjax.ops.pool3d)
 * `roi_align` (segjax.ops.roi_align; with `roi_align_table`, its gathered form over a stacked
   feature pyramid, and `roi_align_weights`, the sampling matrices, all from one sampling rule)
 * detection: `box_area`, `box_iou`, `clip_boxes`, `remove_small_boxes`, `proper_boxes`, `encode_boxes`,
@@ -32,6 +32,7 @@ from segjax.ops.morphology import closing, dilation, disk, erosion, opening, squ
 from segjax.ops.nms import batched_nms, nms
 from segjax.ops.paste_masks import paste_masks
 from segjax.ops.pool import max_pool
+from segjax.ops.pool3d import max_pool3d_with_argmax, max_unpool3d
 from segjax.ops.resize import resize
 from segjax.ops.roi_align import roi_align
 from segjax.ops.swap_align2nat import swap_align2nat, swap_align2nat_windows
@@ -59,8 +60,10 @@ __all__ = [
     "disk",
     "erosion",
     "max_pool",
+    "max_pool3d_with_argmax",
     "max_pool_with_argmax",
     "max_unpool",
+    "max_unpool3d",
     "nearest_unpool",
     "nms",
     "opening",
