@@ -8,7 +8,8 @@ Every op is a pure function, differentiable, jit-able and vmap-able:
 * `winograd_conv3x3` — Winograd F(2x2 / 4x4, 3x3) for stride-1 (dilated) 3x3 convs (segjax.ops.winograd)
 * `max_pool` (segjax.ops.pool; its gradient is written out tap by tap, faster on CPU)
 * `max_pool_with_argmax`, `max_unpool`, `nearest_unpool`, `bed_of_nails_unpool` (segjax.ops.unpool)
-* `resize` — nearest / bilinear / bicubic with `align_corners` (segjax.ops.resize)
+* `resize` — nearest / bilinear / bicubic with `align_corners`; NDHWC volumes: nearest /
+  trilinear (segjax.ops.resize)
 * 3-D (NDHWC volumes, DHWIO kernels): `conv3d`, `atrous_conv3d`, `conv_transpose3d`
   (segjax.ops.conv3d), `max_pool3d_with_argmax`, `max_unpool3d` (segjax.ops.pool3d)
 * `roi_align` (segjax.ops.roi_align; with `roi_align_table`, its gathered form over a stacked

@@ -1,6 +1,8 @@
 """segjax.ops.pool3d vs torch max_pool3d(return_indices=True) / max_unpool3d: values, indices,
 autograd gradients, ties / NaN / inf hunted with Hypothesis, jit/vmap, bad arguments."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +48,12 @@ VALUES = st.sampled_from([-np.inf, -np.inf, 0.0, 1.0, 1.0, np.inf, np.nan])
 PROPERTY_SHAPE = (1, 4, 5, 3, 2)
 
 
+@functools.cache
+def _pool_vjp(pool):
+    """The jitted input gradient of the pooled values for one pool configuration."""
+    return jax.jit(lambda x, ct: jax.vjp(lambda v: max_pool3d_with_argmax(v, *pool)[0], x)[1](ct)[0])
+
+
 @given(hnp.arrays(np.float32, PROPERTY_SHAPE, elements=VALUES), st.sampled_from(POOLS),
        hnp.arrays(np.float32, (1, 6, 6, 6, 2), elements=st.floats(-2, 2, width=32)))
 def test_any_input_pools_like_torch_and_its_gradient_goes_to_the_indices(x, pool, ct_full):
@@ -56,12 +64,11 @@ def test_any_input_pools_like_torch_and_its_gradient_goes_to_the_indices(x, pool
     # The gradient reaches exactly the inputs the indices name (summed where windows overlap):
     # each window's winner is the tap the pooled value came from, not a tap equal to it.
     ct = ct_full[:, :pooled.shape[1], :pooled.shape[2], :pooled.shape[3]]
-    _, vjp = jax.vjp(lambda v: max_pool3d_with_argmax(v, *pool)[0], jnp.asarray(x))
     want = np.zeros((1, 4 * 5 * 3, 2), np.float32)
     idx = np.asarray(idx).reshape(1, -1, 2)
     for c in range(2):
         np.add.at(want[0, :, c], idx[0, :, c], ct[0, ..., c].ravel())
-    np.testing.assert_allclose(vjp(jnp.asarray(ct))[0], want.reshape(x.shape), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_pool_vjp(pool)(x, ct), want.reshape(x.shape), rtol=1e-6, atol=1e-6)
 
 
 def test_worked_example_and_unpool_puts_each_maximum_back():
@@ -99,15 +106,12 @@ def test_jit_vmap_bfloat16(np_rng):
         return max_unpool3d(pooled, idx, (5, 4, 6))
 
     f = jax.jit(jax.vmap(chain))
-    single = jax.jit(chain)
-    np.testing.assert_array_equal(f(x), np.stack([single(v) for v in x]))
+    np.testing.assert_array_equal(f(x), np.stack([chain(v) for v in x]))
     # Rounding to bf16 can create new ties, so the reference runs on the rounded input.
     xb = jnp.asarray(x, jnp.bfloat16)
     yb = f(xb)
     assert yb.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(yb, np.float32), f(np.asarray(xb, np.float32)))
-    g = jax.jit(jax.grad(lambda v: f(v).astype(jnp.float32).sum()))(xb)
-    assert g.dtype == jnp.bfloat16 and np.isfinite(np.asarray(g, np.float32)).all()
 
 
 BAD_INTS = st.one_of(st.integers(-3, -1), st.just(True), st.just(2.0), st.just("2"),
