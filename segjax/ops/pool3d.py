@@ -59,35 +59,46 @@ def _max_pool3d_with_argmax(x, window, stride, padding):
 
 
 def _winners(x, window, stride, padding):
-    """(pooled, flat indices) by one reduce-window over (value, flat input index) pairs.
+    """(pooled, flat indices): each window's winner by a running comparison over its taps.
 
-    The pair reduction is the maximum under a total order: a NaN beats any number and a later NaN
-    beats an earlier one; otherwise the larger value wins and a tie goes to the lower index. That
-    is torch's CPU rule (`if (val > maxval || isnan(val))` over the window in (d, h, w) order),
-    and as a total order it is associative and commutative, so XLA may reduce in any order.
-    Padding cells carry (-inf, int32 max): they lose every tie, so a window of -infs points at its
-    first input cell, as torch's does, never at padding.
+    torch's CPU rule, `if (val > maxval || isnan(val))` over the window's input cells in (d, h, w)
+    order: the first maximum wins a tie, a NaN beats any number (and a later NaN an earlier one).
+    Padding cells never win, not even a tie of -infs: a window of -infs points at its first input
+    cell, as torch's does. Elementwise work only (one strided slice and a few selects per tap):
+    on CPU ~10x faster than a reduce-window over (value, index) pairs.
     """
-    n, d, h, w, c = x.shape
-    iota = functools.partial(lax.broadcasted_iota, jnp.int32, (d, h, w))
-    flat = iota(0) * (h * w) + iota(1) * w + iota(2)
-    flat = jnp.broadcast_to(flat[None, ..., None], x.shape)
-
-    def pick(a, b):
-        (av, ai), (bv, bi) = a, b
-        a_nan, b_nan = jnp.isnan(av), jnp.isnan(bv)
-        a_wins = jnp.where(a_nan | b_nan, a_nan & (~b_nan | (ai > bi)),
-                           (av > bv) | ((av == bv) & (ai < bi)))
-        return jnp.where(a_wins, av, bv), jnp.where(a_wins, ai, bi)
-
-    init = (jnp.array(-jnp.inf, x.dtype), jnp.array(jnp.iinfo(jnp.int32).max, jnp.int32))
-    return lax.reduce_window((x, flat), init, pick, (1, *window, 1), (1, *stride, 1),
-                             ((0, 0), *[(p, p) for p in padding], (0, 0)))
+    n, c = x.shape[0], x.shape[4]
+    in_dhw = x.shape[1:4]
+    out = [(m + 2 * p - k) // s + 1 for m, p, k, s in zip(in_dhw, padding, window, stride)]
+    xp = jnp.pad(x, ((0, 0), *[(p, p) for p in padding], (0, 0)), constant_values=-jnp.inf)
+    kd, kh, kw = window
+    best = first = seen = None
+    for t, offset in enumerate(np.ndindex(kd, kh, kw)):
+        limit = (n, *[o + s * (m - 1) + 1 for o, s, m in zip(offset, stride, out)], c)
+        tap = lax.slice(xp, (0, *offset, 0), limit, (1, *stride, 1))
+        # Static mask of the outputs whose tap t reads an input cell, not padding.
+        reads = [(o + s * np.arange(m) >= p) & (o + s * np.arange(m) < p + size)
+                 for o, s, m, p, size in zip(offset, stride, out, padding, in_dhw)]
+        inside = (reads[0][:, None, None] & reads[1][:, None] & reads[2])[None, ..., None]
+        if best is None:
+            best, first, seen = tap, jnp.zeros(tap.shape, jnp.int32), inside
+            continue
+        better = inside & (~seen | (tap > best) | jnp.isnan(tap))
+        best = jnp.where(better, tap, best)
+        first = jnp.where(better, t, first)
+        seen = seen | inside
+    origin = [jnp.arange(m) * s - p for m, s, p in zip(out, stride, padding)]
+    dd = origin[0][None, :, None, None, None] + first // (kh * kw)
+    hh = origin[1][None, None, :, None, None] + first // kw % kh
+    ww = origin[2][None, None, None, :, None] + first % kw
+    _, h, w = in_dhw
+    return best, ((dd * h + hh) * w + ww).astype(jnp.int32)
 
 
 # The gradient is the cotangent scattered (added, where windows overlap) to the forward's own
 # `indices`: never found again by comparing inputs with the pooled output (see the module
-# docstring), and JAX has no autodiff rule for a reduce-window over pairs.
+# docstring). Autodiff of the select chain would also cost seconds of XLA:CPU compilation for a
+# 3x3x3 window; the scatter compiles in a fraction of that.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _pool_with_winners(x, window, stride, padding):
     return _winners(x, window, stride, padding)

@@ -102,7 +102,7 @@ def test_jit_vmap_bfloat16(np_rng):
     x = np_rng.normal(size=(3, 2, 5, 4, 6, 2)).astype(np.float32)
 
     def chain(v):
-        pooled, idx = max_pool3d_with_argmax(v, 3, 2, 1)
+        pooled, idx = max_pool3d_with_argmax(v, (2, 3, 2), (2, 1, 3), (1, 1, 0))
         return max_unpool3d(pooled, idx, (5, 4, 6))
 
     f = jax.jit(jax.vmap(chain))
