@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from segjax.ops._args import check_rank, non_negative_pair, positive_pair
+from segjax.ops._args import check_rank, non_negative_ints, positive_pair
 from segjax.ops.winograd import TILES as WINOGRAD_TILES
 from segjax.ops.winograd import winograd_conv3x3
 
@@ -27,20 +27,20 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def _explicit_padding(padding, in_hw, k_hw, stride, dilation) -> list[tuple[int, int]]:
-    """(low, high) padding per spatial axis for int / pair / "SAME" / "VALID"."""
+    """(low, high) padding per spatial axis for int / one int per axis / "SAME" / "VALID"."""
     if isinstance(padding, str):
         mode = padding.upper()
         if mode == "VALID":
-            return [(0, 0), (0, 0)]
+            return [(0, 0)] * len(in_hw)
         if mode == "SAME":  # TF/lax rule: output ceil(in / stride), extra padding at the end.
             pads = []
             for n, k, s, d in zip(in_hw, k_hw, stride, dilation):
                 total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
                 pads.append((total // 2, total - total // 2))
             return pads
-        raise ValueError(f"padding must be an int, a pair, 'SAME' or 'VALID', got {padding!r}")
-    ph, pw = non_negative_pair(padding, "padding")
-    return [(ph, ph), (pw, pw)]
+        raise ValueError(f"padding must be an int, {len(in_hw)} ints, 'SAME' or 'VALID', "
+                         f"got {padding!r}")
+    return [(p, p) for p in non_negative_ints(padding, len(in_hw), "padding")]
 
 
 def _out_size(n, k, s, d, lo, hi) -> int:

@@ -4,7 +4,8 @@ Each spatial axis gets a dense `[out, in]` weight matrix built with numpy at tra
 are static), and the image is contracted with one matrix per axis. This is exact (the same source
 indices and weights as `torch.nn.functional.interpolate(..., antialias=False)`), fast on CPU for
 feature-map sizes, and its gradient is the transposed matrices. `nearest` is a gather instead
-(one source index per output, so integer label maps resize too).
+(one source index per output, so integer label maps resize too). NDHWC volumes take the same
+route with one matrix (or gather) per axis: "trilinear" is the linear rule along D, H and W.
 
 Source coordinates, for an axis of `n_in` -> `n_out` samples, output index `d`:
   nearest:                    floor(d * n_in / n_out) in float32, clamped to n_in - 1
@@ -22,9 +23,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from segjax.ops._args import check_rank, positive_pair
+from segjax.ops._args import positive_ints
 
 METHODS = ("nearest", "bilinear", "bicubic")
+METHODS_3D = ("nearest", "trilinear")
 _CUBIC_A = -0.75
 
 
@@ -83,31 +85,40 @@ def interpolation_matrix(n_in: int, n_out: int, method: str, align_corners: bool
 
 
 def resize(x: jax.Array, size, method: str = "bilinear", align_corners: bool = False) -> jax.Array:
-    """Resizes NHWC images to `size`, like `torch.nn.functional.interpolate` (antialias=False).
+    """Resizes NHWC images or NDHWC volumes to `size`, like `torch.nn.functional.interpolate`
+    (antialias=False).
 
     Args:
-      x: [N, H, W, C] images (floating; integer inputs only with method="nearest").
-      size: output (height, width), or one int for both.
-      method: "nearest" (torch's legacy nearest: floor(dst * in / out)), "bilinear" or "bicubic"
-        (a = -0.75, border indices clamped).
-      align_corners: as in torch; only for bilinear and bicubic (torch rejects it for nearest).
+      x: [N, H, W, C] images or [N, D, H, W, C] volumes (floating; integer inputs only with
+        method="nearest").
+      size: output (height, width) for images, (depth, height, width) for volumes, or one int for
+        all spatial axes.
+      method: for images "nearest" (torch's legacy nearest: floor(dst * in / out)), "bilinear" or
+        "bicubic" (a = -0.75, border indices clamped); for volumes "nearest" or "trilinear" (the
+        linear rule along each of the three axes, as torch).
+      align_corners: as in torch; only for the (bi/tri)linear and bicubic methods (torch rejects
+        it for nearest).
     Returns:
-      [N, size_h, size_w, C] in x's dtype. Interpolation weights are float32 and the contraction
+      [N, *size, C] in x's dtype. Interpolation weights are float32 and the contraction
       accumulates in float32, so bfloat16 inputs lose precision only in the final cast.
     """
-    check_rank(x, 4, "x", "N, H, W, C")
-    out_h, out_w = positive_pair(size, "size")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    rank = np.ndim(x)
+    if rank not in (4, 5):
+        raise ValueError(f"x must have rank 4 (N, H, W, C) or 5 (N, D, H, W, C), got shape "
+                         f"{np.shape(x)}")
+    methods = METHODS if rank == 4 else METHODS_3D
+    out_size = positive_ints(size, rank - 2, "size")
+    if method not in methods:
+        raise ValueError(f"method must be one of {methods} for a rank-{rank} x, got {method!r}")
     if method == "nearest" and align_corners:
-        raise ValueError("align_corners=True is only valid for method 'bilinear' or 'bicubic'")
-    _, in_h, in_w, _ = x.shape
-    if min(in_h, in_w) < 1:
+        raise ValueError(f"align_corners=True is only valid for the methods {methods[1:]}, not 'nearest'")
+    if min(x.shape[1:-1]) < 1:
         raise ValueError(f"x must have a non-empty spatial size, got shape {x.shape}")
     if method != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be floating for method {method!r}, got {x.dtype}")
-
-    return _resize(x, (out_h, out_w), method, bool(align_corners))
+    if rank == 5:
+        return _resize3d(x, out_size, method, bool(align_corners))
+    return _resize(x, out_size, method, bool(align_corners))
 
 
 # Jitted so eager calls compile once per configuration instead of dispatching op by op.
@@ -126,4 +137,22 @@ def _resize(x, size, method, align_corners):
                    preferred_element_type=acc)
     y = jnp.einsum("pw,nowc->nopc", mw, y, precision=lax.Precision.HIGHEST,
                    preferred_element_type=acc)
+    return y.astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _resize3d(x, size, method, align_corners):
+    """`_resize` for NDHWC volumes: one gather or one 1-D linear interpolation matrix per axis."""
+    in_dhw = x.shape[1:4]
+    if method == "nearest":
+        for axis, (n_in, n_out) in enumerate(zip(in_dhw, size), start=1):
+            x = jnp.take(x, jnp.asarray(nearest_indices(n_in, n_out)), axis=axis)
+        return x
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    y = x
+    for spec, n_in, n_out in zip(("od,ndhwc->nohwc", "oh,ndhwc->ndowc", "ow,ndhwc->ndhoc"),
+                                 in_dhw, size):
+        # Trilinear is separable: torch's linear rule (the bilinear one) along each axis.
+        m = jnp.asarray(interpolation_matrix(n_in, n_out, "bilinear", align_corners), jnp.float32)
+        y = jnp.einsum(spec, m, y, precision=lax.Precision.HIGHEST, preferred_element_type=acc)
     return y.astype(x.dtype)
