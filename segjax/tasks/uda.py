@@ -19,6 +19,19 @@ Methods (`config.uda.method`), each with its paper's defaults:
   (`Task.update_task_state`); the segmenter adds `adv_weight` (0.001, the paper's single-level
   lambda_adv) x the BCE of the discriminator of before the step on its target maps labelled
   source.
+* `fda`: Fourier domain adaptation (Yang & Soatto, CVPR 2020): each source image takes the
+  low-frequency amplitude of the target image beside it in the batch (`segjax.style.fda`, window
+  `fda_beta` = 0.01, the paper's beta of its first model; 0.05 and 0.09 the others of its
+  ensemble), in 0..255 before normalisation as the authors do, and the target images' robust
+  entropy (`fda_entropy_loss`, eta 2.0) is added with weight `entropy_weight` 0.005 from the
+  first step (the authors' `--entW=0.005 --ita=2.0 --switch2entropy=0`).
+* `dacs`: DACS (Tranheden et al., WACV 2021): an EMA teacher (`segjax.style.pseudo_labels`:
+  decay min(1 - 1/(t+1), 0.99), on the parameters and the BatchNorm statistics) labels the
+  target images; ClassMix (`segjax.style.classmix`) pastes half of each source image's classes
+  onto its target image, and the student learns the mixed image against the mixed label,
+  each target pixel weighted by the batch's fraction of pixels the teacher is at least 0.968
+  sure of, source pixels by 1, averaged over all pixels as DACS's pixel-wise weighted cross
+  entropy. (DACS also jitters colour and blurs the mixed images; segjax does not yet.)
 
 The discriminator's and the teacher's state live in `TaskTrainState.task_state`: replicated,
 checkpointed and resumed with the model (`segjax.tasks.base`).
@@ -36,10 +49,26 @@ from segjax.tasks import semantic
 from segjax.tasks.base import StepContext
 from segjax.tasks.registry import register, section
 
-METHODS = ("source_only", "adversarial")
+METHODS = ("source_only", "adversarial", "fda", "dacs")
 TARGET_LOGITS = "target_logits"
+# DACS: the student's logits on the mixed images, their labels and pixel weights.
+MIX_LOGITS, MIX_LABEL, MIX_WEIGHT = "mix_logits", "mix_label", "mix_weight"
+PSEUDO_WEIGHT = "pseudo_weight"  # the batch's fraction of confident teacher pixels (logged)
 # AdaptSegNet's domain labels of the discriminator.
 SOURCE, TARGET = 0.0, 1.0
+
+
+def _to_pixels(images: jax.Array) -> jax.Array:
+    """Normalised images (the pipelines') -> 0..255 float."""
+    from segjax.data.records import IMAGE_MEAN, IMAGE_STD
+
+    return images * jnp.asarray(IMAGE_STD) + jnp.asarray(IMAGE_MEAN)
+
+
+def _normalised(pixels: jax.Array) -> jax.Array:
+    from segjax.data.records import IMAGE_MEAN, IMAGE_STD
+
+    return (pixels - jnp.asarray(IMAGE_MEAN)) / jnp.asarray(IMAGE_STD)
 
 
 def _mean_bce(logits: jax.Array, label: float, ctx: StepContext) -> tuple[jax.Array, jax.Array]:
@@ -59,6 +88,9 @@ class UDATask(semantic.SemanticTask):
       num_steps: training steps (the discriminator's learning-rate schedule).
       adv_weight, disc_lr, disc_features: `adversarial`: the weight of the segmenter's
         adversarial term, the discriminator's Adam learning rate and first-layer width.
+      fda_beta, entropy_weight, entropy_eta: `fda`: the window, the entropy's weight and its
+        Charbonnier exponent.
+      ema_decay, pseudo_threshold: `dacs`: the teacher's decay and the confidence threshold.
       **semantic_kwargs: `SemanticTask`'s (loss, evaluation, pictures).
     """
 
@@ -66,13 +98,17 @@ class UDATask(semantic.SemanticTask):
 
     def __init__(self, *, method: str, target, crop_size: int, num_steps: int,
                  adv_weight: float = 0.001, disc_lr: float = 1e-4, disc_features: int = 64,
-                 **semantic_kwargs):
+                 fda_beta: float = 0.01, entropy_weight: float = 0.005, entropy_eta: float = 2.0,
+                 ema_decay: float = 0.99, pseudo_threshold: float = 0.968, **semantic_kwargs):
         super().__init__(**semantic_kwargs)
         if method not in METHODS:
             raise ValueError(f"config.uda.method={method!r} is not one of {METHODS}")
         self.method, self.target = method, target
         self.crop_size, self.num_steps = int(crop_size), int(num_steps)
         self.adv_weight, self.disc_lr = float(adv_weight), float(disc_lr)
+        self.fda_beta, self.entropy_weight = float(fda_beta), float(entropy_weight)
+        self.entropy_eta = float(entropy_eta)
+        self.ema_decay, self.pseudo_threshold = float(ema_decay), float(pseudo_threshold)
         self.train_keys = ("image", "label") + (() if method == "source_only"
                                                  else ("target_image",))
         if method == "adversarial":
@@ -102,6 +138,10 @@ class UDATask(semantic.SemanticTask):
     # ------------------------------------------------------------------------------ training
 
     def init_task_state(self, rng, variables):
+        if self.method == "dacs":  # the teacher starts as the student
+            return {"teacher": {"params": variables["params"],
+                                "batch_stats": variables["batch_stats"]},
+                    "step": jnp.zeros((), jnp.int32)}
         if self.method != "adversarial":
             return None
         probs = jnp.zeros((1, self.crop_size, self.crop_size, self.num_classes), jnp.float32)
@@ -109,10 +149,34 @@ class UDATask(semantic.SemanticTask):
         return {"disc": disc, "disc_opt": self.disc_tx.init(disc)}
 
     def train_forward(self, apply, batch, ctx):
-        outputs = dict(apply(batch["image"]))
-        if self.method == "adversarial":
+        if self.method == "fda":
+            from segjax.style.fda import fda
+
+            styled = fda(_to_pixels(batch["image"]), _to_pixels(batch["target_image"]),
+                         self.fda_beta)
+            outputs = dict(apply(_normalised(styled)))
+        else:
+            outputs = dict(apply(batch["image"]))
+        if self.method == "adversarial" or (self.method == "fda" and self.entropy_weight):
             outputs[TARGET_LOGITS] = apply(batch["target_image"])[LOGITS]
+        if self.method == "dacs":
+            outputs.update(self._dacs_mix(apply, batch, ctx))
         return outputs
+
+    def _dacs_mix(self, apply, batch, ctx):
+        """The student's logits on ClassMix images of (source, teacher-labelled target)."""
+        from segjax.style.classmix import classmix
+        from segjax.style.pseudo_labels import confident_pseudo_labels, mix_pixel_weights
+
+        teacher = ctx.apply_fn(ctx.task_state["teacher"], batch["target_image"], train=False)
+        pseudo, weight = confident_pseudo_labels(teacher[LOGITS], self.pseudo_threshold,
+                                                 axis_name=ctx.axis_name)
+        keys = ctx.example_keys(batch["image"].shape[0])  # global positions: any device count
+        image, label, mask = jax.vmap(lambda k, si, sl, ti, tl: classmix(
+            k, si, sl, ti, tl, num_classes=self.num_classes, ignore_label=self.ignore_label))(
+            keys, batch["image"], batch["label"], batch["target_image"], pseudo)
+        return {MIX_LOGITS: apply(image)[LOGITS], MIX_LABEL: label,
+                MIX_WEIGHT: mix_pixel_weights(mask, weight), PSEUDO_WEIGHT: weight}
 
     def loss(self, outputs, batch, ctx):
         total, count = super().loss(outputs, batch, ctx)
@@ -122,9 +186,30 @@ class UDATask(semantic.SemanticTask):
             adv_sum, adv_count = _mean_bce(d, SOURCE, ctx)  # fool it: target maps as source
             ratio = jax.lax.stop_gradient(ctx.global_sum(count) / adv_count)
             total = total + self.adv_weight * adv_sum * ratio
+        if self.method == "fda" and self.entropy_weight:
+            from segjax.style.fda import fda_entropy_loss
+
+            ent_sum, ent_count = fda_entropy_loss(outputs[TARGET_LOGITS], eta=self.entropy_eta)
+            ratio = jax.lax.stop_gradient(ctx.global_sum(count) / ctx.global_sum(ent_count))
+            total = total + self.entropy_weight * ent_sum * ratio
+        if self.method == "dacs":  # mean over all pixels of weight x CE (ignored ones add 0)
+            logits, labels = outputs[MIX_LOGITS], outputs[MIX_LABEL]
+            valid = labels != self.ignore_label
+            ce = optax.softmax_cross_entropy_with_integer_labels(
+                logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+            mix_sum = jnp.sum(jnp.where(valid, ce * outputs[MIX_WEIGHT], 0.0))
+            pixels = ctx.global_sum(jnp.float32(labels.size))
+            total = total + mix_sum * jax.lax.stop_gradient(ctx.global_sum(count) / pixels)
         return total, count
 
     def update_task_state(self, task_state, variables, outputs, batch, ctx):
+        if self.method == "dacs":
+            from segjax.style.pseudo_labels import ema_update
+
+            step = task_state["step"]
+            teacher = ema_update(task_state["teacher"], variables, step, self.ema_decay)
+            return ({"teacher": teacher, "step": step + 1},
+                    {"pseudo_weight": outputs[PSEUDO_WEIGHT]})
         if self.method != "adversarial":
             return task_state, {}
         source = jax.nn.softmax(outputs[LOGITS], -1)
@@ -156,6 +241,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.uda.adv_weight = 0.001  # adversarial: lambda_adv (AdaptSegNet, single level)
     c.uda.disc_lr = 1e-4  # adversarial: the discriminator's Adam learning rate
     c.uda.disc_features = 64  # adversarial: the discriminator's first-layer channels
+    c.uda.fda_beta = 0.01  # fda: the amplitude window (the paper's 0.01, 0.05, 0.09)
+    c.uda.entropy_weight = 0.005  # fda: weight of the target's robust entropy (0: none)
+    c.uda.entropy_eta = 2.0  # fda: its Charbonnier exponent
+    c.uda.ema_decay = 0.99  # dacs: the teacher's EMA decay (the cap of min(1 - 1/(t+1), .))
+    c.uda.pseudo_threshold = 0.968  # dacs: confidence counted into the pseudo-label weight
     return c
 
 
@@ -171,7 +261,9 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 
 RANGES = {**semantic.RANGES, "uda.adv_weight": "[0, inf)", "uda.disc_lr": "(0, inf)",
-          "uda.disc_features": "[1, inf)"}
+          "uda.disc_features": "[1, inf)", "uda.fda_beta": "[0, 0.5]",
+          "uda.entropy_weight": "[0, inf)", "uda.entropy_eta": "(0, inf)",
+          "uda.ema_decay": "[0, 1]", "uda.pseudo_threshold": "[0, 1]"}
 
 
 @register("uda", defaults=defaults, check=check, ranges=RANGES)
@@ -206,4 +298,6 @@ def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> UDAT
                                        num_examples=source.num_train_examples)
     return UDATask(method=u.method, target=target, crop_size=config.dataset.crop_size,
                    num_steps=num_steps, adv_weight=u.adv_weight, disc_lr=u.disc_lr,
-                   disc_features=u.disc_features, **kwargs)
+                   disc_features=u.disc_features, fda_beta=u.fda_beta,
+                   entropy_weight=u.entropy_weight, entropy_eta=u.entropy_eta,
+                   ema_decay=u.ema_decay, pseudo_threshold=u.pseudo_threshold, **kwargs)
