@@ -169,8 +169,7 @@ def sliding_window_inference(apply_fn: Callable[[jax.Array], jax.Array], volume:
             acc = jnp.zeros((n, *padded, preds.shape[-1]), dtype)
         acc = _add_windows(acc, preds, batch_rows, importance,
                            jnp.asarray(valid[b * sw_batch_size:(b + 1) * sw_batch_size]))
-    weight = _weight_map(jnp.asarray(positions), importance.astype(acc.dtype), padded)
-    out = _divide(acc, weight)
+    out = _normalise(acc, jnp.asarray(positions), importance.astype(acc.dtype))
     if any(sum(p) for p in pads):
         out = out[(slice(None), *(slice(lo, lo + s) for (lo, _), s in zip(pads, spatial)))]
     return out
@@ -221,18 +220,15 @@ def _add_windows(acc: jax.Array, preds: jax.Array, rows: jax.Array, importance: 
     return lax.fori_loop(0, preds.shape[0], add, acc)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _weight_map(positions: jax.Array, importance: jax.Array, shape: tuple) -> jax.Array:
-    """Σ of `importance` over the windows at `positions` `[P, d]`: `[*shape]`."""
+@functools.partial(jax.jit, donate_argnums=0)
+def _normalise(acc: jax.Array, positions: jax.Array, importance: jax.Array) -> jax.Array:
+    """`acc` `[N, *S, K]` divided by the sum of `importance` over the windows at `positions`
+    `[P, d]` (every image has the same windows), in place."""
 
     def add(i, total):
-        start = tuple(positions[i, d] for d in range(len(shape)))
+        start = tuple(positions[i, d] for d in range(importance.ndim))
         return lax.dynamic_update_slice(
             total, lax.dynamic_slice(total, start, importance.shape) + importance, start)
 
-    return lax.fori_loop(0, positions.shape[0], add, jnp.zeros(shape, importance.dtype))
-
-
-@functools.partial(jax.jit, donate_argnums=0)
-def _divide(acc: jax.Array, weight: jax.Array) -> jax.Array:
+    weight = lax.fori_loop(0, positions.shape[0], add, jnp.zeros(acc.shape[1:-1], acc.dtype))
     return acc / weight[None, ..., None]
