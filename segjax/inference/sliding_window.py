@@ -169,6 +169,7 @@ def sliding_window_inference(apply_fn: Callable[[jax.Array], jax.Array], volume:
             acc = jnp.zeros((n, *padded, preds.shape[-1]), dtype)
         acc = _add_windows(acc, preds, batch_rows, importance,
                            jnp.asarray(valid[b * sw_batch_size:(b + 1) * sw_batch_size]))
+        del preds  # freed before the next batch is predicted: one batch alive at a time
     out = _normalise(acc, jnp.asarray(positions), importance.astype(acc.dtype))
     if any(sum(p) for p in pads):
         out = out[(slice(None), *(slice(lo, lo + s) for (lo, _), s in zip(pads, spatial)))]
