@@ -79,7 +79,7 @@ def gaussian_importance_map(roi_size: Sequence[int], sigma_scale=0.125) -> np.nd
       centre (`-(s_i - 1)/2 ... (s_i - 1)/2`); 1 at the centre of an odd window. Values below
       1e-3 are raised to 1e-3 so that the corners still count (and the weight sum is never 0).
     """
-    roi = _per_axis(roi_size, len(roi_size), "roi_size", int)
+    roi = _per_axis(roi_size, np.size(roi_size), "roi_size", int)
     scales = _per_axis(sigma_scale, len(roi), "sigma_scale", float)
     if min(roi) < 1 or min(scales) <= 0:
         raise ValueError(f"roi_size and sigma_scale must be positive, got {roi_size}, "
@@ -177,25 +177,25 @@ def sliding_window_inference(apply_fn: Callable[[jax.Array], jax.Array], volume:
 
 
 def _per_axis(value, ndim: int, name: str, kind: type) -> tuple:
-    """`value` (a number or a sequence of `ndim` numbers) as a tuple of `ndim` `kind`s."""
-    is_number = (isinstance(value, (int, float, np.integer, np.floating))
-                 and not isinstance(value, bool))
-    if kind is int and is_number and float(value) != int(value):
-        is_number = False
-    if is_number:
-        return (kind(value),) * ndim
-    if (isinstance(value, Sequence) and len(value) == ndim and all(
+    """`value` (a finite number or a sequence of `ndim` of them; whole numbers where `kind` is
+    int) as a tuple of `ndim` `kind`s; raises ValueError naming `name` otherwise."""
+    values = (value,) * ndim if np.ndim(value) == 0 else value
+    try:
+        ok = len(values) == ndim and all(
             isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            and (kind is float or float(v) == int(v)) for v in value)):
-        return tuple(kind(v) for v in value)
-    what = "int" if kind is int else "number"
-    raise ValueError(f"{name} must be a {what} or a sequence of {ndim} {what}s (one per spatial "
-                     f"axis), got {value!r}")
+            and math.isfinite(v) and (kind is float or float(v).is_integer()) for v in values)
+    except TypeError:
+        ok = False
+    if not ok:
+        what = "int" if kind is int else "finite number"
+        raise ValueError(f"{name} must be a {what} or a sequence of {ndim} {what}s (one per "
+                         f"spatial axis), got {value!r}")
+    return tuple(kind(v) for v in values)
 
 
-def _start(row: jax.Array, ndim: int, channel: bool = True) -> tuple:
+def _start(row: jax.Array, ndim: int) -> tuple:
     """`row` = (image, *spatial offsets) as a `dynamic_slice` start of a `[N, *S, C]` array."""
-    return (row[0], *(row[1 + d] for d in range(ndim))) + ((0,) if channel else ())
+    return (row[0], *(row[1 + d] for d in range(ndim)), 0)
 
 
 @functools.partial(jax.jit, static_argnums=2)
