@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference as monai_sliding_window
@@ -185,3 +185,22 @@ def test_bad_arguments_raise_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sliding_window_inference(args.pop("apply_fn"), args.pop("volume"), args.pop("roi_size"),
                                  **args)
+
+
+@settings(max_examples=8)  # each new shape compiles the small programs anew
+@given(st.tuples(st.integers(1, 3), st.integers(1, 14), st.integers(1, 14)),
+       st.tuples(st.integers(1, 9), st.integers(1, 9)), st.floats(0, 0.95),
+       st.integers(1, 7), st.sampled_from(["gaussian", "constant"]))
+def test_random_2d_configurations_match_monai(shape, roi, overlap, sw_batch_size, mode):
+    # Windows larger than the image, more windows per call than there are windows, overlaps
+    # close to 1: placement and weights must still be MONAI's.
+    image = np.random.default_rng(sum(shape)).normal(size=(*shape, 1)).astype(np.float32)
+
+    def ramp(x):  # position-dependent within the window
+        return 2 * x + _ramp(x.shape[1:3])
+
+    ours = sliding_window_inference(jax.jit(ramp), image, roi, overlap=overlap, mode=mode,
+                                    sw_batch_size=sw_batch_size)
+    ref = monai_reference(image, roi, lambda w: 2 * w + torch.from_numpy(
+        _ramp(w.shape[2:])).permute(2, 0, 1), overlap=overlap, mode=mode)
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
