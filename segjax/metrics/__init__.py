@@ -5,8 +5,10 @@
 - `coco`: COCO box and mask AP through pycocotools' `COCOeval` (`segjax.metrics.coco`).
 - `stats`: mean ± std, Student-t intervals and paired differences over seeds
   (`segjax.metrics.stats`).
+- `volumetric`: per-class Dice and (95th-percentile) Hausdorff distance of label volumes with
+  voxel spacing, host-side, and their per-class mean over cases (`segjax.metrics.volumetric`).
 
-`coco` and `stats` are imported on use (they pull in pycocotools and scipy).
+`coco`, `stats` and `volumetric` are imported on use (they pull in pycocotools and scipy).
 """
 
 from segjax.metrics.segmentation import (ConfusionAccumulator, boundary_iou, boundary_iou_counts,
