@@ -9,7 +9,7 @@ Synthesis path, from the coarsest level up: a 2x2x2 up-convolution of stride 2 t
 channel count (Fig. 1: 512 -> 512), concatenation `[skip, upsampled]` with the analysis path's
 level-l output, and two 3x3x3 conv + BN + ReLU with `base_features * 2**(l + 1)` channels (256,
 128, 64). A final 1x1x1 conv scores the classes. With the defaults (32 features, depth 3, 3 input
-channels) the model has 19,069,955 parameters for 3 classes (BatchNorm scales and biases included,
+channels) the model has 19,075,523 parameters for 3 classes (BatchNorm scales and biases included,
 running statistics not).
 
 Differences from the paper, as in segjax's 2-D `unet`: the 3x3x3 convolutions are padded ("same"),

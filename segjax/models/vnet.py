@@ -13,7 +13,7 @@ concatenated `[upsampled, skip]` with the left stage-s output (giving `base_feat
 channels: 256, 128, 64, 32), then 3, 3, 2, 1 residual 5x5x5 convolutions at that width (the
 stage's input, the concatenation, is the residual). A final 1x1x1 conv scores the classes (the
 paper's two channels, turned into probabilities by a softmax outside the model). With the defaults
-(16 features, 1 input channel) the model has 65,188,962 parameters for 2 classes.
+(16 features, 1 input channel) the model has 65,176,290 parameters for 2 classes.
 
 Odd sizes, as in segjax's 2-D `unet`: a down-convolution zero-pads the far end of an odd axis (the
 convolutional analogue of ceil mode, so no voxel is dropped), and the de-convolution's output is
