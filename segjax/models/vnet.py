@@ -87,7 +87,8 @@ class VNet(nn.Module):
         check_volumes(images, self.in_channels, "vnet")
         b = self.base_features
         x = images.astype(self.dtype)
-        broadcast = x[..., jnp.arange(b) % self.in_channels]  # [N, D, H, W, b]
+        copies, rest = divmod(b, self.in_channels)
+        broadcast = jnp.concatenate([x] * copies + [x[..., :rest]], axis=-1)  # channel j = x's channel j mod C
         x = self._residual_stage(x, DOWN_CONVS[0], "enc0", broadcast)
         skips = [x]
         for s in range(1, len(DOWN_CONVS)):
