@@ -32,7 +32,9 @@ def max_pool_2x2x2(x: jax.Array) -> jax.Array:
 
     The far end of an odd axis is padded with -inf, so no window is all padding. The windows do not
     overlap, so this is a reshape and a max (whose gradient compiles several times faster on CPU
-    than `lax.reduce_window`'s select-and-scatter)."""
+    than `lax.reduce_window`'s select-and-scatter). Tied maxima share the gradient equally where
+    torch gives it to one entry; after a ReLU the only likely tie is at 0, whose gradient the ReLU
+    stops either way."""
     pads = ((0, 0),) + tuple((0, s % 2) for s in x.shape[1:4]) + ((0, 0),)
     x = jnp.pad(x, pads, constant_values=-jnp.inf)
     n, d, h, w, c = x.shape

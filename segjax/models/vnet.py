@@ -1,19 +1,20 @@
 """V-Net (Milletari, Navab & Ahmadi, 3DV 2016), Sec. 2 and Fig. 2 of the paper, on NDHWC volumes.
 
-Every convolution is followed by a per-channel PReLU (ENet's `PReLU`, slopes initialised to 0.25 like
-Caffe's and `torch.nn.PReLU(C)`); there is no BatchNorm (the paper has none). Left (compression) path, stage s = 0 .. 4 with `base_features *
-2**s` channels (16, 32, 64, 128, 256) and 1, 2, 3, 3, 3 convolutions of 5x5x5 (padding 2): each
-stage learns a residual function, its input added to the output of its last convolution and the
-sum passed through a PReLU. The first stage's input is the volume broadcast to `base_features`
-channels (channel j is input channel j mod C: the paper's 16 copies of its one-channel MRI), so the
-sum is defined. Between stages a 2x2x2 convolution of stride 2 ("down-convolution") doubles the
-channels and halves the resolution. Right (decompression) path, stage s = 3 .. 0: a 2x2x2
-transposed convolution of stride 2 ("de-convolution") to `base_features * 2**s` channels,
-concatenated `[upsampled, skip]` with the left stage-s output (giving `base_features * 2**(s + 1)`
-channels: 256, 128, 64, 32), then 3, 3, 2, 1 residual 5x5x5 convolutions at that width (the
-stage's input, the concatenation, is the residual). A final 1x1x1 conv scores the classes (the
-paper's two channels, turned into probabilities by a softmax outside the model). With the defaults
-(16 features, 1 input channel) the model has 65,176,290 parameters for 2 classes.
+Every convolution is followed by a per-channel PReLU (ENet's `PReLU`, slopes initialised to 0.25
+like Caffe's and `torch.nn.PReLU(C)`); there is no BatchNorm (the paper has none). Left
+(compression) path, stage s = 0 .. 4 with `base_features * 2**s` channels (16, 32, 64, 128, 256) and
+1, 2, 3, 3, 3 convolutions of 5x5x5 (padding 2): each stage learns a residual function, its input
+added to the output of its last convolution and the sum passed through a PReLU. The first stage's
+input is the volume broadcast to `base_features` channels (channel j is input channel j mod C: the
+paper's 16 copies of its one-channel MRI), so the sum is defined. Between stages a 2x2x2 convolution
+of stride 2 ("down-convolution") doubles the channels and halves the resolution. Right
+(decompression) path, stage s = 3 .. 0: a 2x2x2 transposed convolution of stride 2
+("de-convolution") to `base_features * 2**s` channels, concatenated `[upsampled, skip]` with the
+left stage-s output (giving `base_features * 2**(s + 1)` channels: 256, 128, 64, 32), then 3, 3, 2,
+1 residual 5x5x5 convolutions at that width (the stage's input, the concatenation, is the residual).
+A final 1x1x1 conv scores the classes (the paper's two channels, turned into probabilities by a
+softmax outside the model). With the defaults (16 features, 1 input channel) the model has
+65,176,290 parameters for 2 classes.
 
 Odd sizes, as in segjax's 2-D `unet`: a down-convolution zero-pads the far end of an odd axis (the
 convolutional analogue of ceil mode, so no voxel is dropped), and the de-convolution's output is

@@ -143,7 +143,8 @@ _SMALL = (2, 2, 3, 2)  # N, D, H, W of the generated batches
 @functools.partial(jax.jit, static_argnames="squared")
 def _pair_and_grad(logits, labels, valid, squared):
     fn = functools.partial(losses.vnet_dice_loss, ignore_label=IGNORE, squared=squared)
-    return jax.value_and_grad(lambda x: fn(x, labels, valid_mask=valid)[0])(logits), fn(logits, labels, valid_mask=valid)
+    pair = fn(logits, labels, valid_mask=valid)
+    return jax.value_and_grad(lambda x: fn(x, labels, valid_mask=valid)[0])(logits), pair
 
 
 @given(scale=st.sampled_from([1.0, 1e3, 1e30]), mode=st.sampled_from(["mixed", "all_ignored", "one_class"]),
