@@ -52,6 +52,9 @@ class VNet(nn.Module):
     Attributes:
       num_classes: output classes (2 in the paper).
       base_features: channels of the first stage (16 in the paper); stage s has `base_features * 2**s`.
+      depth: number of down-convolutions, 1 .. 4 (4 in the paper); stage s keeps the paper's
+        convolution count, so a shallower V-Net is the paper's with its coarsest stages removed
+        (for small volumes and cheap tests).
       dtype: compute dtype; parameters and logits are float32.
       in_channels: channels of the input volumes (1 in the paper).
       axis_name: accepted so that pmap training can set it; V-Net has no BatchNorm to synchronise.
@@ -61,13 +64,17 @@ class VNet(nn.Module):
     base_features: int = 16
     dtype: Any = jnp.float32
     in_channels: int = 1
+    depth: int = 4
     axis_name: str | None = None
 
     def validate(self) -> None:
-        """Raises ValueError naming a bad base_features or in_channels."""
+        """Raises ValueError naming a bad base_features, in_channels or depth."""
         for field, value in (("base_features", self.base_features), ("in_channels", self.in_channels)):
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"vnet: {field} must be a positive int, got {value!r}")
+        if self.depth not in range(1, len(DOWN_CONVS)):
+            raise ValueError(f"vnet: depth must be 1 .. {len(DOWN_CONVS) - 1} (the paper's stages), "
+                             f"got {self.depth!r}")
 
     def _conv(self, features: int, kernel: int, name: str, stride: int = 1) -> nn.Conv:
         pad = (kernel - 1) // 2 if stride == 1 else 0
@@ -92,13 +99,13 @@ class VNet(nn.Module):
         broadcast = jnp.concatenate([x] * copies + [x[..., :rest]], axis=-1)  # channel j = x's channel j mod C
         x = self._residual_stage(x, DOWN_CONVS[0], "enc0", broadcast)
         skips = [x]
-        for s in range(1, len(DOWN_CONVS)):
+        for s in range(1, self.depth + 1):
             x = self._conv(b * 2**s, 2, f"down{s}", stride=2)(pad_to_even(x))
             x = PReLU(name=f"down{s}_act")(x)
             x = self._residual_stage(x, DOWN_CONVS[s], f"enc{s}", x)
-            if s < len(DOWN_CONVS) - 1:
+            if s < self.depth:
                 skips.append(x)
-        for s in reversed(range(len(UP_CONVS))):
+        for s in reversed(range(self.depth)):
             skip = skips[s]
             x = PReLU(name=f"up{s}_act")(UpConv2x(b * 2**s, dtype=self.dtype, name=f"up{s}")(x))
             x = jnp.concatenate([x[:, : skip.shape[1], : skip.shape[2], : skip.shape[3]], skip], axis=-1)
@@ -109,11 +116,11 @@ class VNet(nn.Module):
 
 @register("vnet", output="dense3d")
 def vnet(
-    *, num_classes: int, base_features: int = 16, dtype: Any = jnp.float32, in_channels: int = 1,
-    axis_name: str | None = None,
+    *, num_classes: int, base_features: int = 16, depth: int = 4, dtype: Any = jnp.float32,
+    in_channels: int = 1, axis_name: str | None = None,
 ) -> VNet:
-    """V-Net (`VNet`) on NDHWC volumes; `base_features` and `in_channels` are the overrides."""
-    model = VNet(num_classes=num_classes, base_features=base_features, dtype=dtype, in_channels=in_channels,
-                 axis_name=axis_name)
+    """V-Net (`VNet`) on NDHWC volumes; `base_features`, `depth` and `in_channels` are the overrides."""
+    model = VNet(num_classes=num_classes, base_features=base_features, depth=depth, dtype=dtype,
+                 in_channels=in_channels, axis_name=axis_name)
     model.validate()
     return model

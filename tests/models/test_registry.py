@@ -63,8 +63,8 @@ def small_overrides(name):
     accepted, vgg = _accepted(name), ("vgg" in name or name in ("segnet", "deconvnet"))
     table = {"backbone_width": 4 if vgg else 8, "width": 4, "fc_dim": 16, "head_channels": 16, "base_features": 4,
              "aux_loss": True, "mlp_dims": (16, 16), "train_samples": 64}
-    if model_output(name) == "dense3d":  # one pooling level: 3-D compiles cost ~0.1 s per conv; the family
-        table["depth"] = 1  # tests (test_unet3d.py) run deeper, odd sizes included
+    if model_output(name) == "dense3d":  # one down-sampling: 3-D compiles cost ~0.1 CPU s per conv; the
+        table["depth"] = 1  # family tests (test_unet3d.py, test_vnet.py) run the paper's depths on odd sizes
     return {k: v for k, v in table.items() if k in accepted}
 
 

@@ -24,9 +24,9 @@ DOWN, UP = (1, 2, 3, 3, 3), (1, 2, 3, 3)  # convolutions per stage, finest first
 class TorchVNet(tnn.Module):
     """Milletari et al. 2016, Fig. 2; layers named like segjax's."""
 
-    def __init__(self, in_channels, base, num_classes):
+    def __init__(self, in_channels, base, num_classes, depth=4):
         super().__init__()
-        self.in_channels, self.base = in_channels, base
+        self.in_channels, self.base, self.depth = in_channels, base, depth
         layers = {}
 
         def stage(prefix, cin, width, n):
@@ -36,12 +36,12 @@ class TorchVNet(tnn.Module):
             layers[f"{prefix}_act"] = tnn.PReLU(width)
 
         stage("enc0", in_channels, base, DOWN[0])
-        for s in range(1, 5):
+        for s in range(1, depth + 1):
             layers[f"down{s}"] = tnn.Conv3d(base * 2 ** (s - 1), base * 2**s, 2, stride=2)
             layers[f"down{s}_act"] = tnn.PReLU(base * 2**s)
             stage(f"enc{s}", base * 2**s, base * 2**s, DOWN[s])
-        for s in reversed(range(4)):
-            cin = base * 2**4 if s == 3 else base * 2 ** (s + 2)
+        for s in reversed(range(depth)):
+            cin = base * 2**depth if s == depth - 1 else base * 2 ** (s + 2)
             layers[f"up{s}"] = tnn.ConvTranspose3d(cin, base * 2**s, 2, stride=2)
             layers[f"up{s}_act"] = tnn.PReLU(base * 2**s)
             stage(f"dec{s}", base * 2 ** (s + 1), base * 2 ** (s + 1), UP[s])
@@ -57,12 +57,12 @@ class TorchVNet(tnn.Module):
     def forward(self, x):
         x = self._stage(x, "enc0", DOWN[0], x.repeat(1, self.base // self.in_channels, 1, 1, 1))
         skips = [x]
-        for s in range(1, 5):
+        for s in range(1, self.depth + 1):
             x = F.pad(x, (0, x.shape[4] % 2, 0, x.shape[3] % 2, 0, x.shape[2] % 2))
             x = self.layers[f"down{s}_act"](self.layers[f"down{s}"](x))
             x = self._stage(x, f"enc{s}", DOWN[s], x)
             skips.append(x)
-        for s in reversed(range(4)):
+        for s in reversed(range(self.depth)):
             skip = skips[s]
             x = self.layers[f"up{s}_act"](self.layers[f"up{s}"](x))
             x = torch.cat([x[:, :, : skip.shape[2], : skip.shape[3], : skip.shape[4]], skip], 1)
@@ -70,11 +70,12 @@ class TorchVNet(tnn.Module):
         return self.layers["classifier"](x)
 
 
-def test_matches_torch_transcription():
+@pytest.mark.parametrize("depth", [4, 1])  # the paper's, and the shallow one of the registry sweep
+def test_matches_torch_transcription(depth):
     rng = np.random.default_rng(0)
-    model = create_model("vnet", num_classes=K, base_features=BASE, in_channels=IN)
+    model = create_model("vnet", num_classes=K, base_features=BASE, in_channels=IN, depth=depth)
     variables = random_variables(model, SHAPE, rng)
-    reference = TorchVNet(IN, BASE, K)
+    reference = TorchVNet(IN, BASE, K, depth)
     load_flax(reference.layers, variables)
     x = rng.normal(size=SHAPE).astype(np.float32)
     cot = rng.normal(size=SHAPE[:-1] + (K,)).astype(np.float32)
@@ -98,6 +99,9 @@ def test_bad_arguments_raise():
         create_model("vnet", num_classes=2, base_features=0)
     with pytest.raises(ValueError, match="in_channels"):
         create_model("vnet", num_classes=2, in_channels=0)
+    for depth in (0, 5):
+        with pytest.raises(ValueError, match="depth must be 1 .. 4"):
+            create_model("vnet", num_classes=2, depth=depth)
     model = create_model("vnet", num_classes=2, base_features=2)
     with pytest.raises(ValueError, match=r"NDHWC.*\(1, 8, 8, 8, 3\)"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 8, 3)))
