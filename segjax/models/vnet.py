@@ -72,7 +72,7 @@ class VNet(nn.Module):
         for field, value in (("base_features", self.base_features), ("in_channels", self.in_channels)):
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"vnet: {field} must be a positive int, got {value!r}")
-        if self.depth not in range(1, len(DOWN_CONVS)):
+        if not (isinstance(self.depth, int) and 1 <= self.depth < len(DOWN_CONVS)):
             raise ValueError(f"vnet: depth must be 1 .. {len(DOWN_CONVS) - 1} (the paper's stages), "
                              f"got {self.depth!r}")
 
@@ -82,7 +82,7 @@ class VNet(nn.Module):
                        param_dtype=jnp.float32, name=name)
 
     def _residual_stage(self, x: jax.Array, num_convs: int, prefix: str, residual: jax.Array) -> jax.Array:
-        """`num_convs` 5x5x5 conv + PReLU at x's width; PReLU(last output + residual)."""
+        """`num_convs` 5x5x5 conv + PReLU at the residual's width; PReLU(last output + residual)."""
         y = x
         for i in range(1, num_convs + 1):
             y = PReLU(name=f"{prefix}_act{i}")(self._conv(residual.shape[-1], 5, f"{prefix}_conv{i}")(y))
