@@ -36,6 +36,8 @@ _MODEL_MODULES = (
     "segjax.models.reseg",
     "segjax.models.icnet",
     "segjax.models.patch",
+    "segjax.models.unet3d",
+    "segjax.models.vnet",
     "segjax.models.detection.maskrcnn",
     "segjax.models.detection.tensormask",
     "segjax.models.detection.panet",
@@ -51,6 +53,7 @@ OUTPUTS = {
              'tuple of such maps, one per auxiliary head: ICNet\'s two label-guidance heads; EncNet adds '
              '"se_logits" [N, K], per-image class presence); in training a model may score sampled pixels only: '
              '"logits" [N, S, K] with their "pixel_index" [N, S] (PixelNet)',
+    "dense3d": '"logits" [N, D, H, W, K] at the input resolution, from NDHWC volumes [N, D, H, W, C]',
     "detections": '"boxes", "scores", "classes", "num_detections", "mask_probs" (Mask R-CNN\'s '
                   'contract)',
     "score": '"quality" [N]: one score per image (and mask)',

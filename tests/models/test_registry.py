@@ -8,7 +8,8 @@ and their parameter counts are checked against torchvision's (tests/models/test_
 a ResNet-50 model whose family has a ResNet-18 variant runs only at ResNet-18 here (20-30 CPU seconds
 each): the head code is the same, and the ResNet-50 backbone (bottleneck blocks, dilation, train-mode
 BatchNorm) is compared with torchvision in tests/models/test_resnet.py, with the FCN and DeepLab v3
-ResNet-50 models as a whole in test_torchvision_import.py and test_deeplab.py.
+ResNet-50 models as a whole in test_torchvision_import.py and test_deeplab.py. Volumetric models
+(output kind "dense3d": unet3d, vnet) get a small odd NDHWC volume instead of an image.
 """
 
 import inspect
@@ -21,7 +22,7 @@ import pytest
 
 from segjax.models import AUX_LOGITS, LOGITS, available_models, create_model
 from segjax.models.outputs import PIXEL_INDEX, SE_LOGITS
-from segjax.models.registry import _REGISTRY
+from segjax.models.registry import _REGISTRY, model_output
 
 CONTRACT = (
     "fcn32s_vgg16 fcn16s_vgg16 fcn8s_vgg16 fcn_resnet50 fcn_resnet101 unet deconvnet segnet deeplabv1_vgg16 "
@@ -30,6 +31,7 @@ CONTRACT = (
 ).split()
 OUTPUT_STRIDES = (8, 16, 32)
 H, W = 37, 45  # odd and not multiples of 8/16/32
+VOLUME = (9, 10, 11)  # D, H, W of the volumetric models' ("dense3d") NDHWC inputs: odd and even
 NUM_CLASSES = 3
 # Relative L2 error allowed between bfloat16-compute and float32 logits. Max-unpooling moves values to
 # their argmax, and bfloat16 rounding flips near-ties between window entries (measured 0.09 / 0.17 for
@@ -61,7 +63,15 @@ def small_overrides(name):
     accepted, vgg = _accepted(name), ("vgg" in name or name in ("segnet", "deconvnet"))
     table = {"backbone_width": 4 if vgg else 8, "width": 4, "fc_dim": 16, "head_channels": 16, "base_features": 4,
              "aux_loss": True, "mlp_dims": (16, 16), "train_samples": 64}
+    if model_output(name) == "dense3d":  # one down-sampling: 3-D compiles cost ~0.1 CPU s per conv; the
+        table["depth"] = 1  # family tests (test_unet3d.py, test_vnet.py) run the paper's depths on odd sizes
     return {k: v for k, v in table.items() if k in accepted}
+
+
+def _input_size(name, model):
+    """The input's spatial size and channels: a volume with the model's channels for volumetric
+    models (V-Net's default input is one-channel), else an RGB image."""
+    return (VOLUME, model.in_channels) if model_output(name) == "dense3d" else ((H, W), 3)
 
 
 def _has_output_stride(name):
@@ -103,13 +113,15 @@ def test_contract_names_are_registered():
     assert not missing, f"not registered: {missing}"
 
 
-@pytest.mark.parametrize("name", _one_depth_per_family(available_models("dense")))
+@pytest.mark.parametrize("name", _one_depth_per_family(available_models("dense")) + available_models("dense3d"))
 def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
     overrides = small_overrides(name)
     model = create_model(name, num_classes=NUM_CLASSES, **overrides)
     model_bf16 = create_model(name, num_classes=NUM_CLASSES, dtype="bfloat16", **overrides)
-    x = jnp.asarray(np_rng.normal(size=(2, H, W, 3)), jnp.float32)  # batch 2: train-mode BN of pooled features
-    cot = jnp.asarray(np_rng.normal(size=(2, H, W, NUM_CLASSES)), jnp.float32)
+    spatial, channels = _input_size(name, model)
+    # batch 2: train-mode BN of pooled features
+    x = jnp.asarray(np_rng.normal(size=(2, *spatial, channels)), jnp.float32)
+    cot = jnp.asarray(np_rng.normal(size=(2, *spatial, NUM_CLASSES)), jnp.float32)
 
     def run(key, x):  # one compile: init, eval forward (float32 and bfloat16), train forward + backward
         variables = model.init(key, x[:1])
@@ -134,7 +146,7 @@ def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
     assert set(eval_out) == expected_keys
     bf16_maps = dict(_maps(bf16_out))
     for key, value in _maps(eval_out):
-        shape = (2, NUM_CLASSES) if key == SE_LOGITS else (2, H, W, NUM_CLASSES)
+        shape = (2, NUM_CLASSES) if key == SE_LOGITS else (2, *spatial, NUM_CLASSES)
         assert value.shape == shape and value.dtype == jnp.float32, key
         assert np.all(np.isfinite(value)) and np.std(np.asarray(value)) > 0, key
         # bfloat16 compute: logits stay float32 and close to the float32 model's (values, not shapes).
@@ -238,12 +250,13 @@ def test_bad_overrides_and_inputs_raise(name):
             model = create_model(name, num_classes=2, output_stride=4, **small_overrides(name))
             jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, H, W, 3)))
     model = create_model(name, num_classes=2, **small_overrides(name))
-    for shape in ((1, H, W, 4), (H, W, 3)):
+    spatial, channels = _input_size(name, model)
+    for shape in ((1, *spatial, channels + 1), (*spatial, channels)):
         with pytest.raises(ValueError, match=re.escape(str(shape))):
             jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
     # in_channels is an override: one-channel images work when asked for.
     gray = create_model(name, num_classes=2, in_channels=1, **small_overrides(name))
-    out = jax.eval_shape(gray.init, jax.random.key(0), jnp.zeros((1, H, W, 1)))
+    out = jax.eval_shape(gray.init, jax.random.key(0), jnp.zeros((1, *spatial, 1)))
     assert "params" in out
 
 
@@ -274,6 +287,7 @@ def test_outputs_partition_the_registry():
     assert model_output("maskrcnn_resnet18_fpn") == "detections"
     assert model_output("unet_embedding") == "dense_embeddings"
     assert model_output("oracle_gossip") == "score" and model_output("fewshot_resnet18") == "episode"
+    assert by_output["dense3d"] == ["unet3d", "vnet"]
     with pytest.raises(ValueError, match="unknown model"):
         model_output("nope")
     with pytest.raises(ValueError, match="must be one of"):
