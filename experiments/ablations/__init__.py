@@ -24,7 +24,7 @@ import importlib
 from typing import Any, Mapping
 
 STUDIES = ("upsampling", "receptive_field", "class_imbalance", "augmentation", "difficulty",
-           "transfer", "instance_models", "model_zoo")
+           "transfer", "instance_models", "model_zoo", "domain_adaptation")
 
 
 @dataclasses.dataclass(frozen=True)
