@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -46,8 +47,8 @@ DEFAULT_STYLE_WEIGHT = 1e6  # β
 
 class GatysResult(NamedTuple):
     """`image` [1, H, W, 3] in [0, 1] (clipped); `history`: one dict per step with `step` and
-    `loss` (the objective after that step) and, every `log_every` steps and at the last one,
-    the weighted `content`, `style` and `tv` terms."""
+    `loss` (the objective after that step; step 0 is the start) and, at the start, every
+    `log_every` steps and at the last one, the weighted `content`, `style` and `tv` terms."""
 
     image: jax.Array
     history: list[dict[str, float]]
@@ -63,29 +64,69 @@ def gatys_objective(vgg: VGGFeatures, variables: Mapping[str, Any], content: jax
     """The objective as `(terms, targets)`: `terms(image [1, H, W, 3], variables, targets)` returns
     the weighted scalars `{"total", "content", "style", "tv"}`.
 
-    `targets` holds the `content` features of `content` [1, H, W, 3] and the Gram matrices of
-    `style` [1, H', W', 3] (both in [0, 1]), computed once here; `vgg` is cloned to return
-    exactly `content_layer` and `style_layers`. `terms` is pure: the weights and targets are
-    arguments, not constants folded into every compiled step.
+    `targets` holds the `content` features of `content` [1, H, W, 3], the Gram matrices of
+    `style` [1, H', W', 3] (both in [0, 1]), computed once here, and the weights (α, β, γ and
+    the per-layer w_l, default 1). `vgg` is cloned to return exactly `content_layer` and
+    `style_layers`. `terms` is pure and the same function for the same network and layers, so
+    jitted steps built on it compile once for any images, weights and VGG variables.
     """
     for name, value in (("content_weight", content_weight), ("style_weight", style_weight),
-                        ("tv_weight", tv_weight)):
+                        ("tv_weight", tv_weight), *(layer_weights or {}).items()):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    style_layers = tuple(style_layers)
+    if layer_weights is not None and set(layer_weights) != set(style_layers):
+        raise ValueError(f"layer_weights are for {sorted(layer_weights)}, style_layers are {sorted(style_layers)}")
     net = vgg.clone(layers=tuple(dict.fromkeys((content_layer, *style_layers))))
     features = jax.jit(net.apply)
-    targets = {"content": features(variables, content)[content_layer],
-               "grams": {k: gram_matrix(v) for k, v in features(variables, style).items() if k in style_layers}}
+    targets = {
+        "content": features(variables, content)[content_layer],
+        "grams": {k: gram_matrix(v) for k, v in features(variables, style).items() if k in style_layers},
+        "weights": jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), {
+            "content": content_weight, "style": style_weight, "tv": tv_weight,
+            "layers": {k: (layer_weights or {}).get(k, 1.0) for k in style_layers}}),
+    }
+    return _terms(net, content_layer, style_layers), targets
+
+
+@functools.lru_cache(maxsize=None)
+def _terms(net: VGGFeatures, content_layer: str, style_layers: tuple[str, ...]) -> Callable[..., Any]:
+    """`terms(image, variables, targets)` of `gatys_objective`, one function per configuration."""
 
     def terms(image: jax.Array, variables: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, jax.Array]:
         f = net.apply(variables, image)
-        out = {"content": content_weight * content_loss(f[content_layer], targets["content"]),
-               "style": style_weight * style_loss(f, targets["grams"], layer_weights),
-               "tv": tv_weight * total_variation_loss(image)}
+        w = targets["weights"]
+        out = {"content": w["content"] * content_loss(f[content_layer], targets["content"]),
+               "style": w["style"] * style_loss(f, targets["grams"], w["layers"]),
+               "tv": w["tv"] * total_variation_loss(image)}
         out["total"] = out["content"] + out["style"] + out["tv"]
         return out
 
-    return terms, targets
+    return terms
+
+
+@functools.lru_cache(maxsize=None)
+def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _lbfgs_step(terms: Callable[..., Any], memory_size: int) -> tuple[optax.GradientTransformation, Callable]:
+    """optax's L-BFGS and its jitted iteration `step(image, state, variables, targets) -> (image,
+    state, objective at the new image)`, built once per objective configuration."""
+    opt = optax.lbfgs(memory_size=memory_size)
+
+    @jax.jit
+    def step(image, state, variables, targets):
+        def total(x):
+            return terms(x, variables, targets)["total"]
+
+        value, grad = optax.value_and_grad_from_state(total)(image, state=state)
+        updates, state = opt.update(grad, state, image, value=value, grad=grad, value_fn=total)
+        image = optax.apply_updates(image, updates)
+        return image, state, otu.tree_get(state, "value")
+
+    return opt, step
 
 
 def gatys(vgg: VGGFeatures, variables: Mapping[str, Any], content: jax.Array, style: jax.Array, *,
@@ -112,29 +153,24 @@ def gatys(vgg: VGGFeatures, variables: Mapping[str, Any], content: jax.Array, st
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if not (isinstance(memory_size, int) and memory_size >= 1):
+        raise ValueError(f"memory_size must be a positive int, got {memory_size!r}")
     if not (isinstance(log_every, int) and log_every >= 1):
         raise ValueError(f"log_every must be a positive int, got {log_every!r}")
     for name, image in (("content", content), ("style", style)):
         if image.ndim != 4 or image.shape[0] != 1 or image.shape[-1] != 3:
             raise ValueError(f"{name} must be one RGB image [1, H, W, 3], got shape {tuple(image.shape)}")
     content, style = jnp.asarray(content, jnp.float32), jnp.asarray(style, jnp.float32)
+    for name, image in (("content", content), ("style", style)):
+        if not bool(jnp.all(jnp.isfinite(image))):
+            raise ValueError(f"{name} image has NaN or inf pixels")
     terms, targets = gatys_objective(vgg, variables, content, style, **objective)
-    opt = optax.lbfgs(memory_size=memory_size)
-
-    @jax.jit
-    def step(image, state, variables, targets):
-        def total(x):
-            return terms(x, variables, targets)["total"]
-
-        value, grad = optax.value_and_grad_from_state(total)(image, state=state)
-        updates, state = opt.update(grad, state, image, value=value, grad=grad, value_fn=total)
-        image = optax.apply_updates(image, updates)
-        return image, state, otu.tree_get(state, "value")  # the objective at the new image
-
+    opt, step = _lbfgs_step(terms, memory_size)
     image = content if init == "content" else jax.random.uniform(jax.random.key(seed), content.shape)
     state = opt.init(image)
-    parts = jax.jit(terms)
-    history = []
+    parts = _jit(terms)
+    start = {k: float(v) for k, v in parts(image, variables, targets).items()}
+    history = [{"step": 0, "loss": start.pop("total"), **start}]
     for i in range(1, steps + 1):
         image, state, value = step(image, state, variables, targets)
         entry = {"step": i, "loss": float(value)}
