@@ -106,14 +106,9 @@ def _terms(net: VGGFeatures, content_layer: str, style_layers: tuple[str, ...]) 
 
 
 @functools.lru_cache(maxsize=None)
-def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return jax.jit(fn)
-
-
-@functools.lru_cache(maxsize=None)
-def _lbfgs_step(terms: Callable[..., Any], memory_size: int) -> tuple[optax.GradientTransformation, Callable]:
-    """optax's L-BFGS and its jitted iteration `step(image, state, variables, targets) -> (image,
-    state, objective at the new image)`, built once per objective configuration."""
+def _compiled(terms: Callable[..., Any], memory_size: int) -> tuple[optax.GradientTransformation, Callable, Callable]:
+    """optax's L-BFGS, its jitted iteration `step(image, state, variables, targets) -> (image,
+    state, objective at the new image)` and the jitted `terms`, built once per configuration."""
     opt = optax.lbfgs(memory_size=memory_size)
 
     @jax.jit
@@ -126,7 +121,7 @@ def _lbfgs_step(terms: Callable[..., Any], memory_size: int) -> tuple[optax.Grad
         image = optax.apply_updates(image, updates)
         return image, state, otu.tree_get(state, "value")
 
-    return opt, step
+    return opt, step, jax.jit(terms)
 
 
 def gatys(vgg: VGGFeatures, variables: Mapping[str, Any], content: jax.Array, style: jax.Array, *,
@@ -165,18 +160,17 @@ def gatys(vgg: VGGFeatures, variables: Mapping[str, Any], content: jax.Array, st
         if not bool(jnp.all(jnp.isfinite(image))):
             raise ValueError(f"{name} image has NaN or inf pixels")
     terms, targets = gatys_objective(vgg, variables, content, style, **objective)
-    opt, step = _lbfgs_step(terms, memory_size)
+    opt, step, parts = _compiled(terms, memory_size)
     image = content if init == "content" else jax.random.uniform(jax.random.key(seed), content.shape)
     state = opt.init(image)
-    parts = _jit(terms)
     start = {k: float(v) for k, v in parts(image, variables, targets).items()}
     history = [{"step": 0, "loss": start.pop("total"), **start}]
     for i in range(1, steps + 1):
         image, state, value = step(image, state, variables, targets)
         entry = {"step": i, "loss": float(value)}
         if not math.isfinite(entry["loss"]):
-            raise ValueError(f"Gatys loss is {entry['loss']} at step {i}; lower --style_weight or "
-                             "--content_weight, or start from the content image")
+            raise ValueError(f"Gatys loss is {entry['loss']} at step {i}: lower the style/content "
+                             "weights or check the images' range ([0, 1])")
         if i % log_every == 0 or i == steps:
             entry.update({k: float(v) for k, v in parts(image, variables, targets).items() if k != "total"})
             if progress is not None:

@@ -1,4 +1,4 @@
-"""`python -m experiments.style` end to end (tiny converted VGG-19, 24 px, 2 steps, shallow layers
+"""`python -m experiments.style` end to end (tiny converted VGG-19, 20 px, 2 steps, shallow layers
 as in test_gatys.py: the default relu5_1 objective costs ~30 s of compiling on 2 cores and runs
 in the demo instead) and its clean failures: one `error:` line, no work dir left behind."""
 
@@ -33,19 +33,21 @@ def _strict(text):
 
 def test_gatys_command_writes_pictures_and_metrics(tmp_path, tiny_weights):
     content = tmp_path / "content.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(content)
+    # 32x40 at --size=20 is 16x20, the content shape of test_gatys.py: one compiled L-BFGS step
+    # serves both (same width, layers and pooling) when they run in one process.
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(content)
     workdir = tmp_path / "out"
     code, out, err = run_command("experiments.style", [
         "--method=gatys", f"--content={content}", "--style=brick", f"--workdir={workdir}",
-        "--size=24", "--steps=2", f"--weights={tiny_weights}", "--content_layer=relu2_1",
+        "--size=20", "--steps=2", f"--weights={tiny_weights}", "--content_layer=relu2_1",
         "--style_layers=relu1_1,relu2_1"])
     assert code == 0, err
     assert "random" not in out and "wrote" in out
     files = sorted(os.listdir(workdir))
     assert files == ["content.png", "metrics.jsonl", "panel.png", "result.png", "run.json", "style.png"]
     sizes = {f: Image.open(workdir / f).size for f in files if f.endswith(".png")}
-    assert sizes == {"content.png": (24, 18), "result.png": (24, 18), "style.png": (24, 24),
-                     "panel.png": (24 + 24 + 24 + 8, 24)}
+    assert sizes == {"content.png": (20, 16), "result.png": (20, 16), "style.png": (20, 20),
+                     "panel.png": (20 + 20 + 20 + 8, 20)}
     lines = [_strict(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2]
     assert lines[0]["content"] == 0.0 and lines[0]["style"] > 0  # the start is the content image
