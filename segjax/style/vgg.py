@@ -189,12 +189,18 @@ def _read_weight_file(path: str) -> Mapping[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--weights {path} does not exist (a convert_torchvision --workdir, "
                                 ".npz or .msgpack)")
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            return flax.traverse_util.unflatten_dict({tuple(k.split("/")): data[k] for k in data.files})
-    if path.endswith(".msgpack"):
-        with open(path, "rb") as f:
-            return flax.serialization.msgpack_restore(f.read())
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as data:
+                return flax.traverse_util.unflatten_dict({tuple(k.split("/")): data[k] for k in data.files})
+        if path.endswith(".msgpack"):
+            with open(path, "rb") as f:
+                tree = flax.serialization.msgpack_restore(f.read())
+            if not isinstance(tree, dict):
+                raise ValueError(f"holds a {type(tree).__name__}, not a tree of arrays")
+            return tree
+    except Exception as e:  # zipfile, pickle and msgpack each raise their own kinds
+        raise ValueError(f"cannot read weights {path}: {type(e).__name__}: {e}") from None
     raise ValueError(f"weights {path}: expected a convert_torchvision --workdir directory, "
                      "an .npz (keys 'params/conv1_1/kernel', ...) or a flax .msgpack file")
 
@@ -212,22 +218,29 @@ def load_vgg_weights(path: str, *, depth: int = 19) -> tuple[dict[str, Any], int
     """
     variables = _read_weight_file(path)
     tree = variables.get("params", variables)
-    if "conv1_1" not in tree:
-        raise ValueError(f"weights {path} have no conv1_1 (keys: {sorted(tree)[:8]}); is it a VGG?")
-    width = int(np.shape(tree["conv1_1"]["kernel"])[-1])
+
+    def leaf(name: str, key: str) -> Any:
+        entry = tree.get(name) if isinstance(tree, Mapping) else None
+        return entry.get(key) if isinstance(entry, Mapping) else None
+
+    first = leaf("conv1_1", "kernel")
+    if first is None or np.ndim(first) != 4:
+        keys = sorted(map(str, tree))[:8] if isinstance(tree, Mapping) else type(tree).__name__
+        raise ValueError(f"weights {path} have no 4-d conv1_1/kernel (found {keys}); is it a VGG?")
+    width = int(np.shape(first)[-1])
     shapes = jax.eval_shape(VGGFeatures(depth=depth, layers=("pool5",), width=width).init,
                             jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     params, problems = {}, []
     for name in conv_names(depth):
-        for leaf in ("kernel", "bias"):
-            want = tuple(shapes[name][leaf].shape)
-            got = tree.get(name, {}).get(leaf)
+        for key in ("kernel", "bias"):
+            want = tuple(shapes[name][key].shape)
+            got = leaf(name, key)
             if got is None:
-                problems.append(f"{name}/{leaf} missing")
+                problems.append(f"{name}/{key} missing")
             elif tuple(np.shape(got)) != want:
-                problems.append(f"{name}/{leaf} has shape {tuple(np.shape(got))}, expected {want}")
+                problems.append(f"{name}/{key} has shape {tuple(np.shape(got))}, expected {want}")
             else:
-                params.setdefault(name, {})[leaf] = np.asarray(got, np.float32)
+                params.setdefault(name, {})[key] = np.asarray(got, np.float32)
     if problems:
         raise ValueError(f"weights {path} do not fit VGG-{depth} (width {width}): {'; '.join(problems)}")
     return {"params": params}, width

@@ -161,3 +161,12 @@ def test_weight_files_that_do_not_fit_are_refused_by_name(tmp_path, tiny_vgg19_v
     with pytest.raises(FileNotFoundError, match="absent.npz does not exist"):
         load_vgg_weights(str(tmp_path / "absent.npz"))
     assert not os.path.exists(tmp_path / "absent.npz")
+
+
+@settings(max_examples=10)
+@given(data=st.binary(max_size=64), suffix=st.sampled_from([".npz", ".msgpack"]))
+def test_corrupt_weight_files_are_refused_by_name(tmp_path_factory, data, suffix):
+    path = tmp_path_factory.mktemp("corrupt") / f"w{suffix}"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=f"weights {path}"):
+        load_vgg_weights(str(path))
