@@ -2,7 +2,9 @@
 
 `convert(name, state_dict)` maps the weights of torchvision's `resnet18/34/50/101/152` (the
 ImageNet classifiers, for transfer learning: `fc.*` is dropped), `vgg16`/`vgg16_bn` (onto
-`backbones.vgg.VGG16` with fc6/fc7 as convs; `classifier.6` is dropped), `fcn_resnet50/101` and
+`backbones.vgg.VGG16` with fc6/fc7 as convs; `classifier.6` is dropped), `vgg19` (onto
+`segjax.style.vgg.VGGFeatures(depth=19)`, the style-transfer features: its 16 convs only, the
+whole `classifier.*` is dropped), `fcn_resnet50/101` and
 `deeplabv3_resnet50/101` (with or without `aux_classifier`) onto the same-named segjax model, and
 `maskrcnn_resnet50_fpn` (torchvision's Mask R-CNN; `maskrcnn_resnet101_fpn` for the same layout on
 ResNet-101) onto `segjax.models.detection.maskrcnn` (see `map_maskrcnn`).
@@ -39,9 +41,10 @@ from segjax.models.registry import create_model
 
 _CLASSIFIERS = {f"resnet{d}": d for d in (18, 34, 50, 101, 152)}
 _VGG = {"vgg16": False, "vgg16_bn": True}  # name -> batch_norm
+_VGG_FEATURES = {"vgg19": 19}  # name -> depth of segjax.style.vgg.VGGFeatures
 _SEGMENTATION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
 _MASKRCNN = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet101_fpn")
-SUPPORTED = tuple(_CLASSIFIERS) + tuple(_VGG) + _SEGMENTATION + _MASKRCNN
+SUPPORTED = tuple(_CLASSIFIERS) + tuple(_VGG) + tuple(_VGG_FEATURES) + _SEGMENTATION + _MASKRCNN
 # torchvision VGG keys: conv/BN layers of `features`, fc6/fc7 (`classifier.0/3`) and the
 # ImageNet classifier `classifier.6` (dropped).
 _VGG_KEY = re.compile(r"features\.\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -253,6 +256,23 @@ def _convert_vgg(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return variables
 
 
+def _convert_vgg_features(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """VGG-19 convs via `segjax.style.vgg.vgg_features_variables_from_torch`; any key other than
+    its convs' and the classifier's (BatchNorm of a `vgg19_bn`, a deeper or shallower VGG's
+    convs) is refused by name."""
+    from segjax.models.backbones.vgg import torchvision_conv_indices
+    from segjax.style.vgg import STAGES, vgg_features_variables_from_torch
+
+    depth = _VGG_FEATURES[name]
+    convs = {f"features.{k}.{leaf}" for k in torchvision_conv_indices(False, STAGES[depth])
+             for leaf in ("weight", "bias")}
+    unexpected = sorted(k for k in state_dict if k not in convs and not re.fullmatch(
+        r"classifier\.[036]\.(weight|bias)", k))
+    if unexpected:
+        raise ValueError(f"cannot convert state dict to {name!r}: {len(unexpected)} unexpected keys: {unexpected}")
+    return vgg_features_variables_from_torch(state_dict, depth=depth)
+
+
 def convert(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Maps a torchvision `state_dict` onto the variables of the segjax model `name`.
 
@@ -274,6 +294,8 @@ def convert(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"cannot convert {name!r}; supported: {', '.join(SUPPORTED)}")
     if name in _VGG:
         return _convert_vgg(name, state_dict)
+    if name in _VGG_FEATURES:
+        return _convert_vgg_features(name, state_dict)
     model = _target(name, state_dict)
     if name in _MASKRCNN:
         state_dict = _maskrcnn_fc6_to_nhwc(state_dict, model)
@@ -301,6 +323,8 @@ def model_config(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
         return {"model": name, "backbone_only": True, "depth": _CLASSIFIERS[name]}
     if name in _VGG:
         return {"model": name, "backbone_only": True, "batch_norm": _VGG[name]}
+    if name in _VGG_FEATURES:
+        return {"model": name, "backbone_only": True, "depth": _VGG_FEATURES[name]}
     model = _target(name, state_dict)
     if name in _MASKRCNN:
         return {"model": name, "num_classes": model.num_classes}

@@ -8,6 +8,8 @@ writes `/tmp/dlv3_r50/variables/` (orbax, `{"params", "batch_stats"}`) and `mode
 Load with `segjax.models.torchvision_import.load_converted(dir)`; for a backbone (`resnet18` ...
 `resnet152`, `vgg16`, `vgg16_bn`: ImageNet classifiers without their last layer), merge into a
 fresh model with `merge_backbone` (or pass the directory as a training config's `init_from`).
+`vgg19` gives the style-transfer features (`segjax.style.VGGFeatures(depth=19)`): pass the
+directory to `python -m experiments.style --weights=DIR`.
 Supported models: `torchvision_import.SUPPORTED`.
 torch is needed only here (to read the .pth file, with `weights_only=True`).
 """

@@ -43,6 +43,7 @@ from segjax.ops.pool import max_pool
 
 # (number of 3x3 convs, channel multiplier of `width`) per stage.
 VGG16_STAGES = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))
+VGG19_STAGES = ((2, 1), (2, 2), (4, 4), (4, 8), (4, 8))  # torchvision `vgg19` (for segjax.style)
 _OUTPUT_STRIDES = (8, 16, 32)
 
 
@@ -209,10 +210,10 @@ class VGG16(nn.Module):
         return out
 
 
-def _conv_indices(batch_norm: bool) -> list[int]:
-    """torchvision `features` indices of conv1_1 ... conv5_3."""
+def torchvision_conv_indices(batch_norm: bool, stages=VGG16_STAGES) -> list[int]:
+    """torchvision `features` indices of conv1_1 ... (conv5_3 for VGG-16, conv5_4 for `VGG19_STAGES`)."""
     idx, k = [], 0
-    for num_convs, _ in VGG16_STAGES:
+    for num_convs, _ in stages:
         for _ in range(num_convs):
             idx.append(k)
             k += 3 if batch_norm else 2
@@ -238,7 +239,7 @@ def vgg16_variables_from_torch(
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
     names = [f"conv{s}_{i}" for s, (n, _) in enumerate(VGG16_STAGES, start=1) for i in range(1, n + 1)]
-    for name, k in zip(names, _conv_indices(batch_norm)):
+    for name, k in zip(names, torchvision_conv_indices(batch_norm)):
         params[name] = {"kernel": get(f"features.{k}.weight").transpose(2, 3, 1, 0), "bias": get(f"features.{k}.bias")}
         if batch_norm:
             bn = name.replace("conv", "bn", 1)

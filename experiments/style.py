@@ -1,0 +1,61 @@
+r"""Neural style transfer (`segjax.style.run.stylize`).
+
+    python -m experiments.style --method=gatys --content=astronaut --style=gravel \
+      --workdir=/tmp/style [--size=128 --steps=100 --weights=DIR_OR_FILE --init=content]
+
+`--content` and `--style` are image paths or the names of scikit-image's bundled pictures
+(astronaut, chelsea, coffee; brick, grass, gravel). `--weights` is a VGG-19 converted by
+`python -m segjax.tools.convert_torchvision --model=vgg19` (its --workdir), or an .npz / flax
+.msgpack holding `params/conv1_1/kernel, ...`; without it the VGG is random (see docs/style.md
+for what that can and cannot show). Writes content.png, style.png, result.png, panel.png,
+metrics.jsonl (the loss per step) and run.json into `--workdir`. At 128 px, 100 steps take
+about a minute on a 2-core CPU. `--method=fast` and `--method=adain` are not available yet.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from experiments import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (`__main__`), so that
+    importing this module next to another command's (tests do) cannot collide on a name."""
+    from segjax.style.gatys import DEFAULT_CONTENT_WEIGHT, DEFAULT_STYLE_WEIGHT
+    from segjax.style.vgg import GATYS_CONTENT_LAYER, GATYS_STYLE_LAYERS
+
+    flags.DEFINE_enum("method", "gatys", ["gatys", "fast", "adain"], "Style-transfer method.")
+    flags.DEFINE_string("content", None, "Content image: a path or a scikit-image name.")
+    flags.DEFINE_string("style", None, "Style image: a path or a scikit-image name.")
+    flags.DEFINE_string("workdir", None, "Output directory (written).")
+    flags.DEFINE_integer("size", 128, "Longer side of both images, in pixels.")
+    flags.DEFINE_integer("steps", 100, "L-BFGS iterations.")
+    flags.DEFINE_string("weights", None, "Converted VGG-19 weights (default: random VGG).")
+    flags.DEFINE_enum("init", "content", ["content", "noise"], "Starting image.")
+    flags.DEFINE_enum("pooling", "max", ["max", "avg"], "VGG pooling (Gatys et al. suggest avg).")
+    flags.DEFINE_string("content_layer", GATYS_CONTENT_LAYER, "VGG-19 layer of the content loss.")
+    flags.DEFINE_list("style_layers", list(GATYS_STYLE_LAYERS), "VGG-19 layers of the style loss.")
+    flags.DEFINE_float("content_weight", DEFAULT_CONTENT_WEIGHT, "alpha.")
+    flags.DEFINE_float("style_weight", DEFAULT_STYLE_WEIGHT, "beta.")
+    flags.DEFINE_float("tv_weight", 0.0, "Weight of the squared total variation.")
+    flags.DEFINE_integer("seed", 0, "Seed of the random VGG and of the noise start.")
+    flags.mark_flags_as_required(["content", "style", "workdir"])
+
+
+def main(argv):
+    cli.no_arguments(argv)
+    from segjax.style.run import stylize
+
+    stylize(FLAGS.method, FLAGS.content, FLAGS.style, FLAGS.workdir, size=FLAGS.size,
+            steps=FLAGS.steps, weights=FLAGS.weights, seed=FLAGS.seed, init=FLAGS.init,
+            content_weight=FLAGS.content_weight, style_weight=FLAGS.style_weight,
+            tv_weight=FLAGS.tv_weight, pooling=FLAGS.pooling, content_layer=FLAGS.content_layer,
+            style_layers=FLAGS.style_layers,
+            out=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags)
