@@ -202,7 +202,7 @@ def test_config_names_the_target_and_a_known_method():
         uda.check(c)
     c.uda.method, c.uda.target = "dacs", ""
     with pytest.raises(ValueError, match="uda.target"):
-        uda.check(c)
+        uda.build(c, None, None)
 
 
 @pytest.mark.slow
