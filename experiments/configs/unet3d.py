@@ -20,8 +20,9 @@ segjax's number on Task01: not measured (needs the 7 GB archive and GPU days).
 
 Preset `demo`: `synthetic_volumes` (32x48x48 MR-like volumes, organ + two lesion kinds, no
 download), a small 3D U-Net (8 base features, 2 poolings), 16x32x32 patches, batch 4, 300 steps
-with the same optimiser: a few minutes on 2 CPU cores (docs/volumetric.md, "Training", has the
-measured result):
+with the same optimiser. Measured (seed 0): mean foreground Dice 0.899 (organ 0.985, lesion A
+0.893, lesion B 0.818), mean HD95 10.1 mm, in 22 min on a 2-core CPU shared with other jobs
+(628 s of CPU time; docs/volumetric.md, "Training"):
 
     python -m experiments.train --workdir=/tmp/unet3d_demo --config=experiments/configs/unet3d.py:demo
 """

@@ -16,7 +16,8 @@ Task05: not measured (needs the archive and GPU hours).
 
 Preset `demo`: `synthetic_volumes` (no download), V-Net at depth 2 with 8 base features, 16x32x32
 patches, batch 4, 300 steps, the Dice loss, SGD momentum 0.99 with lr 0.01 (the paper's 1e-4 is
-for its 25k+ iterations): a few minutes on 2 CPU cores.
+for its 25k+ iterations); not measured (about the cost of `unet3d.py:demo`, larger 5x5x5
+convolutions).
 
     python -m experiments.train --workdir=/tmp/vnet_demo --config=experiments/configs/vnet.py:demo
 """
