@@ -27,6 +27,31 @@ CONFIG_MODULES = sorted(
     if os.path.basename(p) not in ("__init__.py", "common.py"))
 
 
+# dataset.json of the MSD tasks the presets name (labels and modalities as distributed), for a
+# run without the archives: the registry reads class names from $SEGJAX_MSD_ROOT.
+_MSD_META = {
+    "Task01_BrainTumour": ({"0": "background", "1": "edema", "2": "non-enhancing tumor",
+                            "3": "enhancing tumour"},
+                           {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}),
+    "Task05_Prostate": ({"0": "background", "1": "PZ", "2": "TZ"}, {"0": "T2", "1": "ADC"}),
+}
+
+
+@pytest.fixture(autouse=True)
+def _msd_root(tmp_path_factory, monkeypatch):
+    import json
+
+    if os.environ.get("SEGJAX_MSD_ROOT"):
+        return
+    root = tmp_path_factory.getbasetemp() / "msd_meta"
+    for task, (labels, modality) in _MSD_META.items():
+        (root / task).mkdir(parents=True, exist_ok=True)
+        (root / task / "dataset.json").write_text(json.dumps({
+            "labels": labels, "modality": modality,
+            "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}]}))
+    monkeypatch.setenv("SEGJAX_MSD_ROOT", str(root))
+
+
 def _all_presets():
     for name in CONFIG_MODULES:
         module = importlib.import_module(f"experiments.configs.{name}")

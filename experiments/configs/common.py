@@ -51,3 +51,21 @@ def use_synthetic_shapes(c: ml_collections.ConfigDict, name: str = "synthetic_sh
         c.eval.stride = crop_size // 2
     c.parallelism = "mesh"
     return c
+
+
+def use_volumes(c: ml_collections.ConfigDict, name: str, patch_size: tuple[int, int, int],
+                in_channels: int) -> ml_collections.ConfigDict:
+    """Points a `volumetric` task config at volumetric dataset `name` (train / validation
+    splits) with training patches (and evaluation windows) of `patch_size` (D, H, W) and a model
+    of `in_channels` (the dataset's channels). The 2-D `crop_size` and `pad_to` are unused by the
+    task; they are set to the patch's height to stay meaningful in config.json."""
+    c.dataset.name = name
+    c.dataset.train_split = "train"
+    c.dataset.eval_split = "validation"
+    c.dataset.crop_size = patch_size[1]
+    c.dataset.hflip = False
+    c.eval.pad_to = patch_size[1]
+    c.volumetric.patch_size = tuple(patch_size)
+    c.model.in_channels = in_channels
+    c.parallelism = "mesh"
+    return c

@@ -9,7 +9,9 @@ segmentation, instances, mask quality (the oracle) or embeddings. A `Task` knows
 * the loss of a batch as a `(sum, count)` pair from the model outputs, the whole batch and a
   `StepContext` (PRNG key, global sums and gathers over the data axis);
 * what evaluation computes on device (`eval_outputs`: statistics that sum over devices, plus
-  per-example outputs), and how the host turns them into metrics (`Accumulator`);
+  per-example outputs), and how the host turns them into metrics (`Accumulator`); or, where a
+  fixed-shape step cannot express it (whole volumes of differing sizes), the whole evaluation
+  run on the host (`host_evaluation = True` and `evaluate_on_host`);
 * which metric ranks checkpoints (`best_metric`), the console line of an evaluation, and the
   example images to write (`save_examples`, through `write_panels`);
 * how one image of any size is predicted and drawn (`predictor`, `write_prediction`): what
@@ -137,6 +139,10 @@ class Task(abc.ABC):
     model_output: str = "dense"
     train_keys: tuple[str, ...] = ("image",)
     eval_keys: tuple[str, ...] = ("image",)
+    # True: the trainer evaluates through `evaluate_on_host` instead of the compiled eval step
+    # over `eval_batches` (for evaluation that a fixed-shape step cannot express: whole volumes
+    # of differing sizes).
+    host_evaluation: bool = False
 
     def check_batch(self, batch: Batch, keys: tuple[str, ...]) -> None:
         """Raises ValueError naming the missing keys."""
@@ -206,6 +212,18 @@ class Task(abc.ABC):
         devices by the parallel layer (integer counts stay int32 per batch); `per_example`
         leaves have the batch as their first axis and come back to the host by rows.
         """
+
+    def evaluate_on_host(self, apply_fn: ApplyFn, variables: Any, data, *,
+                         on_batch: Callable | None = None) -> dict[str, Any]:
+        """The metrics of one evaluation run on the host, for tasks with `host_evaluation`.
+
+        `apply_fn(variables, *args, train=False)` is the model, `variables` its (host)
+        {"params", "batch_stats"}, `data` the run's `DataStreams`; `on_batch(batch,
+        per_example)` is the trainer's picture callback (`save_examples`), called as the
+        compiled evaluation calls it.
+        """
+        del apply_fn, variables, data, on_batch
+        raise NotImplementedError(f"the {self.name!r} task evaluates through eval_outputs")
 
     @abc.abstractmethod
     def new_accumulator(self) -> Accumulator:

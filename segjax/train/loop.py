@@ -4,7 +4,9 @@ One run trains `config.model` on `config.dataset` for the task `config.task` (de
 "semantic") for `num_train_steps`, logging train metrics every `log_every_steps` (`loss` is the
 mean over the steps since the previous log line or checkpoint, so a resumed run logs the same
 numbers), evaluating every `eval_every_steps` (and at the end), and checkpointing every
-`checkpoint_every_steps` and at every eval. The loop knows nothing of what is learned: the task
+`checkpoint_every_steps` and at every eval. Evaluation is the task's compiled eval step over its
+eval batches, or, for a task with `host_evaluation` (whole volumes of differing sizes), its
+`evaluate_on_host` with the host copy of the variables. The loop knows nothing of what is learned: the task
 (`segjax.tasks`) supplies the loss, the evaluation, the metric that ranks checkpoints and the
 pictures. The work directory is described in `segjax.train.workdir`.
 
@@ -160,10 +162,16 @@ class _Run:
                     out_dir, step, batch, per_example, limit=remaining[0], writer=self.writer)
 
         t0 = time.perf_counter()
-        batches = self.task.eval_batches(self.data, batch_size=self.local_eval_batch,
-                                         pad_to=self.config.eval.pad_to)
-        result = eval_lib.evaluate(self.par, self.eval_step, device_state, self.task, batches,
-                                   on_batch=on_batch)
+        if self.task.host_evaluation:  # e.g. whole volumes of differing sizes
+            state = self.par.unreplicate(device_state)
+            result = self.task.evaluate_on_host(
+                state.apply_fn, {"params": state.params, "batch_stats": state.batch_stats},
+                self.data, on_batch=on_batch)
+        else:
+            batches = self.task.eval_batches(self.data, batch_size=self.local_eval_batch,
+                                             pad_to=self.config.eval.pad_to)
+            result = eval_lib.evaluate(self.par, self.eval_step, device_state, self.task,
+                                       batches, on_batch=on_batch)
         self.writer.write(step, self.data.eval_label, self.task.logged_metrics(result),
                           extra_scalars={"eval_seconds": time.perf_counter() - t0})
         if self.writer.enabled:
