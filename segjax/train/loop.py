@@ -6,8 +6,8 @@ mean over the steps since the previous log line or checkpoint, so a resumed run 
 numbers), evaluating every `eval_every_steps` (and at the end), and checkpointing every
 `checkpoint_every_steps` and at every eval. Evaluation is the task's compiled eval step over its
 eval batches, or, for a task with `host_evaluation` (whole volumes of differing sizes), its
-`evaluate_on_host` with the host copy of the variables. The loop knows nothing of what is learned: the task
-(`segjax.tasks`) supplies the loss, the evaluation, the metric that ranks checkpoints and the
+`evaluate_on_host` with the host copy of the variables. The loop knows nothing of what is
+learned: the task (`segjax.tasks`) supplies the loss, the evaluation, the metric that ranks checkpoints and the
 pictures. The work directory is described in `segjax.train.workdir`.
 
 Resume is exact: a rerun on the same work directory restores the newest checkpoint that
