@@ -7,8 +7,8 @@ numbers), evaluating every `eval_every_steps` (and at the end), and checkpointin
 `checkpoint_every_steps` and at every eval. Evaluation is the task's compiled eval step over its
 eval batches, or, for a task with `host_evaluation` (whole volumes of differing sizes), its
 `evaluate_on_host` with the host copy of the variables. The loop knows nothing of what is
-learned: the task (`segjax.tasks`) supplies the loss, the evaluation, the metric that ranks checkpoints and the
-pictures. The work directory is described in `segjax.train.workdir`.
+learned: the task (`segjax.tasks`) supplies the loss, the evaluation, the metric that ranks
+checkpoints and the pictures. The work directory is described in `segjax.train.workdir`.
 
 Resume is exact: a rerun on the same work directory restores the newest checkpoint that
 restores, drops `metrics.jsonl` lines written after it, and continues the train stream at that
