@@ -235,11 +235,11 @@ def _shapenet_part() -> DatasetInfo:
     return DatasetInfo(
         name="shapenet_part", tfds_name="shapenet_part", num_classes=len(PART_NAMES), ignore_label=255,
         class_names=PART_NAMES, palette=voc_palette(len(PART_NAMES)), image_key="points",
-        label_key="part", id_key="id", train_split="train+validation", eval_split="test",
+        label_key="part", id_key="id", eval_split="test",
         builder_module="segjax.data.builders.shapenet_part",
         notes="ShapeNet-part (shapenetcore_partanno_segmentation_benchmark_v0_normal) from the manual "
-              "directory; the release's global part ids 0..49 and its train/val/test lists; trained on "
-              "train + validation and evaluated on test, as PointNet. Points keep the release's own "
+              "directory; the release's global part ids 0..49 and its train/val/test lists (train on "
+              "train, evaluate on test by default). Points keep the release's own "
               "normalisation and their count per shape; `normals` float32 [P, 3] too. " + _POINT_NOTES)
 
 

@@ -106,7 +106,7 @@ class PointNetSeg(nn.Module):
 
     `__call__(points [N, P, in_channels], train=False, categories=None)` ->
     `{"logits": [N, P, num_classes], "feature_transform": [N, k, k], "input_transform": [N, 3, 3]}`
-    (float32 whatever `dtype`; k = 64 * width / 64). `categories` int `[N]` in
+    (float32 whatever `dtype`; k = `width`, 64 in the paper). `categories` int `[N]` in
     `[0, num_categories)` is required when `num_categories > 0`, refused otherwise.
 
     Attributes:

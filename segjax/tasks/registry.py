@@ -32,6 +32,7 @@ _BUILTIN_MODULES = (
     "segjax.tasks.fewshot",
     "segjax.tasks.embedding",
     "segjax.tasks.uda",
+    "segjax.tasks.pointcloud",
 )
 
 

@@ -12,8 +12,8 @@ directory), laid out as
                                                ["shape_data/<synset>/<shape id>", ...]
 
 (`<manual_dir>/shapenetcore_partanno_segmentation_benchmark_v0_normal/` or `<manual_dir>/` itself).
-Splits `train`, `validation`, `test` are the release's lists (12,137 / 1,870 / 2,874 shapes); PointNet
-trains on train + validation and reports test. Every shape keeps its own points (about 2,500, their
+Splits `train`, `validation`, `test` are the release's lists (12,137 / 1,870 / 2,874 shapes); results
+are reported on test. Every shape keeps its own points (about 2,500, their
 count varies) in the release's coordinates; the pipeline samples a fixed number.
 
 Clear failures, each naming the file: a missing release, index or list; a category line or list
@@ -102,7 +102,8 @@ def read_split_lists(root: str, synsets: dict[str, int]) -> dict[str, list[tuple
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(entries, list):
-            raise ValueError(f"{path} must hold a JSON list of 'shape_data/<synset>/<id>', got {type(entries).__name__}")
+            raise ValueError(f"{path} must hold a JSON list of 'shape_data/<synset>/<id>', got "
+                             f"{type(entries).__name__}")
         out[split] = []
         for entry in entries:
             parts = entry.split("/") if isinstance(entry, str) else []

@@ -39,6 +39,7 @@ from segjax.data.builders.synthetic_shapes import example_rng
 
 VERSION = "1.0.0"  # bump whenever generated values change: prepared data of old versions is stale
 CATEGORIES = ("airplane", "lamp", "mug", "table")
+CATEGORY_NAMES = CATEGORIES  # the name every point-cloud builder exports (segjax.tasks.pointcloud)
 CATEGORY_PARTS = {"airplane": ("body", "wing", "tail"), "lamp": ("base", "pole", "shade"),
                   "mug": ("body", "handle"), "table": ("top", "leg")}
 PART_NAMES = tuple(f"{c}/{p}" for c in CATEGORIES for p in CATEGORY_PARTS[c])  # global ids 0..9
