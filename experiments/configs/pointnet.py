@@ -16,6 +16,10 @@ Preset `demo` (no download, minutes on 2 CPU cores): `synthetic_parts` (4 catego
 training shape, batch 16, 600 steps:
 
     python -m experiments.train --workdir=/tmp/pointnet_demo --config=experiments/configs/pointnet.py:demo
+
+Measured (seed 0, about 7 minutes on 2 shared CPU cores): instance mIoU 0.602 at step 600 (0.522 at
+300), point accuracy 0.828; per category airplane 0.15, lamp 0.85, mug 0.46 (the handle is never
+predicted), table 0.95.
 """
 
 from __future__ import annotations
