@@ -20,8 +20,12 @@ def _surface_residual(kind, p, x):
     d = x - p["centre"]
     if kind == "box":
         return np.abs(np.max(np.abs(d) - p["half"], axis=1))
-    if kind == "cylinder":  # axis y
-        return np.abs(np.maximum(np.hypot(d[:, 0], d[:, 2]) - p["radius"], np.abs(d[:, 1]) - p["half_height"]))
+    if kind == "cylinder":  # axis y: the side, and each cap it has (a leg has none where it meets the top)
+        rho, hh = np.hypot(d[:, 0], d[:, 2]), p["half_height"]
+        pieces = [np.abs(rho - p["radius"]) + np.maximum(np.abs(d[:, 1]) - hh, 0)]
+        pieces += [np.abs(d[:, 1] - sign * hh) + np.maximum(rho - p["radius"], 0)
+                   for sign, present in ((1, p["top"]), (-1, p["bottom"])) if present]
+        return np.min(pieces, axis=0)
     if kind == "cone":  # apex at centre + height * y, base circle of `radius` at the centre's height
         frac = 1 - d[:, 1] / p["height"]  # 0 at the apex, 1 at the base
         off_range = np.maximum(np.maximum(-frac, frac - 1), 0)
