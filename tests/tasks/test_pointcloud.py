@@ -29,8 +29,9 @@ def test_loss_is_cross_entropy_mean_plus_weighted_regularizer_mean():
     logits = rng.normal(size=(3, 7, 10)).astype(np.float32)
     labels = rng.integers(0, 10, (3, 7))
     transform = rng.normal(size=(3, 4, 4)).astype(np.float32)
-    total, count = _task().loss({"logits": jnp.asarray(logits), "feature_transform": jnp.asarray(transform)},
-                                {"part": jnp.asarray(labels)}, None)
+    loss = jax.jit(lambda outputs, batch: _task().loss(outputs, batch, None))
+    total, count = loss({"logits": jnp.asarray(logits), "feature_transform": jnp.asarray(transform)},
+                        {"part": jnp.asarray(labels)})
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(log_softmax, labels[..., None], -1).mean()
     reg = np.mean([np.sum((np.eye(4) - a @ a.T) ** 2) for a in transform.astype(np.float64)])
