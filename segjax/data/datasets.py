@@ -11,6 +11,8 @@ COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any 
 `synthetic_lesions` and `synthetic_lesions/<config>` (one lesion-like blob per image, 2 classes)
 and `ph2`, `ph2/<config>` (the PH2 dermoscopy database from its manual directory, splits
 `train`/`validation`/`test`).
+Point clouds (classes are global part ids): `synthetic_parts[/<config>]` and `shapenet_part`
+(ShapeNet-part from its manual directory).
 Volumes: `synthetic_volumes[/<config>]` and `msd/<task>` (the Medical Segmentation Decathlon from
 `$SEGJAX_MSD_ROOT`; `msd_info(task, root)` for any other folder).
 """
@@ -211,6 +213,36 @@ def _synthetic_volumes(config: str | None) -> DatasetInfo:
         notes="Generated from a seed; no download. " + _VOLUME_NOTES)
 
 
+_PARTS_CONFIGS = ("default", "tiny")  # synthetic_parts.BUILDER_CONFIGS
+_POINT_NOTES = ("Point clouds: `points` float32 [P, 3] (inside the unit sphere), `part` int32 [P] (global "
+                "part ids, a contiguous range per object category), `category` int32, `id`. The image "
+                "pipelines do not read them: the pointcloud task and docs/volumetric.md do.")
+
+
+def _synthetic_parts(config: str | None) -> DatasetInfo:
+    from segjax.data.builders.synthetic_parts import PART_NAMES  # numpy + tfds only
+    name = "synthetic_parts" if config is None else f"synthetic_parts/{config}"
+    return DatasetInfo(
+        name=name, tfds_name=f"synthetic_parts/{config or 'default'}", num_classes=len(PART_NAMES),
+        ignore_label=255, class_names=PART_NAMES, palette=voc_palette(len(PART_NAMES)),
+        image_key="points", label_key="part", id_key="id",
+        builder_module="segjax.data.builders.synthetic_parts",
+        notes="Generated from a seed; no download. " + _POINT_NOTES)
+
+
+def _shapenet_part() -> DatasetInfo:
+    from segjax.data.builders.shapenet_part import PART_NAMES  # numpy + tfds only
+    return DatasetInfo(
+        name="shapenet_part", tfds_name="shapenet_part", num_classes=len(PART_NAMES), ignore_label=255,
+        class_names=PART_NAMES, palette=voc_palette(len(PART_NAMES)), image_key="points",
+        label_key="part", id_key="id", eval_split="test",
+        builder_module="segjax.data.builders.shapenet_part",
+        notes="ShapeNet-part (shapenetcore_partanno_segmentation_benchmark_v0_normal) from the manual "
+              "directory; the release's global part ids 0..49 and its train/val/test lists (train on "
+              "train, evaluate on test by default). Points keep the release's own "
+              "normalisation and their count per shape; `normals` float32 [P, 3] too. " + _POINT_NOTES)
+
+
 COCO_ROOT_ENV = "SEGJAX_COCO_ROOT"
 _COCO_NOTES = ("Class ids are category ids (0 = background); crowd regions (iscrowd=1) are the "
                "ignore label 255 with instance 0; instance ids 1..n in annotation order, later "
@@ -350,6 +382,9 @@ def _make_registry() -> dict[str, Any]:
         **{f"synthetic_volumes/{c}": (lambda c=c: _synthetic_volumes(c))
            for c in _VOLUME_CONFIGS},
         **{f"msd/{task}": (lambda task=task: msd_info(task)) for task in _MSD_TASKS},
+        "synthetic_parts": lambda: _synthetic_parts(None),
+        **{f"synthetic_parts/{c}": (lambda c=c: _synthetic_parts(c)) for c in _PARTS_CONFIGS},
+        "shapenet_part": lambda: _shapenet_part(),
         "oxford_iiit_pet": lambda: DatasetInfo(
             name="oxford_iiit_pet", tfds_name="oxford_iiit_pet", num_classes=2, ignore_label=255,
             class_names=("background", "pet"),

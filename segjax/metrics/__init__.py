@@ -7,6 +7,8 @@
   (`segjax.metrics.stats`).
 - `volumetric`: per-class Dice and (95th-percentile) Hausdorff distance of label volumes with
   voxel spacing, host-side, and their per-class mean over cases (`segjax.metrics.volumetric`).
+- `parts`: ShapeNet-part's per-shape part mIoU (restricted to the shape's category, on device) and
+  its instance / class means (`segjax.metrics.parts`).
 
 `coco`, `stats` and `volumetric` are imported on use (they pull in pycocotools and scipy).
 """

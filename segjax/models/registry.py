@@ -38,6 +38,7 @@ _MODEL_MODULES = (
     "segjax.models.patch",
     "segjax.models.unet3d",
     "segjax.models.vnet",
+    "segjax.models.pointnet",
     "segjax.models.detection.maskrcnn",
     "segjax.models.detection.tensormask",
     "segjax.models.detection.panet",
@@ -54,6 +55,8 @@ OUTPUTS = {
              '"se_logits" [N, K], per-image class presence); in training a model may score sampled pixels only: '
              '"logits" [N, S, K] with their "pixel_index" [N, S] (PixelNet)',
     "dense3d": '"logits" [N, D, H, W, K] at the input resolution, from NDHWC volumes [N, D, H, W, C]',
+    "points": '"logits" [N, P, K], one score vector per point, from point clouds [N, P, 3 + F] (xyz '
+              'first), and "feature_transform" [N, k, k], the matrix the loss regularises (PointNet)',
     "detections": '"boxes", "scores", "classes", "num_detections", "mask_probs" (Mask R-CNN\'s '
                   'contract)',
     "score": '"quality" [N]: one score per image (and mask)',

@@ -33,6 +33,7 @@ _BUILTIN_MODULES = (
     "segjax.tasks.embedding",
     "segjax.tasks.uda",
     "segjax.tasks.volumetric",
+    "segjax.tasks.pointcloud",
 )
 
 

@@ -9,7 +9,8 @@ a ResNet-50 model whose family has a ResNet-18 variant runs only at ResNet-18 he
 each): the head code is the same, and the ResNet-50 backbone (bottleneck blocks, dilation, train-mode
 BatchNorm) is compared with torchvision in tests/models/test_resnet.py, with the FCN and DeepLab v3
 ResNet-50 models as a whole in test_torchvision_import.py and test_deeplab.py. Volumetric models
-(output kind "dense3d": unet3d, vnet) get a small odd NDHWC volume instead of an image.
+(output kind "dense3d": unet3d, vnet) get a small odd NDHWC volume instead of an image; point models
+(output kind "points": pointnet_seg) a small cloud [N, P, 3] (test_point_models).
 """
 
 import inspect
@@ -31,6 +32,7 @@ CONTRACT = (
 ).split()
 OUTPUT_STRIDES = (8, 16, 32)
 H, W = 37, 45  # odd and not multiples of 8/16/32
+POINTS = 13  # points per cloud of the point models' ("points") [N, P, 3 + F] inputs
 VOLUME = (9, 10, 11)  # D, H, W of the volumetric models' ("dense3d") NDHWC inputs: odd and even
 NUM_CLASSES = 3
 # Relative L2 error allowed between bfloat16-compute and float32 logits. Max-unpooling moves values to
@@ -70,8 +72,9 @@ def small_overrides(name):
 
 def _input_size(name, model):
     """The input's spatial size and channels: a volume with the model's channels for volumetric
-    models (V-Net's default input is one-channel), else an RGB image."""
-    return (VOLUME, model.in_channels) if model_output(name) == "dense3d" else ((H, W), 3)
+    models (V-Net's default input is one-channel), a point cloud for point models, else an RGB image."""
+    kind = model_output(name)
+    return (VOLUME, model.in_channels) if kind == "dense3d" else ((POINTS,), 3) if kind == "points" else ((H, W), 3)
 
 
 def _has_output_stride(name):
@@ -170,6 +173,45 @@ def test_init_forward_gradients_bfloat16_and_batch_stats(np_rng, name):
             assert np.all(new > 0), path
 
 
+@pytest.mark.parametrize("name", available_models("points"))
+def test_point_models(np_rng, name):
+    """Point models: per-point logits (float32, close in bfloat16), finite non-zero gradients for every
+    parameter, moved running statistics, and "feature_transform" [N, k, k] (the regularised matrix).
+    `init` is traced, not compiled (its compile alone took 9 of 15 CPU seconds): the weights are random
+    draws of its shapes, running variances positive."""
+    model = create_model(name, num_classes=NUM_CLASSES, **small_overrides(name))
+    model_bf16 = create_model(name, num_classes=NUM_CLASSES, dtype="bfloat16", **small_overrides(name))
+    x = jnp.asarray(np_rng.normal(size=(2, POINTS, 3)), jnp.float32)
+    cot = jnp.asarray(np_rng.normal(size=(2, POINTS, NUM_CLASSES)), jnp.float32)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, s: jnp.asarray(np_rng.uniform(0.5, 1.5, s.shape) if path[-1].key in ("var", "scale")
+                                    else np_rng.normal(0, 0.3, s.shape), jnp.float32),
+        jax.eval_shape(model.init, jax.random.key(0), x))
+
+    def run(variables, x):
+        eval_out, bf16_out = model.apply(variables, x), model_bf16.apply(variables, x)
+
+        def loss_fn(params):
+            out, upd = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+            return jnp.sum(out[LOGITS] * cot) + jnp.sum(out["feature_transform"] ** 2), upd
+
+        grads, upd = jax.grad(loss_fn, has_aux=True)(variables["params"])
+        return variables["batch_stats"], eval_out, bf16_out, grads, upd["batch_stats"]
+
+    stats, eval_out, bf16_out, grads, new_stats = _compiled(run, variables, x)(variables, x)
+    logits = np.asarray(eval_out[LOGITS])
+    assert eval_out[LOGITS].dtype == bf16_out[LOGITS].dtype == jnp.float32 and logits.shape == (2, POINTS, NUM_CLASSES)
+    assert np.all(np.isfinite(logits)) and np.std(logits) > 0
+    k = eval_out["feature_transform"].shape[-1]
+    assert eval_out["feature_transform"].shape == (2, k, k)
+    rel = np.linalg.norm(np.asarray(bf16_out[LOGITS]) - logits) / np.linalg.norm(logits)
+    assert rel < 5e-2, f"bfloat16 relative error {rel:.3g}"
+    bad = [path for path, g in _leaves_with_paths(grads) if not (np.all(np.isfinite(g)) and np.any(g))]
+    assert not bad, f"zero or non-finite gradients: {bad}"
+    for (path, new), (_, old) in zip(_leaves_with_paths(new_stats), _leaves_with_paths(stats)):
+        assert np.all(np.isfinite(new)) and np.any(new != old), f"batch_stats {path} not updated"
+
+
 def _os_cases(slow):
     """(name, output stride) pairs at the strides other than the default (covered above), on the small
     models: each architecture's smallest registered variant (ResNet-18 / VGG; its deeper siblings share
@@ -254,9 +296,10 @@ def test_bad_overrides_and_inputs_raise(name):
     for shape in ((1, *spatial, channels + 1), (*spatial, channels)):
         with pytest.raises(ValueError, match=re.escape(str(shape))):
             jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
-    # in_channels is an override: one-channel images work when asked for.
-    gray = create_model(name, num_classes=2, in_channels=1, **small_overrides(name))
-    out = jax.eval_shape(gray.init, jax.random.key(0), jnp.zeros((1, *spatial, 1)))
+    # in_channels is an override: one-channel images (points with normals: 6 channels) work when asked for.
+    other = 6 if model_output(name) == "points" else 1
+    gray = create_model(name, num_classes=2, in_channels=other, **small_overrides(name))
+    out = jax.eval_shape(gray.init, jax.random.key(0), jnp.zeros((1, *spatial, other)))
     assert "params" in out
 
 
@@ -288,6 +331,7 @@ def test_outputs_partition_the_registry():
     assert model_output("unet_embedding") == "dense_embeddings"
     assert model_output("oracle_gossip") == "score" and model_output("fewshot_resnet18") == "episode"
     assert by_output["dense3d"] == ["unet3d", "vnet"]
+    assert by_output["points"] == ["pointnet_seg"]
     with pytest.raises(ValueError, match="unknown model"):
         model_output("nope")
     with pytest.raises(ValueError, match="must be one of"):
