@@ -86,9 +86,12 @@ def fast_losses(net: TransformerNet, vgg: VGGFeatures, net_variables: Mapping[st
                 style_weight: float = JOHNSON_STYLE_WEIGHT) -> dict[str, jax.Array]:
     """Johnson et al.'s training objective on a batch `content` [N, H, W, 3]:
     `perceptual_loss(vgg(net(x)), vgg(x), style_grams)`; `{"total", "content", "style"}`."""
+    n = content.shape[0]
     y = fast_stylize(net, net_variables, content)
-    return perceptual_loss(vgg.apply(vgg_variables, y), vgg.apply(vgg_variables, content), style_grams,
-                           content_weight=content_weight, style_weight=style_weight)
+    # One VGG pass over [y; x] instead of two: the same features, half the program to compile.
+    features = vgg.apply(vgg_variables, jnp.concatenate([y, content]))
+    return perceptual_loss({k: f[:n] for k, f in features.items()}, {k: f[n:] for k, f in features.items()},
+                           style_grams, content_weight=content_weight, style_weight=style_weight)
 
 
 @functools.lru_cache(maxsize=None)

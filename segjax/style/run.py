@@ -9,6 +9,9 @@ writes into DIR:
   `content`, `style` and `tv` terms every `log_every` steps;
 * `run.json`: the arguments, which weights were used and the final losses.
 
+`method="fast"` and `"adain"` train (or load) a feed-forward network instead and write the same
+files plus the network's variables: `segjax.style.run_feedforward`.
+
 Nothing is created before every input has been read and checked, and each file is written
 whole (temporary name, then renamed).
 

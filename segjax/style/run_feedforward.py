@@ -88,7 +88,7 @@ def feedforward_command(method: str, content: str, style: str, workdir: str, *, 
         if min(image.shape[1:3]) < 16:
             raise ValueError(f"{flag} is {image.shape[2]}x{image.shape[1]} at --size={size}; its "
                              "shorter side must be at least 16 pixels: raise --size")
-    trained = model or decoder
+    pretrained = model or decoder
     summary: dict[str, Any] = {"method": method, "content": content, "style": style, "size": size,
                                "seed": seed}
     rng = np.random.default_rng(seed)
@@ -164,7 +164,7 @@ def feedforward_command(method: str, content: str, style: str, workdir: str, *, 
         ff.save_variables(variables, os.path.join(directory, file))
         return [file]
 
-    write_workdir(workdir, content_image, style_image, result, history, summary, out, None if trained else save)
+    write_workdir(workdir, content_image, style_image, result, history, summary, out, None if pretrained else save)
     return summary
 
 

@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 
 from segjax.style import feedforward as ff
-from segjax.style.adain import AdaINDecoder
+from segjax.style.adain import AdaINDecoder, adain, adain_content_loss, adain_style_loss
 from segjax.style.adain_encoder import AdaINEncoder
-from segjax.style.losses import JOHNSON_LAYERS
+from segjax.style.losses import JOHNSON_LAYERS, perceptual_loss
 from segjax.style.transformer_net import TransformerNet
-from segjax.style.vgg import VGGFeatures, vgg_features_variables_from_torch
+from segjax.style.vgg import VGGFeatures, imagenet_normalize, vgg_features_variables_from_torch
 from tests.command_runner import run_command
 from tests.style.torch_vgg import state_dict, torch_vgg
 
@@ -127,9 +127,13 @@ def test_fast_step_is_adam_on_the_perceptual_loss(runs, np_rng):
              for name, c in zip(JOHNSON_LAYERS, VGG_WIDTH * np.array([1, 2, 4, 8]))}
     first = _check_first_adam_update_and_descent(step, opt, net_variables, (vgg_variables, grams, batch),
                                                  ff.FAST_LR, moving=0.7)
-    # The reported losses are the objective's on that batch (perceptual_loss is torch-checked).
-    want = jax.jit(ff.fast_losses, static_argnums=(0, 1))(FAST_NET, FAST_VGG, net_variables, vgg_variables,
-                                                          batch, grams)
+    # The reported losses are Johnson's objective on that batch before the update, written here
+    # from the torch-checked pieces: the net on [0, 255], two VGG passes, perceptual_loss.
+    def objective(v, vv, x, g):
+        y = FAST_NET.apply(v, x * 255.0) / 255.0
+        return perceptual_loss(FAST_VGG.apply(vv, y), FAST_VGG.apply(vv, x), g)
+
+    want = jax.jit(objective)(net_variables, vgg_variables, batch, grams)
     for key in ("total", "content", "style"):
         np.testing.assert_allclose(first[key], want[key], rtol=1e-4)
 
@@ -142,9 +146,17 @@ def test_adain_step_trains_the_decoder_only_with_adam(runs, np_rng):
     decoder_variables = _random_variables(DECODER, np_rng, jnp.zeros((1, 2, 2, 8 * VGG_WIDTH)))
     first = _check_first_adam_update_and_descent(step, opt, decoder_variables,
                                                  (encoder_variables, content, style), ff.ADAIN_LR,
-                                                 moving=0.9)
-    want = jax.jit(ff.adain_losses, static_argnums=(0, 1))(ENCODER, DECODER, encoder_variables,
-                                                           decoder_variables, content, style)
+                                                 moving=0.3)  # the random decoder has dead ReLUs
+    # naoto0804 Net.forward from the torch-checked pieces: t = AdaIN(f(c), f(s)), L_c + 10 L_s.
+    def objective(ev, dv, c, s):
+        encode = lambda x: ENCODER.apply(ev, imagenet_normalize(x))  # noqa: E731
+        fc, fs = encode(c), encode(s)
+        t = adain(fc["relu4_1"], fs["relu4_1"])
+        fg = encode(DECODER.apply(dv, t))
+        lc, ls = adain_content_loss(fg, t), 10.0 * adain_style_loss(fg, fs)
+        return {"total": lc + ls, "content": lc, "style": ls}
+
+    want = jax.jit(objective)(encoder_variables, decoder_variables, content, style)
     for key in ("total", "content", "style"):
         np.testing.assert_allclose(first[key], want[key], rtol=1e-4)
 
