@@ -32,6 +32,13 @@ from segjax.style.transformer_net import TRANSFORMER_NET_WIDTH, TransformerNet
 from segjax.style.vgg import VGGFeatures, load_vgg_weights
 
 ADAIN_DECODER_WIDTH = 64
+
+
+def _init_key(seed: int) -> jax.Array:
+    """The key the networks and random VGGs are initialised from: JAX's "rbg" generator, still
+    stateless and seeded, because compiling threefry for the ~40 parameter tensors of a
+    TransformerNet or decoder takes longer than compiling the train step itself (14 s vs 3 s)."""
+    return jax.random.key(seed, impl="rbg")
 RANDOM_NOTE = ("no --weights: the {net} is randomly initialised. The losses fall and the result "
                "takes on the style's colours and local statistics, but random features carry no "
                "learned semantics; use converted ImageNet weights for the papers' results.")
@@ -49,7 +56,7 @@ def _vgg(weights: str | None, depth: int, seed: int, out: Callable[[str], None]
     def init() -> dict:
         out("note: " + RANDOM_NOTE.format(net=f"VGG-{depth}"))
         return jax.jit(VGGFeatures(depth=depth, layers=("relu4_3" if depth == 16 else "relu4_1",)).init)(
-            jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+            _init_key(seed), jnp.zeros((1, 32, 32, 3)))
 
     return init, 64, f"random VGG-{depth} (seed {seed})"
 
@@ -112,7 +119,7 @@ def feedforward_command(method: str, content: str, style: str, workdir: str, *, 
             vgg = VGGFeatures(depth=16, layers=JOHNSON_LAYERS, width=vgg_width)
             net = TransformerNet(width=width)
             pool = ff.crop_pool(ff.CONTENT_PHOTOS, size)
-            variables = jax.jit(net.init)(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+            variables = jax.jit(net.init)(_init_key(seed), jnp.zeros((1, size, size, 3)))
             opt, step = ff.fast_train_step(net, vgg)
             grams = jax.jit(ff.style_grams, static_argnums=0)(vgg, vgg_variables, jnp.asarray(style_image))
             out(f"fast: training a TransformerNet (width {width}) on {style} for {steps} Adam steps of "
@@ -140,7 +147,7 @@ def feedforward_command(method: str, content: str, style: str, workdir: str, *, 
         if not decoder:
             content_pool = ff.crop_pool(ff.CONTENT_PHOTOS, size)
             style_pool = ff.crop_pool(ff.STYLE_TEXTURES, size)
-            variables = jax.jit(dec.init)(jax.random.key(seed), jnp.zeros((1, 2, 2, channels)))
+            variables = jax.jit(dec.init)(_init_key(seed), jnp.zeros((1, 2, 2, channels)))
             opt, step = ff.adain_train_step(encoder, dec)
             out(f"adain: training the decoder (width {width}) for {steps} Adam steps of {batch} "
                 f"{size}x{size} crops of {', '.join(ff.CONTENT_PHOTOS)} (content) and "

@@ -121,7 +121,9 @@ def test_fast_step_is_adam_on_the_perceptual_loss(runs, np_rng):
     opt, step = ff.fast_train_step(FAST_NET, FAST_VGG)  # the command's, already compiled
     batch = jnp.asarray(np_rng.uniform(size=(BATCH, SIZE, SIZE, 3)), jnp.float32)
     net_variables = _random_variables(FAST_NET, np_rng, batch[:1])
-    vgg_variables = _random_variables(FAST_VGG, np_rng, batch[:1])
+    # All of VGG-16's convs, as load_vgg_weights gives the command: the same tree, the same compile.
+    vgg_variables = _random_variables(VGGFeatures(depth=16, layers=("relu5_3",), width=VGG_WIDTH), np_rng,
+                                      batch[:1])
     f = np.abs(np_rng.normal(size=(1, 64, 8 * VGG_WIDTH))).astype(np.float32)  # ReLU-like style features
     grams = {name: jnp.asarray(f[:, :, :c].transpose(0, 2, 1) @ f[:, :, :c] / (64 * c))
              for name, c in zip(JOHNSON_LAYERS, VGG_WIDTH * np.array([1, 2, 4, 8]))}
