@@ -171,7 +171,8 @@ def write_workdir(workdir: str, content_image: np.ndarray, style_image: np.ndarr
     _write_lines(os.path.join(workdir, "metrics.jsonl"), history)
     names = extra(workdir) if extra is not None else []
     jsonio.dump(summary, os.path.join(workdir, "run.json"), indent=2)
-    out(f"wrote {os.path.abspath(workdir)}: {', '.join(['content.png', 'style.png', 'result.png', 'panel.png', 'metrics.jsonl', *names, 'run.json'])}")
+    files = ["content.png", "style.png", "result.png", "panel.png", "metrics.jsonl", *names, "run.json"]
+    out(f"wrote {os.path.abspath(workdir)}: {', '.join(files)}")
 
 
 def _panel(pictures: list[np.ndarray], gap: int = 4) -> np.ndarray:
