@@ -9,6 +9,9 @@ writes into DIR:
   `content`, `style` and `tv` terms every `log_every` steps;
 * `run.json`: the arguments, which weights were used and the final losses.
 
+`method="fast"` and `"adain"` train (or load) a feed-forward network instead and write the same
+files plus the network's variables: `segjax.style.run_feedforward`.
+
 Nothing is created before every input has been read and checked, and each file is written
 whole (temporary name, then renamed).
 
@@ -43,7 +46,7 @@ from segjax.style.vgg import (
 )
 
 METHODS = ("gatys", "fast", "adain")
-AVAILABLE = ("gatys",)
+AVAILABLE = METHODS
 RANDOM_WEIGHTS_NOTE = (
     "no --weights: the VGG-19 is randomly initialised. A random VGG still matches the Gram "
     "statistics of textures reasonably (random-weight texture synthesis), so colours and local "
@@ -74,9 +77,16 @@ def stylize(method: str, content: str, style: str, workdir: str, *, size: int = 
             content_weight: float = DEFAULT_CONTENT_WEIGHT, style_weight: float = DEFAULT_STYLE_WEIGHT,
             tv_weight: float = 0.0, pooling: str = "max", content_layer: str = GATYS_CONTENT_LAYER,
             style_layers: Sequence[str] = GATYS_STYLE_LAYERS, log_every: int = 10,
+            model: str | None = None, decoder: str | None = None, alpha: float = 1.0,
+            batch_size: int | None = None, net_width: int | None = None,
             out: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs `method` on the `content` and `style` pictures (paths or `SKIMAGE_IMAGES` names) and
     writes `workdir` (module docstring). Returns the contents of `run.json`.
+
+    "fast" and "adain" train their network for `steps` Adam steps (`batch_size` crops of `size`
+    pixels; `net_width` channels, the reference's by default), unless `model` (fast) or `decoder`
+    (adain) names a trained one; `alpha` is AdaIN's content-style trade-off. `weights` is the
+    VGG-19 (gatys, adain's encoder) or VGG-16 (fast) to use instead of a random one.
 
     Raises:
       ValueError: an unknown or not yet available method or a bad argument, named;
@@ -89,6 +99,15 @@ def stylize(method: str, content: str, style: str, workdir: str, *, size: int = 
                          f"(available: {', '.join(AVAILABLE)})")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"--steps={steps} must be at least 1")
+    if method != "gatys":
+        if not (isinstance(size, int) and size >= 16):
+            raise ValueError(f"--size={size} must be at least 16 (the stride of VGG's relu4 layers is 8)")
+        from segjax.style.run_feedforward import feedforward_command
+
+        return feedforward_command(method, content, style, workdir, size=size, steps=steps,
+                                   weights=weights, seed=seed, model=model, decoder=decoder,
+                                   alpha=alpha, batch_size=batch_size, net_width=net_width,
+                                   log_every=log_every, out=out)
     if init not in INITS:
         raise ValueError(f"--init={init} must be one of {INITS}")
     if pooling not in POOLINGS:
@@ -135,17 +154,25 @@ def stylize(method: str, content: str, style: str, workdir: str, *, size: int = 
                "style_layers": list(style_layers), "content_weight": content_weight,
                "style_weight": style_weight, "tv_weight": tv_weight, "weights": weights_note,
                "start": result.history[0], "final": result.history[-1]}
+    write_workdir(workdir, content_image, style_image, np.asarray(result.image), result.history, summary, out)
+    return summary
+
+
+def write_workdir(workdir: str, content_image: np.ndarray, style_image: np.ndarray, result: np.ndarray,
+                  history: list[dict[str, Any]], summary: dict[str, Any], out: Callable[[str], None],
+                  extra: Callable[[str], list[str]] | None = None) -> None:
+    """Creates `workdir` and writes the pictures, the panel, metrics.jsonl, run.json and whatever
+    `extra(workdir)` writes (it returns the file names), each file whole."""
     os.makedirs(workdir, exist_ok=True)
-    pictures = {"content": to_uint8(content_image), "style": to_uint8(style_image),
-                "result": to_uint8(np.asarray(result.image))}
+    pictures = {"content": to_uint8(content_image), "style": to_uint8(style_image), "result": to_uint8(result)}
     for name, picture in pictures.items():
         _save_png(os.path.join(workdir, f"{name}.png"), picture)
     _save_png(os.path.join(workdir, "panel.png"), _panel(list(pictures.values())))
-    _write_lines(os.path.join(workdir, "metrics.jsonl"), result.history)
+    _write_lines(os.path.join(workdir, "metrics.jsonl"), history)
+    names = extra(workdir) if extra is not None else []
     jsonio.dump(summary, os.path.join(workdir, "run.json"), indent=2)
-    out(f"wrote {os.path.abspath(workdir)}: content.png, style.png, result.png, panel.png, "
-        "metrics.jsonl, run.json")
-    return summary
+    files = ["content.png", "style.png", "result.png", "panel.png", "metrics.jsonl", *names, "run.json"]
+    out(f"wrote {os.path.abspath(workdir)}: {', '.join(files)}")
 
 
 def _panel(pictures: list[np.ndarray], gap: int = 4) -> np.ndarray:

@@ -57,8 +57,6 @@ def test_gatys_command_writes_pictures_and_metrics(tmp_path, tiny_weights):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--method=fast"], ["--method=fast is not yet available"]),
-    (["--method=adain"], ["--method=adain is not yet available"]),
     (["--content=no_such.png"], ["no_such.png is neither a file nor one of scikit-image's"]),
     (["--size=8"], ["--size=8 must be at least 16"]),
     (["--style_layers=relu1_1,relu6_1"], ["--style_layers=relu1_1,relu6_1", "['relu6_1']"]),
