@@ -1,7 +1,9 @@
 """What segjax's TFDS builders share."""
+import io
 import os
 import sys
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from etils import epath
@@ -21,6 +23,38 @@ class LocalCodePath:
     def code_path(cls) -> epath.Path:
         """The builder's source file."""
         return epath.Path(sys.modules[cls.__module__].__file__)
+
+
+class GeneratedSplits:
+    """Mixin for the builders that generate their data from a seed (no download): splits
+    `train` and `validation` of `builder_config.num_train` / `num_validation` examples, example
+    `index` of a split being what the builder's `_example(split, index)` returns (its stored
+    features). Example ids: `example_id(split, index)`."""
+
+    SPLIT_COUNTS = {"train": "num_train", "validation": "num_validation"}
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        return {split: self._generate_examples(split, getattr(self.builder_config, attr))
+                for split, attr in self.SPLIT_COUNTS.items()}
+
+    def _generate_examples(self, split: str, count: int):
+        for index in range(count):
+            yield index, self._example(split, index)
+
+
+def example_id(split: str, index: int) -> str:
+    """The id of generated example `index` of `split`: `train_000042`."""
+    return f"{split}_{index:06d}"
+
+
+def fast_png(array: np.ndarray) -> bytes:
+    """Lossless PNG at zlib level 1 (~8x faster than TFDS's default encoder on these images)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def manual_dir_of(dl_manager) -> str:

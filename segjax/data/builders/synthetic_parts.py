@@ -34,7 +34,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data.builders._common import LocalCodePath
+from segjax.data.builders._common import GeneratedSplits, LocalCodePath, example_id
 from segjax.data.builders.synthetic_shapes import example_rng
 
 VERSION = "1.0.0"  # bump whenever generated values change: prepared data of old versions is stale
@@ -72,7 +72,6 @@ BUILDER_CONFIGS = [
     SyntheticPartsConfig(name="tiny", description="64 points; 8 train / 4 validation objects: for tests.",
                          num_points=64, num_train=8, num_validation=4),
 ]
-_SPLITS = {"train": "num_train", "validation": "num_validation"}
 
 
 # Primitives: (kind, parameters, part id). Up is y (axis 1). All lengths in object units.
@@ -214,7 +213,7 @@ def generate(config: SyntheticPartsConfig, split: str, index: int) -> dict:
             "radius": radius}
 
 
-class SyntheticParts(LocalCodePath, tfds.core.GeneratorBasedBuilder):
+class SyntheticParts(LocalCodePath, GeneratedSplits, tfds.core.GeneratorBasedBuilder):
     """Part-labelled point clouds of primitive objects; see the module docstring."""
 
     VERSION = tfds.core.Version(VERSION)
@@ -233,13 +232,7 @@ class SyntheticParts(LocalCodePath, tfds.core.GeneratorBasedBuilder):
             supervised_keys=("points", "part"),
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        return {split: self._generate_examples(split, getattr(self.builder_config, attr))
-                for split, attr in _SPLITS.items()}
-
-    def _generate_examples(self, split: str, count: int):
-        for index in range(count):
-            ex = generate(self.builder_config, split, index)
-            yield index, {"points": ex["points"], "part": ex["part"], "category": ex["category"],
-                          "id": f"{split}_{index:06d}"}
+    def _example(self, split: str, index: int) -> dict:
+        ex = generate(self.builder_config, split, index)
+        return {"points": ex["points"], "part": ex["part"], "category": ex["category"],
+                "id": example_id(split, index)}

@@ -19,14 +19,13 @@ to `restyled` (or `illumination`, `noise`) without its labels, score on its vali
 from __future__ import annotations
 
 import dataclasses
-import io
 import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
-from segjax.data.builders._common import LocalCodePath
+from segjax.data.builders._common import GeneratedSplits, LocalCodePath, example_id, fast_png
 
 CLASS_NAMES = ("background", "circle", "square", "triangle", "star", "cross")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -100,7 +99,6 @@ BUILDER_CONFIGS = [
             factors=("restyle",)),
 ]
 
-_SPLITS = {"train": "num_train", "validation": "num_validation"}
 
 
 def example_rng(seed: int, split: str, index: int, stream: str = "scene") -> np.random.Generator:
@@ -298,7 +296,7 @@ def generate(config: SyntheticShapesConfig, split: str, index: int) -> dict:
     }
 
 
-class SyntheticShapes(LocalCodePath, tfds.core.GeneratorBasedBuilder):
+class SyntheticShapes(LocalCodePath, GeneratedSplits, tfds.core.GeneratorBasedBuilder):
     """Shapes over textured backgrounds; see the module docstring."""
 
     VERSION = tfds.core.Version(VERSION)  # the module constant
@@ -321,21 +319,9 @@ class SyntheticShapes(LocalCodePath, tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "segmentation_mask"),
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        return {split: self._generate_examples(split, getattr(self.builder_config, attr))
-                for split, attr in _SPLITS.items()}
+    def _example(self, split: str, index: int) -> dict:
+        ex = generate(self.builder_config, split, index)
+        return {"image": fast_png(ex["image"]),
+                "segmentation_mask": fast_png(ex["label"][..., 0]),
+                "instance_mask": ex["instances"], "image_id": example_id(split, index)}
 
-    def _generate_examples(self, split: str, count: int):
-        for index in range(count):
-            ex = generate(self.builder_config, split, index)
-            yield index, {"image": _png(ex["image"]),
-                          "segmentation_mask": _png(ex["label"][..., 0]),
-                          "instance_mask": ex["instances"], "image_id": f"{split}_{index:06d}"}
-
-
-def _png(array: np.ndarray) -> bytes:
-    """Fast lossless PNG (zlib level 1: ~8x faster than TFDS's default encoder here)."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from scipy import ndimage
 
-from segjax.data.builders._common import LocalCodePath
+from segjax.data.builders._common import GeneratedSplits, LocalCodePath, example_id
 from segjax.data.builders.synthetic_shapes import example_rng
 
 CLASS_NAMES = ("background", "organ", "lesion_a", "lesion_b")
@@ -85,7 +85,6 @@ BUILDER_CONFIGS = [
             shape=(16, 24, 24), num_train=6, num_validation=3),
 ]
 
-_SPLITS = {"train": "num_train", "validation": "num_validation"}
 
 
 def _texture(rng: np.random.Generator, grid: np.ndarray, waves: int, freq: tuple) -> np.ndarray:
@@ -189,7 +188,7 @@ def generate(config: SyntheticVolumesConfig, split: str, index: int) -> dict:
             "spacing": spacing, "clean_image": clean_image.astype(np.float32), "organ": organ}
 
 
-class SyntheticVolumes(LocalCodePath, tfds.core.GeneratorBasedBuilder):
+class SyntheticVolumes(LocalCodePath, GeneratedSplits, tfds.core.GeneratorBasedBuilder):
     """An organ with lesions in an MR-like volume; see the module docstring."""
 
     VERSION = tfds.core.Version(VERSION)  # the module constant
@@ -210,13 +209,7 @@ class SyntheticVolumes(LocalCodePath, tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "label"),
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        return {split: self._generate_examples(split, getattr(self.builder_config, attr))
-                for split, attr in _SPLITS.items()}
-
-    def _generate_examples(self, split: str, count: int):
-        for index in range(count):
-            ex = generate(self.builder_config, split, index)
-            yield index, {"image": ex["image"], "label": ex["label"], "spacing": ex["spacing"],
-                          "id": f"{split}_{index:06d}"}
+    def _example(self, split: str, index: int) -> dict:
+        ex = generate(self.builder_config, split, index)
+        return {"image": ex["image"], "label": ex["label"], "spacing": ex["spacing"],
+                "id": example_id(split, index)}
