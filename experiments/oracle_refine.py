@@ -15,8 +15,11 @@ their test split; this does not. Each image's target is one present foreground c
 
 Writes into `--workdir`: `report.json` (per starting point: `dice_before`, `dice_after` at the
 chosen step, `steps`, `spearman` of the oracle on held-out degraded masks, plus IoU, 95 %
-intervals, the Dice of the oracle's own pick and of the last step), `report.md`,
-`dice_vs_step.png` and `overlays/` (image | truth | before | after).
+intervals, the Dice of the oracle's own pick and of the last step, the test half's mean Dice
+and oracle score at every step, and `ascent_spearman`: the oracle's Spearman on the masks its
+own ascent visits), `report.md`, `dice_vs_step.png` and `overlays/` (image | truth | before |
+after). `--tv_weight` / `--binary_weight` add the mask priors of `oracle_refine.mask_prior`
+(default 0: the authors' ascent). `--oracle` may be an `oracle` or an `oracle_adversarial` run.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ def define_flags() -> None:
     flags.DEFINE_float("step_size", 0.1, "Ascent step size (the authors' 0.1).")
     flags.DEFINE_enum("update", "paper", ["paper", "plain"],
                       "Ascent update (segjax.tasks.oracle_refine).")
+    flags.DEFINE_float("tv_weight", 0.0, "Weight of the total-variation prior on the mask "
+                       "(segjax.tasks.oracle_refine.mask_prior; 0 = off).")
+    flags.DEFINE_float("binary_weight", 0.0, "Weight of the binarisation prior m(1 - m) on the "
+                       "mask (0 = off).")
     flags.DEFINE_integer("batch", 16, "Images per ascent batch.")
     flags.DEFINE_integer("seed", 0, "Target classes and the held-out degraded masks.")
     flags.DEFINE_integer("num_overlays", 4, "Test images drawn per starting point.")
@@ -54,11 +61,16 @@ def define_flags() -> None:
 
 
 def load_oracle(run_dir: str, checkpoint: str = "best"):
-    """(config, info, model, variables, task) of an oracle run (`segjax.train.restore.load_run`),
-    refused by name when the run is not an oracle run."""
+    """(config, info, model, variables, task) of an oracle run (`segjax.train.restore.load_run`;
+    task "oracle" or "oracle_adversarial"), refused by name when the run is not one."""
     from segjax.train.restore import load_run
 
-    cli.check_run_task("oracle", run_dir, "oracle")
+    from segjax.train.restore import run_task
+
+    if run_task(run_dir) == "oracle_adversarial":  # an oracle trained on its own ascent masks
+        cli.check_run_task("oracle", run_dir, "oracle_adversarial")
+    else:
+        cli.check_run_task("oracle", run_dir, "oracle")
     run = load_run(run_dir, checkpoint)
     return run.config, run.info, run.model, run.variables, run.task
 
@@ -75,6 +87,9 @@ def check_flags() -> None:
             raise ValueError(f"--{name}={FLAGS[name].value} must be >= {low}")
     if not (math.isfinite(FLAGS.step_size) and FLAGS.step_size > 0):
         raise ValueError(f"--step_size={FLAGS.step_size} must be a positive finite number")
+    for name in ("tv_weight", "binary_weight"):
+        if not (math.isfinite(FLAGS[name].value) and FLAGS[name].value >= 0):
+            raise ValueError(f"--{name}={FLAGS[name].value} must be a finite number >= 0")
 
 
 def _oracle_quality(model, variables, image, mask):
@@ -178,7 +193,9 @@ def main(argv):
               "segmenter_workdir": os.path.abspath(FLAGS.segmenter) if FLAGS.segmenter else None,
               "num_images": int(len(index)), "num_select": int(select.sum()),
               "num_test": int((~select).sum()), "max_steps": FLAGS.steps,
-              "step_size": FLAGS.step_size, "update": FLAGS.update, "seed": FLAGS.seed}
+              "step_size": FLAGS.step_size, "update": FLAGS.update, "seed": FLAGS.seed,
+              "tv_weight": FLAGS.tv_weight, "binary_weight": FLAGS.binary_weight}
+    priors = {"tv_weight": FLAGS.tv_weight, "binary_weight": FLAGS.binary_weight}
     curves = {}
     for name, mask0 in starts.items():
         dice, qual = [], []
@@ -187,7 +204,7 @@ def main(argv):
                 apply, variables, jnp.asarray(images[s:s + FLAGS.batch]),
                 jnp.asarray(mask0[s:s + FLAGS.batch]), steps=FLAGS.steps,
                 step_size=FLAGS.step_size, update=FLAGS.update,
-                truth=jnp.asarray(truths[s:s + FLAGS.batch]))
+                truth=jnp.asarray(truths[s:s + FLAGS.batch]), **priors)
             dice.append(np.asarray(out["dice"]))
             qual.append(np.asarray(out["quality"]))
         dice, qual = np.concatenate(dice, 1), np.concatenate(qual, 1)  # [steps + 1, N]
@@ -204,14 +221,22 @@ def main(argv):
                  "dice_last_step": float(dice[-1, test].mean()),
                  "dice_oracle_pick": float(own[test].mean()),
                  "improved_fraction": float(np.mean(after > before)),
-                 "worsened_fraction": float(np.mean(after < before))}
+                 "worsened_fraction": float(np.mean(after < before)),
+                 # Mean Dice of the test half at every step, and how well the oracle ranks the
+                 # masks its own ascent visits (Spearman of its score on each soft iterate vs
+                 # the Dice of the rounded iterate, over every (step, test image)).
+                 "dice_per_step": [float(v) for v in dice[:, test].mean(1)],
+                 "quality_per_step": [float(v) for v in qual[:, test].mean(1)],
+                 "ascent_spearman": oracle.oracle_metrics(qual[1:, test].ravel(),
+                                                          dice[1:, test].ravel())["spearman"]}
         report[name] = entry
         curves[name] = (dice, qual)
         print(f"{name}: dice {entry['dice_before']:.4f} -> {entry['dice_after']:.4f} at step "
               f"{best} (select half); last step {entry['dice_last_step']:.4f}; oracle's own "
-              f"pick {entry['dice_oracle_pick']:.4f}", flush=True)
+              f"pick {entry['dice_oracle_pick']:.4f}; spearman on its ascent masks "
+              f"{entry['ascent_spearman']:.4f}", flush=True)
         _overlays(out_dir, name, images[test], truths[test], mask0[test], index[test], apply,
-                  variables, best)
+                  variables, best, priors)
 
     jsonio.dump(report, os.path.join(out_dir, "report.json"), indent=2)
     _plot(out_dir, curves, select, report)
@@ -220,7 +245,7 @@ def main(argv):
           flush=True)
 
 
-def _overlays(out_dir, name, images, truths, mask0, index, apply, variables, best):
+def _overlays(out_dir, name, images, truths, mask0, index, apply, variables, best, priors):
     """image | truth | start (rounded) | after `best` steps (rounded), for a few test images."""
     import jax.numpy as jnp
     import numpy as np
@@ -234,7 +259,7 @@ def _overlays(out_dir, name, images, truths, mask0, index, apply, variables, bes
     out = oracle_refine.oracle_ascent(apply, variables, jnp.asarray(images[:n]),
                                       jnp.asarray(mask0[:n]), steps=max(best, 1),
                                       step_size=FLAGS.step_size, update=FLAGS.update,
-                                      keep_steps=(0, best))
+                                      keep_steps=(0, best), **priors)
     masks = np.asarray(out["masks"])
     palette = np.array([[0, 0, 0], [255, 64, 64]], np.uint8)
     for i in range(n):

@@ -23,6 +23,17 @@ Presets:
       --config=experiments/configs/oracle.py:lesion
     python -m experiments.oracle_refine --oracle=/tmp/oracle_lesion --workdir=/tmp/refine_lesion
 
+* `demo_adv`, `lesion_adv`: `demo` and `lesion` trained on their own ascent masks (the
+  `oracle_adversarial` task, segjax/tasks/oracle_adversarial.py): every 4th example of each
+  batch is the current oracle's mask after 1-5 ascent steps of 0.2 from zeros or from its
+  degraded mask, with that mask's soft Dice as the target. Measured in docs/oracle.md ("An
+  oracle its own ascent cannot fool").
+
+    python -m experiments.train --workdir=/tmp/oracle_adv \
+      --config=experiments/configs/oracle.py:demo_adv
+    python -m experiments.oracle_refine --oracle=/tmp/oracle_adv --workdir=/tmp/refine_adv \
+      --steps=150
+
 * `ph2`: the default recipe on PH2 resized to 128x128 (`ph2/128`; the authors' 128x128 inputs,
   gossip network, Dice-uniform degradations), for a user who has PH2 in the manual directory
   (`python -m segjax.data prepare ph2/128 --manual_dir=...`, see segjax/data/builders/ph2.py).
@@ -37,14 +48,18 @@ import ml_collections
 
 from experiments.configs.common import base_config, use_synthetic_shapes
 
-PRESETS = ("", "demo", "lesion", "ph2")
+PRESETS = ("", "demo", "lesion", "ph2", "demo_adv", "lesion_adv")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """Returns the config for `preset` (one of PRESETS)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for oracle.py; presets: {PRESETS}")
-    c = base_config("oracle")
+    adversarial = preset.endswith("_adv")
+    preset = preset.removesuffix("_adv")
+    # The adversarial presets are their plain preset under the oracle_adversarial task, whose
+    # extra section stays out of the plain presets (their resolved configs are unchanged).
+    c = base_config("oracle_adversarial" if adversarial else "oracle")
     use_synthetic_shapes(c, crop_size=128)  # the authors' 128x128 inputs
     c.dataset.min_scale = 1.0  # no rescaling: the degradations' pixel radii keep their meaning
     c.dataset.max_scale = 1.0

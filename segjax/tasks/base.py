@@ -45,7 +45,8 @@ single-model task uses):
   model's update (the EMA step, the discriminator's own optimiser step: its gradients summed
   with `ctx.global_sum` like the model's), plus metrics to log. `ctx.task_state` is the state
   before the step, which `train_forward` and `loss` read (the teacher's weights, the frozen
-  discriminator of the adversarial term); `ctx.apply_fn` runs the model on other variables.
+  discriminator of the adversarial term); `ctx.apply_fn` runs the model on other variables
+  (or on `ctx.variables`, the model's before the step, without differentiating them).
 """
 
 from __future__ import annotations
@@ -81,12 +82,17 @@ class StepContext:
       task_state: `TaskTrainState.task_state` before this step (None for tasks that keep none).
       apply_fn: the model's `apply`, for calls on variables other than those being trained
         (e.g. an EMA teacher's); None outside a train step.
+      variables: the model's `{"params", "batch_stats"}` before this step, as constants (no
+        gradient flows into them): what `apply_fn` runs to query the current model without
+        differentiating it (e.g. the oracle's own gradient ascent on a mask); None outside a
+        train step.
     """
 
     rng: jax.Array
     axis_name: str | None = None
     task_state: Any = None
     apply_fn: ApplyFn | None = None
+    variables: Any = None
 
     def global_sum(self, x: Any) -> Any:
         """`x` summed over the data axis (identity under jit over a mesh)."""

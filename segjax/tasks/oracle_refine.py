@@ -10,6 +10,13 @@ mask or a model's prediction, rounded at the end. Updates `u`:
   `step_size`, whatever the gradient's scale;
 * `"plain"`: the raw gradient (`step_size` is then a learning rate in the gradient's units).
 
+Optional priors on the mask (default off) are subtracted from the ascended objective, each
+the mean over the mask's pixels so that its weight does not depend on the image size:
+`tv_weight * TV(m)` (anisotropic total variation, `sum |m[i+1, j] - m[i, j]| + |m[i, j+1] -
+m[i, j]|` over the H x W grid, Rudin, Osher & Fatemi 1992) against scattered pixels, and
+`binary_weight * sum m (1 - m)` against masks that stay grey (a soft mask the oracle likes
+but that rounds to something else).
+
 The number of steps matters (the authors' logs rise then fall): `oracle_ascent` returns the
 trajectory, so the step can be chosen on validation data and applied unchanged to test data.
 """
@@ -41,6 +48,27 @@ def hard_dice(mask: jax.Array, truth: jax.Array) -> jax.Array:
     return jnp.where(denom > 0, 2.0 * inter / jnp.maximum(denom, 1.0), 1.0)
 
 
+def total_variation(mask: jax.Array) -> jax.Array:
+    """Anisotropic total variation per pixel of `[N, H, W]` masks -> `[N]`:
+    `(sum_ij |m[i+1, j] - m[i, j]| + sum_ij |m[i, j+1] - m[i, j]|) / (H W)`."""
+    dh = jnp.sum(jnp.abs(jnp.diff(mask, axis=1)), axis=(1, 2))
+    dw = jnp.sum(jnp.abs(jnp.diff(mask, axis=2)), axis=(1, 2))
+    return (dh + dw) / (mask.shape[1] * mask.shape[2])
+
+
+def binarisation_penalty(mask: jax.Array) -> jax.Array:
+    """`mean_ij m (1 - m)` per example of `[N, H, W]` masks -> `[N]`: 0 for a 0/1 mask, 1/4
+    for an all-grey (0.5) one."""
+    return jnp.mean(mask * (1.0 - mask), axis=(1, 2))
+
+
+def mask_prior(mask: jax.Array, *, tv_weight: float = 0.0, binary_weight: float = 0.0
+               ) -> jax.Array:
+    """The penalty the ascent subtracts from the oracle's quality, per example `[N]`:
+    `tv_weight * total_variation(m) + binary_weight * binarisation_penalty(m)`."""
+    return tv_weight * total_variation(mask) + binary_weight * binarisation_penalty(mask)
+
+
 def _update(grad: jax.Array, update: str) -> jax.Array:
     if update == "plain":
         return grad
@@ -48,11 +76,13 @@ def _update(grad: jax.Array, update: str) -> jax.Array:
     return jnp.tanh(2.5 * grad / jnp.maximum(scale, 1e-30))
 
 
-@functools.partial(jax.jit, static_argnames=("oracle_apply", "steps", "update", "keep_steps"))
+@functools.partial(jax.jit, static_argnames=("oracle_apply", "steps", "update", "keep_steps",
+                                                  "tv_weight", "binary_weight"))
 def oracle_ascent(oracle_apply: Callable[..., jax.Array], variables: Any, image: jax.Array,
                   mask0: jax.Array, *, steps: int, step_size: float = 0.1,
                   update: str = "paper", truth: jax.Array | None = None,
-                  keep_steps: Sequence[int] = ()) -> dict[str, jax.Array]:
+                  keep_steps: Sequence[int] = (), tv_weight: float = 0.0,
+                  binary_weight: float = 0.0) -> dict[str, jax.Array]:
     """Gradient ascent of `oracle_apply(variables, image, mask) -> [N]` on the mask, batched.
 
     Each example's mask only moves its own quality (the sum over the batch is differentiated,
@@ -71,6 +101,8 @@ def oracle_ascent(oracle_apply: Callable[..., jax.Array], variables: Any, image:
       truth: optional ground truth `[N, H, W]` (0/1): the hard Dice of every rounded iterate
         is returned, to choose the step count on validation data. Never used by the ascent.
       keep_steps: iterates (0 = mask0 .. steps) whose masks are returned.
+      tv_weight, binary_weight: weights (static) of the priors (`mask_prior`; 0 = off): the
+        ascent climbs `quality - mask_prior(m)`; the returned `"quality"` is the oracle's alone.
 
     Returns:
       `{"quality": [steps + 1, N]` the oracle on iterates 0..steps, `"mask": [N, H, W]` the
@@ -80,10 +112,16 @@ def oracle_ascent(oracle_apply: Callable[..., jax.Array], variables: Any, image:
     """
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    for name, weight in (("tv_weight", tv_weight), ("binary_weight", binary_weight)):
+        if not weight >= 0:
+            raise ValueError(f"{name} must be >= 0 (0 = no prior), got {weight!r}")
 
     def total_quality(m):
         q = oracle_apply(variables, image, m)
-        return jnp.sum(q), q
+        objective = q
+        if tv_weight or binary_weight:  # (Python floats: off adds nothing to the graph)
+            objective = q - mask_prior(m, tv_weight=tv_weight, binary_weight=binary_weight)
+        return jnp.sum(objective), q
 
     keep = jnp.asarray(list(keep_steps) or [-1], jnp.int32)
 

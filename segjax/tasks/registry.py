@@ -29,6 +29,7 @@ _BUILTIN_MODULES = (
     "segjax.tasks.semantic",
     "segjax.tasks.instance",
     "segjax.tasks.oracle",
+    "segjax.tasks.oracle_adversarial",
     "segjax.tasks.fewshot",
     "segjax.tasks.embedding",
     "segjax.tasks.uda",

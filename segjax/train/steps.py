@@ -82,7 +82,8 @@ def train_step(
     model_rng, task_rng = jax.random.split(step_rng)
     old_task_state = getattr(state, "task_state", None)  # a TaskTrainState's only
     ctx = StepContext(rng=task_rng, axis_name=axis_name, task_state=old_task_state,
-                      apply_fn=state.apply_fn)
+                      apply_fn=state.apply_fn,
+                      variables={"params": state.params, "batch_stats": state.batch_stats})
 
     def compute_loss(params):
         model = _TrainingModel(state.apply_fn, params, state.batch_stats, model_rng)
