@@ -199,15 +199,23 @@ def test_model_table_reads_the_zoo_study_and_plots_it(tmp_path):
 
 
 def test_unet3d_step_twin_has_segjax_weights_and_prints_a_ratio(capsys):
-    """The 3D U-Net benchmark's twin loads segjax's initial weights (the same eval logits as the
-    flax model, through the flattened .npz layout the child reads), and a tiny train-step run
+    """The 3D U-Net benchmark's twin loads segjax's variables (random weights and BatchNorm
+    statistics give the same eval logits as the flax model, through the flattened .npz layout the
+    child reads), and a tiny train-step run
     reports both sides and their ratio (timings are not asserted)."""
     import numpy as np
     import torch
 
     from experiments.benchmarks import torch_unet3d, unet3d_step
 
-    model, variables, image, label = unet3d_step.setup(1, 8, 2, 1, 3)
+    from segjax.models import create_model
+
+    model = create_model("unet3d", num_classes=3, base_features=2, depth=1, in_channels=1)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 8, 8, 8, 1)).astype(np.float32)
+    label = rng.integers(0, 3, size=(1, 8, 8, 8)).astype(np.int32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), image)  # random weights and statistics
+    variables = jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32), shapes)
     twin = torch_unet3d.TorchUNet3D(1, 2, 1, 3).eval()
     flat = unet3d_step.flatten(variables, image, label)
     torch_unet3d.load_variables(twin, {k: v for k, v in flat.items() if "/" in k})
