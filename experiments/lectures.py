@@ -1,14 +1,17 @@
 r"""Regenerates the lecture decks' figures and worked examples from segjax's own code.
 
     python -m experiments.lectures --workdir=/tmp/lectures [--figures=1,2,5] [--skip_training] \
-      [--tensormask_run=/tmp/tensormask_demo]
+      [--tensormask_run=/tmp/tensormask_demo] [--volume_run=/tmp/unet3d_demo] \
+      [--pointnet_run=/tmp/pointnet_demo]
 
 Writes one PNG per figure, `numbers.json` (the numbers each figure shows, under its number) and
 `index.md` (one line per figure on what it teaches) into --workdir. Figures 1-5, 7 and 8 take
 seconds; figure 6 trains three tiny FCNs (a minute or two on a 2-core CPU; --skip_training skips
 it); figure 9 needs `segjax.losses.triplet_loss` and is skipped, with a line in index.md, without
 it; figure 10 reads a trained `tensormask.py:demo` run (`--tensormask_run`) and is skipped
-without. See docs/lectures.md. The figures themselves live in `segjax.lectures`.
+without; figure 12 shows a 3D U-Net's and a PointNet's predictions from trained `unet3d.py:demo`
+and `pointnet.py:demo` runs (`--volume_run`, `--pointnet_run`) and the truth alone without them.
+See docs/lectures.md. The figures themselves live in `segjax.lectures`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ def define_flags() -> None:
     """The command's flags, defined only when it runs as a command (`__main__`), so that
     importing this module next to another command's (tests do) cannot collide on a name."""
     flags.DEFINE_string("workdir", None, "Output directory (written; created if missing).")
-    flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-11).")
+    flags.DEFINE_list("figures", None, "Figure numbers to generate (default: all, 1-12).")
     flags.DEFINE_bool("skip_training", False, "Skip figure 6 (trains FCN-32s/16s/8s briefly).")
     flags.DEFINE_string("tensormask_run", None, "Work directory of a trained "
                         "experiments/configs/tensormask.py:demo run (figure 10; skipped without).")
+    flags.DEFINE_string("volume_run", None, "Work directory of a trained "
+                        "experiments/configs/unet3d.py:demo run (figure 12's prediction).")
+    flags.DEFINE_string("pointnet_run", None, "Work directory of a trained "
+                        "experiments/configs/pointnet.py:demo run (figure 12's prediction).")
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -43,7 +50,9 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise app.UsageError(f"--figures: unknown figure(s) {unknown}; figures are "
                              f"{sorted(lectures.BY_NUMBER)}")
-    runs = {"tensormask": FLAGS.tensormask_run} if FLAGS.tensormask_run else {}
+    runs = {name: run for name, run in (("tensormask", FLAGS.tensormask_run),
+                                        ("volume", FLAGS.volume_run),
+                                        ("pointnet", FLAGS.pointnet_run)) if run}
     result = lectures.write(FLAGS.workdir, figures, skip_training=FLAGS.skip_training, runs=runs,
                             log=logging.info)
     print(f"wrote {len(result['pngs'])} figure(s), numbers.json and index.md to {FLAGS.workdir}"

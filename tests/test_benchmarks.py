@@ -196,3 +196,38 @@ def test_model_table_reads_the_zoo_study_and_plots_it(tmp_path):
     assert "| unet | 31.04 | 5.5 |  |  | 0.487 | 0.12 | 0.600 ± 0.141 (2) | 0.400 (1) |" in text
     model_table.plot([row], str(tmp_path / "zoo.png"))
     assert os.path.getsize(tmp_path / "zoo.png") > 1000
+
+
+def test_unet3d_step_twin_has_segjax_weights_and_prints_a_ratio(capsys):
+    """The 3D U-Net benchmark's twin loads segjax's variables (random weights and BatchNorm
+    statistics give the same eval logits as the flax model, through the flattened .npz layout the
+    child reads), and a tiny train-step run
+    reports both sides and their ratio (timings are not asserted)."""
+    import numpy as np
+    import torch
+
+    from experiments.benchmarks import torch_unet3d, unet3d_step
+
+    from segjax.models import create_model
+
+    model = create_model("unet3d", num_classes=3, base_features=2, depth=1, in_channels=1)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 8, 8, 8, 1)).astype(np.float32)
+    label = rng.integers(0, 3, size=(1, 8, 8, 8)).astype(np.int32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), image)  # random weights and statistics
+    variables = jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32), shapes)
+    twin = torch_unet3d.TorchUNet3D(1, 2, 1, 3).eval()
+    flat = unet3d_step.flatten(variables, image, label)
+    torch_unet3d.load_variables(twin, {k: v for k, v in flat.items() if "/" in k})
+    with torch.no_grad():
+        want = twin(torch.from_numpy(image.transpose(0, 4, 1, 2, 3).copy())).numpy()
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])(variables, image)
+    got = np.asarray(logits).transpose(0, 4, 1, 2, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    result = unet3d_step.run(batch=1, size=8, base_features=2, depth=1, steps_per_round=1,
+                             rounds=1, modes=("train",))["train"]
+    print(result.table())
+    assert result.torchvision_s_per_step > 0 and result.segjax_s_per_step > 0
+    assert result.ratio == result.segjax_img_per_s / result.torchvision_img_per_s
+    assert "segjax/torchvision = " in capsys.readouterr().out

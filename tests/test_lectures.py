@@ -101,7 +101,7 @@ def test_write_skips_figures_with_a_line(tmp_path, monkeypatch):
     assert result["skipped"] == {10: lectures.skip_reason(lectures.BY_NUMBER[10], False)}
     assert "--tensormask_run=DIR" in (tmp_path / "index.md").read_text()
     with pytest.raises(ValueError, match="unknown figure"):
-        lectures.write(str(tmp_path), [12])
+        lectures.write(str(tmp_path), [13])
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,3 +426,101 @@ def test_patch_figure_counts_reads_and_times_both_ways(monkeypatch, tmp_path):
     assert d["max_reads"] == p * p and d["pad"] == [23, 22] and d["image"].shape == (60, 60, 3)
     draw.draw_patch_vs_fcn(d, str(tmp_path / "fig11.png"))
     assert (tmp_path / "fig11.png").stat().st_size > 5000
+
+
+# --------------------------------------------------------------------------------------------
+# 12: deep learning for 3D
+
+
+def test_deep3d_figure_writes_without_runs_and_reports_the_truth(tmp_path):
+    """Without runs: the truth alone, a line per missing run in index.md, and numbers.json equal
+    to a recount of the generated examples (scipy's centre of mass for the slice planes)."""
+    from scipy import ndimage
+
+    from segjax import lectures
+    from segjax.data.builders import synthetic_parts, synthetic_volumes
+
+    result = lectures.write(str(tmp_path), [12])
+    assert (tmp_path / lectures.BY_NUMBER[12].png).stat().st_size > 20000
+    index = (tmp_path / "index.md").read_text()
+    assert "--volume_run=DIR" in index and "--pointnet_run=DIR" in index
+    volume, parts = result["numbers"]["12"]["volume"], result["numbers"]["12"]["parts"]
+    assert "dice" not in volume and "miou" not in parts
+
+    config = {c.name: c for c in synthetic_volumes.BUILDER_CONFIGS}["clean"]
+    label = synthetic_volumes.generate(config, "validation", volume["index"])["label"]
+    assert {2, 3} <= set(np.unique(label).tolist())
+    counts = np.bincount(label.ravel(), minlength=4)
+    assert volume["voxels"] == dict(zip(synthetic_volumes.CLASS_NAMES, counts.tolist()))
+    centre = ndimage.center_of_mass(label >= 2)
+    assert list(volume["slices"].values()) == [int(round(c)) for c in centre]
+
+    shape = synthetic_parts.generate({c.name: c for c in synthetic_parts.BUILDER_CONFIGS}["default"],
+                                     "validation", parts["index"])
+    ids, n = np.unique(shape["part"], return_counts=True)
+    assert parts["part_points"] == {synthetic_parts.PART_NAMES[i]: int(c) for i, c in zip(ids, n)}
+    assert parts["part_ids"] == ids.tolist()
+
+
+def test_deep3d_prediction_paths_and_their_scores(tmp_path):
+    """A hand-made 3-D "model" (intensity thresholds of the z-scored volume, one-hot logits)
+    through the sliding-window path gives its thresholds voxel for voxel; a point "model" whose
+    best logit is outside the shape's category is restricted to the category; Dice and part IoU
+    equal a NumPy transcription of 2|P∩G| / (|P| + |G|) and scikit-learn's jaccard_score."""
+    import jax
+    import jax.numpy as jnp
+    from sklearn.metrics import jaccard_score
+
+    from segjax.data.builders import synthetic_parts, synthetic_volumes
+    from segjax.lectures import draw3d
+    from segjax.lectures.data import spatial3d
+
+    config = {c.name: c for c in synthetic_volumes.BUILDER_CONFIGS}["tiny"]
+    example = next(e for e in (synthetic_volumes.generate(config, "validation", i) for i in range(3))
+                   if (e["label"] >= 2).any())
+    image, label = example["image"], example["label"].astype(np.int32)
+    order = jnp.array([0, 3, 1, 2])  # intensity bands -> class: background, lesion B, organ, lesion A
+
+    def apply_fn(bins, x, train):
+        assert not train
+        return {"logits": 10.0 * jax.nn.one_hot(order[jnp.digitize(x[..., 0], bins)], 4)}
+
+    bins = np.array([-0.2, 1.6, 3.5], np.float32)
+    pred = spatial3d.predict_volume(apply_fn, jnp.asarray(bins), image, roi_size=(8, 16, 16),
+                                 normalize="zscore", overlap=0.5)
+    z = (image[..., 0] - image.mean()) / image.std()
+    expected = np.array([0, 3, 1, 2])[np.digitize(z, bins)]
+    assert np.mean(pred == expected) > 0.999  # voxels on a band edge may round either way
+    panel = spatial3d.volume_panel(image, label, pred, synthetic_volumes.CLASS_NAMES)
+    for k, name in enumerate(synthetic_volumes.CLASS_NAMES[1:], start=1):
+        p, g = pred == k, label == k
+        want = 1.0 if p.sum() + g.sum() == 0 else 2 * np.sum(p & g) / (p.sum() + g.sum())
+        assert panel["dice"][name] == pytest.approx(want, abs=1e-12)
+    assert panel["mean_foreground_dice"] == pytest.approx(np.mean(list(panel["dice"].values())))
+    d, h, w = panel["slices"].values()
+    np.testing.assert_array_equal(panel["planes"]["coronal"]["prediction"], pred[:, h])
+    np.testing.assert_array_equal(panel["planes"]["sagittal"]["label"], label[:, :, w])
+
+    shape = synthetic_parts.generate({c.name: c for c in synthetic_parts.BUILDER_CONFIGS}["tiny"],
+                                     "validation", 1)  # a lamp: parts 3, 4, 5
+    points, category = shape["points"], int(shape["category"])
+    height = jnp.asarray(points[:, 1])
+
+    def point_fn(variables, x, train, categories):
+        assert x.shape == (1,) + points.shape and categories.tolist() == [category]
+        own = jnp.stack([-height, -jnp.abs(height), height], -1) * variables  # base, pole, shade
+        return {"logits": jnp.concatenate([jnp.zeros((1, len(points), 3)), own[None],
+                                           jnp.full((1, len(points), 4), 99.0)], -1)}
+
+    part_pred = spatial3d.predict_parts(point_fn, 1.0, points, category, use_categories=True)
+    want = 3 + np.argmax(np.stack([-points[:, 1], -np.abs(points[:, 1]), points[:, 1]], -1), -1)
+    np.testing.assert_array_equal(part_pred, want)
+    parts = spatial3d.parts_panel(points, shape["part"], category, part_pred)
+    ious = jaccard_score(shape["part"], part_pred, labels=[3, 4, 5], average=None, zero_division=1.0)
+    np.testing.assert_allclose(list(parts["part_iou"].values()), ious, rtol=1e-12)
+    assert parts["miou"] == pytest.approx(ious.mean())
+
+    panel.update(dataset="synthetic_volumes/tiny", index=0)
+    parts.update(dataset="synthetic_parts/tiny", index=1)
+    draw3d.draw_deep3d({"volume": panel, "parts": parts}, str(tmp_path / "fig12.png"))
+    assert (tmp_path / "fig12.png").stat().st_size > 20000

@@ -130,17 +130,19 @@ def build(name: str, num_classes: int, batch: dict[str, np.ndarray], dtype: str,
 class TwinProcess:
     """The torchvision twin of segjax model `name`, built and timed in a child process.
 
-    `first_step_s` is its first (warm-up) step; `seconds_per_step(n)` runs one untimed and `n`
-    timed steps there and returns the timed steps' mean wall time as the child measured it (no
-    IPC in the timing).
+    `module` is the child's module (another twin serving the same protocol, e.g.
+    `torch_unet3d`; `extra` joins its spec line). `first_step_s` is its first (warm-up) step;
+    `seconds_per_step(n)` runs one untimed and `n` timed steps there and returns the timed steps'
+    mean wall time as the child measured it (no IPC in the timing).
     """
 
     def __init__(self, name: str, num_classes: int, batch: int, size: int, dtype: str,
-                 train: bool, seed: int = 0):
+                 train: bool, seed: int = 0, *, module: str = "experiments.benchmarks.torch_twin",
+                 **extra):
         spec = dict(name=name, num_classes=num_classes, batch=batch, size=size, dtype=dtype,
-                    train=train, seed=seed)
+                    train=train, seed=seed, **extra)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "experiments.benchmarks.torch_twin"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", module], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, bufsize=1)
         self.first_step_s = float(self._ask(jsonio.dumps(spec))["first_step_s"])
 

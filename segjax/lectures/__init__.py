@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from segjax import jsonio
-from segjax.lectures import data, draw
+from segjax.lectures import data, draw, draw3d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Figure:
     numbers: Callable[[dict], dict]
     needs_training: bool = False
     needs_run: str = ""  # a trained run the figure reads (`write(runs={needs_run: DIR})`)
+    optional_runs: tuple[str, ...] = ()  # runs it reads when given (`make(**{name: DIR or None})`)
 
     @property
     def png(self) -> str:
@@ -88,6 +89,11 @@ def _tensormask_numbers(d: dict) -> dict:
         out["bipyramid"] = strip(d["bipyramid"])
         out["natural_vs_aligned"] = {k: d["natural_vs_aligned"][k] for k in ("cell", "anchor", "V")}
     return out
+
+
+def _deep3d_numbers(d: dict) -> dict:
+    return {"volume": _drop("planes")(d["volume"]),
+            "parts": _drop("points", "part", "prediction")(d["parts"])}
 
 
 FIGURES: tuple[Figure, ...] = (
@@ -146,11 +152,21 @@ FIGURES: tuple[Figure, ...] = (
            "fully convolutional network (stride-1 pooling, dilated later layers) give the same "
            "outputs for a fraction of the FLOPs and time.",
            data.patch_vs_fcn, draw.draw_patch_vs_fcn, _drop("image", "read_counts")),
+    Figure(12, "deep3d", "Deep learning for 3D",
+           "highlight a lesion within an MR-like scan: a synthetic_volumes volume cut by the "
+           "axial, coronal and sagittal planes through its lesions, the truth outlined and a "
+           "trained 3D U-Net's sliding-window prediction filled, with the Dice of each class; and "
+           "a synthetic_parts point cloud coloured by part, truth next to a trained PointNet's "
+           "prediction, with the shape's part IoUs.",
+           data.deep3d, draw3d.draw_deep3d, _deep3d_numbers,
+           optional_runs=("volume", "pointnet")),
 )
 BY_NUMBER = {f.number: f for f in FIGURES}
 
 
-RUN_FLAGS = {"tensormask": ("--tensormask_run", "experiments/configs/tensormask.py:demo")}
+RUN_FLAGS = {"tensormask": ("--tensormask_run", "experiments/configs/tensormask.py:demo"),
+             "volume": ("--volume_run", "experiments/configs/unet3d.py:demo"),
+             "pointnet": ("--pointnet_run", "experiments/configs/pointnet.py:demo")}
 
 
 def skip_reason(figure: Figure, skip_training: bool, runs: dict[str, str] | None = None) -> str | None:
@@ -167,6 +183,9 @@ def skip_reason(figure: Figure, skip_training: bool, runs: dict[str, str] | None
     return None
 
 
+_RUN_PANELS = {"volume": "volume", "pointnet": "parts"}  # figure 12's panel of each optional run
+
+
 def _index_line(figure: Figure, d: dict | None, reason: str | None) -> str:
     if reason is not None:
         return f"{figure.number}. **{figure.title}**: {reason}."
@@ -178,6 +197,11 @@ def _index_line(figure: Figure, d: dict | None, reason: str | None) -> str:
         line += (f" Trained here: {', '.join(r['models'])} ({overrides}) on {r['dataset']}; "
                  f"{r['optimizer']}; loss {r['loss']}; {r['seconds']} s for all three on this "
                  f"machine. Validation mIoU: {mious}.")
+    for name in figure.optional_runs:
+        if d is not None and d[_RUN_PANELS[name]]["run"] is None:
+            flag, config = RUN_FLAGS[name]
+            line += (f" No {name} prediction shown (truth only): pass {flag}=DIR, the work "
+                     f"directory of `python -m experiments.train --config={config}`.")
     return line
 
 
@@ -185,8 +209,10 @@ def write(out_dir: str, figures: Sequence[int] | None = None, *, skip_training: 
           runs: dict[str, str] | None = None, log: Callable[[str], Any] | None = None) -> dict:
     """Writes the PNGs, `numbers.json` and `index.md` of `figures` (all by default) to `out_dir`.
 
-    `runs` maps a figure's `needs_run` to a trained run's directory (figure 10:
-    `{"tensormask": DIR}`); a figure whose run is not given is skipped with a line in index.md.
+    `runs` maps a figure's `needs_run` or `optional_runs` to a trained run's directory (figure 10:
+    `{"tensormask": DIR}`; figure 12: `{"volume": DIR, "pointnet": DIR}`); a figure whose needed
+    run is not given is skipped with a line in index.md, one whose optional run is not given
+    shows the truth alone and says so there.
 
     Returns {"pngs": {number: path}, "numbers": the dict written to numbers.json (keys are
     figure numbers as strings), "skipped": {number: reason}, "seconds": {number: seconds}}.
@@ -203,7 +229,10 @@ def write(out_dir: str, figures: Sequence[int] | None = None, *, skip_training: 
         d = None
         if reason is None:
             start = time.perf_counter()
-            d = figure.make(runs[figure.needs_run]) if figure.needs_run else figure.make()
+            if figure.needs_run:
+                d = figure.make(runs[figure.needs_run])
+            else:
+                d = figure.make(**{f"{k}_run": (runs or {}).get(k) for k in figure.optional_runs})
             path = os.path.join(out_dir, figure.png)
             figure.draw(d, path)
             numbers[str(n)] = data.to_json(figure.numbers(d))

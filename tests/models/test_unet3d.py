@@ -1,5 +1,6 @@
-"""3D U-Net against a torch transcription of the paper's Fig. 1 written here (Conv3d + BatchNorm3d +
-ReLU pairs, ceil-mode MaxPool3d, ConvTranspose3d up-convolutions, crop and concatenation), with the
+"""3D U-Net against a torch transcription of the paper's Fig. 1 (Conv3d + BatchNorm3d + ReLU pairs,
+ceil-mode MaxPool3d, ConvTranspose3d up-convolutions, crop and concatenation; it lives in
+experiments/benchmarks/torch_unet3d.py, where the step benchmark times it as the twin), with the
 flax weights copied in: logits, input and parameter gradients, in eval and in train mode, on an odd
 volume. Also the 2x2x2 layers against torch's own ops, and the parameter count at the paper's widths."""
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn as tnn
 
+from experiments.benchmarks.torch_unet3d import TorchUNet3D
 from segjax.models import create_model
 from segjax.models.layers3d import UpConv2x, max_pool_2x2x2
 from tests.models.tv_reference import random_variables, rel_err
@@ -18,50 +19,6 @@ from tests.models.volumetric_reference import compare_with_torch, load_flax, ncd
 
 IN, BASE, DEPTH, K = 2, 2, 2, 3
 SHAPE = (2, 5, 6, 7, IN)  # odd and even sizes: 5 -> 3 -> 2 and back up with crops
-
-
-class TorchUNet3D(tnn.Module):
-    """Çiçek et al. 2016, Fig. 1, with padded 3x3x3 convolutions; layers named like segjax's."""
-
-    def __init__(self, in_channels, base, depth, num_classes):
-        super().__init__()
-        self.depth = depth
-        layers = {}
-
-        def pair(prefix, cin, c1, c2):
-            for i, (a, b) in enumerate(((cin, c1), (c1, c2)), start=1):
-                layers[f"{prefix}_conv{i}"] = tnn.Conv3d(a, b, 3, padding=1)
-                layers[f"{prefix}_bn{i}"] = tnn.BatchNorm3d(b)
-
-        cin = in_channels
-        for level in range(depth):
-            pair(f"enc{level}", cin, base * 2**level, base * 2 ** (level + 1))
-            cin = base * 2 ** (level + 1)
-        pair("bottom", cin, base * 2**depth, base * 2 ** (depth + 1))
-        for level in reversed(range(depth)):
-            up = base * 2 ** (level + 2)  # the up-convolution keeps the channels (512 -> 512)
-            layers[f"up{level}"] = tnn.ConvTranspose3d(up, up, 2, stride=2)
-            pair(f"dec{level}", up + base * 2 ** (level + 1), base * 2 ** (level + 1), base * 2 ** (level + 1))
-        layers["classifier"] = tnn.Conv3d(2 * base, num_classes, 1)
-        self.layers = tnn.ModuleDict(layers)
-
-    def _pair(self, x, prefix):
-        for i in (1, 2):
-            x = F.relu(self.layers[f"{prefix}_bn{i}"](self.layers[f"{prefix}_conv{i}"](x)))
-        return x
-
-    def forward(self, x):
-        skips = []
-        for level in range(self.depth):
-            x = self._pair(x, f"enc{level}")
-            skips.append(x)
-            x = F.max_pool3d(x, 2, 2, ceil_mode=True)
-        x = self._pair(x, "bottom")
-        for level in reversed(range(self.depth)):
-            skip = skips[level]
-            x = self.layers[f"up{level}"](x)[:, :, : skip.shape[2], : skip.shape[3], : skip.shape[4]]
-            x = self._pair(torch.cat([skip, x], 1), f"dec{level}")
-        return self.layers["classifier"](x)
 
 
 @pytest.fixture(scope="module")

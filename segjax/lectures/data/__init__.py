@@ -1,10 +1,10 @@
 """The numbers behind the lecture figures, each computed with segjax's own operators and models.
 
 One function per figure, one module per figure or topic (`operators`: figures 1-4, `dilation`: 5,
-`roi_align`: 7, `difficulty`: 8, `metric_learning`: 9, `tensormask`: 10, `patches`: 11; `_common`:
-the decks' example); each returns a dict whose values are numpy arrays, numbers, strings or
-nested lists/dicts of them (`to_json` turns one into what `numbers.json` stores). Nothing here
-draws: `segjax.lectures.draw` turns these dicts into PNGs. The functions take no flags, so the
+`roi_align`: 7, `difficulty`: 8, `metric_learning`: 9, `tensormask`: 10, `patches`: 11, `spatial3d`:
+12; `_common`: the decks' example); each returns a dict whose values are numpy arrays, numbers,
+strings or nested lists/dicts of them (`to_json` turns one into what `numbers.json` stores).
+Nothing here draws: `segjax.lectures.draw` (and `draw3d`) turn these dicts into PNGs. The functions take no flags, so the
 tests call them directly.
 
   1 `convolution`            conv2d, conv_as_matrix, conv_transpose2d on the decks' 4x4 example
@@ -20,10 +20,13 @@ tests call them directly.
  10 `tensormask`             a trained TensorMask's window masks, bipyramid, natural vs aligned
                              (`tensormask_windows` on any model and image)
  11 `patch_vs_fcn`           the patch classifier by sliding window vs its FCN twin: reads, time, FLOPs
+ 12 `deep3d`                 a synthetic_volumes volume's orthogonal slices through its lesions and a
+                             synthetic_parts point cloud, each with a trained run's prediction if given
 """
 
 from segjax.lectures.data._common import (DECK_INPUT, DECK_KERNEL, DECK_OUTPUT_GRADIENT,
                                           to_json)
+from segjax.lectures.data.spatial3d import deep3d
 from segjax.lectures.data.difficulty import _builder_config, difficulty
 from segjax.lectures.data.dilation import (DEEPLAB_MODELS, RF_LAYERS, RF_RATES, conv_layers,
                                            deeplab_heads, dilation, extent, receptive_field)
@@ -40,7 +43,7 @@ from segjax.lectures.data.tensormask import tensormask, tensormask_windows
 __all__ = ["DECK_INPUT", "DECK_KERNEL", "DECK_OUTPUT_GRADIENT", "DEEPLAB_MODELS",
            "INTERPOLATION_IMAGE", "INTERPOLATION_SAMPLES", "RF_LAYERS", "RF_RATES", "ROI_BOX",
            "STRIDED_INPUT", "UNPOOL_INPUT", "bilinear_at", "conv_layers", "convolution",
-           "deeplab_heads", "difficulty", "dilation", "extent", "fractionally_strided",
+           "deep3d", "deeplab_heads", "difficulty", "dilation", "extent", "fractionally_strided",
            "has_triplet_loss", "interpolation", "metric_learning", "patch_vs_fcn",
            "receptive_field", "roi_align_sampling", "roi_sampling_points", "sample_positions", "tensormask",
            "tensormask_windows", "to_json", "unpooling", "_builder_config"]
