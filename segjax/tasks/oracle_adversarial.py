@@ -37,7 +37,7 @@ Batches: the oracle's plus `"truth"` float32 [B, H, W] (the class's true mask, 0
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
