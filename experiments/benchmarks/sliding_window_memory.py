@@ -26,13 +26,13 @@ whole-volume forward's temporaries grow with the volume (C channels of activatio
 
 from __future__ import annotations
 
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from segjax import jsonio
 from segjax.inference import sliding_window_inference
 from segjax.inference.sliding_window import _add_windows
 
@@ -134,7 +134,7 @@ def main(argv) -> None:
               f"{r['live_mb']:.1f} | {r['temp_mb']:.1f} | {r['peak_mb']:.1f} |"
               + (f" {r['device_peak_mb']:.1f} |" if device else ""))
     if _JSON.value:
-        print(json.dumps({"rows": rows, **settings}))
+        print(jsonio.dumps({"rows": rows, **settings}))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn as tnn
 
+from segjax import jsonio
+
 _TO_TORCH = {"kernel": (4, 3, 0, 1, 2), "bias": None, "scale": None}  # DHWIO / [2,2,2,out,in] -> torch
 _TORCH_NAME = {"kernel": "weight", "bias": "bias", "scale": "weight"}
 
@@ -109,14 +111,14 @@ def _serve() -> None:
     step, first = torch_twin._timed_step(
         model, opt, torch.autocast("cpu", enabled=False), torch.device("cpu"), spec["train"],
         loss=lambda: F.cross_entropy(model(x), y), forward=lambda: model(x).argmax(1))
-    print(json.dumps({"first_step_s": first}), file=replies, flush=True)
+    print(jsonio.dumps({"first_step_s": first}), file=replies, flush=True)
     for line in sys.stdin:
         n = int(line)
         step()  # untimed, as torch_twin's
         start = time.perf_counter()
         for _ in range(n):
             step()
-        print(json.dumps({"seconds_per_step": (time.perf_counter() - start) / n}), file=replies,
+        print(jsonio.dumps({"seconds_per_step": (time.perf_counter() - start) / n}), file=replies,
               flush=True)
 
 
