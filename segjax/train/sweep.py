@@ -161,12 +161,32 @@ def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
         raise ValueError(f"config key {key!r} cannot take {value!r}: {e}") from e
 
 
+# Options added to a config section after studies had cached runs, each with the value at which
+# a run trains exactly as it did before the option existed. At that value an option stays out of
+# `config_run_dir`'s digest, so adding it does not orphan the cached runs; at any other value it
+# enters the digest as usual. Add an entry with each such option (its test proves the old
+# behaviour at that value).
+DIGEST_NEUTRAL: dict[str, Any] = {}
+
+
+def _without_neutral(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = _without_neutral(value, path + ".")
+        elif not (path in DIGEST_NEUTRAL and value == DIGEST_NEUTRAL[path]):
+            out[key] = value
+    return out
+
+
 def config_run_dir(root: str, config: ml_collections.ConfigDict) -> str:
     """`root/<digest of the config>`: one directory per distinct config (seed included), so that
-    sweeps sharing a cell (e.g. a common baseline) train it once."""
+    sweeps sharing a cell (e.g. a common baseline) train it once. Options at their
+    `DIGEST_NEUTRAL` value are left out of the digest."""
     import hashlib
 
-    text = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+    text = json.dumps(_without_neutral(config.to_dict()), sort_keys=True, default=repr)
     return os.path.join(root, hashlib.sha256(text.encode()).hexdigest()[:16])
 
 

@@ -1,6 +1,7 @@
 """segjax.train.sweep, the seeded sweep runner, with a fake, deterministic train function (the real
 loop is tested elsewhere)."""
 
+import copy
 import json
 import os
 
@@ -149,6 +150,22 @@ def test_config_run_dir_is_shared_by_equal_configs_only(tmp_path):
     assert len(calls) == 6 and [c[1] for c in calls[4:]] == [0.3, 0.3]
     assert len(os.listdir(tmp_path / "runs")) == 6
     assert [r.cell[0][1] for r in results] == [0.1, 0.1, 0.3, 0.3]
+
+
+def test_an_option_at_its_neutral_value_keeps_the_digest(monkeypatch, tmp_path):
+    """An option added after runs were cached stays out of the digest at its neutral value (so
+    the cache stays valid) and enters it at any other value."""
+    base = ml_collections.ConfigDict({"lr": 0.1, "uda": {"method": "dacs"}})
+    before = sweep.config_run_dir(str(tmp_path), base)
+    monkeypatch.setitem(sweep.DIGEST_NEUTRAL, "uda.jitter", False)
+    added = copy.deepcopy(base)
+    added.uda.jitter = False
+    assert sweep.config_run_dir(str(tmp_path), added) == before
+    added.uda.jitter = True
+    assert sweep.config_run_dir(str(tmp_path), added) != before
+    top = copy.deepcopy(base)  # the same name in another section is not neutral
+    top.jitter = False
+    assert sweep.config_run_dir(str(tmp_path), top) != before
 
 
 def test_a_cell_with_another_model_leaves_out_the_base_models_fields():
