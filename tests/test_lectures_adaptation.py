@@ -201,6 +201,11 @@ def test_a_style_workdir_is_read_back(tmp_path):
     f = adaptation.read_style_run(str(tmp_path / "f"), "fast")
     assert (f["final_loss"], f["seconds"], f["random_vgg"]) == (7.5, 12.5, False)
     assert f["weights"] == "VGG-16 weights from /w/vgg16"
+    applied = {"method": "fast", "content": "chelsea", "style": "brick", "model": "/w/fast"}
+    write_workdir(str(tmp_path / "a"), content, style, result, [], applied, out=lambda s: None)
+    a = adaptation.read_style_run(str(tmp_path / "a"), "fast")  # --model: applied, not trained
+    assert (a["final_loss"], a["seconds"], a["random_vgg"]) == (None, None, None)
+    assert a["weights"] == "applied the trained network of /w/fast"
     with pytest.raises(ValueError, match="is a 'fast' run.*--method=adain"):
         adaptation.read_style_run(str(tmp_path / "f"), "adain")
     with pytest.raises(FileNotFoundError, match="run.json"):

@@ -33,13 +33,13 @@ def _style_title(r: dict, row: dict) -> str:
     loss = "no training" if r["final_loss"] is None else f"final loss {r['final_loss']:.4g}"
     steps = f" after {r['steps']} steps" if r["steps"] and r["final_loss"] is not None else ""
     seconds = f"{r['seconds']:.0f} s" if r["seconds"] is not None else "time not recorded"
-    vgg = {True: "random VGG (not ImageNet)", False: "converted VGG weights",
+    vgg = {True: "random VGG, not ImageNet", False: "converted VGG weights",
            None: "VGG weights not recorded"}[r["random_vgg"]]
     if r["random_vgg"] is None and r["weights"]:
         vgg = r["weights"]
     other = ((r["content_name"], r["style_name"]) != (row["content_name"], row["style_name"]))
     pair = f"\n({r['content_name']} / {r['style_name']})" if other else ""
-    return f"{name}{pair}\n{loss}{steps}, {seconds}\n{vgg}"
+    return f"{name}{pair}\n{loss}{steps}\n{seconds}; {vgg}"
 
 
 def _style_row(fig, gs, row: dict) -> None:

@@ -71,11 +71,11 @@ def read_style_run(run_dir: str, method: str) -> dict:
             raise FileNotFoundError(f"{picture} is missing: {run_dir} is not a finished "
                                     f"`experiments.style` run")
         pictures[name] = _png(picture)
-    weights = run.get("weights") or run.get("encoder")
+    weights = run.get("weights") or run.get("encoder")  # fast / gatys, adain's encoder
+    random_vgg = None if weights is None else weights.startswith("random")
     applied = run.get("model") or run.get("decoder")
-    if weights is None and applied:
+    if weights is None and applied:  # fast applying a trained network records no VGG
         weights = f"applied the trained network of {applied}"
-    random_vgg = None if weights is None or applied else weights.startswith("random")
     final = run.get("final") or {}
     return {**pictures, "method": method, "content_name": run.get("content"),
             "style_name": run.get("style"), "final_loss": final.get("loss"),
