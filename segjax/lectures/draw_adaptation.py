@@ -114,12 +114,21 @@ def _uda_rows(fig, gs, u: dict | None, first: int) -> None:
         _note(fig.add_subplot(gs[first, :]), f"(c) The domain shift and its fixes: {what}.",
               width=120, fontsize=9)
         return
+    from matplotlib.patches import Patch
+
+    from segjax.data.builders.synthetic_shapes import CLASS_NAMES
+
     palette = _palette()
     for i, (target, t) in enumerate(u["targets"].items()):
         row = first + i
         _picture(fig.add_subplot(gs[row, 0]), t["image"],
                  f"(c) synthetic_shapes/{target}\nvalidation #{u['index']}")
-        _picture(fig.add_subplot(gs[row, 1]), colorize(np.asarray(t["label"]), palette), "truth")
+        ax = fig.add_subplot(gs[row, 1])
+        _picture(ax, colorize(np.asarray(t["label"]), palette), "truth")
+        if i == 0:
+            ax.legend(handles=[Patch(color=np.asarray(palette[k]) / 255.0, label=name)
+                               for k, name in enumerate(CLASS_NAMES)],
+                      fontsize=5, loc="lower left", framealpha=0.8)
         k = 2
         for arm, name in UDA_ARMS.items():
             if arm not in t["arms"]:
