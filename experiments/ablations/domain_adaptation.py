@@ -45,3 +45,30 @@ STUDY = Study(
                   "is picked on target labels).")
         for target, what in TARGETS.items()),
 )
+
+# The arms of METHODS by name: (uda.method, dataset.photometric) -> arm.
+ARMS = {("source_only", False): "source_only", ("source_only", True): "photometric",
+        ("fda", False): "fda", ("adversarial", False): "adversarial", ("dacs", False): "dacs"}
+
+
+def run_dirs(workdir: str, seed: int = 0) -> dict[tuple[str, str], str]:
+    """{(target, arm): run directory} of every run of the study with `seed`, where
+    `python -m experiments.ablations --study=domain_adaptation --workdir=WORKDIR` trains it: each
+    run's config is rebuilt as the runner builds it (the part's base and overrides, the cell, the
+    seed) and placed by `sweep.config_run_dir` under WORKDIR/runs. A run has finished once its
+    directory holds `result.json` (`sweep.RESULT_FILE`); the others may not exist yet."""
+    import os
+
+    from experiments.ablations.runner import load_base
+    from segjax.train import sweep
+
+    out = {}
+    for part in STUDY.parts:
+        base = load_base(part.base)
+        for key, value in part.overrides.items():
+            sweep._set(base, key, value)
+        for cell in sweep.grid([sweep.parse_sweep(s) for s in part.sweeps]):
+            config = sweep.make_config(base, cell, seed)
+            out[part.name, ARMS[cell[0][1]]] = sweep.config_run_dir(
+                os.path.join(os.path.abspath(workdir), "runs"), config)
+    return out

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from segjax import jsonio
-from segjax.lectures import data, draw, draw3d
+from segjax.lectures import data, draw, draw3d, draw_adaptation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Figure:
     needs_training: bool = False
     needs_run: str = ""  # a trained run the figure reads (`write(runs={needs_run: DIR})`)
     optional_runs: tuple[str, ...] = ()  # runs it reads when given (`make(**{name: DIR or None})`)
+    notes: Callable[[dict], str] | None = None  # what index.md adds after `teaches` (missing runs)
 
     @property
     def png(self) -> str:
@@ -94,6 +95,50 @@ def _tensormask_numbers(d: dict) -> dict:
 def _deep3d_numbers(d: dict) -> dict:
     return {"volume": _drop("planes")(d["volume"]),
             "parts": _drop("points", "part", "prediction")(d["parts"])}
+
+
+def _adaptation_numbers(d: dict) -> dict:
+    pictures = _drop("image", "spectrum")
+    style = {m: _drop("content", "style", "result")(r) for m, r in d["style"]["methods"].items()}
+    f = d["fda"]
+    out = {"style": {"content": d["style"]["content_name"], "style": d["style"]["style_name"],
+                     "methods": style},
+           "fda": {"source": pictures(f["source"]), "target": pictures(f["target"]),
+                   "betas": [pictures(b) for b in f["betas"]]},
+           "uda": None}
+    u = d["uda"]
+    if u is not None:
+        out["uda"] = {**_drop("targets")(u), "targets": {
+            t: {"missing": x["missing"], "arms": {a: _drop("prediction")(r) for a, r in x["arms"].items()}}
+            for t, x in u["targets"].items()}}
+    return out
+
+
+def _adaptation_notes(d: dict) -> str:
+    from segjax.lectures.data.adaptation import UDA_ARMS
+
+    line = ""
+    for method, r in d["style"]["methods"].items():
+        if r["run"] is None:
+            line += (f" No {method} result shown: pass --style_{method}_run=DIR, the work "
+                     f"directory of `{r['command']}`.")
+    u = d["uda"]
+    if u is None:
+        flag, command = RUN_FLAGS["uda"]
+        return line + (f" No domain-adaptation rows: pass {flag}=DIR, the work directory of "
+                       f"`{command}`.")
+    shown = {t: ", ".join(f"{UDA_ARMS[a]} {r['image_miou']:.3f} ({r['run_miou']:.3f})"
+                          for a, r in x["arms"].items()) for t, x in u["targets"].items()}
+    if shown:
+        line += (f" Seed {u['seed']}, validation scene {u['index']}, mIoU on that image (and the "
+                 "run's target validation mIoU): " + "; ".join(f"{t}: {v}" for t, v in shown.items())
+                 + ".")
+    for t, x in u["targets"].items():
+        if x["missing"]:
+            line += f" {t}: no finished run yet for {', '.join(UDA_ARMS[a] for a in x['missing'])}."
+    if u["missing_targets"]:
+        line += f" No finished run yet for the target(s) {', '.join(u['missing_targets'])}."
+    return line
 
 
 FIGURES: tuple[Figure, ...] = (
@@ -160,21 +205,37 @@ FIGURES: tuple[Figure, ...] = (
            "prediction, with the shape's part IoUs.",
            data.deep3d, draw3d.draw_deep3d, _deep3d_numbers,
            optional_runs=("volume", "pointnet")),
+    Figure(13, "style_adaptation", "Style transfer and domain adaptation",
+           "(a) the same content and style through Gatys' optimisation, Johnson's feed-forward "
+           "network and AdaIN, each with its final loss and time; (b) FDA's amplitude swap: a "
+           "clean synthetic_shapes image takes a restyled image's low-frequency amplitude (its "
+           "colours and lighting, not its scene) at beta 0.01, 0.05 and 0.09, with the spectra; "
+           "(c) a segmenter trained on clean shapes, on restyled, unevenly lit and noisy shapes "
+           "(the domain shift), next to photometric jitter, FDA, AdaptSegNet and DACS: what each "
+           "adaptation wins back, or does not, on one image and on the whole target.",
+           data.style_adaptation, draw_adaptation.draw_adaptation, _adaptation_numbers,
+           optional_runs=("style_gatys", "style_fast", "style_adain", "uda"),
+           notes=_adaptation_notes),
 )
 BY_NUMBER = {f.number: f for f in FIGURES}
 
 
-RUN_FLAGS = {"tensormask": ("--tensormask_run", "experiments/configs/tensormask.py:demo"),
-             "volume": ("--volume_run", "experiments/configs/unet3d.py:demo"),
-             "pointnet": ("--pointnet_run", "experiments/configs/pointnet.py:demo")}
+_TRAIN = "python -m experiments.train --config="
+RUN_FLAGS = {"tensormask": ("--tensormask_run", _TRAIN + "experiments/configs/tensormask.py:demo"),
+             "volume": ("--volume_run", _TRAIN + "experiments/configs/unet3d.py:demo"),
+             "pointnet": ("--pointnet_run", _TRAIN + "experiments/configs/pointnet.py:demo"),
+             **{f"style_{m}": (f"--style_{m}_run", data.style_command(m))
+                for m in data.STYLE_METHODS},
+             "uda": ("--uda_study", "python -m experiments.ablations --study=domain_adaptation "
+                                    "--workdir=DIR")}  # flag, the command whose work dir it takes
 
 
 def skip_reason(figure: Figure, skip_training: bool, runs: dict[str, str] | None = None) -> str | None:
     """Why `figure` is not generated now, or None."""
     if figure.needs_run and not (runs or {}).get(figure.needs_run):
-        flag, config = RUN_FLAGS[figure.needs_run]
+        flag, command = RUN_FLAGS[figure.needs_run]
         return (f"skipped: it reads a trained model; pass {flag}=DIR, the work directory of "
-                f"`python -m experiments.train --config={config}`")
+                f"`{command}`")
     if figure.needs_training and skip_training:
         return "skipped (--skip_training): it trains three small models"
     if figure.number == 9 and not data.has_triplet_loss():
@@ -198,10 +259,12 @@ def _index_line(figure: Figure, d: dict | None, reason: str | None) -> str:
                  f"{r['optimizer']}; loss {r['loss']}; {r['seconds']} s for all three on this "
                  f"machine. Validation mIoU: {mious}.")
     for name in figure.optional_runs:
-        if d is not None and d[_RUN_PANELS[name]]["run"] is None:
-            flag, config = RUN_FLAGS[name]
+        if d is not None and name in _RUN_PANELS and d[_RUN_PANELS[name]]["run"] is None:
+            flag, command = RUN_FLAGS[name]
             line += (f" No {name} prediction shown (truth only): pass {flag}=DIR, the work "
-                     f"directory of `python -m experiments.train --config={config}`.")
+                     f"directory of `{command}`.")
+    if figure.notes is not None and d is not None:
+        line += figure.notes(d)
     return line
 
 
@@ -210,7 +273,9 @@ def write(out_dir: str, figures: Sequence[int] | None = None, *, skip_training: 
     """Writes the PNGs, `numbers.json` and `index.md` of `figures` (all by default) to `out_dir`.
 
     `runs` maps a figure's `needs_run` or `optional_runs` to a trained run's directory (figure 10:
-    `{"tensormask": DIR}`; figure 12: `{"volume": DIR, "pointnet": DIR}`); a figure whose needed
+    `{"tensormask": DIR}`; figure 12: `{"volume": DIR, "pointnet": DIR}`; figure 13:
+    `{"style_gatys" / "style_fast" / "style_adain": an experiments.style work dir, "uda": a
+    domain_adaptation study's work dir}`); a figure whose needed
     run is not given is skipped with a line in index.md, one whose optional run is not given
     shows the truth alone and says so there.
 

@@ -1,11 +1,12 @@
 """The numbers behind the lecture figures, each computed with segjax's own operators and models.
 
 One function per figure, one module per figure or topic (`operators`: figures 1-4, `dilation`: 5,
-`roi_align`: 7, `difficulty`: 8, `metric_learning`: 9, `tensormask`: 10, `patches`: 11, `spatial3d`:
-12; `_common`: the decks' example); each returns a dict whose values are numpy arrays, numbers,
-strings or nested lists/dicts of them (`to_json` turns one into what `numbers.json` stores).
-Nothing here draws: `segjax.lectures.draw` (and `draw3d`) turn these dicts into PNGs. The functions take no flags, so the
-tests call them directly.
+`roi_align`: 7, `difficulty`: 8, `metric_learning`: 9, `tensormask`: 10, `patches`: 11,
+`spatial3d`: 12, `adaptation`: 13; `_common`: the decks' example); each returns a dict whose
+values are numpy arrays, numbers, strings or nested lists/dicts of them (`to_json` turns one
+into what `numbers.json` stores). Nothing here draws: `segjax.lectures.draw` (and `draw3d`,
+`draw_adaptation`) turn these dicts into PNGs. The functions take no flags, so the tests call
+them directly.
 
   1 `convolution`            conv2d, conv_as_matrix, conv_transpose2d on the decks' 4x4 example
   2 `interpolation`          resize: nearest / linear / cubic in 1-D and 2-D
@@ -22,10 +23,13 @@ tests call them directly.
  11 `patch_vs_fcn`           the patch classifier by sliding window vs its FCN twin: reads, time, FLOPs
  12 `deep3d`                 a synthetic_volumes volume's orthogonal slices through its lesions and a
                              synthetic_parts point cloud, each with a trained run's prediction if given
+ 13 `style_adaptation`       experiments.style runs' results, FDA's amplitude swap at three betas, and a
+                             domain_adaptation study's seed-0 predictions on each target domain
 """
 
 from segjax.lectures.data._common import (DECK_INPUT, DECK_KERNEL, DECK_OUTPUT_GRADIENT,
                                           to_json)
+from segjax.lectures.data.adaptation import STYLE_METHODS, style_adaptation, style_command
 from segjax.lectures.data.spatial3d import deep3d
 from segjax.lectures.data.difficulty import _builder_config, difficulty
 from segjax.lectures.data.dilation import (DEEPLAB_MODELS, RF_LAYERS, RF_RATES, conv_layers,
@@ -42,8 +46,9 @@ from segjax.lectures.data.tensormask import tensormask, tensormask_windows
 
 __all__ = ["DECK_INPUT", "DECK_KERNEL", "DECK_OUTPUT_GRADIENT", "DEEPLAB_MODELS",
            "INTERPOLATION_IMAGE", "INTERPOLATION_SAMPLES", "RF_LAYERS", "RF_RATES", "ROI_BOX",
-           "STRIDED_INPUT", "UNPOOL_INPUT", "bilinear_at", "conv_layers", "convolution",
-           "deep3d", "deeplab_heads", "difficulty", "dilation", "extent", "fractionally_strided",
-           "has_triplet_loss", "interpolation", "metric_learning", "patch_vs_fcn",
-           "receptive_field", "roi_align_sampling", "roi_sampling_points", "sample_positions", "tensormask",
+           "STRIDED_INPUT", "STYLE_METHODS", "UNPOOL_INPUT", "bilinear_at", "conv_layers",
+           "convolution", "deep3d", "deeplab_heads", "difficulty", "dilation", "extent",
+           "fractionally_strided", "has_triplet_loss", "interpolation", "metric_learning",
+           "patch_vs_fcn", "receptive_field", "roi_align_sampling", "roi_sampling_points",
+           "sample_positions", "style_adaptation", "style_command", "tensormask",
            "tensormask_windows", "to_json", "unpooling", "_builder_config"]
