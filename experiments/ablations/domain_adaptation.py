@@ -13,14 +13,16 @@ differences are against source only, seed by seed.
 
 from experiments.ablations import Part, Study
 
-ARMS = (("source_only", False), ("source_only", True), ("fda", False), ("adversarial", False),
-        ("dacs", False))
+# The arms trained with clean's labels: (uda.method, dataset.photometric) -> arm name.
+ARMS = {("source_only", False): "source_only", ("source_only", True): "photometric",
+        ("fda", False): "fda", ("adversarial", False): "adversarial", ("dacs", False): "dacs"}
+SOURCE = "synthetic_shapes/clean"
 
 
 def methods(target: str) -> str:
     """The sweep of one part: every arm trained with clean's labels, then the target oracle
     (source only trained with the target's own labels: the upper bound)."""
-    cells = [(m, p, "synthetic_shapes/clean") for m, p in ARMS]
+    cells = [(m, p, SOURCE) for m, p in ARMS]
     cells.append(("source_only", False, f"synthetic_shapes/{target}"))
     return "uda.method,dataset.photometric,dataset.name=" + ",".join(map(repr, cells))
 
@@ -46,11 +48,6 @@ STUDY = Study(
         for target, what in TARGETS.items()),
 )
 
-# The arms of METHODS by name: (uda.method, dataset.photometric) -> arm.
-ARMS = {("source_only", False): "source_only", ("source_only", True): "photometric",
-        ("fda", False): "fda", ("adversarial", False): "adversarial", ("dacs", False): "dacs"}
-
-
 def run_dirs(workdir: str, seed: int = 0) -> dict[tuple[str, str], str]:
     """{(target, arm): run directory} of every run of the study with `seed`, where
     `python -m experiments.ablations --study=domain_adaptation --workdir=WORKDIR` trains it: each
@@ -69,6 +66,8 @@ def run_dirs(workdir: str, seed: int = 0) -> dict[tuple[str, str], str]:
             sweep._set(base, key, value)
         for cell in sweep.grid([sweep.parse_sweep(s) for s in part.sweeps]):
             config = sweep.make_config(base, cell, seed)
-            out[part.name, ARMS[cell[0][1]]] = sweep.config_run_dir(
+            method, photometric, source = cell[0][1]
+            arm = ARMS[method, photometric] if source == SOURCE else "target_oracle"
+            out[part.name, arm] = sweep.config_run_dir(
                 os.path.join(os.path.abspath(workdir), "runs"), config)
     return out

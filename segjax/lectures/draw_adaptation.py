@@ -10,9 +10,10 @@ import textwrap
 
 import numpy as np
 
+from segjax.lectures.data.adaptation import UDA_ARMS
 from segjax.lectures.draw import _palette, _plt, _save
 
-COLUMNS = 7  # image, truth and the five arms of the domain-adaptation rows
+COLUMNS = 2 + len(UDA_ARMS)  # image, truth and each arm of the domain-adaptation rows
 BETA_COLOURS = ("tab:red", "tab:orange", "yellow")
 
 
@@ -104,7 +105,6 @@ def _fda_rows(fig, gs, f: dict) -> None:
 
 
 def _uda_rows(fig, gs, u: dict | None, first: int) -> None:
-    from segjax.lectures.data.adaptation import UDA_ARMS
     from segjax.visualize import colorize
 
     if u is None or not u["targets"]:
