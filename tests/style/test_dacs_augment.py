@@ -136,3 +136,8 @@ def test_parameters_follow_dacs_distributions():
     assert (np.sort(np.asarray(p["order"]), 1) == np.arange(4)).all()
     assert len({tuple(o) for o in np.asarray(p["order"]).tolist()}) == 24  # every order occurs
     assert np.corrcoef(np.asarray(p["brightness"]), np.asarray(p["contrast"]))[0, 1] < 0.05
+
+
+def test_a_batch_instead_of_an_image_is_refused_by_name():
+    with pytest.raises(ValueError, match="image"):
+        da.strong_augment(jnp.zeros((2, 8, 8, 3)), {})  # checked before the parameters are read

@@ -102,3 +102,14 @@ def test_a_run_that_is_not_an_adain_run_is_refused_by_name(tmp_path, summary, wo
     with pytest.raises((ValueError, FileNotFoundError), match=words) as e:
         load_adain_styliser(str(tmp_path))
     assert "config.uda.adain_model" in str(e.value)
+
+
+@pytest.mark.parametrize("alpha, words", [
+    (np.array([0.5, 1.5], np.float32), "alpha must be in"),
+    (np.array([0.5, np.nan], np.float32), "alpha must be in"),
+    (np.array([0.5, 0.5, 0.5], np.float32), "one value per example"),
+    (-0.1, "alpha must be in"),
+])
+def test_bad_alphas_are_refused_by_name(alpha, words):
+    with pytest.raises(ValueError, match=words):
+        pixel_adain(jnp.zeros((2, 4, 4, 3)), jnp.ones((2, 4, 4, 3)), alpha)

@@ -280,6 +280,8 @@ def test_config_names_the_target_and_a_known_method():
     c.uda.method, c.uda.target = "dacs", ""
     with pytest.raises(ValueError, match="uda.target"):
         uda.build(c, None, None)
+    with pytest.raises(ValueError, match="uda.adain_alpha_min"):
+        make_task("adain", adain_alpha_min=1.5)
 
 
 @pytest.mark.slow
