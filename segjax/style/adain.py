@@ -70,13 +70,20 @@ def adain(content: jax.Array, style: jax.Array, eps: float = 1e-5) -> jax.Array:
     return (content - c_mean) / c_std * s_std + s_mean
 
 
-def adain_blend(content: jax.Array, style: jax.Array, alpha: float = 1.0, eps: float = 1e-5) -> jax.Array:
+def adain_blend(content: jax.Array, style: jax.Array, alpha=1.0, eps: float = 1e-5) -> jax.Array:
     """The decoder's target t = alpha AdaIN(content, style) + (1 - alpha) content (Sec. 7).
 
     alpha = 1 is full stylisation, alpha = 0 reconstructs the content; shapes as `adain`.
+    `alpha` is a float or one value per example, [N] (style randomisation draws them; checked
+    to lie in [0, 1] where concrete, not under jit).
     """
-    if not 0.0 <= float(alpha) <= 1.0:
+    if np.ndim(alpha) and np.shape(alpha) != (content.shape[0],):
+        raise ValueError(f"alpha must be a float or one value per example [N={content.shape[0]}], "
+                         f"got shape {np.shape(alpha)}")
+    if not isinstance(alpha, jax.core.Tracer) and not np.all((np.asarray(alpha) >= 0) & (np.asarray(alpha) <= 1)):
         raise ValueError(f"alpha must be in [0, 1] (0: content only, 1: full style), got {alpha}")
+    if np.ndim(alpha):
+        alpha = jnp.reshape(alpha, (-1, 1, 1, 1))
     return alpha * adain(content, style, eps) + (1.0 - alpha) * content
 
 

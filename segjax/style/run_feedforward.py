@@ -133,13 +133,10 @@ def feedforward_command(method: str, content: str, style: str, workdir: str, *, 
         file = "transformer_net.msgpack"
     else:
         width = _net_width(net_width, ADAIN_DECODER_WIDTH)
-        encoder, make_encoder, note = _adain_encoder(weights, seed, out)
+        encoder, make_encoder, note = adain_encoder(weights, seed, out)
         channels = 8 * encoder.width
         if decoder:
-            variables = ff.load_variables(decoder, "decoder.msgpack", "--decoder", lambda tree: jax.eval_shape(
-                AdaINDecoder(width=int(np.shape(tree["params"]["conv8"]["conv"]["kernel"])[2])).init,
-                jax.random.key(0), jnp.zeros((1, 2, 2, channels))))
-            width = int(variables["params"]["conv8"]["conv"]["kernel"].shape[2])
+            variables, width = load_adain_decoder(decoder, "--decoder", channels)
             summary.update(decoder=os.path.abspath(decoder))
             out(f"adain: applying the decoder (width {width}) of {decoder}, no training; {note}")
         dec = AdaINDecoder(width=width)
@@ -163,7 +160,8 @@ def feedforward_command(method: str, content: str, style: str, workdir: str, *, 
         result = np.asarray(jax.jit(ff.adain_apply, static_argnums=(0, 1, 6))(
             encoder, dec, encoder_variables, variables, jnp.asarray(content_image), jnp.asarray(style_image),
             float(alpha)))[:, :h, :w]
-        summary.update(net_width=width, encoder=note, alpha=alpha)
+        summary.update(net_width=width, encoder=note, alpha=alpha,
+                       encoder_weights=os.path.abspath(weights) if weights else None)
         file = "decoder.msgpack"
     if history:
         summary.update(first=history[0], final=history[-1], train_seconds=round(time.perf_counter() - start, 1))
@@ -175,17 +173,29 @@ def feedforward_command(method: str, content: str, style: str, workdir: str, *, 
     return summary
 
 
-def _adain_encoder(weights: str | None, seed: int, out: Callable[[str], None]
-                   ) -> tuple[AdaINEncoder, Callable[[], dict], str]:
+def load_adain_decoder(path: str, flag: str, channels: int) -> tuple[dict, int]:
+    """(variables, width) of the AdaIN decoder saved at `path` (a run's --workdir or its
+    decoder.msgpack) for `channels`-channel relu4_1 features; errors name `flag`."""
+    variables = ff.load_variables(path, "decoder.msgpack", flag, lambda tree: jax.eval_shape(
+        AdaINDecoder(width=int(np.shape(tree["params"]["conv8"]["conv"]["kernel"])[2])).init,
+        jax.random.key(0), jnp.zeros((1, 2, 2, channels))))
+    return variables, int(variables["params"]["conv8"]["conv"]["kernel"].shape[2])
+
+
+def adain_encoder(weights: str | None, seed: int, out: Callable[[str], None]
+                  ) -> tuple[AdaINEncoder, Callable[[], dict], str]:
     """The fixed AdaIN encoder: vgg_normalised.pth converted by `from_torch_vgg_normalised` and
     saved as .msgpack (it has the 1x1 `preprocess` conv), a torchvision VGG-19 conversion (the
-    reference's fallback; ImageNet-normalised input), or a seeded random VGG-19."""
+    reference's fallback; ImageNet-normalised input), or a seeded random VGG-19. A run's
+    run.json records `weights` (`encoder_weights`) and `seed`, so the same call rebuilds its
+    encoder (`segjax.style.style_randomization.load_adain_styliser`)."""
     if weights and weights.endswith(".msgpack") and os.path.isfile(weights):
         def expected(tree):
             if "preprocess" not in tree["params"]:
                 raise KeyError("preprocess")
             width = int(np.shape(tree["params"]["conv1_1"]["conv"]["kernel"])[-1])
-            return jax.eval_shape(AdaINEncoder(width=width).init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+            # 16 px: relu4_1 at 2 x 2, the least its reflection padding takes
+            return jax.eval_shape(AdaINEncoder(width=width).init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
         try:
             variables = ff.load_variables(weights, "", "--weights", expected)

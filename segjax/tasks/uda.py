@@ -9,7 +9,8 @@ the same on any device count. Evaluation is the semantic task's, on the target's
 split (labelled: for scoring only; the last step's score is the result, since a checkpoint
 picked on target labels would use them).
 
-Methods (`config.uda.method`), each with its paper's defaults:
+Methods (`config.uda.method`), each with its paper's defaults (an option of another method is
+not read):
 * `source_only`: the semantic task on the source alone (with `dataset.photometric=True`, the
   photometric-augmentation baseline).
 * `adversarial`: output-space adversarial training, single level (Tsai et al., CVPR 2018,
@@ -25,13 +26,22 @@ Methods (`config.uda.method`), each with its paper's defaults:
   ensemble), in 0..255 before normalisation as the authors do, and the target images' robust
   entropy (`fda_entropy_loss`, eta 2.0) is added with weight `entropy_weight` 0.005 from the
   first step (the authors' `--entW=0.005 --ita=2.0 --switch2entropy=0`).
+* `adain`: AdaIN style randomisation (`segjax.style.style_randomization`): each source image is
+  re-rendered in the style of the target image beside it in the batch (the random pairing of
+  Dundar et al. 2018's "domain stylization") with AdaIN (Huang & Belongie, ICCV 2017) at a
+  content-style trade-off alpha ~ U(`adain_alpha_min`, 1) per example (their Sec. 7.2), in
+  0..255 before normalisation, and learned against the source label. `adain_model` = "": AdaIN
+  on the pixels (each channel takes the target's channel mean and std: colour statistics, not
+  texture); a path: the trained encoder and decoder of a `python -m experiments.style
+  --method=adain` run, loaded once by `build`.
 * `dacs`: DACS (Tranheden et al., WACV 2021): an EMA teacher (`segjax.style.pseudo_labels`:
   decay min(1 - 1/(t+1), 0.99), on the parameters and the BatchNorm statistics) labels the
   target images; ClassMix (`segjax.style.classmix`) pastes half of each source image's classes
   onto its target image, and the student learns the mixed image against the mixed label,
   each target pixel weighted by the batch's fraction of pixels the teacher is at least 0.968
   sure of, source pixels by 1, averaged over all pixels as DACS's pixel-wise weighted cross
-  entropy. (DACS also jitters colour and blurs the mixed images; segjax does not yet.)
+  entropy. With `mix_augment` the mixed images are colour-jittered and blurred as DACS's
+  `strongTransform` does (`segjax.style.dacs_augment`; the paper's setting, off by default).
 
 The discriminator's and the teacher's state live in `TaskTrainState.task_state`: replicated,
 checkpointed and resumed with the model (`segjax.tasks.base`).
@@ -49,13 +59,15 @@ from segjax.tasks import semantic
 from segjax.tasks.base import StepContext
 from segjax.tasks.registry import register, section
 
-METHODS = ("source_only", "adversarial", "fda", "dacs")
+METHODS = ("source_only", "adversarial", "fda", "dacs", "adain")
 TARGET_LOGITS = "target_logits"
 # DACS: the student's logits on the mixed images, their labels and pixel weights.
 MIX_LOGITS, MIX_LABEL, MIX_WEIGHT = "mix_logits", "mix_label", "mix_weight"
 PSEUDO_WEIGHT = "pseudo_weight"  # the batch's fraction of confident teacher pixels (logged)
 # AdaptSegNet's domain labels of the discriminator.
 SOURCE, TARGET = 0.0, 1.0
+# DACS with mix_augment: each example's augmentation key is fold_in(its ClassMix key, this).
+AUGMENT_STREAM = 1
 
 
 def _to_pixels(images: jax.Array) -> jax.Array:
@@ -91,6 +103,10 @@ class UDATask(semantic.SemanticTask):
       fda_beta, entropy_weight, entropy_eta: `fda`: the window, the entropy's weight and its
         Charbonnier exponent.
       ema_decay, pseudo_threshold: `dacs`: the teacher's decay and the confidence threshold.
+      mix_augment: `dacs`: colour-jitter and blur the mixed images (DACS's strong transform).
+      adain_alpha_min: `adain`: the trade-off alpha is drawn from U(adain_alpha_min, 1).
+      adain_styliser: `adain`: None (AdaIN on pixels, `pixel_adain`) or a trained
+        `AdaINStyliser` (`load_adain_styliser`).
       **semantic_kwargs: `SemanticTask`'s (loss, evaluation, pictures).
     """
 
@@ -99,7 +115,9 @@ class UDATask(semantic.SemanticTask):
     def __init__(self, *, method: str, target, crop_size: int, num_steps: int,
                  adv_weight: float = 0.001, disc_lr: float = 1e-4, disc_features: int = 64,
                  fda_beta: float = 0.01, entropy_weight: float = 0.005, entropy_eta: float = 2.0,
-                 ema_decay: float = 0.99, pseudo_threshold: float = 0.968, **semantic_kwargs):
+                 ema_decay: float = 0.99, pseudo_threshold: float = 0.968,
+                 mix_augment: bool = False, adain_alpha_min: float = 0.0, adain_styliser=None,
+                 **semantic_kwargs):
         super().__init__(**semantic_kwargs)
         if method not in METHODS:
             raise ValueError(f"config.uda.method={method!r} is not one of {METHODS}")
@@ -109,6 +127,10 @@ class UDATask(semantic.SemanticTask):
         self.fda_beta, self.entropy_weight = float(fda_beta), float(entropy_weight)
         self.entropy_eta = float(entropy_eta)
         self.ema_decay, self.pseudo_threshold = float(ema_decay), float(pseudo_threshold)
+        if not 0.0 <= float(adain_alpha_min) <= 1.0:
+            raise ValueError(f"config.uda.adain_alpha_min={adain_alpha_min} must be in [0, 1]")
+        self.mix_augment, self.adain_alpha_min = bool(mix_augment), float(adain_alpha_min)
+        self.adain_styliser = adain_styliser
         self.train_keys = ("image", "label") + (() if method == "source_only"
                                                  else ("target_image",))
         if method == "adversarial":
@@ -155,6 +177,8 @@ class UDATask(semantic.SemanticTask):
             styled = fda(_to_pixels(batch["image"]), _to_pixels(batch["target_image"]),
                          self.fda_beta)
             outputs = dict(apply(_normalised(styled)))
+        elif self.method == "adain":
+            outputs = dict(apply(self._stylised(batch, ctx)))
         else:
             outputs = dict(apply(batch["image"]))
         if self.method == "adversarial" or (self.method == "fda" and self.entropy_weight):
@@ -162,6 +186,15 @@ class UDATask(semantic.SemanticTask):
         if self.method == "dacs":
             outputs.update(self._dacs_mix(apply, batch, ctx))
         return outputs
+
+    def _stylised(self, batch, ctx):
+        """`adain`: the source images in their target images' styles, normalised (no gradient)."""
+        from segjax.style.style_randomization import draw_alphas, pixel_adain
+
+        alphas = draw_alphas(ctx.example_keys(batch["image"].shape[0]), self.adain_alpha_min)
+        styliser = pixel_adain if self.adain_styliser is None else self.adain_styliser
+        styled = styliser(_to_pixels(batch["image"]), _to_pixels(batch["target_image"]), alphas)
+        return jax.lax.stop_gradient(_normalised(styled))
 
     def _dacs_mix(self, apply, batch, ctx):
         """The student's logits on ClassMix images of (source, teacher-labelled target)."""
@@ -175,6 +208,12 @@ class UDATask(semantic.SemanticTask):
         image, label, mask = jax.vmap(lambda k, si, sl, ti, tl: classmix(
             k, si, sl, ti, tl, num_classes=self.num_classes, ignore_label=self.ignore_label))(
             keys, batch["image"], batch["label"], batch["target_image"], pseudo)
+        if self.mix_augment:
+            from segjax.style.dacs_augment import draw_strong_params, strong_augment
+
+            params = jax.vmap(lambda k: draw_strong_params(
+                jax.random.fold_in(k, AUGMENT_STREAM)))(keys)
+            image = _normalised(jax.vmap(strong_augment)(_to_pixels(image), params))
         return {MIX_LOGITS: apply(image)[LOGITS], MIX_LABEL: label,
                 MIX_WEIGHT: mix_pixel_weights(mask, weight), PSEUDO_WEIGHT: weight}
 
@@ -246,6 +285,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.uda.entropy_eta = 2.0  # fda: its Charbonnier exponent
     c.uda.ema_decay = 0.99  # dacs: the teacher's EMA decay (the cap of min(1 - 1/(t+1), .))
     c.uda.pseudo_threshold = 0.968  # dacs: confidence counted into the pseudo-label weight
+    c.uda.mix_augment = False  # dacs: jitter and blur the mixed images (the paper: True)
+    c.uda.adain_model = ""  # adain: "" (AdaIN on pixels) or an experiments.style adain --workdir
+    c.uda.adain_alpha_min = 0.0  # adain: alpha ~ U(adain_alpha_min, 1) per example
     return c
 
 
@@ -261,7 +303,8 @@ def check(config: ml_collections.ConfigDict) -> None:
 RANGES = {**semantic.RANGES, "uda.adv_weight": "[0, inf)", "uda.disc_lr": "(0, inf)",
           "uda.disc_features": "[1, inf)", "uda.fda_beta": "[0, 0.5]",
           "uda.entropy_weight": "[0, inf)", "uda.entropy_eta": "(0, inf)",
-          "uda.ema_decay": "[0, 1]", "uda.pseudo_threshold": "[0, 1]"}
+          "uda.ema_decay": "[0, 1]", "uda.pseudo_threshold": "[0, 1]",
+          "uda.adain_alpha_min": "[0, 1]"}
 
 
 @register("uda", defaults=defaults, check=check, ranges=RANGES)
@@ -289,6 +332,11 @@ def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> UDAT
             f"config.uda.target={u.target!r} has {target.info.num_classes} classes (ignore "
             f"{target.info.ignore_label}), the source {config.dataset.name!r} "
             f"{info.num_classes} (ignore {info.ignore_label}): domains must share the classes")
+    styliser = None
+    if u.method == "adain" and u.adain_model:
+        from segjax.style.style_randomization import load_adain_styliser
+
+        styliser = load_adain_styliser(u.adain_model)
     base = semantic.build(config, info, data_dir)
     kwargs = {k: getattr(base, k) for k in (
         "num_classes", "ignore_label", "loss_kind", "loss_kwargs", "aux_weight", "se_weight",
@@ -301,4 +349,6 @@ def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> UDAT
                    num_steps=num_steps, adv_weight=u.adv_weight, disc_lr=u.disc_lr,
                    disc_features=u.disc_features, fda_beta=u.fda_beta,
                    entropy_weight=u.entropy_weight, entropy_eta=u.entropy_eta,
-                   ema_decay=u.ema_decay, pseudo_threshold=u.pseudo_threshold, **kwargs)
+                   ema_decay=u.ema_decay, pseudo_threshold=u.pseudo_threshold,
+                   mix_augment=u.mix_augment, adain_alpha_min=u.adain_alpha_min,
+                   adain_styliser=styliser, **kwargs)

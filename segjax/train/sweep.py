@@ -166,7 +166,11 @@ def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
 # `config_run_dir`'s digest, so adding it does not orphan the cached runs; at any other value it
 # enters the digest as usual. Add an entry with each such option (its test proves the old
 # behaviour at that value).
-DIGEST_NEUTRAL: dict[str, Any] = {}
+DIGEST_NEUTRAL: dict[str, Any] = {
+    "uda.mix_augment": False,  # DACS's jitter and blur of the mixed images: off, as cached
+    "uda.adain_model": "",  # read by method "adain" only, which no cached run uses
+    "uda.adain_alpha_min": 0.0,  # likewise
+}
 
 
 def _without_neutral(tree: dict, prefix: str = "") -> dict:

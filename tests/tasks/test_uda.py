@@ -1,7 +1,7 @@
 """The uda task: each method's loss against a NumPy transcription of its paper's objective (the
-building blocks, FDA, ClassMix, the pseudo-labels, have their own tests in tests/style), the
-discriminator against a torch transcription of AdaptSegNet's, whole train steps on 4 devices
-equal to 1 device, and a run through the trainer with two streams."""
+building blocks, FDA, ClassMix, the pseudo-labels, AdaIN, DACS's jitter and blur, have their own
+tests in tests/style), the discriminator against a torch transcription of AdaptSegNet's, whole
+train steps on 4 devices equal to 1 device, and a run through the trainer with two streams."""
 
 import functools
 
@@ -18,7 +18,9 @@ from segjax.tasks import uda
 from segjax.tasks.base import StepContext
 from segjax.train import optim, parallel, steps
 from segjax.train.state import create_train_state, init_variables
+from segjax.style.dacs_augment import draw_strong_params
 from tests.style.test_classmix import dacs_class_mask, dacs_mix
+from tests.style.test_dacs_augment import torch_dacs_blur, torch_jitter
 from tests.style.test_fda import reference as fda_reference
 from tests.train.test_device_invariance import assert_same_run
 from tests.train.test_parallel import rel_diff
@@ -135,6 +137,76 @@ def test_dacs_mixes_with_the_teachers_confident_pseudo_labels(setup):
     np.testing.assert_allclose(got, want, rtol=2e-4)
 
 
+def example_key(i):
+    """The key of the example at global position i (ctx.example_keys)."""
+    return jax.random.fold_in(RNG, i)
+
+
+def pixels(x):
+    return x * IMAGE_STD + IMAGE_MEAN
+
+
+def normalised(x):
+    return (x - IMAGE_MEAN) / IMAGE_STD
+
+
+def test_adain_trains_on_the_source_in_its_targets_channel_statistics(setup):
+    """Pixel AdaIN with alpha ~ U(0.3, 1) per example: the model sees the formula's images."""
+    model, variables, batches = setup
+    b = batches[0]
+    task = make_task("adain", adain_alpha_min=0.3)
+    got, _, seen = loss_of(task, model, variables, b, None)
+    alphas = np.array([jax.random.uniform(example_key(i), (), jnp.float32, 0.3, 1.0) for i in range(8)])
+    assert alphas.min() >= 0.3 and np.ptp(alphas) > 0.2
+    src, tgt = pixels(b["image"]).astype(np.float64), pixels(b["target_image"]).astype(np.float64)
+    mean = lambda x: x.mean((1, 2), keepdims=True)
+    std = lambda x: np.sqrt(x.var((1, 2), ddof=1, keepdims=True) + 1e-5)
+    a = alphas[:, None, None, None]
+    styled = np.clip(a * ((src - mean(src)) / std(src) * std(tgt) + mean(tgt)) + (1 - a) * src, 0, 255)
+    np.testing.assert_allclose(seen[0], normalised(styled), atol=2e-4)
+    assert len(seen) == 1  # the styled source only
+    loss, valid = ce(logits_of(model, variables, normalised(styled)), b["label"])
+    np.testing.assert_allclose(got, loss.sum() / valid.sum(), rtol=2e-4)
+
+
+def test_dacs_mix_augment_jitters_and_blurs_the_mixed_images(setup):
+    """With mix_augment the student sees DACS's strong transform (torch transcription of kornia's
+    jitter and DACS's blur) of the ClassMix images, each example with its parameters drawn from
+    fold_in(its ClassMix key, 1); without it, the mixed images themselves (the test above).
+    (The forward pass is jitted: one compile instead of hundreds of eager ones.)"""
+    model, variables, batches = setup
+    b = batches[0]
+    task = make_task("dacs", pseudo_threshold=0.5, mix_augment=True)
+    ctx = StepContext(rng=RNG, task_state={"teacher": variables, "step": jnp.zeros((), jnp.int32)},
+                      apply_fn=model.apply)
+
+    def model_inputs(batch):
+        seen = []
+        task.train_forward(lambda x: seen.append(x) or model.apply(variables, x, train=False),
+                           batch, ctx)
+        return seen
+
+    source, mixed = (np.asarray(x) for x in jax.jit(model_inputs)(b))
+    np.testing.assert_array_equal(source, b["image"])  # the source images are not augmented
+    keys = jax.vmap(example_key)(jnp.arange(8))
+    chosen = np.asarray(jax.jit(jax.vmap(lambda k, y: select_classes(k, y, K, ignore_label=IGNORE)))(
+        keys, b["label"]))
+    params = jax.tree.map(np.asarray, jax.jit(jax.vmap(
+        lambda k: draw_strong_params(jax.random.fold_in(k, 1))))(keys))
+    for i in range(8):
+        values = [c for c in range(K) if chosen[i, c]] + ([IGNORE] if chosen[i, K] else [])
+        image = dacs_mix(dacs_class_mask(b["label"][i], values), b["image"][i], b["target_image"][i])
+        p = {k: v[i] for k, v in params.items()}
+        want = torch.tensor(pixels(image)[None], dtype=torch.float64).permute(0, 3, 1, 2)
+        if p["jitter"]:
+            want = torch_jitter(want / 255, float(p["brightness"]), float(p["contrast"]),
+                                float(p["saturation"]), float(p["hue"]), p["order"].tolist()) * 255
+        if p["blur"]:
+            want = torch_dacs_blur(want, float(p["sigma"]))
+        np.testing.assert_allclose(mixed[i], normalised(want[0].permute(1, 2, 0).numpy()), atol=5e-4)
+    assert 0 < params["jitter"].sum() < 8 and 0 < params["blur"].sum() < 8  # both branches occur
+
+
 def test_discriminator_equals_adaptsegnets(np_rng):
     probs = np_rng.random((2, 37, 45, K)).astype(np.float32)
     disc = FCDiscriminator(features=4)
@@ -175,15 +247,20 @@ def run(mode, state, batches, task):
     return (state if get is None else get(state)), history
 
 
-@pytest.mark.parametrize("method,mode", [("dacs", "pmap"), ("adversarial", "pmap"),
-                                         ("dacs", "mesh")])
-def test_four_devices_equal_one_device(setup, method, mode):
+@pytest.mark.parametrize("method,mode,options", [
+    ("dacs", "pmap", {"mix_augment": True}), ("adversarial", "pmap", {}), ("dacs", "mesh", {}),
+    ("adain", "pmap", {"adain_alpha_min": 0.3})])
+def test_four_devices_equal_one_device(setup, method, mode, options):
+    """(DACS with mix_augment on pmap, where each device's share has its own example offset;
+    the default DACS on the mesh; AdaIN's per-example alphas on pmap.)"""
     model, variables, batches = setup
-    task = make_task(method, pseudo_threshold=0.5)
+    task = make_task(method, pseudo_threshold=0.5, **options)
     state = train_state(model, variables, task)
     ref = run("one", state, batches, task)
     got = run(mode, state, batches, task)
     assert_same_run(got, ref, param_atol=1e-7)
+    if method == "adain":  # keeps no task state
+        return
     key = "teacher" if method == "dacs" else "disc"
     assert rel_diff(ref[0].task_state[key], state.task_state[key]) > 1e-3  # it moved
     assert rel_diff(got[0].task_state[key], ref[0].task_state[key]) < 1e-5
@@ -203,6 +280,8 @@ def test_config_names_the_target_and_a_known_method():
     c.uda.method, c.uda.target = "dacs", ""
     with pytest.raises(ValueError, match="uda.target"):
         uda.build(c, None, None)
+    with pytest.raises(ValueError, match="uda.adain_alpha_min"):
+        make_task("adain", adain_alpha_min=1.5)
 
 
 @pytest.mark.slow
