@@ -160,7 +160,8 @@ def test_uda_rows_predict_through_the_task_seam(tmp_path, monkeypatch):
     rows = adaptation.uda_rows(str(tmp_path))
     assert list(rows["targets"]) == ["restyled"] and rows["missing_targets"] == ["illumination", "noise"]
     row = rows["targets"]["restyled"]
-    assert row["missing"] == ["photometric", "fda", "adversarial", "target_oracle"]
+    assert row["missing"] == ["photometric", "fda", "adversarial", "adain",
+                              "target_oracle"]
     example = generate({c.name: c for c in BUILDER_CONFIGS}["restyled"], "validation", rows["index"])
     assert all(np.array_equal(image, example["image"]) for image in seen) and len(seen) == 2
     label = example["label"][..., 0]

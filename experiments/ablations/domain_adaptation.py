@@ -5,8 +5,10 @@ Every part trains `experiments/configs/uda.py:shapes` (DeepLab v3+ ResNet-18 at 
 crops, batch 16, 300 steps) with `synthetic_shapes/clean`'s labels and the target domain's
 unlabelled training images, and scores the target's validation labels. The arms: source only,
 source only with photometric jitter (the augmentation baseline), FDA (beta 0.01 plus the robust
-entropy), AdaptSegNet's output-space adversarial training (single level) and DACS (ClassMix with
-an EMA teacher's pseudo-labels), each with its paper's defaults (`segjax.tasks.uda`), and the
+entropy), AdaptSegNet's output-space adversarial training (single level), DACS (ClassMix with
+an EMA teacher's pseudo-labels), AdaIN style randomisation (each source image takes the colour
+statistics of a target image, at a random trade-off: AdaIN on the pixels, since the CPU study has
+no trained AdaIN decoder), each with its paper's defaults (`segjax.tasks.uda`), and the
 target oracle (trained with the target's labels instead of clean's: the upper bound). Paired
 differences are against source only, seed by seed.
 """
@@ -15,7 +17,8 @@ from experiments.ablations import Part, Study
 
 # The arms trained with clean's labels: (uda.method, dataset.photometric) -> arm name.
 ARMS = {("source_only", False): "source_only", ("source_only", True): "photometric",
-        ("fda", False): "fda", ("adversarial", False): "adversarial", ("dacs", False): "dacs"}
+        ("fda", False): "fda", ("adversarial", False): "adversarial", ("dacs", False): "dacs",
+        ("adain", False): "adain"}
 SOURCE = "synthetic_shapes/clean"
 
 

@@ -26,7 +26,8 @@ FDA_TARGET = ("restyled", 1)  # another scene: only the style should carry over
 SPECTRUM_CROP = 32  # the spectra are drawn within +-32 frequencies of the centre
 UDA_TARGETS = ("restyled", "illumination", "noise")
 UDA_ARMS = {"source_only": "source only", "photometric": "photometric", "fda": "FDA",
-            "adversarial": "AdaptSegNet", "dacs": "DACS", "target_oracle": "target oracle"}
+            "adversarial": "AdaptSegNet", "dacs": "DACS", "adain": "AdaIN (pixels)",
+            "target_oracle": "target oracle"}
 UDA_MIN_CLASSES = 3  # the shown validation scene is the first with this many object classes
 
 
