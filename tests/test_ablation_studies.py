@@ -97,3 +97,38 @@ def test_part_command_is_a_valid_ablate_command():
     assert cmd.startswith("python -m experiments.ablate --base=experiments/configs/shapes_ablation.py:unet")
     assert "--config.dataset.num_train_examples=128" in cmd
     assert "'--sweep=dataset.min_scale,dataset.max_scale=(1.0,1.0),(0.5,2.0)'" in cmd
+
+
+def test_domain_adaptation_summary_matches_scipy(tmp_path):
+    """The study's summary of finished runs (found at the real digests): each arm's mean and
+    Student-t CI and the paired difference against source only equal scipy's, seed by seed;
+    unfinished runs are left out."""
+    import json
+
+    import numpy as np
+    from scipy import stats as sps
+
+    from experiments.ablations import domain_adaptation as da
+
+    values = {"source_only": [0.31, 0.42, 0.37], "fda": [0.40, 0.47, 0.45]}
+    for seed in range(3):
+        dirs = da.run_dirs(str(tmp_path), seed)
+        for arm, vs in values.items():
+            os.makedirs(dirs["restyled", arm])
+            with open(os.path.join(dirs["restyled", arm], "result.json"), "w") as f:
+                json.dump({"final": {"validation": {"miou": vs[seed]}}}, f)
+        os.makedirs(dirs["restyled", "dacs"])  # unfinished: no result.json
+    text = da.summary(str(tmp_path), figure=str(tmp_path / "f.png"))
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"arm", "source only",
+                         "FDA (β 0.01, entropy)"}
+    fda, src = np.array(values["fda"]), np.array(values["source_only"])
+    lo, hi = sps.t.interval(0.95, 2, loc=fda.mean(), scale=sps.sem(fda))
+    assert f"{fda.mean():.3f} ± {fda.std(ddof=1):.3f} | [{lo:.3f}, {hi:.3f}]" in rows[
+        "FDA (β 0.01, entropy)"]
+    d = fda - src
+    dlo, dhi = sps.t.interval(0.95, 2, loc=d.mean(), scale=sps.sem(d))
+    p = sps.ttest_rel(fda, src).pvalue
+    assert rows["FDA (β 0.01, entropy)"].endswith(
+        f"{d.mean():+.3f} [{dlo:+.3f}, {dhi:+.3f}] | {p:.3f} |")
+    assert os.path.getsize(tmp_path / "f.png") > 0
