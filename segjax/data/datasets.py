@@ -373,11 +373,13 @@ def _gta5() -> DatasetInfo:
     """GTA5 with Cityscapes' 19 classes: the `cityscapes` entry's names, colours and table."""
     return dataclasses.replace(
         _cityscapes(), name="gta5", tfds_name="gta5", image_key="image",
-        label_key="segmentation_mask", eval_split="official_val",
+        label_key="segmentation_mask",
         builder_module="segjax.data.builders.gta5",
         notes="GTA5 (Playing for Data) from the manual directory; its labels are Cityscapes "
               "labelIds, mapped as `cityscapes` maps them. `train` = all 24,966 frames (the UDA "
-              "papers' source); official_train/_val/_test only when split.mat is present.")
+              "papers' source); `validation` = 2 % of them by a hash of the id (a subset of train); "
+              "official_train/_val/_test (Richter et al.'s split) only when split.mat is "
+              "present.")
 
 
 def _make_registry() -> dict[str, Any]:

@@ -3,6 +3,7 @@ palette PNGs whose indices are Cityscapes labelIds, `split.mat` as scipy writes 
 raw labelIds stored, train ids read back through the registry equal to a NumPy mapping written
 out here (AdaptSegNet's `id_to_trainid`), a size-mismatched pair's label resized as torch's
 `interpolate(mode="nearest-exact")` resizes it, and malformed releases stopping with the file's name."""
+import hashlib
 import os
 import time
 
@@ -82,7 +83,8 @@ def release(tmp_path_factory):
 def test_raw_label_ids_and_official_splits(release):
     root, written = release
     info = get_dataset_info("gta5")
-    want = {"train": IDS, "official_train": ["00001", "00002", "00008"],
+    order = sorted(IDS, key=lambda i: hashlib.sha256(("gta5:" + i).encode()).hexdigest())
+    want = {"train": IDS, "validation": order[:1], "official_train": ["00001", "00002", "00008"],
             "official_val": ["00005"], "official_test": ["00003", "00013"]}
     for split, ids in want.items():
         source = _builder(info, os.path.join(root, "tfds")).as_data_source(split)
@@ -114,6 +116,13 @@ def test_train_ids_through_the_registry_equal_the_numpy_mapping(release):
     info = get_dataset_info("gta5")
     assert info.class_names == cityscapes.class_names and info.num_classes == 19
     np.testing.assert_array_equal(info.palette, cityscapes.palette)
+
+
+def test_validation_rule_by_hash_of_the_id():
+    """The documented rule written out: 2 % of the frames (rounded up), by sha256('gta5:' + id)."""
+    ids = [f"{k:05d}" for k in range(1, 24967)]
+    order = sorted(ids, key=lambda i: hashlib.sha256(("gta5:" + i).encode()).hexdigest())
+    assert gta5.validation_ids(reversed(ids)) == order[:500]
 
 
 def test_missing_release_fails_at_once_with_instructions(tmp_path):

@@ -17,8 +17,12 @@ the 19 Cityscapes train ids with the `cityscapes` entry's own table (AdaptSegNet
 DACS's `id_to_trainid`: 7 -> 0 road, ..., 33 -> 18 bicycle, every other id -> ignore 255).
 
 Splits: `train` is every frame found (24,966 in the full release), as the UDA papers train on
-all of them. With `split.mat` present, `official_train`, `official_val` and `official_test`
-hold Richter et al.'s split (frames that the folder lacks fail the build by name).
+all of them. `validation` is 2 % of them (500 of 24,966; `validation_ids`: the ids sorted by
+`sha256("gta5:" + id)`, the first ceil(n / 50)), a subset of `train`: the trainer opens the
+source's eval split, which shares its name with Cityscapes' (`validation`), though the uda task
+scores only the target. With `split.mat` present, `official_train`, `official_val` and
+`official_test` hold Richter et al.'s split (frames that the folder lacks fail the build by
+name).
 
 Known fault of the release: a few frames' label PNGs differ in size from their image. The UDA
 loaders resize each image (bicubic) and each label (nearest) to 1280x720 independently, and
@@ -35,6 +39,7 @@ frame twice or one that is not there stops the build naming the file. Nothing is
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -92,6 +97,13 @@ def frame_files(root: str) -> dict[str, tuple[str, str]]:
         raise ValueError(f"{images_dir} holds no NNNNN.png frame; is it GTA5's images/ folder?")
     return {i: (os.path.join(images_dir, f"{i}.png"), os.path.join(labels_dir, f"{i}.png"))
             for i in sorted(images)}
+
+
+def validation_ids(ids) -> list[str]:
+    """The `validation` frames of `ids` (module docstring): sorted by `sha256("gta5:" + id)`,
+    the first ceil(len / 50)."""
+    order = sorted(ids, key=lambda i: hashlib.sha256(f"gta5:{i}".encode()).hexdigest())
+    return order[:-(-len(order) // 50)]
 
 
 def read_split_ids(path: str, frames) -> dict[str, list[str]]:
@@ -166,7 +178,8 @@ class GTA5(LocalCodePath, tfds.core.GeneratorBasedBuilder):
 
     name = "gta5"
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "train (all frames); official_* from split.mat when present."}
+    RELEASE_NOTES = {"1.0.0": "train (all frames), validation (2 % of them); official_train, "
+                                "official_val, official_test from split.mat when present."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -185,7 +198,7 @@ class GTA5(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = find_root(manual_dir_of(dl_manager))
         frames = frame_files(root)
-        splits = {"train": list(frames)}
+        splits = {"train": list(frames), "validation": validation_ids(frames)}
         split_mat = os.path.join(root, "split.mat")
         if os.path.isfile(split_mat):
             splits.update(read_split_ids(split_mat, frames))
