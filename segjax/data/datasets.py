@@ -376,10 +376,10 @@ def _gta5() -> DatasetInfo:
         label_key="segmentation_mask",
         builder_module="segjax.data.builders.gta5",
         notes="GTA5 (Playing for Data) from the manual directory; its labels are Cityscapes "
-              "labelIds, mapped as `cityscapes` maps them. `train` = all 24,966 frames (the UDA "
-              "papers' source); `validation` = 2 % of them by a hash of the id (a subset of train); "
-              "official_train/_val/_test (Richter et al.'s split) only when split.mat is "
-              "present.")
+              "labelIds, mapped as `cityscapes` maps them. `train` = all 24,966 frames (the "
+              "UDA papers' source); `validation` = 2 % of them by a hash of the id (a subset of "
+              "train); official_train/_val/_test (Richter et al.'s split) only when split.mat "
+              "is present.")
 
 
 def _make_registry() -> dict[str, Any]:

@@ -2,7 +2,8 @@
 palette PNGs whose indices are Cityscapes labelIds, `split.mat` as scipy writes MATLAB files):
 raw labelIds stored, train ids read back through the registry equal to a NumPy mapping written
 out here (AdaptSegNet's `id_to_trainid`), a size-mismatched pair's label resized as torch's
-`interpolate(mode="nearest-exact")` resizes it, and malformed releases stopping with the file's name."""
+`interpolate(mode="nearest-exact")` resizes it, and malformed releases stopping with the file's
+name."""
 import hashlib
 import os
 import time
@@ -195,4 +196,26 @@ def test_any_label_is_read_exactly_or_refused_by_name(tmp_path_factory, values, 
     else:
         with pytest.raises(ValueError, match="GTA5 label") as e:
             gta5.read_label(path, image_hw)
+        assert path in str(e.value)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.sampled_from([1.0, 2.0, 3.0, 8.0, 2.0, 7.0, 2.5, -1.0, float("nan"),
+                                 float("inf"), 1e12]), min_size=1, max_size=4))
+def test_any_split_file_is_read_exactly_or_refused_by_name(tmp_path_factory, val_numbers):
+    """A generated `valIds` (sometimes a duplicate of a train frame, an absent frame, a
+    fraction, NaN, inf or a huge number): the frame ids, or ValueError naming the file."""
+    path = str(tmp_path_factory.mktemp("hyp") / "split.mat")
+    frames = {"00001", "00002", "00003", "00008"}
+    scipy.io.savemat(path, {"trainIds": [[1]], "valIds": np.array(val_numbers)[:, None],
+                            "testIds": [[3]]})
+    ids = [f"{int(n):05d}" if np.isfinite(n) and n == int(n) else None for n in val_numbers]
+    ok = None not in ids and len(set(ids)) == len(ids) and set(ids) <= frames - {"00001",
+                                                                                 "00003"}
+    if ok:
+        assert gta5.read_split_ids(path, frames) == {
+            "official_train": ["00001"], "official_val": ids, "official_test": ["00003"]}
+    else:
+        with pytest.raises(ValueError, match="GTA5 split file") as e:
+            gta5.read_split_ids(path, frames)
         assert path in str(e.value)

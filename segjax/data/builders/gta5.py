@@ -123,7 +123,8 @@ def read_split_ids(path: str, frames) -> dict[str, list[str]]:
             raise ValueError(f"GTA5 split file {path} has no {key!r} (keys: "
                              f"{sorted(k for k in mat if not k.startswith('__'))})")
         numbers = np.asarray(mat[key]).ravel()
-        if numbers.dtype.kind not in "uif" or np.any(numbers != np.round(numbers)):
+        if numbers.dtype.kind not in "uif" or not np.all(np.isfinite(numbers)) or np.any(
+                numbers != np.round(numbers)):
             raise ValueError(f"GTA5 split file {path}: {key} does not hold frame numbers")
         ids = [f"{int(n):05d}" for n in numbers]
         for i in ids:
