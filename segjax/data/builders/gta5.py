@@ -57,11 +57,12 @@ SPLIT_KEYS = {"official_train": "trainIds", "official_val": "valIds",
               "official_test": "testIds"}
 
 INSTRUCTIONS = f"""\
-GTA5 is not prepared yet. Download the ten image parts (01_images.zip ... 10_images.zip)
-and the ten label parts (01_labels.zip ... 10_labels.zip) from {HOMEPAGE}, unpack them all into
-one folder of the manual directory, so that <manual_dir>/gta5/images/00001.png and
-<manual_dir>/gta5/labels/00001.png exist (optionally add split.mat from the site's code package
-for the official train/val/test split), then build with
+GTA5 is not prepared yet. Download the ten image parts (01_images.zip ... 10_images.zip) and
+the ten label parts (01_labels.zip ... 10_labels.zip) from
+  {HOMEPAGE}
+and unpack them all into one folder of the manual directory, so that
+<manual_dir>/gta5/images/00001.png and <manual_dir>/gta5/labels/00001.png exist (optionally add
+split.mat from the site's code package for the official train/val/test split), then build with
   python -m segjax.data prepare gta5 --data_dir=DATA_DIR --manual_dir=MANUAL_DIR"""
 
 
@@ -74,7 +75,7 @@ def find_root(manual_dir: str) -> str:
             return root
     raise FileNotFoundError(f"Missing the GTA5 release in {manual_dir!r} (no images/ and "
                             "labels/ folders there or in gta5/).\n"
-                            + INSTRUCTIONS.replace("<manual_dir>", manual_dir, 1))
+                            + INSTRUCTIONS.replace("<manual_dir>", manual_dir))
 
 
 def _frames(folder: str) -> set[str]:
