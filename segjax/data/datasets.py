@@ -4,7 +4,8 @@
 the ignore label, which feature holds the image and the mask, and how raw mask values map to
 training class ids. Names: `voc2012` (splits `train`, `val`, `train_aug`), `pascal_context`
 (60 classes incl. background) and `pascal_context59` (background ignored), `synthetic_shapes`
-and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `camvid` (facts only: segjax
+and `synthetic_shapes/<config>`, `oxford_iiit_pet`, `cityscapes`, `gta5` (GTA5 from its manual
+directory, Cityscapes' 19 classes), `camvid` (facts only: segjax
 has no CamVid builder, see its notes), `scene_parse150`, `coco2017`
 (manual directory, splits `train`/`validation`, 91 classes), `coco_instances` (the
 COCO-format tree under `$SEGJAX_COCO_ROOT`; `coco_instances_info(root)` for any other),
@@ -357,6 +358,30 @@ def _pascal_context(background: bool) -> DatasetInfo:
                        **common)
 
 
+def _cityscapes() -> DatasetInfo:
+    return DatasetInfo(
+        name="cityscapes", tfds_name="cityscapes/semantic_segmentation", num_classes=19,
+        ignore_label=255, class_names=tuple(n for _, n, _ in _CITYSCAPES),
+        palette=np.array([c for _, _, c in _CITYSCAPES], np.uint8),
+        label_map=_table({raw: k for k, (raw, _, _) in enumerate(_CITYSCAPES)}, 255),
+        image_key="image_left", label_key="segmentation_label",
+        notes="labelIds 0..33: the 19 evaluated classes -> train ids 0..18, all others "
+              "(incl. void, license plate) -> ignore 255.")
+
+
+def _gta5() -> DatasetInfo:
+    """GTA5 with Cityscapes' 19 classes: the `cityscapes` entry's names, colours and table."""
+    return dataclasses.replace(
+        _cityscapes(), name="gta5", tfds_name="gta5", image_key="image",
+        label_key="segmentation_mask",
+        builder_module="segjax.data.builders.gta5",
+        notes="GTA5 (Playing for Data) from the manual directory; its labels are Cityscapes "
+              "labelIds, mapped as `cityscapes` maps them. `train` = all 24,966 frames (the "
+              "UDA papers' source); `validation` = 2 % of them by a hash of the id (a subset of "
+              "train); official_train/_val/_test (Richter et al.'s split) only when split.mat "
+              "is present.")
+
+
 def _make_registry() -> dict[str, Any]:
     pet_notes = ("Trimap 1 (pet) -> class 1 'pet', 2 (background) -> class 0, 3 (border, "
                  "'not classified') -> ignore 255; any other value is invalid.")
@@ -391,14 +416,8 @@ def _make_registry() -> dict[str, Any]:
             palette=np.array([[0, 0, 0], [128, 0, 0]], np.uint8),
             label_map=_table({1: 1, 2: 0, 3: 255}, -1), id_key="file_name", eval_split="test",
             notes=pet_notes),
-        "cityscapes": lambda: DatasetInfo(
-            name="cityscapes", tfds_name="cityscapes/semantic_segmentation", num_classes=19,
-            ignore_label=255, class_names=tuple(n for _, n, _ in _CITYSCAPES),
-            palette=np.array([c for _, _, c in _CITYSCAPES], np.uint8),
-            label_map=_table({raw: k for k, (raw, _, _) in enumerate(_CITYSCAPES)}, 255),
-            image_key="image_left", label_key="segmentation_label",
-            notes="labelIds 0..33: the 19 evaluated classes -> train ids 0..18, all others "
-                  "(incl. void, license plate) -> ignore 255."),
+        "cityscapes": _cityscapes,
+        "gta5": _gta5,
         "camvid": lambda: DatasetInfo(
             name="camvid", tfds_name="camvid", num_classes=11, ignore_label=255,
             class_names=tuple(n for n, _ in _CAMVID), palette=np.array([c for _, c in _CAMVID], np.uint8),

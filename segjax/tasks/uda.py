@@ -95,7 +95,7 @@ class UDATask(semantic.SemanticTask):
     Args:
       method: one of METHODS.
       target: the target domain's `DataStreams` (its train split for images, its eval split
-        for scoring).
+        for scoring), or a function making them on first use.
       crop_size: the training crop (the discriminator is initialised for it).
       num_steps: training steps (the discriminator's learning-rate schedule).
       adv_weight, disc_lr, disc_features: `adversarial`: the weight of the segmenter's
@@ -121,7 +121,7 @@ class UDATask(semantic.SemanticTask):
         super().__init__(**semantic_kwargs)
         if method not in METHODS:
             raise ValueError(f"config.uda.method={method!r} is not one of {METHODS}")
-        self.method, self.target = method, target
+        self.method, self._target = method, target
         self.crop_size, self.num_steps = int(crop_size), int(num_steps)
         self.adv_weight, self.disc_lr = float(adv_weight), float(disc_lr)
         self.fda_beta, self.entropy_weight = float(fda_beta), float(entropy_weight)
@@ -141,6 +141,13 @@ class UDATask(semantic.SemanticTask):
             self.disc_tx = optax.adam(schedule, b1=0.9, b2=0.99)
 
     # --------------------------------------------------------------------------- the streams
+
+    @property
+    def target(self):
+        """The target's `DataStreams` (made on first use when given as a function)."""
+        if callable(self._target):
+            self._target = self._target()
+        return self._target
 
     def train_batches(self, data, *, batch_size: int, seed: int, start_step: int):
         """Source batches (`data`) with the target's images added as `"target_image"`."""
@@ -312,6 +319,7 @@ def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> UDAT
     """The UDA task of a run: the semantic task of `config` plus `config.uda`'s target stream
     and method. The target must have the source's classes."""
     import copy
+    import functools
 
     from segjax.data import pipeline
     from segjax.train import config_utils
@@ -324,14 +332,18 @@ def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> UDAT
     target_ds = copy.deepcopy(config.dataset)
     with target_ds.unlocked():
         target_ds.name = u.target
-    target = pipeline.from_config(target_ds, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
-    if target.info.num_classes != info.num_classes or \
-            target.info.ignore_label != info.ignore_label:
+    target_info = pipeline.resolve(u.target)
+    if target_info.num_classes != info.num_classes or \
+            target_info.ignore_label != info.ignore_label:
         raise ValueError(
-            f"config.uda.target={u.target!r} has {target.info.num_classes} classes (ignore "
-            f"{target.info.ignore_label}), the source {config.dataset.name!r} "
+            f"config.uda.target={u.target!r} has {target_info.num_classes} classes (ignore "
+            f"{target_info.ignore_label}), the source {config.dataset.name!r} "
             f"{info.num_classes} (ignore {info.ignore_label}): domains must share the classes")
+    # The target's streams are opened (and the dataset prepared, or its instructions raised) on
+    # first use, so that a preset on data not here (GTA5 -> Cityscapes) builds and checks.
+    target = functools.partial(pipeline.from_config, target_ds,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
     styliser = None
     if u.method == "adain" and u.adain_model:
         from segjax.style.style_randomization import load_adain_styliser
@@ -342,9 +354,11 @@ def build(config: ml_collections.ConfigDict, info, data_dir: str | None) -> UDAT
         "num_classes", "ignore_label", "loss_kind", "loss_kwargs", "aux_weight", "se_weight",
         "scales", "flip", "window", "stride", "boundary_iou", "boundary_dilation_ratio",
         "class_names", "palette")}
-    source = pipeline.from_config(config.dataset)  # (epochs count source examples)
+    source_size = None  # only epochs count the source's examples
+    if config.get("num_train_steps") is None:
+        source_size = pipeline.from_config(config.dataset).num_train_examples
     num_steps = config_utils.get_steps(config, "num_train", batch_size=config.batch_size,
-                                       num_examples=source.num_train_examples)
+                                       num_examples=source_size)
     return UDATask(method=u.method, target=target, crop_size=config.dataset.crop_size,
                    num_steps=num_steps, adv_weight=u.adv_weight, disc_lr=u.disc_lr,
                    disc_features=u.disc_features, fda_beta=u.fda_beta,

@@ -5,6 +5,7 @@ dataset (segjax's or the user's) needs no line here; importing this package regi
 builders with TFDS for code that calls `tfds.builder(name)` directly.
 """
 from segjax.data.builders import coco_instances  # noqa: F401
+from segjax.data.builders import gta5  # noqa: F401
 from segjax.data.builders import msd  # noqa: F401
 from segjax.data.builders import pascal_context  # noqa: F401
 from segjax.data.builders import ph2  # noqa: F401
