@@ -12,8 +12,8 @@ Choose the method with `--config.uda.method` and the target with `--config.uda.t
 
 The papers' setting is GTA5 -> Cityscapes (19 classes, DeepLab v2 ResNet-101 from ImageNet,
 512x1024 crops of Cityscapes / 720x1280 of GTA5, batch 1, SGD lr 2.5e-4, 250k iterations):
-AdaptSegNet reports 41.4 mIoU single-level (Tsai et al., CVPR 2018, Table 1); segjax has no
-GTA5 builder yet, so that recipe is not a preset.
+AdaptSegNet reports 41.4 mIoU single-level (Tsai et al., CVPR 2018, Table 1); those recipes
+are the presets of `experiments/configs/uda_gta5.py` (source only, AdaptSegNet, FDA, DACS).
 """
 
 from __future__ import annotations
