@@ -136,6 +136,11 @@ class UDATask(semantic.SemanticTask):
         if method == "adversarial":
             from segjax.models.discriminator import FCDiscriminator
 
+            if self.crop_size < 32:  # five stride-2 convs: a crop under 32 leaves no output
+                raise ValueError(f"config.dataset.crop_size={crop_size} is too small for the "
+                                 "adversarial method: its discriminator halves the map five "
+                                 "times; use a crop of at least 32")
+
             self.discriminator = FCDiscriminator(features=disc_features)
             schedule = optax.polynomial_schedule(disc_lr, 0.0, 0.9, max(self.num_steps, 1))
             self.disc_tx = optax.adam(schedule, b1=0.9, b2=0.99)

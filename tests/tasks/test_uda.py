@@ -30,8 +30,8 @@ K, CROP = 3, 32
 RNG = jax.random.key(5)
 
 
-def make_task(method, **kwargs):
-    return uda.UDATask(method=method, target=None, crop_size=CROP, num_steps=10,
+def make_task(method, crop_size=CROP, **kwargs):
+    return uda.UDATask(method=method, target=None, crop_size=crop_size, num_steps=10,
                        num_classes=K, ignore_label=IGNORE, boundary_iou=False,
                        disc_features=4, **kwargs)
 
@@ -282,6 +282,8 @@ def test_config_names_the_target_and_a_known_method():
         uda.build(c, None, None)
     with pytest.raises(ValueError, match="uda.adain_alpha_min"):
         make_task("adain", adain_alpha_min=1.5)
+    with pytest.raises(ValueError, match="crop_size=16 .* at least 32"):
+        make_task("adversarial", crop_size=16)
 
 
 @pytest.mark.slow
