@@ -107,11 +107,12 @@ def open_image(path: str, what: str = "image file"):
     return im
 
 
-def semantic_features() -> "tfds.features.FeaturesDict":
-    """The features of a semantic segmentation builder: `image` (JPEG bytes kept as they are),
-    `segmentation_mask` uint8 `[H, W, 1]` (PNG) and `image_id`."""
+def semantic_features(image_format: str = "jpeg") -> "tfds.features.FeaturesDict":
+    """The features of a semantic segmentation builder: `image` (`image_format` bytes: "jpeg"
+    for releases in JPEG, kept as they are; "png" for lossless ones), `segmentation_mask` uint8
+    `[H, W, 1]` (PNG) and `image_id`."""
     return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
         "segmentation_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
         "image_id": tfds.features.Text(),
     })

@@ -47,7 +47,8 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data.builders._common import LocalCodePath, manual_dir_of, open_image
+from segjax.data.builders._common import (LocalCodePath, manual_dir_of, open_image,
+                                          semantic_features)
 from segjax.data.builders.voc2012_segmentation import mat_inflated_size, read_image_size
 
 HOMEPAGE = "https://download.visinf.tu-darmstadt.de/data/from_games/"
@@ -187,12 +188,7 @@ class GTA5(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-                "segmentation_mask": tfds.features.Image(shape=(None, None, 1),
-                                                         encoding_format="png"),
-                "image_id": tfds.features.Text(),
-            }),
+            features=semantic_features("png"),
             supervised_keys=("image", "segmentation_mask"),
             homepage=HOMEPAGE,
         )

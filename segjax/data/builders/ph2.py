@@ -36,7 +36,8 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data.builders._common import LocalCodePath, manual_dir_of, open_image
+from segjax.data.builders._common import (LocalCodePath, manual_dir_of, open_image,
+                                          semantic_features)
 
 HOMEPAGE = "https://www.fc.up.pt/addi/ph2%20database.html"
 IMAGES_DIR = "PH2 Dataset images"
@@ -162,12 +163,7 @@ class PH2(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-                "segmentation_mask": tfds.features.Image(shape=(None, None, 1),
-                                                         encoding_format="png"),
-                "image_id": tfds.features.Text(),
-            }),
+            features=semantic_features("png"),
             supervised_keys=("image", "segmentation_mask"),
             homepage=HOMEPAGE,
         )
