@@ -211,8 +211,10 @@ FIGURES: tuple[Figure, ...] = (
            "clean synthetic_shapes image takes a restyled image's low-frequency amplitude (its "
            "colours and lighting, not its scene) at beta 0.01, 0.05 and 0.09, with the spectra; "
            "(c) a segmenter trained on clean shapes, on restyled, unevenly lit and noisy shapes "
-           "(the domain shift), next to photometric jitter, FDA, AdaptSegNet and DACS: what each "
-           "adaptation wins back, or does not, on one image and on the whole target.",
+           "(the domain shift), next to photometric jitter, FDA, AdaptSegNet, DACS and AdaIN "
+           "style randomisation, and a model trained on the target's own labels (the upper "
+           "bound): what each adaptation wins back, or does not, on one image and on the whole "
+           "target.",
            data.style_adaptation, draw_adaptation.draw_adaptation, _adaptation_numbers,
            optional_runs=("style_gatys", "style_fast", "style_adain", "uda"),
            notes=_adaptation_notes),
