@@ -30,9 +30,7 @@ Presets (target mIoU the papers report on Cityscapes val, DeepLab v2 ResNet-101)
   Cityscapes resized to 1024x512, batch 1, SGD 2.5e-4 (x10 classifier) poly 0.9, weight decay
   5e-4, 150k iterations (early stop at 100k), no flips.
 * `dacs`: DACS (Tranheden et al., WACV 2021), EMA teacher 0.99, ClassMix, confidence 0.968,
-  plus its colour jitter and blur of the mixed images (`uda.mix_augment=True` where the uda task
-  declares that option; until it lands the preset cannot set it, and the config check would
-  refuse an undeclared key, so such a run trains without them): 52.14 (Table 1;
+  plus its colour jitter and blur of the mixed images (`uda.mix_augment=True`): 52.14 (Table 1;
   the authors' README: their released model peaked at 53.66 and ended at 53.04). Authors'
   recipe (`configs/configUDA.json`): 512x512 crops (GTA5 at 1280x720, Cityscapes at 1024x512),
   batch 2, SGD 2.5e-4 (x10 classifier) momentum 0.9 weight decay 5e-4 poly 0.9, 250k iterations,
@@ -109,6 +107,5 @@ def get_config(preset: str = "source_only") -> ml_collections.ConfigDict:
         c.uda.ema_decay = 0.99
         c.uda.pseudo_threshold = 0.968
         c.batch_size = 2
-        if "mix_augment" in c.uda:  # DACS's colour jitter and blur of the mixed images
-            c.uda.mix_augment = True
+        c.uda.mix_augment = True  # DACS's colour jitter and blur of the mixed images
     return c
