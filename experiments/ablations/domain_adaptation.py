@@ -53,26 +53,15 @@ STUDY = Study(
 
 def run_dirs(workdir: str, seed: int = 0) -> dict[tuple[str, str], str]:
     """{(target, arm): run directory} of every run of the study with `seed`, where
-    `python -m experiments.ablations --study=domain_adaptation --workdir=WORKDIR` trains it: each
-    run's config is rebuilt as the runner builds it (the part's base and overrides, the cell, the
-    seed) and placed by `sweep.config_run_dir` under WORKDIR/runs. A run has finished once its
+    `python -m experiments.ablations --study=domain_adaptation --workdir=WORKDIR` trains it
+    (`runner.run_dirs`: by the digest of each rebuilt config). A run has finished once its
     directory holds `result.json` (`sweep.RESULT_FILE`); the others may not exist yet."""
-    import os
-
-    from experiments.ablations.runner import load_base
-    from segjax.train import sweep
+    from experiments.ablations.runner import run_dirs as study_run_dirs
 
     out = {}
-    for part in STUDY.parts:
-        base = load_base(part.base)
-        for key, value in part.overrides.items():
-            sweep._set(base, key, value)
-        for cell in sweep.grid([sweep.parse_sweep(s) for s in part.sweeps]):
-            config = sweep.make_config(base, cell, seed)
-            method, photometric, source = cell[0][1]
-            arm = ARMS[method, photometric] if source == SOURCE else "target_oracle"
-            out[part.name, arm] = sweep.config_run_dir(
-                os.path.join(os.path.abspath(workdir), "runs"), config)
+    for (part, cell, _), run in study_run_dirs(STUDY, workdir, (seed,)).items():
+        method, photometric, source = cell[0][1]
+        out[part, ARMS[method, photometric] if source == SOURCE else "target_oracle"] = run
     return out
 
 

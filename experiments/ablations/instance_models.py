@@ -83,17 +83,10 @@ def run_speeds(run_dir: str) -> dict:
 
 def _run_dirs(workdir: str) -> dict:
     """{(part, dataset, seed): run directory} of every run of the study."""
-    from experiments.ablations.runner import load_base
-    from segjax.train import sweep
+    from experiments.ablations.runner import run_dirs
 
-    out = {}
-    for part in STUDY.parts:
-        base = load_base(part.base)
-        for cell in sweep.grid([sweep.parse_sweep(s) for s in part.sweeps]):
-            for seed in part.seeds:
-                out[part.name, cell[0][1], seed] = sweep.config_run_dir(
-                    os.path.join(workdir, "runs"), sweep.make_config(base, cell, seed))
-    return out
+    return {(part, cell[0][1], seed): run
+            for (part, cell, seed), run in run_dirs(STUDY, workdir).items()}
 
 
 def picture(workdir: str, dataset: str, seed: int = 0, images: int = 4) -> str:

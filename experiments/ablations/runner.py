@@ -59,6 +59,33 @@ def _metric_file(metric: str) -> str:
     return "results_" + re.sub(r"[^A-Za-z0-9]+", "_", metric).strip("_")
 
 
+def run_dirs(study: ablations.Study, workdir: str, seeds=None) -> dict:
+    """{(part name, cell, seed): run directory} of every run `run_study(study, workdir)` trains
+    (with `seeds` overriding the parts' seeds, as there): each config rebuilt as `run_study`
+    builds it (base, the part's overrides, the cell, the seed) and placed by
+    `sweep.config_run_dir` under `workdir/runs`. The directories need not exist yet; a finished
+    run holds `sweep.RESULT_FILE`. For readers of a study's runs (tables, figures)."""
+    from segjax.train import sweep
+
+    study_dir = os.path.join(os.path.abspath(workdir), study.name)
+    runs_root = os.path.join(os.path.abspath(workdir), "runs")
+    finished: dict[str, str] = {}
+    resolve = _resolver(study_dir, finished)
+    out = {}
+    for part in study.parts:
+        part_seeds = tuple(seeds) if seeds else part.seeds
+        base = load_base(part.base)
+        for key, value in part.overrides.items():
+            sweep._set(base, key, resolve(value))
+        cells = sweep.grid([sweep.parse_sweep(s) for s in part.sweeps])
+        for cell in cells:
+            for seed in part_seeds:
+                out[part.name, cell, seed] = sweep.config_run_dir(
+                    runs_root, sweep.make_config(base, cell, seed, resolve=resolve))
+        finished[part.name] = out[part.name, cells[0], part_seeds[0]]
+    return out
+
+
 def run_study(study: ablations.Study, workdir: str, *, train_fn, seeds=None,
               log=print) -> str:
     """Trains every part of `study` under `workdir/<study>` and writes the reports.
