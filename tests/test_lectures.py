@@ -289,7 +289,7 @@ def test_difficulty_uses_each_builder_config(monkeypatch):
     names = [c[0][0].name for c in calls]
     assert set(names) == {"clean", *synthetic_shapes.FACTORS}
     assert list(d["factors"]) == ["clean", *synthetic_shapes.FACTORS]
-    ex = synthetic_shapes.generate(data._builder_config("occlusion"), "train", d["index"])
+    ex = synthetic_shapes.generate(data.shapes_config("occlusion"), "train", d["index"])
     np.testing.assert_array_equal(d["factors"]["occlusion"]["image"], ex["image"])
 
 
@@ -306,7 +306,7 @@ def test_difficulty_numbers(command_output):
     counts = numbers["8"]["class_counts"]
     assert counts["imbalance"][0] > counts["imbalance"][-1]  # circles common, crosses rare
     assert sum(counts["clean"]) == sum(
-        len(synthetic_shapes.generate(data._builder_config("clean"), "train", i)["classes"])
+        len(synthetic_shapes.generate(data.shapes_config("clean"), "train", i)["classes"])
         for i in range(numbers["8"]["class_count_images"]))
 
 

@@ -28,10 +28,10 @@ them directly.
 """
 
 from segjax.lectures.data._common import (DECK_INPUT, DECK_KERNEL, DECK_OUTPUT_GRADIENT,
-                                          to_json)
+                                          shapes_config, to_json)
 from segjax.lectures.data.adaptation import STYLE_METHODS, style_adaptation, style_command
 from segjax.lectures.data.spatial3d import deep3d
-from segjax.lectures.data.difficulty import _builder_config, difficulty
+from segjax.lectures.data.difficulty import difficulty
 from segjax.lectures.data.dilation import (DEEPLAB_MODELS, RF_LAYERS, RF_RATES, conv_layers,
                                            deeplab_heads, dilation, extent, receptive_field)
 from segjax.lectures.data.metric_learning import has_triplet_loss, metric_learning
@@ -51,4 +51,4 @@ __all__ = ["DECK_INPUT", "DECK_KERNEL", "DECK_OUTPUT_GRADIENT", "DEEPLAB_MODELS"
            "fractionally_strided", "has_triplet_loss", "interpolation", "metric_learning",
            "patch_vs_fcn", "receptive_field", "roi_align_sampling", "roi_sampling_points",
            "sample_positions", "style_adaptation", "style_command", "tensormask",
-           "tensormask_windows", "to_json", "unpooling", "_builder_config"]
+           "tensormask_windows", "to_json", "unpooling", "shapes_config"]

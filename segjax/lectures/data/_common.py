@@ -47,3 +47,10 @@ def to_json(value: Any, digits: int = 4) -> Any:
     if isinstance(value, float):
         return int(value) if value.is_integer() else round(value, digits)
     return value
+
+
+def shapes_config(name: str):
+    """The `synthetic_shapes` builder config called `name` ("clean", "restyled", ...)."""
+    from segjax.data.builders.synthetic_shapes import BUILDER_CONFIGS
+
+    return next(c for c in BUILDER_CONFIGS if c.name == name)

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from segjax.lectures.data._common import shapes_config
+
 STYLE_METHODS = ("gatys", "fast", "adain")
 STYLE_PICTURES = ("astronaut", "gravel", 128)  # the docs' content, style and size
 FDA_BETAS = (0.01, 0.05, 0.09)  # the paper's multi-band ensemble
@@ -105,12 +107,6 @@ def style_row(runs: dict[str, str | None]) -> dict:
             "style_name": names[1], "methods": methods}
 
 
-def _shapes_config(name: str):
-    from segjax.data.builders.synthetic_shapes import BUILDER_CONFIGS
-
-    return next(c for c in BUILDER_CONFIGS if c.name == name)
-
-
 def log_amplitude(image: np.ndarray) -> np.ndarray:
     """The centred log-amplitude spectrum [H, W]: mean over channels of log(1 + |fftshift(FFT2)|)
     (inside FDA's window it is the target's exactly, every channel's amplitude being swapped)."""
@@ -129,7 +125,7 @@ def fda_row(betas=FDA_BETAS) -> dict:
     from segjax.data.builders.synthetic_shapes import generate
     from segjax.style.fda import fda
 
-    examples = {role: generate(_shapes_config(name), "validation", index)["image"]
+    examples = {role: generate(shapes_config(name), "validation", index)["image"]
                 for role, (name, index) in (("source", FDA_SOURCE), ("target", FDA_TARGET))}
     source = examples["source"].astype(np.float32)
     out = {"source": {"dataset": f"synthetic_shapes/{FDA_SOURCE[0]}", "index": FDA_SOURCE[1]},
@@ -165,7 +161,7 @@ def uda_index() -> int:
     """The validation scene shown in every target domain (the domains share the scenes)."""
     from segjax.data.builders.synthetic_shapes import generate
 
-    config = _shapes_config("clean")
+    config = shapes_config("clean")
     return next(i for i in range(config.num_validation)
                 if len(set(generate(config, "validation", i)["classes"].tolist())) >= UDA_MIN_CLASSES)
 
@@ -209,7 +205,7 @@ def uda_rows(study_dir: str, seed: int = 0) -> dict:
         if not finished:
             out["missing_targets"].append(target)
             continue
-        example = generate(_shapes_config(target), "validation", index)
+        example = generate(shapes_config(target), "validation", index)
         label = example["label"][..., 0].astype(np.int32)
         arms = {}
         for arm, run_dir in finished.items():

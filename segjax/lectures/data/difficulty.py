@@ -6,15 +6,11 @@ from typing import Any
 
 import numpy as np
 
+from segjax.lectures.data._common import shapes_config
+
 
 # --------------------------------------------------------------------------------------------
 # 8. Why segmentation is difficult
-
-
-def _builder_config(name: str):
-    from segjax.data.builders.synthetic_shapes import BUILDER_CONFIGS
-
-    return next(c for c in BUILDER_CONFIGS if c.name == name)
 
 
 def difficulty(min_objects: int = 3, class_count_images: int = 64) -> dict:
@@ -30,12 +26,12 @@ def difficulty(min_objects: int = 3, class_count_images: int = 64) -> dict:
     """
     from segjax.data.builders.synthetic_shapes import FACTORS, generate
 
-    clean_cfg = _builder_config("clean")
+    clean_cfg = shapes_config("clean")
     index = next(i for i in range(1000)
                  if len(generate(clean_cfg, "train", i)["classes"]) >= min_objects)
     examples = {"clean": generate(clean_cfg, "train", index)}
     for factor in FACTORS:
-        examples[factor] = generate(_builder_config(factor), "train", index)
+        examples[factor] = generate(shapes_config(factor), "train", index)
     out: dict[str, Any] = {"index": index, "split": "train", "factors": {}}
     clean_image = examples["clean"]["image"].astype(np.float64)
     for name, ex in examples.items():
@@ -47,7 +43,7 @@ def difficulty(min_objects: int = 3, class_count_images: int = 64) -> dict:
         }
     counts = {}
     for name in ("clean", "imbalance"):
-        cfg = _builder_config(name)
+        cfg = shapes_config(name)
         classes = np.concatenate([generate(cfg, "train", i)["classes"]
                                   for i in range(class_count_images)])
         counts[name] = np.bincount(classes, minlength=6)[1:]
