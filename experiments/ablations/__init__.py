@@ -24,7 +24,7 @@ import importlib
 from typing import Any, Mapping
 
 STUDIES = ("upsampling", "receptive_field", "class_imbalance", "augmentation", "difficulty",
-           "transfer", "instance_models", "model_zoo", "domain_adaptation")
+           "transfer", "instance_models", "model_zoo", "domain_adaptation", "oracle_ascent")
 
 
 @dataclasses.dataclass(frozen=True)
