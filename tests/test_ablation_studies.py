@@ -4,6 +4,7 @@ the study runner writes byte-identical reports (with a fake, deterministic train
 import json
 import os
 
+import numpy as np
 import pytest
 
 from experiments import ablations
@@ -32,14 +33,15 @@ def test_every_cell_of_every_study_builds_a_valid_config_and_model(name):
             config = sweep.make_config(base, cell, part.seeds[0], resolve=resolve)
             config_utils.check_config(config)
             info = build.dataset_info(config)
-            assert info.name.startswith("synthetic_shapes")
+            assert info.name.startswith(("synthetic_shapes", "synthetic_lesions"))  # generated, no download
             create_model(config.model.name, num_classes=info.num_classes,
                          **config_utils.model_overrides(config.model))
             semantic.loss_kwargs(config)
         for metric in part.metrics:  # every metric name parses against a plausible eval record
             record = {"val": {"miou": 0.5, "boundary_iou": 0.4, "pixel_accuracy": 0.9,
                               "mean_accuracy": 0.6, "iou_per_class": [0.1] * 6, "mask_ap": 0.5,
-                              "mask_ap50": 0.9, "mask_ap75": 0.6, "box_ap": 0.6}}
+                              "mask_ap50": 0.9, "mask_ap75": 0.6, "box_ap": 0.6,
+                              "spearman": 0.8, "mae": 0.1}}
             assert sweep.metric_value(record, metric) >= 0
 
 
@@ -131,4 +133,65 @@ def test_domain_adaptation_summary_matches_scipy(tmp_path):
     p = sps.ttest_rel(fda, src).pvalue
     assert rows["FDA (β 0.01, entropy)"].endswith(
         f"{d.mean():+.3f} [{dlo:+.3f}, {dhi:+.3f}] | {p:.3f} |")
+    assert os.path.getsize(tmp_path / "f.png") > 0
+
+
+def _report(heldout, ascent, curve):
+    best = int(np.argmax(curve))
+    return {"oracle": {"spearman": heldout},
+            "zeros": {"ascent_spearman": ascent, "dice_after": curve[best], "steps": best,
+                      "dice_last_step": curve[-1], "dice_per_step": curve,
+                      "quality_per_step": [0.2 + 0.005 * i for i in range(len(curve))]}}
+
+
+def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(tmp_path,
+                                                                               monkeypatch):
+    """`refine` runs `experiments.oracle_refine` (the part's steps, from the run) only on finished
+    oracles without a report; the summary's per-arm mean ± std, Student-t CI and the paired
+    adversarial - plain difference of each measure equal scipy's, seed by seed."""
+    import subprocess
+
+    from scipy import stats as sps
+
+    from experiments.ablations import oracle_ascent as oa
+
+    dirs = oa.run_dirs(str(tmp_path))
+    assert {arm for _, arm, _ in dirs} == {"plain", "adversarial"} and len(dirs) == 18
+    rng = np.random.default_rng(0)
+    curves = {}
+    for seed in range(3):
+        for arm in ("plain", "adversarial"):
+            run = dirs["lesion", arm, seed]
+            os.makedirs(oa.refine_dir(run, "lesion"))
+            open(os.path.join(run, "result.json"), "w").close()
+            curve = list(np.clip(np.cumsum(rng.uniform(-0.003, 0.005, 301)), 0, 1))
+            curves[arm, seed] = curve
+            rep = _report(float(rng.uniform(0.8, 0.9)), float(rng.uniform(0, 0.5)), curve)
+            if (arm, seed) != ("adversarial", 2):  # finished but not refined yet
+                with open(os.path.join(oa.refine_dir(run, "lesion"), "report.json"), "w") as f:
+                    json.dump(rep, f)
+    os.makedirs(dirs["shapes", "plain", 0])  # unfinished: neither refined nor reported
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    oa.refine(str(tmp_path), log=lambda _: None)
+    run = dirs["lesion", "adversarial", 2]
+    assert [c[1:] for c in calls] == [["-m", "experiments.oracle_refine", f"--oracle={run}",
+                                       f"--workdir={oa.refine_dir(run, 'lesion')}",
+                                       "--steps=300", "--num_images=32", "--batch=32"]]
+    assert oa.refine_dir(run, "lesion").endswith("refine_zeros_300")
+
+    text = oa.summary(str(tmp_path), figure=str(tmp_path / "f.png"))
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "**shapes**" not in text and "(2) |" in rows["Dice at the last step"]
+    plain = np.array([curves["plain", s][-1] for s in range(3)])
+    lo, hi = sps.t.interval(0.95, 2, loc=plain.mean(), scale=sps.sem(plain))
+    assert (f"| {plain.mean():.3f} ± {plain.std(ddof=1):.3f} [{lo:.3f}, {hi:.3f}] (3) |"
+            in rows["Dice at the last step"])
+    fall = {k: max(c) - c[-1] for k, c in curves.items()}
+    d = np.array([fall["adversarial", s] - fall["plain", s] for s in range(2)])
+    dlo, dhi = sps.t.interval(0.95, 1, loc=d.mean(), scale=sps.sem(d))
+    p = sps.ttest_rel([fall["adversarial", s] for s in range(2)],
+                      [fall["plain", s] for s in range(2)]).pvalue
+    assert rows["fall after the chosen step"].endswith(
+        f"{d.mean():+.3f} [{dlo:+.3f}, {dhi:+.3f}], {p:.3f} |")
     assert os.path.getsize(tmp_path / "f.png") > 0

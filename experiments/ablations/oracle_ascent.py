@@ -188,8 +188,8 @@ def _plot(res: dict, path: str) -> None:
             axes[row, j].set_ylim(0, 1)
             axes[row, j].grid(alpha=0.3)
         axes[0, j].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Oracle ascent: mean over seeds, band = min..max, ▼ = step chosen on the "
-                 "selection half", fontsize=10)
+    fig.suptitle("Oracle ascent from zeros: mean over seeds, band = min..max,\n"
+                 "▼ = Dice at the step chosen on the selection half", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
