@@ -164,7 +164,7 @@ def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(t
             run = dirs["lesion", arm, seed]
             os.makedirs(oa.refine_dir(run, "lesion"))
             open(os.path.join(run, "result.json"), "w").close()
-            curve = list(np.clip(np.cumsum(rng.uniform(-0.003, 0.005, 301)), 0, 1))
+            curve = list(np.clip(np.cumsum(rng.uniform(-0.002, 0.003, 501)), 0, 1))
             curves[arm, seed] = curve
             rep = _report(float(rng.uniform(0.8, 0.9)), float(rng.uniform(0, 0.5)), curve)
             if (arm, seed) != ("adversarial", 2):  # finished but not refined yet
@@ -177,8 +177,8 @@ def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(t
     run = dirs["lesion", "adversarial", 2]
     assert [c[1:] for c in calls] == [["-m", "experiments.oracle_refine", f"--oracle={run}",
                                        f"--workdir={oa.refine_dir(run, 'lesion')}",
-                                       "--steps=300", "--num_images=32", "--batch=32"]]
-    assert oa.refine_dir(run, "lesion").endswith("refine_zeros_300")
+                                       "--steps=500", "--num_images=32", "--batch=32"]]
+    assert oa.refine_dir(run, "lesion").endswith("refine_zeros_500")
 
     text = oa.summary(str(tmp_path), figure=str(tmp_path / "f.png"))
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}

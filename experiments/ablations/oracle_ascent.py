@@ -16,9 +16,9 @@ Reported per arm (mean ± std and 95% CI over seeds; adversarial - plain paired 
 held-out Spearman on degraded validation masks, the Spearman on the masks its own ascent visits,
 the from-zeros Dice at the step chosen on the selection half, at the last step, and their
 difference (does the Dice fall after the chosen step?), and the oracle's own score at the last
-step. The parts: `lesion` (`synthetic_lesions`, the paper's single-object setting; 300 ascent
-steps, the paper's 500 being beyond the CPU budget), `shapes` (`synthetic_shapes/clean`, 150
-steps, as issue 30 measured the failure) and `all` (every difficulty factor, 150 steps).
+step. The parts: `lesion` (`synthetic_lesions`, the paper's single-object setting; 500 ascent
+steps, as the paper on PH2), `shapes` (`synthetic_shapes/clean`, 150 steps, as issue 30
+measured the failure) and `all` (every difficulty factor, 150 steps).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SWEEP = "oracle_adversarial.ascent_every=0,4"
 ARMS = {0: "plain", 4: "adversarial"}
 # part -> (base preset, overrides, ascent steps of the refinement, what the data is)
 PARTS = {
-    "lesion": ("experiments/configs/oracle.py:lesion_adv", {}, 300,
+    "lesion": ("experiments/configs/oracle.py:lesion_adv", {}, 500,
                "`synthetic_lesions`: one lesion-like blob per 96x96 image"),
     "shapes": ("experiments/configs/oracle.py:demo_adv", {}, 150,
                "`synthetic_shapes/clean`, 128x128"),
@@ -137,8 +137,8 @@ def summary(workdir: str, seeds=(0, 1, 2), figure: str | None = None) -> str:
             cells = []
             for arm in arms:
                 s = stats.summarize([get(r) for _, r in sorted(arms[arm].items())])
-                ci = f" [{s.ci_low:.3f}, {s.ci_high:.3f}]" if s.n > 1 else ""
-                cells.append(f"{s.mean:.3f} ± {s.std:.3f}{ci} ({s.n})")
+                cells.append(f"{s.mean:.3f} ± {s.std:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] "
+                             f"({s.n})" if s.n > 1 else f"{s.mean:.3f} (1)")
             plain, adv = arms.get("plain", {}), arms.get("adversarial", {})
             common = sorted(set(plain) & set(adv))
             if len(common) > 1:
