@@ -146,9 +146,9 @@ def _report(heldout, ascent, curve):
 
 def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(tmp_path,
                                                                                monkeypatch):
-    """`refine` runs `experiments.oracle_refine` (the part's steps, from the run) only on finished
-    oracles without a report; the summary's per-arm mean ± std, Student-t CI and the paired
-    adversarial - plain difference of each measure equal scipy's, seed by seed."""
+    """`refine` runs `experiments.oracle_refine` (the part's steps, each refinement's flags) only
+    on finished oracles without that report; the summary's per-arm mean ± std and the paired
+    arm - plain differences (mean, Student-t CI, p) equal scipy's, seed by seed."""
     import subprocess
 
     from scipy import stats as sps
@@ -162,36 +162,50 @@ def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(t
     for seed in range(3):
         for arm in ("plain", "adversarial"):
             run = dirs["lesion", arm, seed]
-            os.makedirs(oa.refine_dir(run, "lesion"))
-            open(os.path.join(run, "result.json"), "w").close()
-            curve = list(np.clip(np.cumsum(rng.uniform(-0.002, 0.003, 501)), 0, 1))
-            curves[arm, seed] = curve
-            rep = _report(float(rng.uniform(0.8, 0.9)), float(rng.uniform(0, 0.5)), curve)
-            if (arm, seed) != ("adversarial", 2):  # finished but not refined yet
-                with open(os.path.join(oa.refine_dir(run, "lesion"), "report.json"), "w") as f:
-                    json.dump(rep, f)
+            open(os.path.join(run if os.path.isdir(run) else os.makedirs(run) or run,
+                              "result.json"), "w").close()
+            for refinement in oa.REFINES:
+                if (arm, seed) == ("adversarial", 2) or (refinement and seed > 0):
+                    continue  # finished but not refined yet
+                curve = list(np.clip(np.cumsum(rng.uniform(-0.002, 0.003, 501)), 0, 1))
+                curves[arm + refinement, seed] = curve
+                os.makedirs(oa.refine_dir(run, "lesion", refinement))
+                with open(os.path.join(oa.refine_dir(run, "lesion", refinement), "report.json"),
+                          "w") as f:
+                    json.dump(_report(float(rng.uniform(0.8, 0.9)), float(rng.uniform(0, 0.5)),
+                                      curve), f)
     os.makedirs(dirs["shapes", "plain", 0])  # unfinished: neither refined nor reported
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
     oa.refine(str(tmp_path), log=lambda _: None)
     run = dirs["lesion", "adversarial", 2]
-    assert [c[1:] for c in calls] == [["-m", "experiments.oracle_refine", f"--oracle={run}",
-                                       f"--workdir={oa.refine_dir(run, 'lesion')}",
-                                       "--steps=500", "--num_images=32", "--batch=32"]]
-    assert oa.refine_dir(run, "lesion").endswith("refine_zeros_500")
+    assert [c[1:] for c in calls] == [
+        ["-m", "experiments.oracle_refine", f"--oracle={r}",
+         f"--workdir={oa.refine_dir(r, 'lesion', tv)}", "--steps=500", "--num_images=32",
+         "--batch=32", *(["--tv_weight=3"] if tv else [])]
+        for tv, r in (("", run), *((" + TV", dirs["lesion", a, s]) for a in ("plain", "adversarial")
+                                   for s in (1, 2)))]
+    assert oa.refine_dir(run, "lesion", " + TV").endswith("refine_zeros_500_tv3")
 
     text = oa.summary(str(tmp_path), figure=str(tmp_path / "f.png"))
-    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
-    assert "**shapes**" not in text and "(2) |" in rows["Dice at the last step"]
+    assert "**shapes**" not in text
+    arms_table, diff_table = [{line.split(" | ")[0][2:]: line.split(" | ")[1:]
+                               for line in block.splitlines() if line.startswith("| ")}
+                              for block in text.split("\n\n")[1:3]]
+    assert list(arms_table)[1:] == ["plain", "adversarial", "plain + TV", "adversarial + TV"]
+    last = list(oa.MEASURES).index("last") + 1
     plain = np.array([curves["plain", s][-1] for s in range(3)])
-    lo, hi = sps.t.interval(0.95, 2, loc=plain.mean(), scale=sps.sem(plain))
-    assert (f"| {plain.mean():.3f} ± {plain.std(ddof=1):.3f} [{lo:.3f}, {hi:.3f}] (3) |"
-            in rows["Dice at the last step"])
+    assert arms_table["plain"][0] == "3" and arms_table["adversarial + TV"][0] == "1"
+    assert arms_table["plain"][last] == f"{plain.mean():.3f} ± {plain.std(ddof=1):.3f}"
     fall = {k: max(c) - c[-1] for k, c in curves.items()}
-    d = np.array([fall["adversarial", s] - fall["plain", s] for s in range(2)])
-    dlo, dhi = sps.t.interval(0.95, 1, loc=d.mean(), scale=sps.sem(d))
-    p = sps.ttest_rel([fall["adversarial", s] for s in range(2)],
-                      [fall["plain", s] for s in range(2)]).pvalue
-    assert rows["fall after the chosen step"].endswith(
-        f"{d.mean():+.3f} [{dlo:+.3f}, {dhi:+.3f}], {p:.3f} |")
+    a = [fall["adversarial", s] for s in range(2)]
+    b = [fall["plain", s] for s in range(2)]
+    d = np.subtract(a, b)
+    lo, hi = sps.t.interval(0.95, 1, loc=d.mean(), scale=sps.sem(d))
+    p = sps.ttest_rel(a, b).pvalue
+    column = list(oa.COMPARED).index("fall")
+    assert diff_table["adversarial"][column].rstrip(" |") == (
+        f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}], p {p:.3f}")
+    one = fall["adversarial + TV", 0] - fall["plain", 0]
+    assert diff_table["adversarial + TV"][column].rstrip(" |") == f"{one:+.3f} (1 seed)"
     assert os.path.getsize(tmp_path / "f.png") > 0

