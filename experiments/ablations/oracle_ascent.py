@@ -37,6 +37,7 @@ PARTS = {
             150, "`synthetic_shapes/all` (every difficulty factor), 128x128"),
 }
 REFINE_FLAGS = ("--num_images=32", "--batch=32")
+PAPER_DICE = 0.739  # Fernandes, Cruz & Cardoso 2018: from zeros on PH2 after 500 steps
 
 STUDY = Study(
     name="oracle_ascent",
@@ -175,7 +176,46 @@ def summary(workdir: str, seeds=(0, 1, 2), figure: str | None = None) -> str:
         lines.append("")
     if figure:
         _plot(res, figure)
+        _overlays(workdir, figure.removesuffix(".png") + "_overlays.png")
     return "\n".join(lines)
+
+
+def _overlays(workdir: str, path: str, seed: int = 0, images: int = 2) -> None:
+    """One row per (part, refined arm) of seed `seed`: the first `images` overlays that
+    `oracle_refine` drew (image | truth | start | after, at the chosen step)."""
+    import glob
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = run_dirs(workdir, (seed,))
+    rows = []
+    for part in PARTS:
+        for refinement in REFINES:
+            for arm in ARMS.values():
+                files = sorted(glob.glob(os.path.join(refine_dir(runs[part, arm, seed], part,
+                                                                 refinement),
+                                                      "overlays", "zeros_*.png")))[:images]
+                if files:
+                    rows.append((f"{part}: {arm}{refinement}", files))
+    if not rows:
+        return
+    fig, axes = plt.subplots(len(rows), images, figsize=(4.2 * images, 1.25 * len(rows)),
+                             squeeze=False)
+    for i, (label, files) in enumerate(rows):
+        for j in range(images):
+            axes[i, j].axis("off")
+            if j < len(files):
+                axes[i, j].imshow(plt.imread(files[j]))
+        axes[i, 0].set_title(label, fontsize=8, loc="left")
+    fig.suptitle(f"From zeros, seed {seed}: image | truth | start | mask at the chosen step",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot(res: dict, path: str) -> None:
@@ -196,13 +236,17 @@ def _plot(res: dict, path: str) -> None:
                 curves = np.array([r["zeros"][key] for _, r in sorted(by_seed.items())])
                 mean = curves.mean(0)
                 ax = axes[row, j]
-                ax.plot(mean, color=colours[arm], label=f"{arm} ({len(curves)} seeds)")
+                ax.plot(mean, color=colours[arm],
+                        label=f"{arm} ({len(curves)} seed{'s' * (len(curves) > 1)})")
                 if len(curves) > 1:
                     ax.fill_between(np.arange(len(mean)), curves.min(0), curves.max(0),
                                     color=colours[arm], alpha=0.2, lw=0)
             chosen = [r["zeros"]["steps"] for r in by_seed.values()]
             axes[0, j].plot(chosen, [r["zeros"]["dice_after"] for r in by_seed.values()],
                             "v", color=colours[arm], ms=6)
+        if part == "lesion":  # the paper's from-zeros result on PH2, 500 steps
+            axes[0, j].axhline(PAPER_DICE, color="k", ls=":", lw=1)
+            axes[0, j].text(0, PAPER_DICE + 0.02, f"paper, PH2: {PAPER_DICE}", fontsize=7)
         axes[0, j].set_title(f"{part}: true Dice (test half)")
         axes[1, j].set_title(f"{part}: the oracle's score")
         axes[1, j].set_xlabel("ascent step from zeros")
