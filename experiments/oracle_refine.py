@@ -222,10 +222,11 @@ def main(argv):
                  "dice_oracle_pick": float(own[test].mean()),
                  "improved_fraction": float(np.mean(after > before)),
                  "worsened_fraction": float(np.mean(after < before)),
-                 # Mean Dice of the test half at every step, and how well the oracle ranks the
-                 # masks its own ascent visits (Spearman of its score on each soft iterate vs
-                 # the Dice of the rounded iterate, over every (step, test image)).
+                 # Mean Dice of the test (and selection) half at every step, and how well the
+                 # oracle ranks the masks its own ascent visits (Spearman of its score on each
+                 # soft iterate vs the Dice of the rounded iterate, over every (step, test image)).
                  "dice_per_step": [float(v) for v in dice[:, test].mean(1)],
+                 "dice_per_step_select": [float(v) for v in dice[:, select].mean(1)],
                  "quality_per_step": [float(v) for v in qual[:, test].mean(1)],
                  "ascent_spearman": oracle.oracle_metrics(qual[1:, test].ravel(),
                                                           dice[1:, test].ravel())["spearman"]}

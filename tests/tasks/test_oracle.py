@@ -180,6 +180,9 @@ def test_two_step_training_run(tmp_path, data_dir):  # noqa: F811 (fixture)
     entry = report["zeros"]
     assert {"dice_before", "dice_after", "steps", "spearman"} <= set(entry)
     assert 0 <= entry["steps"] <= 2 and entry["dice_before"] == 0.0  # empty vs present class
+    # The step is the selection half's best; the reported Dice is the test half's at that step.
+    assert entry["steps"] == int(np.argmax(entry["dice_per_step_select"]))
+    assert entry["dice_after"] == pytest.approx(entry["dice_per_step"][entry["steps"]])
     # Images 0..3: the even indices choose the step, the odd ones are reported; the held-out
     # Spearman is over 16 val images x 2 fresh degradations; the paired gain's mean is the
     # difference of the means; IoU = Dice / (2 - Dice) image by image (0 for Dice 0).
