@@ -91,8 +91,9 @@ def refine(workdir: str, seeds=(0, 1, 2), refinements=tuple(REFINES), log=print)
 
     from segjax.train import sweep
 
+    runs = run_dirs(workdir, seeds)
     for refinement in refinements:
-        for (part, arm, seed), run in run_dirs(workdir, seeds).items():
+        for (part, arm, seed), run in runs.items():
             out = refine_dir(run, part, refinement)
             if not os.path.isfile(os.path.join(run, sweep.RESULT_FILE)) or os.path.isfile(
                     os.path.join(out, "report.json")):
@@ -124,8 +125,9 @@ def reports(workdir: str, seeds=(0, 1, 2)) -> dict:
     import os
 
     out: dict = {}
+    runs = run_dirs(workdir, seeds)
     for refinement in REFINES:
-        for (part, arm, seed), run in run_dirs(workdir, seeds).items():
+        for (part, arm, seed), run in runs.items():
             path = os.path.join(refine_dir(run, part, refinement), "report.json")
             if os.path.isfile(path):
                 with open(path) as f:
