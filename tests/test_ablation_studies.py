@@ -136,11 +136,12 @@ def test_domain_adaptation_summary_matches_scipy(tmp_path):
     assert os.path.getsize(tmp_path / "f.png") > 0
 
 
-def _report(heldout, ascent, curve):
-    best = int(np.argmax(curve))
-    return {"oracle": {"spearman": heldout},
+def _report(heldout, ascent, curve, select, tv_weight):
+    best = int(np.argmax(select))
+    return {"oracle": {"spearman": heldout}, "tv_weight": tv_weight,
             "zeros": {"ascent_spearman": ascent, "dice_after": curve[best], "steps": best,
                       "dice_last_step": curve[-1], "dice_per_step": curve,
+                      "dice_per_step_select": select,
                       "quality_per_step": [0.2 + 0.005 * i for i in range(len(curve))]}}
 
 
@@ -148,7 +149,8 @@ def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(t
                                                                                monkeypatch):
     """`refine` runs `experiments.oracle_refine` (the part's steps, each refinement's flags) only
     on finished oracles without that report; the summary's per-arm mean ± std and the paired
-    arm - plain differences (mean, Student-t CI, p) equal scipy's, seed by seed."""
+    arm - plain differences (mean, Student-t CI, p) equal scipy's, seed by seed; the chosen-TV
+    arm is, per oracle, the grid weight whose selection half peaks highest."""
     import subprocess
 
     from scipy import stats as sps
@@ -158,7 +160,7 @@ def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(t
     dirs = oa.run_dirs(str(tmp_path))
     assert {arm for _, arm, _ in dirs} == {"plain", "adversarial"} and len(dirs) == 18
     rng = np.random.default_rng(0)
-    curves = {}
+    curves, selects, falls = {}, {}, {}
     for seed in range(3):
         for arm in ("plain", "adversarial"):
             run = dirs["lesion", arm, seed]
@@ -167,13 +169,17 @@ def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(t
             for refinement in oa.REFINES:
                 if (arm, seed) == ("adversarial", 2) or (refinement and seed > 0):
                     continue  # finished but not refined yet
-                curve = list(np.clip(np.cumsum(rng.uniform(-0.002, 0.003, 501)), 0, 1))
+                curve, select = (list(np.clip(np.cumsum(rng.uniform(-0.002, 0.003, 501)), 0, 1))
+                                 for _ in range(2))
                 curves[arm + refinement, seed] = curve
+                selects[arm + refinement, seed] = max(select)
+                falls[arm + refinement, seed] = curve[int(np.argmax(select))] - curve[-1]
                 os.makedirs(oa.refine_dir(run, "lesion", refinement))
                 with open(os.path.join(oa.refine_dir(run, "lesion", refinement), "report.json"),
                           "w") as f:
                     json.dump(_report(float(rng.uniform(0.8, 0.9)), float(rng.uniform(0, 0.5)),
-                                      curve), f)
+                                      curve, select, float(oa.REFINES[refinement][0][3:] or 0)),
+                              f)
     os.makedirs(dirs["shapes", "plain", 0])  # unfinished: neither refined nor reported
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
@@ -182,30 +188,42 @@ def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(t
     assert [c[1:] for c in calls] == [
         ["-m", "experiments.oracle_refine", f"--oracle={r}",
          f"--workdir={oa.refine_dir(r, 'lesion', tv)}", "--steps=500", "--num_images=32",
-         "--batch=32", *(["--tv_weight=3"] if tv else [])]
-        for tv, r in (("", run), *((" + TV", dirs["lesion", a, s]) for a in ("plain", "adversarial")
-                                   for s in (1, 2)))]
+         "--batch=32", *([f"--tv_weight={tv[5:] or 3}"] if tv else [])]
+        for tv, r in (("", run), *((w, dirs["lesion", a, s]) for w in (" + TV", " + TV1", " + TV10")
+                                   for a in ("plain", "adversarial") for s in (1, 2)))]
     assert oa.refine_dir(run, "lesion", " + TV").endswith("refine_zeros_500_tv3")
 
     text = oa.summary(str(tmp_path), figure=str(tmp_path / "f.png"))
     assert "**shapes**" not in text
+    last = list(oa.MEASURES).index("last") + 1
     arms_table, diff_table = [{line.split(" | ")[0][2:]: line.split(" | ")[1:]
                                for line in block.splitlines() if line.startswith("| ")}
                               for block in text.split("\n\n")[1:3]]
-    assert list(arms_table)[1:] == ["plain", "adversarial", "plain + TV", "adversarial + TV"]
-    last = list(oa.MEASURES).index("last") + 1
+    assert list(arms_table)[1:] == [
+        "plain", "adversarial", "plain + TV", "adversarial + TV", "plain + TV1",
+        "adversarial + TV1", "plain + TV10", "adversarial + TV10", "plain + TV chosen",
+        "adversarial + TV chosen"]
+    # The chosen arm (seed 0 only: the one seed with every weight refined) is the weight whose
+    # selection half peaks highest; its row reports that refinement's test half.
+    chosen = {}
+    for arm in ("plain", "adversarial"):
+        w = max(("", " + TV1", " + TV", " + TV10"), key=lambda r: selects[arm + r, 0])
+        chosen[arm] = {"": 0, " + TV1": 1, " + TV": 3, " + TV10": 10}[w]
+        assert arms_table[arm + " + TV chosen"][0] == "1"
+        assert arms_table[arm + " + TV chosen"][last] == f"{curves[arm + w, 0][-1]:.3f}"
+    assert (f"plain + TV chosen: seed 0 → {chosen['plain']}; adversarial + TV chosen: seed 0 → "
+            f"{chosen['adversarial']}.") in text
     plain = np.array([curves["plain", s][-1] for s in range(3)])
     assert arms_table["plain"][0] == "3" and arms_table["adversarial + TV"][0] == "1"
     assert arms_table["plain"][last] == f"{plain.mean():.3f} ± {plain.std(ddof=1):.3f}"
-    fall = {k: max(c) - c[-1] for k, c in curves.items()}
-    a = [fall["adversarial", s] for s in range(2)]
-    b = [fall["plain", s] for s in range(2)]
+    a = [falls["adversarial", s] for s in range(2)]
+    b = [falls["plain", s] for s in range(2)]
     d = np.subtract(a, b)
     lo, hi = sps.t.interval(0.95, 1, loc=d.mean(), scale=sps.sem(d))
     p = sps.ttest_rel(a, b).pvalue
     column = list(oa.COMPARED).index("fall")
     assert diff_table["adversarial"][column].rstrip(" |") == (
         f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}], p {p:.3f}")
-    one = fall["adversarial + TV", 0] - fall["plain", 0]
+    one = falls["adversarial + TV", 0] - falls["plain", 0]
     assert diff_table["adversarial + TV"][column].rstrip(" |") == f"{one:+.3f} (1 seed)"
     assert os.path.getsize(tmp_path / "f.png") > 0
