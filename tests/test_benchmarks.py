@@ -68,15 +68,13 @@ def test_conv_layers_times_the_same_convolution_on_both_sides():
         assert "| strided | 2 | 9² 4→6 k3 s2 d1 |" in text and "**all convs, × count**" in text
 
 
-def test_torchvision_twin_runs_in_its_own_process_and_reports_steady_steps():
+def test_torchvision_twin_process_reports_a_failure_to_build():
+    """A twin that cannot build its model says so instead of hanging (the twin's steady steps
+    and the ratio are checked through the GPU suite's run below, one compile for both)."""
     import pytest
 
     from experiments.benchmarks import torch_twin
 
-    result = step_bench.run(mode="eval", model_name="fcn_resnet50", batch=1, size=32,
-                            dtype="float32", compare="torchvision", steps_per_round=1, rounds=2)
-    assert result.torchvision_s_per_step > 0 and result.torchvision_compile_s > 0
-    assert result.ratio == result.segjax_img_per_s / result.torchvision_img_per_s
     with pytest.raises(RuntimeError, match="twin process exited"):
         torch_twin.TwinProcess("no_such_model", 3, 1, 32, "float32", train=False)
 
@@ -127,7 +125,7 @@ def test_maskrcnn_benchmark_twins_train_the_same_parameters():
 
 def test_gpu_suite_script_records_one_json_line_per_configuration(tmp_path):
     """The prepared GPU run (issue 6) on a CPU with a tiny model: one JSON line per config, with
-    its command, and the summary table."""
+    its command, the torchvision twin's steady step time and the ratio, and the summary table."""
     import json
     import os
     import pathlib
@@ -145,7 +143,9 @@ def test_gpu_suite_script_records_one_json_line_per_configuration(tmp_path):
     (line,) = (tmp_path / "gpu_suite.jsonl").read_text().splitlines()
     record = json.loads(line)
     assert record["cmd"].endswith("--dtype=float32 --compare=torchvision --steps=1 --rounds=1 --json")
-    assert record["mode"] == "eval" and record["ratio"] > 0 and record["torchvision_img_per_s"] > 0
+    assert record["mode"] == "eval" and record["torchvision_img_per_s"] > 0
+    assert record["torchvision_s_per_step"] > 0 and record["torchvision_compile_s"] > 0
+    assert record["ratio"] == record["segjax_img_per_s"] / record["torchvision_img_per_s"]
     assert "| eval | float32 | 1 |" in done.stdout
 
 

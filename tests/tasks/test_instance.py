@@ -131,10 +131,13 @@ def maskrcnn_run():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["pmap", "mesh"])
-def test_maskrcnn_train_step_on_four_devices_equals_one_device(maskrcnn_run, mode):
+def test_maskrcnn_train_step_on_four_devices_equals_one_device(maskrcnn_run):
     """The whole instance train step (sampling keyed by global position, every loss term over
-    its global count, gradients, SGD update) for two steps: 4 devices = 1 device.
+    its global count, gradients, SGD update) for two steps: 4 devices = 1 device, under pmap.
+    (It passed under mesh too when written. Under mesh the step is the one-device program on a
+    sharded global batch, whose task reductions run with no axis name, as on one device; the
+    mesh machinery is each semantic, oracle, embedding, volumetric and few-shot task's mesh
+    test. Dropped from CI for its 45 s compile.)
 
     Losses and gradient norms agree to 1e-5. Parameters are compared leaf by leaf to 1e-3: the
     smallest leaves (e.g. the stem's BatchNorm offsets, whose gradients sum every pixel of the
@@ -146,7 +149,7 @@ def test_maskrcnn_train_step_on_four_devices_equals_one_device(maskrcnn_run, mod
     state, batches, task, (ref_state, ref_history) = maskrcnn_run
     assert rel_diff(ref_state.params, state.params) > 1e-4  # it trained
     assert [float(m["valid_pixels"]) for m in ref_history] == [8.0, 8.0]  # the loss counts images
-    got_state, history = devices(mode, state, batches, task)
+    got_state, history = devices("pmap", state, batches, task)
     for m, r in zip(history, ref_history):
         for key in ("loss", "grad_norm", "valid_pixels"):
             np.testing.assert_allclose(m[key], r[key], rtol=1e-5, err_msg=key)
@@ -172,9 +175,9 @@ def test_tensormask_train_step_on_four_devices_equals_one_device(tensormask_run)
     the global batch): 4 devices = 1 device for two steps. Losses, gradient norms and every
     parameter leaf to 1e-5 relative; the tower convolutions' biases, followed by GroupNorm, have
     an exactly zero gradient and hold ~1e-9 of float32 noise either way (`param_atol`).
-    pmap only (it passed under mesh too when written): what is TensorMask's own here is the
-    model's (sum, count) terms, which both modes reduce through the same task code; the mesh
-    path of that code is the Mask R-CNN test's above (CI time)."""
+    pmap only, as the Mask R-CNN test above (it passed under mesh too when written): what is
+    TensorMask's own here is the model's (sum, count) terms, which both modes reduce through the
+    same task code (CI time)."""
     mode = "pmap"
     from tests.train.test_device_invariance import assert_same_run, devices
     from tests.train.test_parallel import rel_diff
