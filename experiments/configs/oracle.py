@@ -18,8 +18,8 @@ Presets:
 * `lesion`: `demo` on `synthetic_lesions` (one lesion-like blob per 96x96 image, 2 classes: the
   paper's single-object PH2 setting without the download), 96x96 inputs. Measured in the
   `oracle_ascent` study (docs/oracle.md): from zeros after the paper's 500 ascent steps, Dice
-  0.423 / 0.431 (seeds 0 / 1), and 0.753 / 0.651 with the TV prior
-  (`oracle_refine --tv_weight=3`); the paper reports 0.739 on PH2.
+  0.423 / 0.431 / 0.445 (seeds 0 / 1 / 2), and 0.753 / 0.651 / 0.674 with the TV prior
+  (`oracle_refine --tv_weight=3`; mean 0.693); the paper reports 0.739 on PH2.
 
     python -m experiments.train --workdir=/tmp/oracle_lesion \
       --config=experiments/configs/oracle.py:lesion
