@@ -146,12 +146,12 @@ def reports(workdir: str, seeds=(0, 1, 2)) -> dict:
             if os.path.isfile(path):
                 with open(path) as f:
                     out.setdefault(part, {}).setdefault(arm + refinement, {})[seed] = json.load(f)
-    for part, arms in out.items():
-        for (p, arm, seed) in runs:
-            grid = [arms.get(arm + _refinement(w), {}).get(seed) for w in TV_GRID]
-            if p == part and all(r and "dice_per_step_select" in r["zeros"] for r in grid):
-                best = max(grid, key=lambda r: max(r["zeros"]["dice_per_step_select"]))
-                arms.setdefault(arm + CHOSEN, {})[seed] = best
+    for part, arm, seed in runs:
+        arms = out.get(part, {})
+        grid = [arms.get(arm + _refinement(w), {}).get(seed) for w in TV_GRID]
+        if all(r and "dice_per_step_select" in r["zeros"] for r in grid):
+            best = max(grid, key=lambda r: max(r["zeros"]["dice_per_step_select"]))
+            arms.setdefault(arm + CHOSEN, {})[seed] = best
     return out
 
 
