@@ -41,7 +41,7 @@ def test_matches_torch_transcription(tiny):
 
 def test_upconv_and_pool_match_torch(np_rng):
     """UpConv2x is F.conv_transpose3d(stride=2) with weight kernel.transpose(4, 3, 0, 1, 2); the pool
-    is F.max_pool3d(2, 2, ceil_mode=True); values and input gradients."""
+    is F.max_pool3d(2, 2, ceil_mode=True); values and input gradients, ties included."""
     x = np_rng.normal(size=(2, 3, 4, 5, 3)).astype(np.float32)
     cot = np_rng.normal(size=(2, 6, 8, 10, 4)).astype(np.float32)
     up = UpConv2x(4)
@@ -55,14 +55,18 @@ def test_upconv_and_pool_match_torch(np_rng):
     assert rel_err(y, ndhwc(ty)) < 1e-5
     assert rel_err(vjp(jnp.asarray(cot))[0], ndhwc(tx.grad)) < 1e-5
 
-    pooled, vjp = jax.vjp(max_pool_2x2x2, jnp.asarray(x))
-    tx = ncdhw(x).requires_grad_(True)
-    tp = F.max_pool3d(tx, 2, 2, ceil_mode=True)
-    pool_cot = np_rng.normal(size=tp.shape).astype(np.float32)
-    (tp * torch.from_numpy(pool_cot)).sum().backward()
-    assert pooled.shape == (2, 2, 2, 3, 3)
-    np.testing.assert_allclose(pooled, ndhwc(tp), rtol=0, atol=0)
-    np.testing.assert_allclose(vjp(jnp.asarray(ndhwc(torch.from_numpy(pool_cot))))[0], ndhwc(tx.grad), atol=1e-6)
+    # The pool, on distinct values and on integers (ties: the gradient goes to the first maximum
+    # of the window, row-major over d, h, w, as torch's).
+    for x in (x, np.round(2 * x).astype(np.float32)):
+        pooled, vjp = jax.vjp(max_pool_2x2x2, jnp.asarray(x))
+        tx = ncdhw(x).requires_grad_(True)
+        tp = F.max_pool3d(tx, 2, 2, ceil_mode=True)
+        pool_cot = np_rng.normal(size=tp.shape).astype(np.float32)
+        (tp * torch.from_numpy(pool_cot)).sum().backward()
+        assert pooled.shape == (2, 2, 2, 3, 3)
+        np.testing.assert_allclose(pooled, ndhwc(tp), rtol=0, atol=0)
+        np.testing.assert_allclose(vjp(jnp.asarray(ndhwc(torch.from_numpy(pool_cot))))[0], ndhwc(tx.grad),
+                                   rtol=0, atol=0)
 
 
 def test_paper_widths_parameter_count():
