@@ -136,7 +136,8 @@ def test_gpu_suite_script_records_one_json_line_per_configuration(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), MODEL="fcn_resnet50", SIZE="32", BATCHES="1",
                DTYPES="float32", STEPS="1", ROUNDS="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    env.pop("XLA_FLAGS", None)  # one device, as on the accelerator host
+    # One device, as on the accelerator host; the suite's compile flags (conftest.py) kept.
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
     done = subprocess.run(["bash", str(script), "eval"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
