@@ -6,6 +6,7 @@ import jax
 
 from experiments.benchmarks import common, profile_step, step_bench
 from segjax.models import create_model
+from tests import compile_flags
 
 
 def test_layer_key_strips_wrappers_and_marks_the_backward():
@@ -137,7 +138,7 @@ def test_gpu_suite_script_records_one_json_line_per_configuration(tmp_path):
                DTYPES="float32", STEPS="1", ROUNDS="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     # One device, as on the accelerator host; the suite's compile flags (conftest.py) kept.
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env["XLA_FLAGS"] = compile_flags()
     done = subprocess.run(["bash", str(script), "eval"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

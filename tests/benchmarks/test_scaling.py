@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from experiments.benchmarks import scaling_model as M
+from tests import compile_flags
 
 LINK = M.Link("test", bandwidth=1e9, latency=1e-6, base_latency=5e-6, source="test")
 FLAT = M.Interconnect("flat", LINK)
@@ -69,7 +70,7 @@ def test_every_interconnect_states_its_sources():
 def test_command_prints_the_contract_json(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
     # The command sets its own device count; the suite's compile flags (conftest.py) are kept.
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env["XLA_FLAGS"] = compile_flags()
     env["JAX_PLATFORMS"] = "cpu"
     plot = tmp_path / "curve.png"
     cmd = [sys.executable, "-m", "experiments.benchmarks.scaling", "--model=unet",

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.train import distributed_worker
+from tests import compile_flags
 
 TIMEOUT_S = 180
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
@@ -28,7 +29,7 @@ def run_two_processes(out_path: str) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
     # The command sets its own device count; the suite's compile flags (conftest.py) are kept.
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env["XLA_FLAGS"] = compile_flags()
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PLATFORMS="cpu")
     procs = [
         subprocess.Popen(
