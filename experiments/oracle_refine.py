@@ -11,7 +11,8 @@ even ones ("select") choose the number of ascent steps (the step maximising thei
 the odd ones ("test") report the Dice before and at that step -- the authors chose the step on
 their test split; this does not. Each image's target is one present foreground class drawn by
 `--seed` (the oracle is class-agnostic: it scores a binary mask). Starting points: `zeros`, and
-`segmenter` (the segmenter's softmax probability of the target class) when given.
+`segmenter` (the segmenter's softmax probability of the target class) when given
+(`--nofrom_zeros` leaves out the first).
 
 Writes into `--workdir`: `report.json` (per starting point: `dice_before`, `dice_after` at the
 chosen step, `steps`, `spearman` of the oracle on held-out degraded masks, plus IoU, 95 %
@@ -41,6 +42,8 @@ def define_flags() -> None:
     importing this module next to another command's (tests do) cannot collide on a name."""
     flags.DEFINE_string("oracle", None, "Work dir of a trained oracle (task 'oracle').")
     flags.DEFINE_string("segmenter", None, "Work dir of a trained semantic model (same dataset).")
+    flags.DEFINE_bool("from_zeros", True, "Also ascend from an all-zero mask (--nofrom_zeros "
+                      "with --segmenter: from the segmenter only, half the time).")
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_string("checkpoint", "best", "Checkpoint of both runs: 'best', 'latest' or a step.")
     flags.DEFINE_integer("num_images", 64, "Eval images used (half select the step, half test).")
@@ -76,8 +79,9 @@ def load_oracle(run_dir: str, checkpoint: str = "best"):
 
 
 def check_flags() -> None:
-    """The numeric flags, refused by name before anything is read or written. Both halves of
-    the image split need an image: the even indices choose the step, the odd ones report."""
+    """The numeric flags and the starting points, refused by name before anything is read or
+    written. Both halves of the image split need an image: the even indices choose the step,
+    the odd ones report."""
     if FLAGS.num_images < 2:
         raise ValueError(f"--num_images={FLAGS.num_images}: need at least 2 images (the even "
                          "indices choose the step, the odd ones are reported; one image leaves "
@@ -85,6 +89,8 @@ def check_flags() -> None:
     for name, low in (("steps", 0), ("batch", 1), ("num_overlays", 0), ("heldout_copies", 1)):
         if FLAGS[name].value < low:
             raise ValueError(f"--{name}={FLAGS[name].value} must be >= {low}")
+    if not FLAGS.from_zeros and not FLAGS.segmenter:
+        raise ValueError("--nofrom_zeros without --segmenter leaves no starting point to refine")
     if not (math.isfinite(FLAGS.step_size) and FLAGS.step_size > 0):
         raise ValueError(f"--step_size={FLAGS.step_size} must be a positive finite number")
     for name in ("tv_weight", "binary_weight"):
@@ -170,7 +176,7 @@ def main(argv):
                          "an odd one (reported): both halves need an image")
     images, truths, index = np.stack(images), np.stack(truths), np.asarray(index)
 
-    starts = {"zeros": np.zeros_like(truths)}
+    starts = {"zeros": np.zeros_like(truths)} if FLAGS.from_zeros else {}
     if FLAGS.segmenter:
         segmenter = load_run(FLAGS.segmenter, FLAGS.checkpoint)
         seg_info, seg_model, seg_vars = segmenter.info, segmenter.model, segmenter.variables

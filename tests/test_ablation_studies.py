@@ -136,21 +136,24 @@ def test_domain_adaptation_summary_matches_scipy(tmp_path):
     assert os.path.getsize(tmp_path / "f.png") > 0
 
 
-def _report(heldout, ascent, curve, select, tv_weight):
+def _report(heldout, ascent, curve, select, tv_weight, start="zeros"):
     best = int(np.argmax(select))
     return {"oracle": {"spearman": heldout}, "tv_weight": tv_weight,
-            "zeros": {"ascent_spearman": ascent, "dice_after": curve[best], "steps": best,
-                      "dice_last_step": curve[-1], "dice_per_step": curve,
-                      "dice_per_step_select": select,
-                      "quality_per_step": [0.2 + 0.005 * i for i in range(len(curve))]}}
+            start: {"ascent_spearman": ascent, "dice_after": curve[best], "steps": best,
+                    "dice_last_step": curve[-1], "dice_per_step": curve,
+                    "dice_per_step_select": select, "spearman": heldout,
+                    "dice_before": curve[0],
+                    "quality_per_step": [0.2 + 0.005 * i for i in range(len(curve))]}}
 
 
 def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(tmp_path,
                                                                                monkeypatch):
     """`refine` runs `experiments.oracle_refine` (the part's steps, each refinement's flags) only
-    on finished oracles without that report; the summary's per-arm mean ± std and the paired
-    arm - plain differences (mean, Student-t CI, p) equal scipy's, seed by seed; the chosen-TV
-    arm is, per oracle, the grid weight whose selection half peaks highest."""
+    on finished oracles without that report, from the segmenter only once the part's segmenter
+    of that seed has finished; the summary's per-arm mean ± std and the paired arm - plain
+    differences (mean, Student-t CI, p) equal scipy's, seed by seed; the chosen-TV arm is, per
+    oracle, the grid weight whose selection half peaks highest; the segmenter start has its own
+    table, with the Dice before the ascent."""
     import subprocess
 
     from scipy import stats as sps
@@ -227,3 +230,35 @@ def test_oracle_ascent_refines_finished_oracles_once_and_summary_matches_scipy(t
     one = falls["adversarial + TV", 0] - falls["plain", 0]
     assert diff_table["adversarial + TV"][column].rstrip(" |") == f"{one:+.3f} (1 seed)"
     assert os.path.getsize(tmp_path / "f.png") > 0
+
+    # From the segmenter: seed 0's lesion segmenter finishes; each finished oracle of seed 0
+    # refines its probabilities (--nofrom_zeros: that start only), into its own directory.
+    segmenters = oa.segmenter_dirs(str(tmp_path))
+    assert set(segmenters) == {(p, s) for p in oa.PARTS for s in range(3)}
+    assert len(set(segmenters.values()) | set(dirs.values())) == 27  # 9 segmenters, 18 oracles
+    os.makedirs(segmenters["lesion", 0])
+    open(os.path.join(segmenters["lesion", 0], "result.json"), "w").close()
+    calls.clear()
+    oa.refine(str(tmp_path), refinements=("",), log=lambda _: None, starts=("segmenter",))
+    assert [c[1:] for c in calls] == [
+        ["-m", "experiments.oracle_refine", f"--oracle={dirs['lesion', a, 0]}",
+         f"--workdir={oa.refine_dir(dirs['lesion', a, 0], 'lesion', '', 'segmenter')}",
+         f"--segmenter={segmenters['lesion', 0]}", "--nofrom_zeros", "--steps=150",
+         "--num_images=32", "--batch=32"] for a in ("plain", "adversarial")]
+    assert oa.refine_dir(run, "lesion", "", "segmenter").endswith("refine_segmenter_150")
+    before = {}
+    for arm in ("plain", "adversarial"):
+        curve = list(np.clip(0.6 + np.cumsum(rng.uniform(-0.003, 0.002, 151)), 0, 1))
+        before[arm] = curve[0]
+        out = oa.refine_dir(dirs["lesion", arm, 0], "lesion", "", "segmenter")
+        os.makedirs(out)
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(_report(0.9, 0.5, curve, curve, 0.0, start="segmenter"), f)
+    text = oa.summary(str(tmp_path), figure=str(tmp_path / "g.png"))
+    block = text.split("**lesion, from the under-trained segmenter**")[1].split("\n\n")[1]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in block.splitlines()
+            if line.startswith("| ")}
+    assert rows["arm"][1] == "Dice at the start" and list(rows)[1:] == ["plain", "adversarial"]
+    for arm in ("plain", "adversarial"):
+        assert rows[arm][:2] == ["1", f"{before[arm]:.3f}"]
+    assert os.path.getsize(tmp_path / "g.png") > 0

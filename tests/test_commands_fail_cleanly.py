@@ -82,6 +82,8 @@ CASES = [
      ["--step_size=nan"]),
     ("experiments.oracle_refine", ["--oracle={semantic}", "--workdir={W}", "--batch=0"],
      ["--batch=0"]),
+    ("experiments.oracle_refine", ["--oracle={semantic}", "--workdir={W}", "--nofrom_zeros"],
+     ["--nofrom_zeros", "--segmenter"]),
     ("experiments.oracle_seeds", ["--reports={missing}", "--workdir={W}"],
      ["no_such_run/report.json", "does not exist"]),
     ("experiments.oracle_seeds", ["--reports={nan_report}", "--workdir={W}"],

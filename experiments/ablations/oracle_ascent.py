@@ -10,17 +10,21 @@ all-zero mask by `experiments.oracle_refine` (the authors' update, step 0.1; 32 
 16 choose the step, 16 are reported), which this module runs and caches in each run's directory:
 as the authors do, and with a total-variation prior on the mask at each weight of `TV_GRID`
 (`REFINES`); the arm `+ TV chosen` takes, per oracle, the weight whose selection half peaks highest.
+Each part also trains an under-trained segmenter per seed (`SEGMENTER`: the small U-Net stopped
+after 50 steps, on the part's data; part `<part>_segmenter`), and every oracle refines its
+predictions the same ways (`SEGMENTER_STEPS` ascent steps), the issue's second starting point.
 
-    python -m experiments.ablations --study=oracle_ascent --workdir=DIR     # the oracles
+    python -m experiments.ablations --study=oracle_ascent --workdir=DIR     # oracles, segmenters
     python -m experiments.ablations.oracle_ascent DIR [FIGURE.png]          # refine + tables
 
 Reported per arm (mean ± std and 95% CI over seeds; adversarial - plain paired by seed): the
 held-out Spearman on degraded validation masks, the Spearman on the masks its own ascent visits,
-the from-zeros Dice at the step chosen on the selection half, at the last step, and their
-difference (does the Dice fall after the chosen step?), and the oracle's own score at the last
-step. The parts: `lesion` (`synthetic_lesions`, the paper's single-object setting; 500 ascent
-steps, as the paper on PH2), `shapes` (`synthetic_shapes/clean`, 150 steps, as issue 30
-measured the failure) and `all` (every difficulty factor, 150 steps).
+the Dice at the step chosen on the selection half, at the last step, and their difference (does
+the Dice fall after the chosen step?), and the oracle's own score at the last step; from the
+segmenter also its Dice before the ascent. The parts: `lesion` (`synthetic_lesions`, the paper's
+single-object setting; 500 ascent steps from zeros, as the paper on PH2), `shapes`
+(`synthetic_shapes/clean`, 150 steps, as issue 30 measured the failure) and `all` (every
+difficulty factor, 150 steps).
 """
 
 from __future__ import annotations
@@ -39,6 +43,17 @@ PARTS = {
             150, "`synthetic_shapes/all` (every difficulty factor), 128x128"),
 }
 REFINE_FLAGS = ("--num_images=32", "--batch=32")
+# The under-trained segmenter of every part and seed: `unet_shapes.py:small` stopped after 50
+# steps, as the earlier three-seed refinement study (docs/oracle.md: Dice 0.672 on clean
+# shapes), trained on the part's data (`SEGMENTER_DATA`); its predictions are refined for
+# `SEGMENTER_STEPS` steps: enough to see a fall after the chosen step (on clean shapes the
+# earlier study's Dice peaked at step 9-10 and had fallen to 0.54 by step 60).
+SEGMENTER = ("experiments/configs/unet_shapes.py:small",
+             {"num_train_steps": 50, "eval_every_steps": 50, "checkpoint_every_steps": 50})
+SEGMENTER_DATA = {"lesion": {"dataset.name": "synthetic_lesions", "eval.pad_to": 96},
+                  "shapes": {}, "all": {"dataset.name": "synthetic_shapes/all"}}
+SEGMENTER_STEPS = 150
+STARTS = ("zeros", "segmenter")
 PAPER_DICE = 0.739  # Fernandes, Cruz & Cardoso 2018: from zeros on PH2 after 500 steps
 
 STUDY = Study(
@@ -53,7 +68,13 @@ STUDY = Study(
              note="Spearman and MAE of the predicted against the true Dice of degraded "
                   "validation masks. The ascent measures are in `python -m "
                   "experiments.ablations.oracle_ascent DIR`.")
-        for name, (base, overrides, _, what) in PARTS.items()),
+        for name, (base, overrides, _, what) in PARTS.items()) + tuple(
+        Part(name=f"{name}_segmenter",
+             title=f"{PARTS[name][3]}: the under-trained segmenter (50 steps)",
+             base=SEGMENTER[0], overrides={**SEGMENTER[1], **SEGMENTER_DATA[name]},
+             note="The small U-Net stopped after 50 steps: the starting point the oracles "
+                  "refine from in `python -m experiments.ablations.oracle_ascent DIR`.")
+        for name in PARTS),
 )
 
 
@@ -64,7 +85,18 @@ def run_dirs(workdir: str, seeds=(0, 1, 2)) -> dict[tuple[str, str, int], str]:
     from experiments.ablations.runner import run_dirs as study_run_dirs
 
     return {(part, ARMS[cell[0][1]], seed): run
-            for (part, cell, seed), run in study_run_dirs(STUDY, workdir, seeds).items()}
+            for (part, cell, seed), run in study_run_dirs(STUDY, workdir, seeds).items()
+            if part in PARTS}
+
+
+def segmenter_dirs(workdir: str, seeds=(0, 1, 2)) -> dict[tuple[str, int], str]:
+    """{(part, seed): run directory of its under-trained segmenter} (the study's
+    `<part>_segmenter` parts)."""
+    from experiments.ablations.runner import run_dirs as study_run_dirs
+
+    return {(part.removesuffix("_segmenter"), seed): run
+            for (part, _, seed), run in study_run_dirs(STUDY, workdir, seeds).items()
+            if part not in PARTS}
 
 
 # Refinements of every oracle: name -> (suffix of its directory, extra oracle_refine flags).
@@ -87,54 +119,63 @@ REFINES = {_refinement(w): (f"_tv{w:g}" if w else "", (f"--tv_weight={w:g}",) if
 CHOSEN = " + TV chosen"
 
 
-def refine_dir(run: str, part: str, refinement: str = "") -> str:
-    """Where the from-zeros refinement `refinement` (a `REFINES` key) of the oracle in `run` is
-    written."""
+def refine_dir(run: str, part: str, refinement: str = "", start: str = "zeros") -> str:
+    """Where the refinement `refinement` (a `REFINES` key) of the oracle in `run` from `start`
+    (a `STARTS` entry) is written."""
     import os
 
-    return os.path.join(run, f"refine_zeros_{PARTS[part][2]}{REFINES[refinement][0]}")
+    steps = PARTS[part][2] if start == "zeros" else SEGMENTER_STEPS
+    return os.path.join(run, f"refine_{start}_{steps}{REFINES[refinement][0]}")
 
 
-def refine(workdir: str, seeds=(0, 1, 2), refinements=tuple(REFINES), log=print) -> None:
-    """Runs `experiments.oracle_refine` from zeros (each of `refinements`) on every finished
-    oracle of the study that has no report yet (one process each, as a user would)."""
+def refine(workdir: str, seeds=(0, 1, 2), refinements=tuple(REFINES), log=print,
+           starts=STARTS) -> None:
+    """Runs `experiments.oracle_refine` (each of `refinements`, from each of `starts`) on every
+    finished oracle of the study that has no report yet (one process each, as a user would);
+    from the segmenter once that part's segmenter of the same seed has finished too."""
     import os
     import subprocess
     import sys
 
     from segjax.train import sweep
 
-    runs = run_dirs(workdir, seeds)
-    for refinement in refinements:
-        for (part, arm, seed), run in runs.items():
-            out = refine_dir(run, part, refinement)
-            if not os.path.isfile(os.path.join(run, sweep.RESULT_FILE)) or os.path.isfile(
-                    os.path.join(out, "report.json")):
-                continue
-            log(f"refining {part} {arm}{refinement} seed {seed}: {out}")
-            subprocess.run([sys.executable, "-m", "experiments.oracle_refine",
-                            f"--oracle={run}", f"--workdir={out}",
-                            f"--steps={PARTS[part][2]}", *REFINE_FLAGS,
-                            *REFINES[refinement][1]], check=True)
+    runs, segmenters = run_dirs(workdir, seeds), segmenter_dirs(workdir, seeds)
+    finished = lambda run: os.path.isfile(os.path.join(run, sweep.RESULT_FILE))  # noqa: E731
+    for start in starts:
+        for refinement in refinements:
+            for (part, arm, seed), run in runs.items():
+                out = refine_dir(run, part, refinement, start)
+                segmenter = segmenters[part, seed]
+                if (not finished(run) or os.path.isfile(os.path.join(out, "report.json"))
+                        or start == "segmenter" and not finished(segmenter)):
+                    continue
+                log(f"refining {part} {arm}{refinement} seed {seed} from {start}: {out}")
+                flags = ((f"--steps={PARTS[part][2]}",) if start == "zeros" else
+                         (f"--segmenter={segmenter}", "--nofrom_zeros",
+                          f"--steps={SEGMENTER_STEPS}"))
+                subprocess.run([sys.executable, "-m", "experiments.oracle_refine",
+                                f"--oracle={run}", f"--workdir={out}", *flags, *REFINE_FLAGS,
+                                *REFINES[refinement][1]], check=True)
 
 
-MEASURES = {  # name -> (title, value from the refinement report)
-    "heldout": ("held-out ρ", lambda r: r["oracle"]["spearman"]),
-    "ascent": ("ρ on its ascent masks", lambda r: r["zeros"]["ascent_spearman"]),
-    "chosen": ("Dice at the chosen step", lambda r: r["zeros"]["dice_after"]),
-    "step": ("chosen step", lambda r: r["zeros"]["steps"]),
-    "last": ("Dice at the last step", lambda r: r["zeros"]["dice_last_step"]),
-    "fall": ("fall after the chosen step", lambda r: r["zeros"]["dice_after"]
-             - r["zeros"]["dice_last_step"]),
-    "score": ("oracle's score at the last step", lambda r: r["zeros"]["quality_per_step"][-1]),
+MEASURES = {  # name -> (title, value from one starting point's entry of a refinement report)
+    "heldout": ("held-out ρ", lambda e: e["spearman"]),
+    "ascent": ("ρ on its ascent masks", lambda e: e["ascent_spearman"]),
+    "chosen": ("Dice at the chosen step", lambda e: e["dice_after"]),
+    "step": ("chosen step", lambda e: e["steps"]),
+    "last": ("Dice at the last step", lambda e: e["dice_last_step"]),
+    "fall": ("fall after the chosen step", lambda e: e["dice_after"] - e["dice_last_step"]),
+    "score": ("oracle's score at the last step", lambda e: e["quality_per_step"][-1]),
 }
+BEFORE = {"before": ("Dice at the start", lambda e: e["dice_before"])}  # the segmenter's tables
 COMPARED = ("ascent", "chosen", "last", "fall")  # the paired differences against plain
 
 
-def reports(workdir: str, seeds=(0, 1, 2)) -> dict:
-    """{part: {arm: {seed: refinement report}}} of the study's refined oracles; an arm is the
-    oracle's (`plain`, `adversarial`) plus the refinement's `REFINES` key, or `CHOSEN`: the
-    report of the `TV_GRID` weight chosen on the selection half (once every weight is refined)."""
+def reports(workdir: str, seeds=(0, 1, 2), start: str = "zeros") -> dict:
+    """{part: {arm: {seed: refinement report}}} of the study's oracles refined from `start`; an
+    arm is the oracle's (`plain`, `adversarial`) plus the refinement's `REFINES` key, or `CHOSEN`:
+    the report of the `TV_GRID` weight chosen on the selection half (once every weight is
+    refined)."""
     import json
     import os
 
@@ -142,66 +183,73 @@ def reports(workdir: str, seeds=(0, 1, 2)) -> dict:
     runs = run_dirs(workdir, seeds)
     for refinement in REFINES:
         for (part, arm, seed), run in runs.items():
-            path = os.path.join(refine_dir(run, part, refinement), "report.json")
+            path = os.path.join(refine_dir(run, part, refinement, start), "report.json")
             if os.path.isfile(path):
                 with open(path) as f:
                     out.setdefault(part, {}).setdefault(arm + refinement, {})[seed] = json.load(f)
     for part, arm, seed in runs:
         arms = out.get(part, {})
         grid = [arms.get(arm + _refinement(w), {}).get(seed) for w in TV_GRID]
-        if all(r and "dice_per_step_select" in r["zeros"] for r in grid):
-            best = max(grid, key=lambda r: max(r["zeros"]["dice_per_step_select"]))
+        if all(r and "dice_per_step_select" in r[start] for r in grid):
+            best = max(grid, key=lambda r: max(r[start]["dice_per_step_select"]))
             arms.setdefault(arm + CHOSEN, {})[seed] = best
     return out
 
 
 def summary(workdir: str, seeds=(0, 1, 2), figure: str | None = None) -> str:
-    """Markdown, per part: every arm's `MEASURES` as mean ± std over seeds (n), then each arm
-    minus plain, paired by seed (mean [95% CI], t-test p; the difference alone for one seed);
-    with `figure`, a PNG of the from-zeros Dice and the oracle's score against the ascent step."""
+    """Markdown, per part and starting point: every arm's `MEASURES` as mean ± std over seeds
+    (n), then each arm minus plain, paired by seed (mean [95% CI], t-test p; the difference alone
+    for one seed); with `figure`, a PNG of the Dice and the oracle's score against the ascent
+    step."""
     from segjax.metrics import stats
 
-    res = reports(workdir, seeds)
+    res = {start: reports(workdir, seeds, start) for start in STARTS}
     lines = []
     for part in PARTS:
-        arms = res.get(part, {})
-        if not arms:
-            continue
-        lines += [f"**{part}** ({PARTS[part][3]}; from zeros, {PARTS[part][2]} ascent steps)", "",
-                  "| arm | seeds | " + " | ".join(MEASURES[k][0] for k in MEASURES) + " |",
-                  "|---|" + "---:|" * (len(MEASURES) + 1)]
-        for arm, by_seed in arms.items():
-            cells = []
-            for key, (title, get) in MEASURES.items():
-                s = stats.summarize([get(r) for _, r in sorted(by_seed.items())])
-                f = ".0f" if key == "step" else ".3f"
-                cells.append(f"{s.mean:{f}} ± {s.std:{f}}" if s.n > 1 else f"{s.mean:{f}}")
-            lines.append(f"| {arm} | {len(by_seed)} | " + " | ".join(cells) + " |")
-        plain = arms.get("plain", {})
-        others = [a for a in arms if a != "plain" and set(arms[a]) & set(plain)]
-        if others:
-            lines += ["", "| arm - plain (paired by seed) | " + " | ".join(
-                MEASURES[k][0] for k in COMPARED) + " |", "|---|" + "---:|" * len(COMPARED)]
-        for arm in others:
-            common = sorted(set(arms[arm]) & set(plain))
-            cells = []
-            for key in COMPARED:
-                get = MEASURES[key][1]
-                a, b = [get(arms[arm][k]) for k in common], [get(plain[k]) for k in common]
-                if len(common) > 1:
-                    d = stats.paired_difference(a, b)
-                    cells.append(f"{d.summary.mean:+.3f} [{d.summary.ci_low:+.3f}, "
-                                 f"{d.summary.ci_high:+.3f}], p {d.p_value:.3f}")
-                else:
-                    cells.append(f"{a[0] - b[0]:+.3f} (1 seed)")
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        chosen = [f"{arm}: " + ", ".join(f"seed {k} → {r['tv_weight']:g}"
-                                         for k, r in sorted(by_seed.items()))
-                  for arm, by_seed in arms.items() if arm.endswith(CHOSEN)]
-        if chosen:
-            lines += ["", "TV weight chosen on the selection half (of "
-                      f"{', '.join(f'{w:g}' for w in TV_GRID)}): " + "; ".join(chosen) + "."]
-        lines.append("")
+        for start in STARTS:
+            arms = res[start].get(part, {})
+            if not arms:
+                continue
+            measures = MEASURES if start == "zeros" else {**BEFORE, **MEASURES}
+            lines += [f"**{part}** ({PARTS[part][3]}; from zeros, {PARTS[part][2]} ascent steps)"
+                      if start == "zeros" else
+                      f"**{part}, from the under-trained segmenter** ({PARTS[part][3]}; the "
+                      f"50-step U-Net's probabilities, {SEGMENTER_STEPS} ascent steps)", "",
+                      "| arm | seeds | " + " | ".join(m[0] for m in measures.values()) + " |",
+                      "|---|" + "---:|" * (len(measures) + 1)]
+            for arm, by_seed in arms.items():
+                cells = []
+                for key, (title, get) in measures.items():
+                    s = stats.summarize([get(r[start]) for _, r in sorted(by_seed.items())])
+                    f = ".0f" if key == "step" else ".3f"
+                    cells.append(f"{s.mean:{f}} ± {s.std:{f}}" if s.n > 1 else f"{s.mean:{f}}")
+                lines.append(f"| {arm} | {len(by_seed)} | " + " | ".join(cells) + " |")
+            plain = arms.get("plain", {})
+            others = [a for a in arms if a != "plain" and set(arms[a]) & set(plain)]
+            if others:
+                lines += ["", "| arm - plain (paired by seed) | " + " | ".join(
+                    MEASURES[k][0] for k in COMPARED) + " |", "|---|" + "---:|" * len(COMPARED)]
+            for arm in others:
+                common = sorted(set(arms[arm]) & set(plain))
+                cells = []
+                for key in COMPARED:
+                    get = MEASURES[key][1]
+                    a = [get(arms[arm][k][start]) for k in common]
+                    b = [get(plain[k][start]) for k in common]
+                    if len(common) > 1:
+                        d = stats.paired_difference(a, b)
+                        cells.append(f"{d.summary.mean:+.3f} [{d.summary.ci_low:+.3f}, "
+                                     f"{d.summary.ci_high:+.3f}], p {d.p_value:.3f}")
+                    else:
+                        cells.append(f"{a[0] - b[0]:+.3f} (1 seed)")
+                lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+            chosen = [f"{arm}: " + ", ".join(f"seed {k} → {r['tv_weight']:g}"
+                                             for k, r in sorted(by_seed.items()))
+                      for arm, by_seed in arms.items() if arm.endswith(CHOSEN)]
+            if chosen:
+                lines += ["", "TV weight chosen on the selection half (of "
+                          f"{', '.join(f'{w:g}' for w in TV_GRID)}): " + "; ".join(chosen) + "."]
+            lines.append("")
     if figure:
         _plot(res, figure)
         _overlays(workdir, figure.removesuffix(".png") + "_overlays.png")
@@ -247,24 +295,25 @@ def _overlays(workdir: str, path: str, seed: int = 0, images: int = 2) -> None:
 
 
 def _plot(res: dict, path: str) -> None:
+    """`res`: {start: `reports(..., start)`}; one column per (part, start) with reports."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    parts = [p for p in PARTS if p in res]
-    fig, axes = plt.subplots(2, max(len(parts), 1), figsize=(4.2 * max(len(parts), 1), 6.4),
+    columns = [(part, start) for part in PARTS for start in STARTS if part in res[start]]
+    fig, axes = plt.subplots(2, max(len(columns), 1), figsize=(4.2 * max(len(columns), 1), 6.4),
                              squeeze=False)
     colours = {"plain": "0.45", "adversarial": "tab:red", "plain + TV": "tab:blue",
                "adversarial + TV": "tab:purple", "plain" + CHOSEN: "tab:cyan",
                "adversarial" + CHOSEN: "tab:pink"}  # the fixed weights 1 and 10: tables only
-    for j, part in enumerate(parts):
-        for arm, by_seed in res[part].items():
+    for j, (part, start) in enumerate(columns):
+        for arm, by_seed in res[start][part].items():
             if arm not in colours:
                 continue
             for row, key in enumerate(("dice_per_step", "quality_per_step")):
-                curves = np.array([r["zeros"][key] for _, r in sorted(by_seed.items())])
+                curves = np.array([r[start][key] for _, r in sorted(by_seed.items())])
                 mean = curves.mean(0)
                 ax = axes[row, j]
                 ax.plot(mean, color=colours[arm],
@@ -272,20 +321,21 @@ def _plot(res: dict, path: str) -> None:
                 if len(curves) > 1:
                     ax.fill_between(np.arange(len(mean)), curves.min(0), curves.max(0),
                                     color=colours[arm], alpha=0.2, lw=0)
-            chosen = [r["zeros"]["steps"] for r in by_seed.values()]
-            axes[0, j].plot(chosen, [r["zeros"]["dice_after"] for r in by_seed.values()],
+            chosen = [r[start]["steps"] for r in by_seed.values()]
+            axes[0, j].plot(chosen, [r[start]["dice_after"] for r in by_seed.values()],
                             "v", color=colours[arm], ms=6)
-        if part == "lesion":  # the paper's from-zeros result on PH2, 500 steps
+        if part == "lesion" and start == "zeros":  # the paper's from-zeros result on PH2
             axes[0, j].axhline(PAPER_DICE, color="k", ls=":", lw=1)
             axes[0, j].text(0, PAPER_DICE + 0.02, f"paper, PH2: {PAPER_DICE}", fontsize=7)
-        axes[0, j].set_title(f"{part}: true Dice (test half)")
-        axes[1, j].set_title(f"{part}: the oracle's score")
-        axes[1, j].set_xlabel("ascent step from zeros")
+        where = "from zeros" if start == "zeros" else "from the segmenter"
+        axes[0, j].set_title(f"{part}, {where}: true Dice (test half)", fontsize=9)
+        axes[1, j].set_title(f"{part}, {where}: the oracle's score", fontsize=9)
+        axes[1, j].set_xlabel("ascent step")
         for row in range(2):
             axes[row, j].set_ylim(0, 1)
             axes[row, j].grid(alpha=0.3)
         axes[0, j].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Oracle ascent from zeros: mean over seeds, band = min..max,\n"
+    fig.suptitle("Oracle ascent: mean over seeds, band = min..max,\n"
                  "▼ = Dice at the step chosen on the selection half", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
