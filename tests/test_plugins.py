@@ -31,14 +31,18 @@ def plugin():
     return my_segmentation
 
 
-def _env():
+def _env(cache_dir=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR, REPO, env.get("PYTHONPATH", "")])
+    if cache_dir is not None:  # later processes reuse the first one's executables
+        env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     return env
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=_env(),
+def _run(*args, cache_dir=None):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=_env(cache_dir),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -114,7 +118,8 @@ def test_out_of_tree_plugin_trains_resumes_and_predicts(tmp_path):
             f"--config.dataset.data_dir={data_dir}", "--config.num_train_steps=4",
             "--config.log_every_steps=1", "--config.eval_every_steps=4",
             "--config.checkpoint_every_steps=2"]
-    proc = _run(*args)
+    cache = tmp_path / "jax_cache"
+    proc = _run(*args, cache_dir=cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fg_iou" in proc.stdout
     recorded = json.load(open(workdir / "config.json"))
@@ -133,7 +138,7 @@ def test_out_of_tree_plugin_trains_resumes_and_predicts(tmp_path):
     import shutil
 
     shutil.rmtree(workdir / "checkpoints" / "4")
-    proc = _run(*args)
+    proc = _run(*args, cache_dir=cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from checkpoint step 2" in proc.stdout
     again = train_losses()
@@ -142,7 +147,7 @@ def test_out_of_tree_plugin_trains_resumes_and_predicts(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (40, 44, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "a.png")
     proc = _run("experiments.predict", f"--run={workdir}", f"--images={tmp_path / 'a.png'}",
-                f"--workdir={tmp_path / 'pred'}")
+                f"--workdir={tmp_path / 'pred'}", cache_dir=cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     labels = np.asarray(Image.open(tmp_path / "pred" / "a_labels.png"))
     assert labels.shape == (40, 44) and set(np.unique(labels)) <= {0, 1}
