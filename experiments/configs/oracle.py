@@ -19,7 +19,8 @@ Presets:
   paper's single-object PH2 setting without the download), 96x96 inputs. Measured in the
   `oracle_ascent` study (docs/oracle.md): from zeros after the paper's 500 ascent steps, Dice
   0.423 / 0.431 / 0.445 (seeds 0 / 1 / 2), and 0.753 / 0.651 / 0.674 with the TV prior
-  (`oracle_refine --tv_weight=3`; mean 0.693); the paper reports 0.739 on PH2.
+  (`oracle_refine --tv_weight=3`; mean 0.693); `lesion_adv` with `--tv_weight=1` (the weight
+  chosen on validation) 0.724 / 0.782 / 0.721 (mean 0.742). The paper reports 0.739 on PH2.
 
     python -m experiments.train --workdir=/tmp/oracle_lesion \
       --config=experiments/configs/oracle.py:lesion
