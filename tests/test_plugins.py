@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import compile_cache_env
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PLUGIN_DIR = os.path.join(REPO, "examples", "plugin")
 CONFIG = os.path.join(PLUGIN_DIR, "config.py")
@@ -35,9 +37,7 @@ def _env(cache_dir=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([PLUGIN_DIR, REPO, env.get("PYTHONPATH", "")])
     if cache_dir is not None:  # later processes reuse the first one's executables
-        env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+        env.update(compile_cache_env(cache_dir))
     return env
 
 

@@ -27,6 +27,7 @@ from segjax.train.checkpoint import Checkpointer
 from segjax.train.restore import load_run
 from segjax.train.metric_writers import read_metrics
 from segjax.train.state import TrainState
+from tests import compile_cache_env
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CONFIG = os.path.join(REPO, "experiments", "configs", "unet_shapes.py") + ":small"
@@ -84,9 +85,7 @@ def cli_env(cache_dir=None):
     env = dict(os.environ)  # conftest's 4 host devices and XLA flags are inherited
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
     if cache_dir is not None:  # later runs reuse the first run's executables
-        env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+        env.update(compile_cache_env(cache_dir))
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
