@@ -48,8 +48,10 @@ REFINE_FLAGS = ("--num_images=32", "--batch=32")
 # shapes), trained on the part's data (`SEGMENTER_DATA`); its predictions are refined for
 # `SEGMENTER_STEPS` steps: enough to see a fall after the chosen step (on clean shapes the
 # earlier study's Dice peaked at step 9-10 and had fallen to 0.54 by step 60).
+SEGMENTER_TRAIN_STEPS = 50
 SEGMENTER = ("experiments/configs/unet_shapes.py:small",
-             {"num_train_steps": 50, "eval_every_steps": 50, "checkpoint_every_steps": 50})
+             {"num_train_steps": SEGMENTER_TRAIN_STEPS, "eval_every_steps": SEGMENTER_TRAIN_STEPS,
+              "checkpoint_every_steps": SEGMENTER_TRAIN_STEPS})
 SEGMENTER_DATA = {"lesion": {"dataset.name": "synthetic_lesions", "eval.pad_to": 96},
                   "shapes": {}, "all": {"dataset.name": "synthetic_shapes/all"}}
 SEGMENTER_STEPS = 150
@@ -70,10 +72,12 @@ STUDY = Study(
                   "experiments.ablations.oracle_ascent DIR`.")
         for name, (base, overrides, _, what) in PARTS.items()) + tuple(
         Part(name=f"{name}_segmenter",
-             title=f"{PARTS[name][3]}: the under-trained segmenter (50 steps)",
+             title=f"{PARTS[name][3]}: the under-trained segmenter ({SEGMENTER_TRAIN_STEPS} "
+                   "steps)",
              base=SEGMENTER[0], overrides={**SEGMENTER[1], **SEGMENTER_DATA[name]},
-             note="The small U-Net stopped after 50 steps: the starting point the oracles "
-                  "refine from in `python -m experiments.ablations.oracle_ascent DIR`.")
+             note=f"The small U-Net stopped after {SEGMENTER_TRAIN_STEPS} steps: the starting "
+                  "point the oracles refine from in `python -m experiments.ablations.oracle_ascent "
+                  "DIR`.")
         for name in PARTS),
 )
 
@@ -119,13 +123,18 @@ REFINES = {_refinement(w): (f"_tv{w:g}" if w else "", (f"--tv_weight={w:g}",) if
 CHOSEN = " + TV chosen"
 
 
+def ascent_steps(part: str, start: str = "zeros") -> int:
+    """The ascent steps of `part`'s refinements from `start` (a `STARTS` entry)."""
+    return PARTS[part][2] if start == "zeros" else SEGMENTER_STEPS
+
+
 def refine_dir(run: str, part: str, refinement: str = "", start: str = "zeros") -> str:
     """Where the refinement `refinement` (a `REFINES` key) of the oracle in `run` from `start`
     (a `STARTS` entry) is written."""
     import os
 
-    steps = PARTS[part][2] if start == "zeros" else SEGMENTER_STEPS
-    return os.path.join(run, f"refine_{start}_{steps}{REFINES[refinement][0]}")
+    return os.path.join(run, f"refine_{start}_{ascent_steps(part, start)}"
+                             f"{REFINES[refinement][0]}")
 
 
 def refine(workdir: str, seeds=(0, 1, 2), refinements=tuple(REFINES), log=print,
@@ -150,11 +159,11 @@ def refine(workdir: str, seeds=(0, 1, 2), refinements=tuple(REFINES), log=print,
                         or start == "segmenter" and not finished(segmenter)):
                     continue
                 log(f"refining {part} {arm}{refinement} seed {seed} from {start}: {out}")
-                flags = ((f"--steps={PARTS[part][2]}",) if start == "zeros" else
-                         (f"--segmenter={segmenter}", "--nofrom_zeros",
-                          f"--steps={SEGMENTER_STEPS}"))
+                flags = (() if start == "zeros" else
+                         (f"--segmenter={segmenter}", "--nofrom_zeros"))
                 subprocess.run([sys.executable, "-m", "experiments.oracle_refine",
-                                f"--oracle={run}", f"--workdir={out}", *flags, *REFINE_FLAGS,
+                                f"--oracle={run}", f"--workdir={out}", *flags,
+                                f"--steps={ascent_steps(part, start)}", *REFINE_FLAGS,
                                 *REFINES[refinement][1]], check=True)
 
 
@@ -211,10 +220,11 @@ def summary(workdir: str, seeds=(0, 1, 2), figure: str | None = None) -> str:
             if not arms:
                 continue
             measures = MEASURES if start == "zeros" else {**BEFORE, **MEASURES}
-            lines += [f"**{part}** ({PARTS[part][3]}; from zeros, {PARTS[part][2]} ascent steps)"
-                      if start == "zeros" else
+            lines += [f"**{part}** ({PARTS[part][3]}; from zeros, "
+                      f"{ascent_steps(part, start)} ascent steps)" if start == "zeros" else
                       f"**{part}, from the under-trained segmenter** ({PARTS[part][3]}; the "
-                      f"50-step U-Net's probabilities, {SEGMENTER_STEPS} ascent steps)", "",
+                      f"{SEGMENTER_TRAIN_STEPS}-step U-Net's probabilities, "
+                      f"{ascent_steps(part, start)} ascent steps)", "",
                       "| arm | seeds | " + " | ".join(m[0] for m in measures.values()) + " |",
                       "|---|" + "---:|" * (len(measures) + 1)]
             for arm, by_seed in arms.items():
